@@ -1,0 +1,1 @@
+"""The AFLoc model: encoders, multi-level losses, trainer, inference engine, checkpoint import."""

@@ -1,0 +1,3 @@
+"""afloc-bench harness: registry, loaders, geometry, metrics, protocols, runner, CLI."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,17 @@
+"""`afloc-bench score`: score bring-your-own heatmaps (preds.npz) under a protocol."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "score bring-your-own heatmaps (preds.npz) under a protocol (not yet available)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .main import NotYetAvailable
+
+    raise NotYetAvailable("`afloc-bench score` is declared but not implemented in this version")

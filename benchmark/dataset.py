@@ -1,0 +1,172 @@
+"""The dataset-loader contract, dataset cards, data roots and data errors.
+
+A loader reads a dataset's official files as distributed and yields ``Sample`` records.
+It never resizes and never drops a sample silently: anything it cannot use is appended
+to ``self.skipped`` with the file and the reason, and the runner reports the counts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from .registry import datasets
+from .sample import Sample
+
+DEMO_SCHEME = "demo://"
+DEFAULT_DATA_ROOT = "~/data/{dataset}"
+
+
+class DataError(Exception):
+    """Bad or missing data. The message names the file and what was expected."""
+
+    def __init__(self, path: str | os.PathLike | None, expected: str):
+        self.path = None if path is None else str(path)
+        self.expected = expected
+        super().__init__(f"{self.path}: {expected}" if self.path else expected)
+
+
+@dataclass
+class DatasetCard:
+    """What a user needs to know to get the dataset and what the harness expects of it."""
+
+    name: str
+    version: str = "1"
+    title: str = ""
+    source_url: str = ""
+    licence: str = ""
+    access: str = ""  # "open", "credentialed (PhysioNet)", "Kaggle competition rules", ...
+    layout: str = ""  # expected files under the root, one per line
+    expected_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> {what: n}
+    categories: list[str] = field(default_factory=list)
+    prompt_sets: list[str] = field(default_factory=lambda: ["simple"])
+    views: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=lambda: ["grounding"])  # grounding, classification
+    resampling_unit: str = "image"  # image or patient
+    default_split: str = "test"
+    notes: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Dataset:
+    """Base class of every loader.
+
+    Subclasses set ``card`` and implement ``load_samples``. Construction is cheap; files
+    are read on the first call to ``samples()``.
+    """
+
+    card: DatasetCard = DatasetCard(name="")
+
+    def __init__(self, root: str | os.PathLike, split: str | None = None, **options: Any):
+        self.root = Path(os.path.expanduser(str(root)))
+        self.split = split or self.card.default_split
+        self.options = options
+        self.skipped: list[dict[str, str]] = []
+        self._samples: list[Sample] | None = None
+
+    def load_samples(self) -> list[Sample]:
+        raise NotImplementedError
+
+    def samples(self) -> list[Sample]:
+        if self._samples is None:
+            if not self.root.exists():
+                raise DataError(self.root, self.missing_root_message())
+            self._samples = self.load_samples()
+        return self._samples
+
+    def skip(self, path: str | os.PathLike, reason: str) -> None:
+        """Record a sample that cannot be used (never drop one silently)."""
+        self.skipped.append({"path": str(path), "reason": reason})
+
+    def missing_root_message(self) -> str:
+        c = self.card
+        msg = f"dataset root for {c.name!r} does not exist"
+        if c.source_url:
+            msg += f"; download it from {c.source_url}"
+        if c.layout:
+            msg += "; expected layout:\n" + "\n".join("  " + ln for ln in c.layout.strip().splitlines())
+        return msg
+
+    def validate(self) -> dict[str, Any]:
+        """Default validation: the files load and counts match the card. Loaders may extend it."""
+        samples = self.samples()
+        report: dict[str, Any] = {"dataset": self.card.name, "split": self.split, "n_samples": len(samples),
+                                  "n_skipped": len(self.skipped), "skipped": list(self.skipped), "problems": []}
+        return report
+
+
+def register_dataset(name: str, *, description: str = "", tags: Iterable[str] = (), **options: Any):
+    """Class decorator registering a loader under ``name``.
+
+    ``options`` (e.g. ``split``, ``root``) are stored and passed to the constructor; a
+    ``root`` starting with ``demo://`` resolves inside the demo data folder.
+    """
+
+    def deco(cls: type[Dataset]) -> type[Dataset]:
+        if not (isinstance(cls, type) and issubclass(cls, Dataset)):
+            raise TypeError(f"@register_dataset({name!r}) expects a Dataset subclass, got {cls!r}")
+        caps = tuple(cls.card.tasks)
+        datasets.add(name, cls, description=description or cls.card.title, capabilities=caps, tags=tags, **options)
+        return cls
+
+    return deco
+
+
+def register_demo_variant(name: str, base: type[Dataset], subdir: str, *, description: str = "",
+                          tags: Iterable[str] = (), evaluation: bool = True, **options: Any) -> None:
+    """Register ``name`` as the loader ``base`` reading ``<demo root>/<subdir>``.
+
+    Evaluation sets join the ``demo`` collection; training sets (``evaluation=False``) are
+    tagged ``demo_train`` instead so that ``--datasets demo`` only evaluates.
+    """
+    tags = tuple(dict.fromkeys(("demo" if evaluation else "demo_train", *tags)))
+    desc = description or f"demo (synthetic) {base.card.title or base.card.name}, read by the real loader"
+    datasets.add(name, base, description=desc, capabilities=tuple(base.card.tasks), tags=tags,
+                 root=DEMO_SCHEME + subdir, **options)
+
+
+def demo_root() -> Path:
+    """Folder of the generated demo data (``AFLOC_BENCH_DEMO`` or the cache folder)."""
+    env = os.environ.get("AFLOC_BENCH_DEMO")
+    if env:
+        return Path(env).expanduser()
+    return cache_home() / "demo" / "seed0"
+
+
+def cache_home() -> Path:
+    env = os.environ.get("AFLOC_BENCH_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "afloc-bench"
+
+
+def resolve_root(name: str, template: str | None = None) -> Path:
+    """Root folder of dataset ``name``: registered ``root`` option, else the template."""
+    entry = datasets.entry(name)
+    root = entry.options.get("root")
+    if root and str(root).startswith(DEMO_SCHEME):
+        return demo_root() / str(root)[len(DEMO_SCHEME):]
+    if template is None:
+        template = os.environ.get("AFLOC_BENCH_DATA_ROOT", DEFAULT_DATA_ROOT)
+    if root and "{dataset}" not in template and template == DEFAULT_DATA_ROOT:
+        return Path(os.path.expanduser(str(root)))
+    return Path(os.path.expanduser(template.format(dataset=name)))
+
+
+def build_dataset(name: str, data_root: str | None = None, **overrides: Any) -> Dataset:
+    """Instantiate registered dataset ``name`` at its resolved root."""
+    entry = datasets.entry(name)
+    opts = {k: v for k, v in entry.options.items() if k != "root"}
+    opts.update(overrides)
+    ds = entry.obj(root=resolve_root(name, data_root), **opts)
+    ds.registry_name = name  # type: ignore[attr-defined]
+    return ds
+
+
+def is_demo(name: str) -> bool:
+    return str(datasets.entry(name).options.get("root", "")).startswith(DEMO_SCHEME)

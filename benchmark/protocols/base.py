@@ -1,0 +1,75 @@
+"""The protocol contract: per-sample records first, then pooled aggregates with bootstrap CIs.
+
+The runner calls, per sample, ``grounding_record`` (native grid → metric values) or
+``classification_record`` (probability → record), collects the records into one table,
+optionally calls ``tune`` on the records of ``tuning_split`` (thresholds are never tuned on
+the split that is reported), and finally ``summarize`` on the reported split.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..registry import protocols
+from ..sample import Sample
+
+# Keys of each row ``summarize`` returns.
+SUMMARY_KEYS = ("metric", "category", "point", "boot_mean", "lo", "hi", "n")
+OVERALL = "all"
+
+
+class Protocol:
+    """Base class. Subclasses set ``name`` and ``version`` and implement the hooks."""
+
+    name: str = ""
+    version: int = 1
+    tasks: tuple[str, ...] = ("grounding", "classification")
+    tuning_split: str | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def grounding_record(self, grid: np.ndarray, sample: Sample, image_size: tuple[int, int],
+                         input_geometry: str) -> dict[str, Any]:
+        """Native similarity grid of one (image, prompt) → flat dict of per-sample values."""
+        raise NotImplementedError
+
+    def classification_record(self, score: float, sample: Sample) -> dict[str, Any]:
+        return {"score": float(score)}
+
+    def tune(self, records: pd.DataFrame) -> dict[str, Any]:
+        """Fit protocol parameters (e.g. thresholds) on tuning-split records."""
+        return {}
+
+    def summarize(self, records: pd.DataFrame, task: str, *, n_boot: int, seed: int, unit: str,
+                  params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Pooled per-sample records → rows with ``SUMMARY_KEYS``; category ``"all"`` is overall."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "version": self.version, "doc": (self.__doc__ or "").strip()}
+
+
+def register_protocol(cls: type[Protocol]) -> type[Protocol]:
+    """Class decorator: registers ``cls`` under ``name@version``."""
+    if not cls.name:
+        raise ValueError(f"protocol {cls.__name__} has no name")
+    doc = ((cls.__doc__ or "").strip().splitlines() or [""])[0]
+    protocols.add(f"{cls.name}@{cls.version}", cls, description=doc, capabilities=cls.tasks)
+    return cls
+
+
+def resolve_protocol(spec: str) -> Protocol:
+    """``afloc-compat@1`` exactly, or ``afloc-compat`` meaning its latest version."""
+    if spec in protocols:
+        return protocols.get(spec)()
+    if "@" not in spec:
+        versions = [n for n in protocols.names() if n.split("@")[0] == spec]
+        if versions:
+            best = max(versions, key=lambda n: int(n.split("@")[1]))
+            return protocols.get(best)()
+    return protocols.entry(spec).obj()  # unknown: raises UnknownNameError with suggestions
