@@ -112,7 +112,7 @@ class Registry:
             tags: Iterable[str] = (), **options: Any) -> Entry:
         if not name or any(c in name for c in " ,*?[]"):
             raise ValueError(f"invalid {self.kind[:-1]} name {name!r}: no spaces, commas or glob characters")
-        if name == "all" or name in _COLLECTIONS:
+        if name == "all" or (self.kind, name) in _COLLECTIONS:
             raise ValueError(f"{self.kind[:-1]} name {name!r} collides with a collection name")
         if not description:
             description = ((getattr(obj, "__doc__", None) or "").strip().splitlines() or [""])[0]

@@ -1,0 +1,102 @@
+"""Content-addressed cache of heatmap grids, scores and embeddings.
+
+The key is made of what determines the output: model id, checkpoint hash, preprocessing
+id, image *content* hash and prompt text (never a dataset name or path), so two models or
+two checkpoints never share an entry and a renamed file still hits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .records import atomic_write_bytes
+
+_CHUNK = 1 << 20
+_sha_memo: dict[tuple[str, int, int], str] = {}
+_memo_lock = threading.Lock()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, memoised on (path, size, mtime) so large files hash once."""
+    p = Path(path)
+    st = p.stat()
+    memo_key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    with _memo_lock:
+        if memo_key in _sha_memo:
+            return _sha_memo[memo_key]
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    digest = h.hexdigest()
+    with _memo_lock:
+        _sha_memo[memo_key] = digest
+    return digest
+
+
+def checkpoint_sha256(path: str | os.PathLike | None) -> str:
+    """sha256 of a checkpoint file, or of a folder (hash of sorted relative names and file hashes)."""
+    if path is None:
+        return "none"
+    p = Path(path)
+    if p.is_file():
+        return file_sha256(p)
+    if p.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(q for q in p.rglob("*") if q.is_file()):
+            h.update(str(f.relative_to(p)).encode())
+            h.update(file_sha256(f).encode())
+        return h.hexdigest()
+    raise FileNotFoundError(f"{p}: checkpoint not found (expected a file or a folder)")
+
+
+def cache_key(kind: str, *, model_id: str, checkpoint_sha: str, preprocessing_id: str,
+              image_sha: str, prompt: str | None = None, extra: dict[str, Any] | None = None) -> str:
+    """Stable key over every input that changes the cached output."""
+    payload = {"kind": kind, "model": model_id, "ckpt": checkpoint_sha, "prep": preprocessing_id,
+               "image": image_sha, "prompt": prompt, "extra": extra or {}}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+class ArrayCache:
+    """A folder of ``.npz`` files addressed by ``cache_key``; writes are atomic."""
+
+    def __init__(self, root: str | os.PathLike, enabled: bool = True):
+        self.root = Path(root)
+        self.enabled = enabled
+        self.hits = 0
+        self.misses = 0
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.npz"
+
+    def get(self, key: str) -> dict[str, np.ndarray] | None:
+        if not self.enabled:
+            return None
+        p = self._path(key)
+        if not p.is_file():
+            self.misses += 1
+            return None
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                out = {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError):  # a torn or foreign file: recompute
+            self.misses += 1
+            return None
+        self.hits += 1
+        return out
+
+    def put(self, key: str, **arrays: np.ndarray) -> None:
+        if not self.enabled:
+            return
+        buf = io.BytesIO()
+        np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+        atomic_write_bytes(self._path(key), buf.getvalue())

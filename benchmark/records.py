@@ -1,0 +1,166 @@
+"""Run records: atomic file writes, results.json schema, env.json, per-sample parquet.
+
+A run folder holds (schema documented in ``docs/run-records.md``)::
+
+    results.json              the run's numbers and everything needed to reproduce them
+    env.json                  package versions and device
+    config.resolved.yaml      the resolved configuration
+    samples/<dataset>__<model>.parquet   one row per sample (per-sample records)
+    pairs/<dataset>__<model>.json        per-pair summary, written as each pair finishes (resume)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+RESULT_ROW_KEYS = ("task", "metric", "category", "point", "boot_mean", "lo", "hi", "n")
+RESULTS_REQUIRED_KEYS = ("schema_version", "harness_version", "git_commit", "date", "config", "protocol",
+                         "datasets", "models", "results", "skipped_pairs", "limit")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temporary sibling then rename, so readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return None if np.isnan(o) else float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_parquet_atomic(df: Any, path: str | os.PathLike) -> None:
+    import io
+
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def nan_to_none(x: Any) -> Any:
+    """JSON has no NaN: store missing numbers as null."""
+    if isinstance(x, float) and x != x:
+        return None
+    if isinstance(x, dict):
+        return {k: nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [nan_to_none(v) for v in x]
+    try:
+        import numpy as np
+
+        if isinstance(x, np.floating):
+            return None if np.isnan(x) else float(x)
+        if isinstance(x, np.integer):
+            return int(x)
+    except ImportError:  # pragma: no cover
+        pass
+    return x
+
+
+def git_commit(repo_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Commit hash and dirty flag of the harness checkout (``unknown`` outside git)."""
+    repo_dir = str(repo_dir or Path(__file__).resolve().parent.parent)
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_dir, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo_dir,
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+        return {"commit": head, "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": "unknown", "dirty": None}
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+ENV_PACKAGES = ("afloc-bench", "numpy", "scipy", "pandas", "scikit-learn", "torch", "torchvision", "transformers",
+                "tokenizers", "open_clip_torch", "grad-cam", "opencv-python-headless", "pydicom", "pycocotools",
+                "pyarrow", "safetensors", "torchxrayvision")
+
+
+def environment(device: str | None = None) -> dict[str, Any]:
+    """What env.json records: interpreter, platform, package versions, device."""
+    versions = {}
+    for name in ENV_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "packages": versions,
+        "device": device,
+    }
+    try:
+        import torch
+
+        env["torch"] = {
+            "version": torch.__version__,
+            "cuda_available": torch.cuda.is_available(),
+            "cuda_version": torch.version.cuda,
+            "cudnn_version": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+            "cudnn_deterministic": torch.backends.cudnn.deterministic,
+            "num_threads": torch.get_num_threads(),
+            "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        }
+    except ImportError:
+        env["torch"] = None
+    return env
+
+
+def validate_results(obj: dict[str, Any]) -> list[str]:
+    """Problems with a results.json object (empty list = valid against schema 1)."""
+    problems = [f"missing key {k!r}" for k in RESULTS_REQUIRED_KEYS if k not in obj]
+    if obj.get("schema_version") != SCHEMA_VERSION:
+        problems.append(f"schema_version {obj.get('schema_version')!r} != {SCHEMA_VERSION}")
+    for ds, per_model in (obj.get("results") or {}).items():
+        for model, rows in per_model.items():
+            if not isinstance(rows, list):
+                problems.append(f"results[{ds}][{model}] is not a list")
+                continue
+            for i, row in enumerate(rows):
+                missing = [k for k in RESULT_ROW_KEYS if k not in row]
+                if missing:
+                    problems.append(f"results[{ds}][{model}][{i}] lacks {missing}")
+    return problems

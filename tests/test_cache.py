@@ -1,0 +1,85 @@
+"""Cache keys and atomic writes."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from benchmark.cache import ArrayCache, cache_key, checkpoint_sha256, file_sha256
+from benchmark.records import atomic_write_text
+
+
+def _key(**kw):
+    base = dict(model_id="random", checkpoint_sha="none", preprocessing_id="p1", image_sha="abc",
+                prompt="Findings suggesting pneumonia.")
+    base.update(kw)
+    return cache_key("heatmap", **base)
+
+
+def test_every_component_changes_the_key():
+    k0 = _key()
+    assert _key() == k0
+    for change in (dict(model_id="uniform"), dict(checkpoint_sha="123"), dict(preprocessing_id="p2"),
+                   dict(image_sha="abd"), dict(prompt="Findings suggesting effusion.")):
+        assert _key(**change) != k0, change
+
+
+def test_two_models_never_share_an_entry(tmp_path):
+    cache = ArrayCache(tmp_path)
+    cache.put(_key(model_id="a"), grid=np.zeros((2, 2)))
+    cache.put(_key(model_id="b"), grid=np.ones((2, 2)))
+    assert cache.get(_key(model_id="a"))["grid"].sum() == 0
+    assert cache.get(_key(model_id="b"))["grid"].sum() == 4
+
+
+def test_disabled_cache_stores_nothing(tmp_path):
+    cache = ArrayCache(tmp_path / "c", enabled=False)
+    cache.put(_key(), grid=np.zeros(3))
+    assert cache.get(_key()) is None
+    assert not (tmp_path / "c").exists()
+
+
+def test_corrupt_entry_is_a_miss(tmp_path):
+    cache = ArrayCache(tmp_path)
+    k = _key()
+    cache.put(k, grid=np.zeros(3))
+    path = tmp_path / k[:2] / f"{k}.npz"
+    path.write_bytes(b"not a zip")
+    assert cache.get(k) is None
+
+
+def test_image_hash_is_content_not_name(tmp_path):
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    a.write_bytes(b"same bytes")
+    b.write_bytes(b"same bytes")
+    assert file_sha256(a) == file_sha256(b)
+    b.write_bytes(b"other bytes")
+    os.utime(b, ns=(1, 1))
+    assert file_sha256(a) != file_sha256(b)
+
+
+def test_checkpoint_hash_of_folder_and_missing(tmp_path):
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    h1 = checkpoint_sha256(d)
+    (d / "weights.bin").write_bytes(b"\0" * 10)
+    assert checkpoint_sha256(d) != h1
+    with pytest.raises(FileNotFoundError):
+        checkpoint_sha256(tmp_path / "nope.ckpt")
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "results.json"
+    atomic_write_text(target, "old")
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        atomic_write_text(target, "new")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temp file left behind

@@ -1,0 +1,28 @@
+"""The README keeps exactly two set-up commands, and CI runs the README's test command."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _setup_commands():
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Set-up: the two commands", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.*?)\n```", section, flags=re.S)
+
+
+def test_exactly_two_setup_commands():
+    cmds = _setup_commands()
+    assert len(cmds) == 2
+    assert "afloc-bench run --models all --datasets demo" in cmds[0]
+    assert "pytest" in cmds[1]
+
+
+def test_ci_runs_the_readme_test_command():
+    test_cmd = _setup_commands()[1]
+    tail = test_cmd.split("&& ", 2)[-1]  # after venv creation and activation
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert tail in ci, f"{tail!r} not in .ci/run"

@@ -1,0 +1,103 @@
+"""Name resolution, collections, registration rules and lazy listing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from benchmark.adapter import Adapter, register_model
+from benchmark.registry import RegistryError, Registry, UnknownNameError, models, register_collection
+
+
+def test_sanity_models_listed():
+    names = models.names()
+    for n in ("random", "uniform", "center_prior"):
+        assert n in names
+        assert "grounding" in models.entry(n).capabilities
+
+
+def test_resolution_order_exact_collection_glob_all():
+    assert models.resolve("random") == ["random"]
+    assert models.resolve("sanity") == ["center_prior", "random", "uniform"]
+    assert models.resolve("cent*") == ["center_prior"]
+    assert set(models.resolve("all")) >= {"random", "uniform", "center_prior"}
+    # comma lists keep order and drop duplicates
+    assert models.resolve("uniform,random,sanity") == ["uniform", "random", "center_prior"]
+    assert models.resolve(["uniform", "uniform"]) == ["uniform"]
+
+
+def test_exact_name_wins_over_collection_and_glob():
+    reg = Registry("metrics")
+    reg.add("x_one", object(), description="one")
+    reg.add("x_two", object(), description="two")
+    assert reg.resolve("x_*") == ["x_one", "x_two"]
+    assert reg.resolve("x_two") == ["x_two"]
+
+
+def test_unknown_name_suggests_and_fails():
+    with pytest.raises(UnknownNameError) as exc:
+        models.resolve("randon")
+    assert "random" in str(exc.value)
+    assert "did you mean" in str(exc.value)
+    with pytest.raises(UnknownNameError):
+        models.resolve("nomatch*")
+
+
+def test_hidden_entries_are_not_in_all():
+    @register_model("hidden_test_model", tags=("hidden",))
+    class _Hidden(Adapter):
+        preprocessing_id = "none"
+
+    try:
+        assert "hidden_test_model" not in models.resolve("all")
+        assert models.resolve("hidden_test_model") == ["hidden_test_model"]
+    finally:
+        models.unregister("hidden_test_model")
+
+
+def test_tag_collection_and_fixed_collection():
+    register_collection("models", "fixed_test_coll", "test", members=["uniform", "random"])
+    assert models.resolve("fixed_test_coll") == ["uniform", "random"]
+
+
+def test_duplicate_registration_of_a_different_object_fails():
+    class A(Adapter):
+        preprocessing_id = "a"
+
+    class B(Adapter):
+        preprocessing_id = "b"
+
+    register_model("dup_test_model")(A)
+    try:
+        with pytest.raises(RegistryError, match="registered twice"):
+            register_model("dup_test_model")(B)
+    finally:
+        models.unregister("dup_test_model")
+
+
+def test_register_model_checks_contract():
+    with pytest.raises(TypeError):
+        register_model("not_an_adapter")(object)
+
+    class NoPrep(Adapter):
+        pass
+
+    with pytest.raises(ValueError, match="preprocessing_id"):
+        register_model("no_prep_model")(NoPrep)
+
+
+@pytest.mark.parametrize("bad", ["has space", "a,b", "glob*", "all", "sanity"])
+def test_invalid_names_rejected(bad):
+    with pytest.raises(ValueError):
+        Registry("models").add(bad, object())
+
+
+def test_listing_does_not_import_torch():
+    code = ("import sys; from benchmark.cli.main import main; "
+            "rc = [main(['ls', k]) for k in ('models', 'datasets', 'metrics', 'protocols', 'collections')]; "
+            "print('TORCH', 'torch' in sys.modules, 'TRANSFORMERS', 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "TORCH False TRANSFORMERS False" in out.stdout
