@@ -1,17 +1,56 @@
-"""`afloc-bench regress`: fail when a run drifts from a paper table or a golden run."""
+"""`afloc-bench regress`: fail when a run drifts from a golden run or a paper table."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
-HELP = "fail when a run drifts from a paper table or a golden run (not yet available)"
+HELP = "fail (exit 1) when a run drifts from a golden run or a paper table; prints a diff table"
+DESCRIPTION = """\
+Compare a run with a reference and exit non-zero on drift.
+
+REF is a run folder / results.json (a golden run), or `paper:<table id>[:<dataset>]` for the
+paper's tables (ids in results/paper/index.yaml). Every reference cell must be present in the
+run. --tolerance ci (default) accepts a value inside the reference CI (or within the printed
+rounding when the reference has no CI); a number is an absolute tolerance.
+
+examples:
+  afloc-bench regress results/runs/latest --against results/demo/golden --tolerance 1e-9
+  afloc-bench regress results/runs/paper --against paper:arxiv_v5/table1
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    parser.add_argument("run", help="run folder or results.json")
+    parser.add_argument("--against", required=True, metavar="REF", help="golden run folder or paper:<table id>")
+    parser.add_argument("--tolerance", default="ci", help="'ci' (default) or an absolute tolerance, e.g. 0.01")
+    parser.add_argument("--all-rows", action="store_true", help="print every compared cell, not only failures")
 
 
 def run(args: argparse.Namespace) -> int:
-    from .main import NotYetAvailable
+    from ..regress import compare_cells, diff_table, load_reference, load_results, run_cells
 
-    raise NotYetAvailable("`afloc-bench regress` is declared but not implemented in this version")
+    tol = args.tolerance
+    if tol != "ci":
+        try:
+            tol = float(tol)
+        except ValueError:
+            print(f"afloc-bench regress: --tolerance must be 'ci' or a number, got {tol!r}", file=sys.stderr)
+            return 2
+    try:
+        ref = load_reference(args.against)
+        cells = run_cells(load_results(args.run))
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"afloc-bench regress: error: {exc}", file=sys.stderr)
+        return 2
+    diffs = compare_cells(cells, ref, tol)
+    bad = [d for d in diffs if d.status != "ok"]
+    if not diffs:
+        print("afloc-bench regress: the reference has no comparable cells", file=sys.stderr)
+        return 2
+    table = diff_table(diffs, only_failures=not args.all_rows)
+    if table.strip():
+        print(table)
+    print(f"\n{len(diffs) - len(bad)}/{len(diffs)} cells within tolerance ({args.tolerance})"
+          + (f"; {len(bad)} drifted or missing" if bad else ""))
+    return 1 if bad else 0

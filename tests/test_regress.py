@@ -1,0 +1,76 @@
+"""`regress`: a run equal to the reference passes; a moved or missing cell fails and is named."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+import toy
+from benchmark.cli.main import main
+from benchmark.regress import Cell, compare_cells
+
+toy.register()
+
+
+@pytest.fixture(scope="module")
+def golden(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("golden")
+    root = toy.make_toy(tmp / "toy_test")
+    out = tmp / "run"
+    assert main(["-q", "run", "--models", "sanity", "--datasets", "toy_test", "--protocol", "toy@1", "--no-cache",
+                 "--data-root", str(root.parent / "{dataset}"), "--n-boot", "30", "--num-workers", "0",
+                 "-o", str(out)]) == 0
+    return out
+
+
+def _moved_copy(golden, tmp_path, delta, metric="center_ratio"):
+    moved = tmp_path / "moved"
+    shutil.copytree(golden, moved)
+    res = json.loads((moved / "results.json").read_text())
+    for r in res["results"]["toy_test"]["center_prior"]:
+        if r["metric"] == metric:
+            r["point"] += delta
+    (moved / "results.json").write_text(json.dumps(res))
+    return moved
+
+
+def test_identical_run_passes(golden, capsys):
+    assert main(["regress", str(golden), "--against", str(golden), "--tolerance", "1e-12"]) == 0
+    assert "within tolerance" in capsys.readouterr().out
+
+
+def test_moved_cell_fails_and_is_named(golden, tmp_path, capsys):
+    moved = _moved_copy(golden, tmp_path, 0.05)
+    assert main(["regress", str(moved), "--against", str(golden), "--tolerance", "0.01"]) == 1
+    out = capsys.readouterr().out
+    assert "DRIFT" in out and "center_ratio" in out and "center_prior" in out
+    # within tolerance passes
+    assert main(["regress", str(moved), "--against", str(golden), "--tolerance", "0.1"]) == 0
+
+
+def test_ci_tolerance_uses_reference_interval():
+    ref = [Cell("d", "m", "grounding", "iou", "all", 0.5, 0.45, 0.55)]
+    inside = [Cell("d", "m", "grounding", "iou", "all", 0.54)]
+    outside = [Cell("d", "m", "grounding", "iou", "all", 0.56)]
+    assert compare_cells(inside, ref, "ci")[0].status == "ok"
+    assert compare_cells(outside, ref, "ci")[0].status == "drift"
+    printed = [Cell("d", "m", None, "iou", "all", 0.512, digits=3)]
+    assert compare_cells([Cell("d", "m", "grounding", "iou", "all", 0.5124)], printed, "ci")[0].status == "ok"
+    assert compare_cells([Cell("d", "m", "grounding", "iou", "all", 0.5126)], printed, "ci")[0].status == "drift"
+
+
+def test_missing_cell_fails(golden, tmp_path, capsys):
+    partial = tmp_path / "partial"
+    shutil.copytree(golden, partial)
+    res = json.loads((partial / "results.json").read_text())
+    del res["results"]["toy_test"]["uniform"]
+    (partial / "results.json").write_text(json.dumps(res))
+    assert main(["regress", str(partial), "--against", str(golden)]) == 1
+    assert "MISSING" in capsys.readouterr().out
+
+
+def test_bad_reference_is_a_clear_error(golden, tmp_path, capsys):
+    assert main(["regress", str(golden), "--against", str(tmp_path / "nope")]) == 2
+    assert "no results.json" in capsys.readouterr().err
