@@ -60,6 +60,7 @@ class RunConfig:
     cache_dir: str | None = None
     prompt_set: str = "simple"
     split: str | None = None
+    save_heatmaps: int = 8
     quiet: bool = False
 
     @classmethod
@@ -475,7 +476,27 @@ class Runner:
                 skipped.append({"sample_id": s.sample_id, "path": exc.path or s.image_path, "reason": str(exc)})
                 continue
             out.append((s, rec))
+        self._save_heatmaps(plan, adapter, [s for s, _ in out], grids)
         return out, skipped
+
+    def _save_heatmaps(self, plan: PairPlan, adapter: Adapter, samples: list[Sample],
+                       grids: dict[tuple[str, str], np.ndarray]) -> None:
+        """Keep the native grids of the first few samples, for overlays in reports."""
+        keep = [s for s in samples if s.has_localization][: max(0, int(self.cfg.save_heatmaps))]
+        if not keep:
+            return
+        import io
+
+        from .records import atomic_write_bytes
+
+        prompts = [s.prompt(self.cfg.prompt_set) for s in keep]
+        buf = io.BytesIO()
+        np.savez_compressed(buf, sample_id=np.array([s.sample_id for s in keep]),
+                            image_path=np.array([s.image_path for s in keep]), prompt=np.array(prompts),
+                            sample_json=np.array([json.dumps(s.to_dict(), default=str) for s in keep]),
+                            grid=np.stack([grids[(s.image_path, p)] for s, p in zip(keep, prompts)]),
+                            input_geometry=np.array(adapter.input_geometry))
+        atomic_write_bytes(self.out / "heatmaps" / f"{plan.dataset}__{plan.model}.npz", buf.getvalue())
 
     def _classification(self, adapter: Adapter, samples: list[Sample], plan: PairPlan):
         ckpt_sha = self._ckpt_sha(plan.model, adapter)
