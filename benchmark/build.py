@@ -51,16 +51,18 @@ def build_tables(run_paths: list[str], *, digits: int = 3, paper_version: str | 
     if len(majors) > 1:
         raise ValueError(f"runs have different schema versions {sorted(majors)}; build them separately")
     cells: dict[tuple, Cell] = {}
-    meta: dict[str, Any] = {"protocols": set(), "limits": set(), "harness": set(), "datasets": {}}
+    meta: dict[str, Any] = {"protocols": set(), "limits": set(), "harness": set(), "datasets": {},
+                            "prompt_sets": set()}
     for path, s in zip(run_paths, states):
         meta["protocols"].add(s.get("protocol", {}).get("id"))
+        meta["prompt_sets"].add((s.get("config") or {}).get("prompt_set") or "simple")
         meta["harness"].add(f"{s.get('harness_version')}@{str(s.get('git_commit', ''))[:10]}")
         if s.get("limit"):
             meta["limits"].add(s["limit"])
         for name, d in s.get("datasets", {}).items():
             meta["datasets"][name] = f"{name} v{d.get('card_version')} ({d.get('split')}, n={d.get('n_samples_used')})"
         for c in run_cells(s, source=str(path)):
-            if c.category == category:
+            if c.category == category and "[" not in c.dataset:
                 cells[(c.dataset, c.task, c.model, c.metric)] = c
     ref = paper_reference(paper_version) if with_paper else {}
     limit_mark = f" [LIMITED RUN: --limit {', '.join(map(str, sorted(meta['limits'])))}]" if meta["limits"] else ""
@@ -81,6 +83,8 @@ def build_tables(run_paths: list[str], *, digits: int = 3, paper_version: str | 
                 text = "" if c is None or c.value is None else (
                     f"{c.value:.{digits}f}" + ("" if c.lo is None else f" [{c.lo:.{digits}f}, {c.hi:.{digits}f}]"))
                 p = ref.get((ds, model, m, category))
+                for ps in sorted(meta["prompt_sets"]):
+                    p = p or ref.get((f"{ds}[prompt={ps}]", model, m, category))
                 if p is not None and c is not None and c.value is not None and p.lo is not None \
                         and not (p.lo <= c.value <= p.hi):
                     text += " " + OUTSIDE_CI

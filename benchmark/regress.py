@@ -47,12 +47,16 @@ def load_results(path: str | Path) -> dict[str, Any]:
 
 
 def run_cells(state: dict[str, Any], source: str = "") -> list[Cell]:
+    """Cells of a run. Each is also listed under ``dataset[prompt=<prompt set>]``, the name the
+    paper's tables give datasets evaluated with a named prompt set (MS-CXR)."""
+    prompt_set = (state.get("config") or {}).get("prompt_set") or "simple"
     cells = []
     for ds, per_model in state.get("results", {}).items():
         for model, rows in per_model.items():
             for r in rows:
-                cells.append(Cell(ds, model, r.get("task"), r["metric"], r.get("category", "all"), r.get("point"),
-                                  r.get("lo"), r.get("hi"), source=source))
+                for name in (ds, f"{ds}[prompt={prompt_set}]"):
+                    cells.append(Cell(name, model, r.get("task"), r["metric"], r.get("category", "all"),
+                                      r.get("point"), r.get("lo"), r.get("hi"), source=source))
     return cells
 
 
@@ -67,13 +71,15 @@ def paper_cells_as_reference(spec: str) -> list[Cell]:
     table = parts[1] if len(parts) > 1 and parts[1] else None
     dataset = parts[2] if len(parts) > 2 else None
     df = paper.paper_cells(table=table, dataset=dataset)
+    if table is None and "table" in df:
+        df = df[df["table"] != "text_values"]  # numbers quoted in the prose repeat table cells
     if df.empty:
         raise ValueError(f"no paper cells match {spec!r} (see results/paper/index.yaml)")
     out = []
     for r in df.to_dict("records"):
         scale = 0.01 if str(r.get("unit", "")).lower() in ("percent", "%", "percentage") else 1.0
         val = _num(r.get("value"))
-        digits = _digits(r.get("value"))
+        digits = int(r["decimals"]) if _num(r.get("decimals")) is not None else _digits(r.get("value"))
         out.append(Cell(r["dataset"], r["model"], None, r["metric"], r.get("category") or "all",
                         None if val is None else val * scale,
                         None if _num(r.get("ci_low")) is None else _num(r.get("ci_low")) * scale,
