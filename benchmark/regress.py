@@ -110,6 +110,17 @@ def load_reference(spec: str) -> list[Cell]:
     return run_cells(load_results(spec), source=spec)
 
 
+def filter_cells(cells: Iterable[Cell], models: str | None = None, datasets: str | None = None) -> list[Cell]:
+    """Keep cells whose model and dataset match comma-separated names or globs."""
+    import fnmatch
+
+    def ok(name: str, spec: str | None) -> bool:
+        pats = [p.strip() for p in (spec or "").split(",") if p.strip()]
+        return spec is None or any(name == p or fnmatch.fnmatchcase(name, p) for p in pats)
+
+    return [c for c in cells if ok(c.model, models) and ok(c.dataset, datasets)]
+
+
 @dataclass
 class Diff:
     ref: Cell

@@ -74,3 +74,29 @@ def test_missing_cell_fails(golden, tmp_path, capsys):
 def test_bad_reference_is_a_clear_error(golden, tmp_path, capsys):
     assert main(["regress", str(golden), "--against", str(tmp_path / "nope")]) == 2
     assert "no results.json" in capsys.readouterr().err
+
+
+def _fake_run(tmp_path, value, prompt_set="simple"):
+    from benchmark.records import atomic_write_json
+
+    state = {"schema_version": 1, "config": {"prompt_set": prompt_set}, "limit": None,
+             "results": {"ms_cxr": {"afloc": [{"task": "grounding", "metric": "iou", "category": "all",
+                                               "point": value, "boot_mean": value, "lo": None, "hi": None,
+                                               "n": 1153}]}}}
+    out = tmp_path / f"fake_{value}_{prompt_set}"
+    atomic_write_json(out / "results.json", state)
+    return out
+
+
+def test_regress_against_a_paper_table(tmp_path, capsys):
+    # arXiv v5 Table 1 prints AFLoc's MS-CXR IoU with the simple prompts as 0.289 (0.262, 0.314)
+    args = ["--against", "paper:arxiv_v5/table1", "--models", "afloc", "--datasets", "ms_cxr*"]
+    ok_run = _fake_run(tmp_path, 0.30)
+    assert main(["regress", str(ok_run), *args, "--datasets", "ms_cxr[prompt=simple]"]) == 0
+    far = _fake_run(tmp_path, 0.40)
+    assert main(["regress", str(far), *args, "--datasets", "ms_cxr[prompt=simple]"]) == 1
+    out = capsys.readouterr().out
+    assert "DRIFT" in out and "ms_cxr[prompt=simple]" in out
+    # a run made with the simple prompts lacks the paper's precise-prompt cells
+    assert main(["regress", str(ok_run), *args]) == 1
+    assert "MISSING" in capsys.readouterr().out

@@ -25,10 +25,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--against", required=True, metavar="REF", help="golden run folder or paper:<table id>")
     parser.add_argument("--tolerance", default="ci", help="'ci' (default) or an absolute tolerance, e.g. 0.01")
     parser.add_argument("--all-rows", action="store_true", help="print every compared cell, not only failures")
+    parser.add_argument("--models", default=None, help="only reference cells of these models (comma list, globs)")
+    parser.add_argument("--datasets", default=None,
+                        help="only reference cells of these datasets (comma list, globs; 'ms_cxr*' covers prompt sets)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..regress import compare_cells, diff_table, load_reference, load_results, run_cells
+    from ..regress import compare_cells, diff_table, filter_cells, load_reference, load_results, run_cells
 
     tol = args.tolerance
     if tol != "ci":
@@ -43,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"afloc-bench regress: error: {exc}", file=sys.stderr)
         return 2
+    ref = filter_cells(ref, models=args.models, datasets=args.datasets)
     diffs = compare_cells(cells, ref, tol)
     bad = [d for d in diffs if d.status != "ok"]
     if not diffs:
