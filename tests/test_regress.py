@@ -80,9 +80,9 @@ def _fake_run(tmp_path, value, prompt_set="simple"):
     from benchmark.records import atomic_write_json
 
     state = {"schema_version": 1, "config": {"prompt_set": prompt_set}, "limit": None,
-             "results": {"ms_cxr": {"afloc": [{"task": "grounding", "metric": "iou", "category": "all",
-                                               "point": value, "boot_mean": value, "lo": None, "hi": None,
-                                               "n": 1153}]}}}
+             "results": {"ms_cxr": {"afloc": [
+                 {"task": "grounding", "metric": m, "category": "all", "point": v, "boot_mean": v, "lo": None,
+                  "hi": None, "n": 1153} for m, v in (("iou", value), ("dice", 0.418), ("cnr", 1.351))]}}}
     out = tmp_path / f"fake_{value}_{prompt_set}"
     atomic_write_json(out / "results.json", state)
     return out
