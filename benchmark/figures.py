@@ -119,3 +119,77 @@ def category_bars(state: dict[str, Any], dataset: str, metric: str, path: str | 
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return path
+
+
+def _load_saved(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """``heatmaps/<dataset>__<model>.npz`` of a run → {stem: arrays}."""
+    out = {}
+    for p in sorted((Path(run_dir) / "heatmaps").glob("*.npz")):
+        with np.load(p, allow_pickle=False) as z:
+            out[p.stem] = {k: z[k] for k in z.files}
+    return out
+
+
+def overlays(run_dir: str | Path, dataset: str, path: str | Path, n_samples: int = 4,
+             smooth_sigma: float | None = 1.5) -> Path | None:
+    """Image + ground truth + each model's heatmap in original coordinates, models side by side.
+
+    The saved native grids are smoothed (``smooth_sigma`` on the grid, as AFLoc and BioViL do
+    for display), upsampled and mapped back to the original image by the model's input
+    geometry; NaN (outside the model's view) is left transparent.
+    """
+    import json
+
+    from .geometry import parse_geometry, sample_mask, smooth_grid
+    from .imageio import read_image
+    from .sample import Sample
+
+    saved = {stem: d for stem, d in _load_saved(Path(run_dir)).items() if stem.split("__")[0] == dataset}
+    if not saved:
+        return None
+    models = _model_order({stem.split("__", 1)[1] for stem in saved})
+    first = saved[f"{dataset}__{models[0]}"]
+    ids = [str(s) for s in first["sample_id"][:n_samples]]
+    plt = _plt()
+    fig, axes = plt.subplots(len(ids), len(models) + 1, figsize=(2.3 * (len(models) + 1), 2.5 * len(ids)),
+                             squeeze=False)
+    for row, sid in enumerate(ids):
+        i0 = list(first["sample_id"]).index(sid)
+        sample = Sample.from_dict(json.loads(str(first["sample_json"][i0])))
+        img = read_image(sample.image_path, "gray")
+        size = img.shape[:2]
+        gt = sample_mask(sample, size)
+        for col in range(len(models) + 1):
+            ax = axes[row][col]
+            ax.imshow(img, cmap="gray")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == 0:
+                ax.contour(gt > 0, levels=[0.5], colors="lime", linewidths=1.0)
+                ax.set_title(f"{sample.category}\n{str(first['prompt'][i0])[:40]}", fontsize=7)
+                continue
+            model = models[col - 1]
+            d = saved.get(f"{dataset}__{model}")
+            if d is None or sid not in list(map(str, d["sample_id"])):
+                ax.set_title(f"{model}: n/a", fontsize=7)
+                continue
+            k = list(map(str, d["sample_id"])).index(sid)
+            grid = d["grid"][k].astype(np.float64)
+            if smooth_sigma:
+                grid = smooth_grid(grid, smooth_sigma)
+            hmap = parse_geometry(str(d["input_geometry"])).grid_to_original(grid, size)
+            valid = np.isfinite(hmap)
+            if valid.any():
+                lo, hi = np.nanmin(hmap), np.nanmax(hmap)
+                hmap = (hmap - lo) / (hi - lo) if hi > lo else np.zeros_like(hmap)
+            ax.imshow(np.ma.masked_invalid(hmap), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            ax.contour(gt > 0, levels=[0.5], colors="white", linewidths=0.8)
+            if row == 0:
+                ax.set_title(model, fontsize=8)
+    fig.suptitle(f"{dataset}: heatmaps (min-max per map) with ground truth", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
