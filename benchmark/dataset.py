@@ -47,6 +47,7 @@ class DatasetCard:
     resampling_unit: str = "image"  # image or patient
     default_split: str = "test"
     notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # loader-specific facts (published split ids, ...)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

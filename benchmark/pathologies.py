@@ -118,7 +118,7 @@ def canonical_name(name: str, *, scope: str | None = None, source: str | os.Path
         return _SCOPED_INDEX[scope][key]
     if key in _INDEX:
         return _INDEX[key]
-    where = f"row {row}: " if row is not None else ""
+    where = "" if row is None else (f"row {row}: " if isinstance(row, int) or str(row).isdigit() else f"{row}: ")
     close = difflib.get_close_matches(str(name), sorted(CANONICAL), n=3, cutoff=0.6)
     hint = ("; did you mean " + " or ".join(repr(c) for c in close) + "?") if close else ""
     raise UnknownCategoryError(source, f"{where}unknown category {name!r}{hint} "
