@@ -319,24 +319,27 @@ class Runner:
         adapter = self._adapter(plan.model)
         state["models"][plan.model] = self._model_record(plan.model, adapter)
         t0 = time.time()
-        frames, rows, run_skips = [], [], []
+        frames, rows, run_skips, used_params = [], [], [], {}
         unit = ds.card.resampling_unit
         for task in plan.tasks:
             records, skipped = self._records(task, adapter, samples, plan)
             run_skips.extend(skipped)
             if records.empty:
                 continue
-            params = {}
-            if self.protocol.tuning_split and task == "grounding":
-                params = self._tune(plan, adapter, task)
+            params: dict[str, Any] = {"prompt_set": self.cfg.prompt_set}
+            needs_tuning = self.protocol.needs_tuning_for(samples) if hasattr(self.protocol, "needs_tuning_for") \
+                else bool(self.protocol.tuning_split)
+            if needs_tuning and task == "grounding":
+                params.update(self._tune(plan, adapter, task))
             summary = self.protocol.summarize(records, task, n_boot=self.cfg.n_boot, seed=self.cfg.seed,
                                               unit=unit, params=params)
+            used_params[task] = params
             rows.extend({"task": task, **r} for r in summary)
             frames.append(records)
         if frames:
             write_parquet_atomic(pd.concat(frames, ignore_index=True), self.out / "samples" / f"{stem}.parquet")
         pair = {"dataset": plan.dataset, "model": plan.model, "fingerprint": fingerprint, "tasks": plan.tasks,
-                "rows": nan_to_none(rows), "model_record": state["models"][plan.model],
+                "rows": nan_to_none(rows), "protocol_params": nan_to_none(used_params), "model_record": state["models"][plan.model],
                 "model": state["models"][plan.model], "n_run_skipped": len(run_skips),
                 "run_skipped": run_skips[:100], "seconds": round(time.time() - t0, 3),
                 "cache": {"hits": self.cache.hits, "misses": self.cache.misses}}
@@ -364,8 +367,9 @@ class Runner:
         import pandas as pd
 
         if task == "grounding":
-            wanted = [s for s in samples if s.has_localization or
-                      (getattr(self.protocol, "uses_negatives", False) and s.label is not None)]
+            negatives = self.protocol.uses_negatives_for(samples) if hasattr(self.protocol, "uses_negatives_for") \
+                else getattr(self.protocol, "uses_negatives", False)
+            wanted = [s for s in samples if s.has_localization or (negatives and s.label is not None)]
             values, skipped = self._grounding(adapter, wanted, plan)
         else:
             wanted = [s for s in samples if s.label is not None]

@@ -1,0 +1,278 @@
+"""Bootstrap confidence intervals, vectorised: one weight matrix times per-sample values.
+
+Why this shape: a replicate mean is ``counts @ values / counts @ present`` where
+``counts[r, i]`` is how often sample ``i`` was drawn in replicate ``r``. One matrix
+product gives every metric and category of a chunk of replicates at once; chunks keep
+memory at ``chunk × N`` whatever the number of replicates.
+
+Two ways to draw:
+- :func:`unit_weights` (canonical): ``numpy.random.default_rng(seed)``; whole resampling
+  units (image or patient) are drawn with replacement, optionally within strata.
+- :class:`LegacyStream` (official emulation): the legacy global NumPy stream of
+  ``np.random.seed(seed)`` followed by ``np.random.choice(N, N, replace=True)`` once per
+  replicate, the draw AFLoc's and CheXlocalize's ``bootstrap_metric`` make. Successive
+  ``bootci`` calls continue the same stream, so the order of calls is part of the result.
+  :func:`sklearn_resample_indices` emulates AFLoc's classification bootstrap
+  (``sklearn.utils.resample(idx, replace=True, random_state=i)``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Iterator, Sequence
+
+import numpy as np
+
+DEFAULT_N_BOOT = 1000
+DEFAULT_CHUNK = 100
+_BLAS = None
+
+
+def blas_single_thread():
+    """Context that runs BLAS on one thread: the products here are thin ([100, N] × [N, few]),
+    and a second BLAS thread on a busy 2-core machine makes them several times slower."""
+    global _BLAS
+    if _BLAS is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS = ThreadpoolController()
+        except Exception:  # threadpoolctl missing: leave BLAS alone
+            _BLAS = False
+    if _BLAS is False:
+        import contextlib
+
+        return contextlib.nullcontext()
+    return _BLAS.limit(limits=1, user_api="blas")
+
+
+# --------------------------------------------------------------------------------------
+# Draws
+# --------------------------------------------------------------------------------------
+def counts_from_indices(idx: np.ndarray, n: int) -> np.ndarray:
+    """Index matrix [r, k] of draws from range(n) → multiplicity matrix [r, n] (float64)."""
+    idx = np.asarray(idx)
+    out = np.empty((idx.shape[0], n), dtype=np.float64)
+    for i, row in enumerate(idx):
+        out[i] = np.bincount(row, minlength=n)
+    return out
+
+
+class LegacyStream:
+    """The legacy global NumPy stream after ``np.random.seed(seed)``.
+
+    ``np.random.choice(N, N, replace=True)`` draws ``randint(0, N, size=N)`` from
+    ``RandomState``; successive calls are equal to slices of one larger ``randint``
+    request, which is what makes chunked emulation exact.
+    """
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+        self._rs = np.random.RandomState(seed)
+
+    def indices(self, n: int, n_boot: int = DEFAULT_N_BOOT, chunk: int = DEFAULT_CHUNK) -> Iterator[np.ndarray]:
+        """One ``bootstrap_metric`` call: ``n_boot`` replicates of ``choice(n, n)``, in chunks."""
+        done = 0
+        while done < n_boot:
+            r = min(chunk, n_boot - done)
+            yield self._rs.randint(0, n, size=(r, n))
+            done += r
+
+    def weights(self, n: int, n_boot: int = DEFAULT_N_BOOT, chunk: int = DEFAULT_CHUNK) -> Iterator[np.ndarray]:
+        for idx in self.indices(n, n_boot, chunk):
+            yield counts_from_indices(idx, n)
+
+    def skip(self, n: int, n_boot: int = DEFAULT_N_BOOT) -> None:
+        """Consume the draws of one ``bootstrap_metric`` call without using them."""
+        for _ in self.indices(n, n_boot):
+            pass
+
+
+def sklearn_resample_indices(n: int, n_boot: int = DEFAULT_N_BOOT, chunk: int = DEFAULT_CHUNK) -> Iterator[np.ndarray]:
+    """Replicate ``i`` = ``sklearn.utils.resample(range(n), replace=True, random_state=i)``."""
+    done = 0
+    while done < n_boot:
+        r = min(chunk, n_boot - done)
+        yield np.stack([np.random.RandomState(i).randint(0, n, size=n) for i in range(done, done + r)])
+        done += r
+
+
+def unit_draws(units: Sequence, n_boot: int = DEFAULT_N_BOOT, seed: int = 0, *, strata: Sequence | None = None,
+               chunk: int = DEFAULT_CHUNK, order_by: Sequence | None = None) -> tuple[np.ndarray, Iterator[np.ndarray]]:
+    """Cluster bootstrap in unit space: ``(inv, chunks of unit multiplicities [r, U])``.
+
+    ``units`` gives each sample's resampling unit (image or patient id); ``inv[i]`` is the
+    column of sample ``i``'s unit. Columns are units sorted by id, or by (``order_by`` of the
+    unit's first sample, id), so draws never depend on the row order. With ``strata`` (one
+    label per sample, constant within a unit; otherwise the unit's first label is used)
+    units are drawn within each stratum, keeping the stratum's number of units.
+    """
+    units = np.asarray(units)
+    _, first, inv = np.unique(units, return_index=True, return_inverse=True)
+    n_units = len(first)
+    if order_by is not None:
+        key = np.asarray(order_by)[first]
+        perm = np.lexsort((np.arange(n_units), key))  # stable: ids stay sorted within a key
+        rank = np.empty(n_units, dtype=np.int64)
+        rank[perm] = np.arange(n_units)
+        inv, first = rank[inv], first[perm]
+    groups = None
+    if strata is not None:
+        s = np.asarray(strata)[first]
+        groups = [np.flatnonzero(s == g) for g in np.unique(s)]
+
+    def gen() -> Iterator[np.ndarray]:
+        rng = np.random.default_rng(seed)
+        done = 0
+        while done < n_boot:
+            r = min(chunk, n_boot - done)
+            if groups is None:
+                yield counts_from_indices(rng.integers(0, n_units, size=(r, n_units)), n_units)
+            else:
+                counts_u = np.zeros((r, n_units))
+                for members in groups:
+                    draw = members[rng.integers(0, len(members), size=(r, len(members)))]
+                    counts_u += counts_from_indices(draw, n_units)
+                yield counts_u
+            done += r
+
+    return inv.reshape(-1), gen()
+
+
+def unit_weights(units: Sequence, n_boot: int = DEFAULT_N_BOOT, seed: int = 0, *, strata: Sequence | None = None,
+                 chunk: int = DEFAULT_CHUNK) -> Iterator[np.ndarray]:
+    """Cluster bootstrap as sample weights [r, N]: every sample of a drawn unit enters with the
+    unit's multiplicity (the same draws as :func:`unit_draws`)."""
+    inv, chunks = unit_draws(units, n_boot, seed, strata=strata, chunk=chunk)
+    for counts_u in chunks:
+        yield counts_u[:, inv]
+
+
+def to_unit_space(values: np.ndarray, inv: np.ndarray) -> np.ndarray:
+    """Sum the rows of ``values`` [N, M] per unit → [U, M] (rows of a unit share its weight)."""
+    order = np.argsort(inv, kind="stable")
+    sorted_inv = inv[order]
+    starts = np.flatnonzero(np.r_[True, sorted_inv[1:] != sorted_inv[:-1]])
+    return np.add.reduceat(np.asarray(values, dtype=np.float64)[order], starts, axis=0)
+
+
+# --------------------------------------------------------------------------------------
+# Replicate statistics
+# --------------------------------------------------------------------------------------
+def weighted_nanmean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Replicate means [r, M] of ``values`` [N, M] under sample ``weights`` [r, N], NaN skipped.
+
+    A column with no weighted non-NaN value gives NaN (as ``DataFrame.mean`` of an
+    all-NaN column). Sums and counts come from one matrix product.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim == 1:
+        v = v[:, None]
+    present = ~np.isnan(v)
+    both = weights @ np.concatenate([np.where(present, v, 0.0), present.astype(np.float64)], axis=1)
+    m = v.shape[1]
+    num, den = both[:, :m], both[:, m:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / den, np.nan)
+
+
+def stacked_means(stacked: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Means from a pre-stacked ``[sums | counts]`` matrix (e.g. in unit space)."""
+    both = weights @ stacked
+    m = stacked.shape[1] // 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(both[:, m:] > 0, both[:, :m] / both[:, m:], np.nan)
+
+
+def unique_columns(mat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct columns, index of each original column): metrics often share columns
+    (e.g. the same NaN pattern), and the matrix product needs each only once."""
+    cols = np.asfortranarray(mat)
+    seen: dict[bytes, int] = {}
+    keep: list[int] = []
+    which = np.empty(mat.shape[1], dtype=np.int64)
+    for j in range(mat.shape[1]):
+        key = cols[:, j].tobytes()
+        if key not in seen:
+            seen[key] = len(keep)
+            keep.append(j)
+        which[j] = seen[key]
+    return np.ascontiguousarray(mat[:, keep]), which
+
+
+def replicate_means(values: np.ndarray, weight_chunks: Iterator[np.ndarray]) -> np.ndarray:
+    """Stack :func:`weighted_nanmean` over a stream of weight chunks → [R, M]."""
+    return np.concatenate([weighted_nanmean(values, w) for w in weight_chunks], axis=0)
+
+
+def official_ci(reps: np.ndarray, level: float = 0.95):
+    """AFLoc/CheXlocalize ``compute_cis`` on replicates [R] or [R, M] (per column).
+
+    Sort with NaN last (pandas ``sort_values``), lower = element ``int(a/2 * R) - 1``,
+    upper = element ``int((1 - a/2) * R) - 1`` (24 and 974 for R = 1000), mean = mean of
+    the non-NaN replicates. Returns ``(mean, lo, hi)`` arrays (unrounded).
+    """
+    reps = np.asarray(reps, dtype=np.float64)
+    one = reps.ndim == 1
+    if one:
+        reps = reps[:, None]
+    r = reps.shape[0]
+    alpha = 1 - level
+    lo_i, hi_i = int(alpha / 2 * r) - 1, int((1 - alpha / 2) * r) - 1
+    srt = np.sort(reps, axis=0)  # numpy sorts NaN last, as pandas
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(reps, axis=0)
+    lo, hi = srt[lo_i], srt[hi_i]
+    return (mean[0], lo[0], hi[0]) if one else (mean, lo, hi)
+
+
+def percentile_ci(reps: np.ndarray, level: float = 0.95):
+    """Percentile interval over the finite replicates (linear interpolation).
+
+    Returns ``(boot_mean, lo, hi)``; NaN when no replicate is finite. Used by
+    ``canonical@1`` and paired comparisons.
+    """
+    reps = np.asarray(reps, dtype=np.float64)
+    one = reps.ndim == 1
+    if one:
+        reps = reps[:, None]
+    alpha = 1 - level
+    mean = np.full(reps.shape[1], np.nan)
+    lo = np.full(reps.shape[1], np.nan)
+    hi = np.full(reps.shape[1], np.nan)
+    for j in range(reps.shape[1]):
+        f = reps[:, j][np.isfinite(reps[:, j])]
+        if f.size:
+            mean[j] = f.mean()
+            lo[j], hi[j] = np.quantile(f, [alpha / 2, 1 - alpha / 2])
+    return (mean[0], lo[0], hi[0]) if one else (mean, lo, hi)
+
+
+def bootstrap_p_value(diff_reps: np.ndarray) -> np.ndarray:
+    """Two-sided bootstrap p-value of a difference: ``min(1, 2·min(P*(Δ≤0), P*(Δ≥0)))``."""
+    d = np.asarray(diff_reps, dtype=np.float64)
+    one = d.ndim == 1
+    if one:
+        d = d[:, None]
+    out = np.full(d.shape[1], np.nan)
+    for j in range(d.shape[1]):
+        f = d[:, j][np.isfinite(d[:, j])]
+        if f.size:
+            out[j] = min(1.0, 2 * min(np.mean(f <= 0), np.mean(f >= 0)))
+    return out[0] if one else out
+
+
+def bh_fdr(p_values: Sequence[float]) -> np.ndarray:
+    """Benjamini–Hochberg adjusted p-values (q-values); NaN stays NaN."""
+    p = np.asarray(p_values, dtype=np.float64)
+    q = np.full_like(p, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    if ok.size == 0:
+        return q
+    order = ok[np.argsort(p[ok])]
+    m = len(order)
+    ranked = p[order] * m / np.arange(1, m + 1)
+    ranked = np.minimum.accumulate(ranked[::-1])[::-1]
+    q[order] = np.minimum(ranked, 1.0)
+    return q

@@ -1,0 +1,298 @@
+"""Speed and memory of the metric pipeline, beside per-sample loops that follow the official code.
+
+    python -m benchmark.perf metrics [--n 10000] [--loop-n 1000] [--chunk 32]
+
+Prints, for N synthetic 224×224 heatmaps with AFLoc's 5 thresholds:
+1. metric throughput (IoU + Dice + CNR, 14-px margin) of the chunked, vectorised path
+   ``afloc-compat@1`` uses, and of a per-sample, per-threshold loop written after the
+   official ``Pipeline.test`` (normalise, threshold, ``compute_iou``, ``compute_cnr``,
+   ``compute_dice``), on ``--loop-n`` maps, in the same process;
+2. the time of 1,000 bootstrap replicates of the 13 per-sample metrics a grounding
+   dataset is summarised with (iou@t, dice@t, iou, dice, cnr), as one index matrix per
+   chunk of replicates times the values of all metrics and categories, and as the official
+   pandas loop (``df.iloc[choice(N, N)]`` then one mean per column per replicate, once per
+   metric; ``--loop-boot`` replicates timed and scaled); the exact emulation of the official
+   draws (one stream segment per metric) is timed too;
+3. peak traced memory (tracemalloc) of the streaming pass at N/10 and at N, beside the
+   official approach of holding every map in memory (measured on ``--loop-n`` maps and
+   scaled to N).
+Maps and masks are generated chunk by chunk (seeded), outside the timed sections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import time
+import tracemalloc
+from typing import Iterator
+
+import numpy as np
+
+FRAME = 224
+
+
+# --------------------------------------------------------------------------------------
+# Synthetic data
+# --------------------------------------------------------------------------------------
+def synthetic_chunks(n: int, chunk: int, seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(heatmaps float32 [B,224,224], masks uint8 (boxes summed), categories) chunks."""
+    from .geometry import bilinear_resize
+
+    cats = np.array(["Atelectasis", "Cardiomegaly", "Pneumonia"])
+    for c, start in enumerate(range(0, n, chunk)):
+        b = min(chunk, n - start)
+        rng = np.random.default_rng([seed, c])
+        grids = rng.standard_normal((b, 19, 19)).astype(np.float32)
+        maps = bilinear_resize(grids, (FRAME, FRAME))
+        masks = np.zeros((b, FRAME, FRAME), dtype=np.uint8)
+        for i in range(b):
+            for _ in range(int(rng.integers(1, 3))):
+                x, y = rng.integers(0, 170, size=2)
+                w, h = rng.integers(10, 90, size=2)
+                masks[i, y:y + h, x:x + w] += 1
+        yield maps, masks, cats[rng.integers(0, 3, size=b)]
+
+
+# --------------------------------------------------------------------------------------
+# The straightforward loop (follows the official per-sample code)
+# --------------------------------------------------------------------------------------
+def _loop_norm(h: np.ndarray, nan: np.ndarray) -> np.ndarray:
+    out = copy.deepcopy(h)
+    v = out[~nan]
+    v = (v - v.min()) / (v.max() - v.min())
+    out[~nan] = v * 2 - 1
+    return out
+
+
+def _loop_iou(g: np.ndarray, p: np.ndarray, nan: np.ndarray) -> float:
+    g, p = g[~nan], p[~nan]
+    inter, union = np.logical_and(g, p), np.logical_or(g, p)
+    if np.sum(p) == 0 or np.sum(g) == 0:
+        return np.nan
+    return np.sum(inter) / np.sum(union)
+
+
+def _loop_dice(g: np.ndarray, p: np.ndarray, nan: np.ndarray) -> float:
+    g, p = g[~nan], p[~nan]
+    inter = np.logical_and(g, p)
+    if np.sum(p) == 0 or np.sum(g) == 0:
+        return np.nan
+    return 2 * np.sum(inter) / (np.sum(p) + np.sum(g))
+
+
+def _loop_cnr(g: np.ndarray, h: np.ndarray, nan: np.ndarray) -> float:
+    h = _loop_norm(h, nan)[~nan]
+    g = g[~nan]
+    a, b = h[g == 1], h[g == 0]
+    s = a.var() + b.var()
+    return 0.0 if s == 0 else (a.mean() - b.mean()) / pow(s, 0.5)
+
+
+def loop_metrics(maps: np.ndarray, masks: np.ndarray, valid: np.ndarray, thresholds) -> np.ndarray:
+    out = np.empty((len(maps), 3 * len(thresholds)))
+    for j, t in enumerate(thresholds):
+        for i in range(len(maps)):
+            h = maps[i].copy()
+            h[~valid] = np.nan
+            nan = np.isnan(h)
+            hn = _loop_norm(h, nan)
+            p = np.where(hn > t, 1, 0)
+            out[i, 3 * j] = _loop_iou(masks[i], p, nan)
+            out[i, 3 * j + 1] = _loop_cnr(masks[i], hn, nan)
+            out[i, 3 * j + 2] = _loop_dice(masks[i], p, nan)
+    return out
+
+
+def loop_bootstrap(frames, n_boot: int, seed: int = 0) -> Timer:
+    """The official ``bootstrap_metric`` for each frame in turn."""
+    np.random.seed(seed)
+    t = Timer()
+    with t:
+        for df in frames:
+            recs = []
+            for _ in range(n_boot):
+                ids = np.random.choice(len(df), size=len(df), replace=True)
+                rep = df.iloc[ids]
+                recs.append({c: rep[c].mean() for c in df.columns})
+    return t
+
+
+# --------------------------------------------------------------------------------------
+# The vectorised path
+# --------------------------------------------------------------------------------------
+class Timer:
+    """Wall and CPU (process) seconds: on a shared machine CPU time is the steadier measure."""
+
+    def __init__(self):
+        self.wall = self.cpu = 0.0
+
+    def __enter__(self):
+        self._w, self._c = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall += time.perf_counter() - self._w
+        self.cpu += time.process_time() - self._c
+
+
+def stream_metrics(n: int, chunk: int, seed: int = 0, *, timed: bool = True):
+    """Score N synthetic maps chunk by chunk; returns (records dict, Timer of the metric code)."""
+    from .geometry import afloc_margin_valid
+    from .metrics import AFLOC_THRESHOLDS
+    from .protocols.afloc_compat import afloc_scores
+
+    valid = afloc_margin_valid((FRAME, FRAME))
+    parts, cats, spent = [], [], Timer()
+    for maps, masks, cat in synthetic_chunks(n, chunk, seed):
+        with spent:
+            maps[:, ~valid] = np.nan
+            vals = afloc_scores(maps, masks, AFLOC_THRESHOLDS, with_hit=False)
+        parts.append({k: vals[k] for k in vals if k.startswith(("iou@", "dice@", "cnr"))})
+        cats.append(cat)
+    rec = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    rec["category"] = np.concatenate(cats)
+    return rec, spent
+
+
+def _record_metrics(rec: dict) -> dict[str, np.ndarray]:
+    """The per-sample values ``afloc-compat@1`` summarises for a dataset: iou@t, dice@t (5 each),
+    the threshold averages iou and dice, and cnr."""
+    import warnings
+
+    out = {k: rec[k] for k in rec if k.startswith(("iou@", "dice@"))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out["iou"] = np.nanmean(np.stack([rec[k] for k in rec if k.startswith("iou@")]), axis=0)
+        out["dice"] = np.nanmean(np.stack([rec[k] for k in rec if k.startswith("dice@")]), axis=0)
+    out["cnr"] = rec["cnr"]
+    return out
+
+
+def vector_bootstrap(rec: dict, n_boot: int, seed: int = 0) -> float:
+    """The harness bootstrap: one index matrix per chunk of replicates applied to every metric
+    and category at once (what ``canonical@1`` runs); returns seconds."""
+    from .protocols._common import category_codes, grouped_replicates
+
+    codes, cats = category_codes(list(rec["category"]))
+    values = _record_metrics(rec)
+    t = Timer()
+    with t:
+        grouped_replicates(values, codes, len(cats), np.arange(len(codes)), n_boot, seed)
+    return t
+
+
+def official_draw_bootstrap(rec: dict, n_boot: int, seed: int = 0) -> float:
+    """``afloc-compat@1``: the official seed-0 stream, one ``bootci`` call per metric; seconds."""
+    from .bootstrap import LegacyStream, blas_single_thread, weighted_nanmean
+    from .protocols._common import category_codes, one_hot_values
+
+    codes, cats = category_codes(list(rec["category"]))
+    values = _record_metrics(rec)
+    t = Timer()
+    with t, blas_single_thread():
+        stream = LegacyStream(seed)
+        for v in values.values():
+            mat = one_hot_values(v, codes, len(cats))
+            for w in stream.weights(len(v), n_boot):
+                weighted_nanmean(mat, w)
+    return t
+
+
+def _frames(rec: dict):
+    import pandas as pd
+
+    from .protocols._common import category_codes, one_hot_values
+
+    codes, cats = category_codes(list(rec["category"]))
+    return [pd.DataFrame(one_hot_values(v, codes, len(cats)), columns=cats) for v in _record_metrics(rec).values()]
+
+
+def peak_memory(fn, *args, **kwargs) -> tuple[float, object]:
+    gc.collect()
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    out = fn(*args, **kwargs)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return peak / 2**20, out
+
+
+def run_metrics(n: int, loop_n: int, chunk: int, n_boot: int, loop_boot: int, seed: int) -> dict:
+    from .geometry import afloc_margin_valid
+    from .metrics import AFLOC_THRESHOLDS
+
+    loop_n = min(loop_n, n)
+    print(f"afloc-bench metric pipeline benchmark: N={n} heatmaps {FRAME}x{FRAME}, 5 thresholds, chunk={chunk}")
+    # 1. throughput
+    rec, t_vec = stream_metrics(n, chunk, seed)
+    maps, masks, _ = next(synthetic_chunks(loop_n, loop_n, seed + 1))
+    valid = afloc_margin_valid((FRAME, FRAME))
+    t_loop = Timer()
+    with t_loop:
+        loop_metrics(maps, masks, valid, AFLOC_THRESHOLDS)
+    print("\n[1] IoU+Dice+CNR throughput (heatmaps/s; wall clock | CPU time of this process)")
+    print(f"    vectorised (chunked)  : {n / t_vec.wall:8.0f} | {n / t_vec.cpu:8.0f}   ({n} maps)")
+    print(f"    per-sample loop       : {loop_n / t_loop.wall:8.0f} | {loop_n / t_loop.cpu:8.0f}   ({loop_n} maps)")
+    print(f"    ratio                 : {(n / t_vec.wall) / (loop_n / t_loop.wall):8.1f}x| "
+          f"{(n / t_vec.cpu) / (loop_n / t_loop.cpu):8.1f}x")
+    # 2. bootstrap (after one small warm-up call: imports and thread-pool setup are not timed)
+    vector_bootstrap(rec, 10, seed)
+    official_draw_bootstrap(rec, 1, seed)
+    t_bvec = vector_bootstrap(rec, n_boot, seed)
+    t_boff = official_draw_bootstrap(rec, n_boot, seed)
+    frames = _frames(rec)
+    t_bl = loop_bootstrap(frames, loop_boot, seed)
+    scale = n_boot / loop_boot
+    note = "" if loop_boot == n_boot else f" (timed {loop_boot} replicates, scaled)"
+    print(f"\n[2] {n_boot} bootstrap replicates of the {len(frames)} per-sample metrics (iou@t, dice@t, iou, dice, "
+          f"cnr) x 3 categories, N={n} (seconds; wall | CPU)")
+    print(f"    vectorised, one index matrix for all metrics : {t_bvec.wall:8.3f} | {t_bvec.cpu:8.3f}")
+    print(f"    pandas loop, official bootstrap_metric x {len(frames):<3} : {t_bl.wall * scale:8.3f} | "
+          f"{t_bl.cpu * scale:8.3f}{note}")
+    print(f"    ratio                                        : {t_bl.wall * scale / t_bvec.wall:8.1f}x| "
+          f"{t_bl.cpu * scale / t_bvec.cpu:8.1f}x")
+    print(f"    exact official-draw emulation (afloc-compat) : {t_boff.wall:8.3f} | {t_boff.cpu:8.3f} "
+          f"(one stream segment per metric, as the official run)")
+    # 3. memory
+    small = max(chunk, n // 10)
+    mem_small, _ = peak_memory(stream_metrics, small, chunk, seed)
+    mem_full, (rec_full, _) = peak_memory(stream_metrics, n, chunk, seed)
+    rec_bytes = sum(v.nbytes for v in rec_full.values()) / 2**20
+
+    def hold_all(m: int):
+        chunks = list(synthetic_chunks(m, m, seed))
+        return sum(c[0].nbytes + c[1].nbytes for c in chunks)
+
+    mem_loop, _ = peak_memory(hold_all, loop_n)
+    print(f"\n[3] peak traced memory")
+    print(f"    vectorised, N={small:<6}    : {mem_small:8.1f} MiB")
+    print(f"    vectorised, N={n:<6}    : {mem_full:8.1f} MiB  (of which per-sample records {rec_bytes:.1f} MiB)")
+    print(f"    all maps in memory (official hmaps), N={loop_n}: {mem_loop:8.1f} MiB -> "
+          f"{mem_loop * n / loop_n:.0f} MiB at N={n}")
+    return {"n": n, "rate_vec_wall": n / t_vec.wall, "rate_vec_cpu": n / t_vec.cpu,
+            "rate_loop_wall": loop_n / t_loop.wall, "rate_loop_cpu": loop_n / t_loop.cpu,
+            "boot_vec_cpu_s": t_bvec.cpu, "boot_loop_cpu_s": t_bl.cpu * scale, "boot_official_cpu_s": t_boff.cpu,
+            "mem_small_mib": mem_small, "mem_full_mib": mem_full, "records_mib": rec_bytes}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmark.perf", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="what", required=True)
+    m = sub.add_parser("metrics", help="metric throughput, bootstrap time and peak memory")
+    m.add_argument("--n", type=int, default=10_000, help="number of heatmaps (default 10000)")
+    m.add_argument("--loop-n", type=int, default=1000, help="heatmaps for the per-sample loop (default 1000)")
+    m.add_argument("--chunk", type=int, default=32, help="heatmaps per chunk (default 32: fits in cache)")
+    m.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default 1000)")
+    m.add_argument("--loop-boot", type=int, default=100,
+                   help="replicates timed for the pandas loop, scaled to --n-boot (it is linear; default 100)")
+    m.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    run_metrics(a.n, a.loop_n, a.chunk, a.n_boot, min(a.loop_boot, a.n_boot), a.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,532 @@
+"""``afloc-compat@1``: the official AFLoc evaluation, quirks included.
+
+Reproduces ``localization/`` and ``classification/`` of the official repository
+(YH0517/AFLoc, the version that ships ``localization.py`` and ``run.sh``), as described in
+``docs/protocols.md``. Every step that the official code does in float32 or in a given
+order is done here the same way, so per-sample values are bit-identical and bootstrap
+CIs equal to floating-point summation order.
+
+Heatmap: Gaussian σ=1.5 on the native grid (scipy ``reflect``), bilinear
+(align_corners=False) to the 224 letterbox frame, a 14-px NaN margin (chest X-ray; off for
+pathology), min–max to [-1, 1] over valid pixels, ``> t`` for ``t in
+np.arange(0.1, 0.6, 0.1)`` (pathology: ``np.arange(-1, 0, 0.1)``). Ground truth: AFLoc's
+box mapping and summed box masks, INTER_AREA mask mapping with ``>= 1e-5``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..bootstrap import DEFAULT_N_BOOT, LegacyStream, counts_from_indices, official_ci, sklearn_resample_indices
+from ..bootstrap import weighted_nanmean
+from ..geometry import (Letterbox, afloc_margin_valid, afloc_sample_mask, bilinear_resize, parse_geometry,
+                        sample_mask, smooth_grid, transfer_map)
+from ..metrics import (AFLOC_PATHOLOGY_THRESHOLDS, AFLOC_THRESHOLDS, auroc_weighted, balanced_accuracy_weighted, cnr,
+                       dice_from_counts, iou_from_counts, minmax_normalize, pointing_hit, threshold_counts,
+                       threshold_label)
+from . import _common as C
+from .base import OVERALL, Protocol, register_protocol
+
+log = logging.getLogger(__name__)
+
+FRAME = 224
+SIGMA = 1.5
+# CheXlocalize optimal-threshold mode (``--opt_th --only_pos``).
+OPT_MASK_THRESHOLDS = tuple(float(t) for t in np.arange(0.2, 0.8, 0.1))
+OPT_CONF_THRESHOLDS = tuple(float(t) for t in np.arange(0.1, 0.9, 0.1))
+
+
+def _lab(t: float) -> str:
+    return threshold_label(t)
+
+
+def afloc_scores(emaps: np.ndarray, gts: np.ndarray, thresholds: tuple[float, ...], *,
+                 with_hit: bool = True) -> dict[str, np.ndarray]:
+    """Official per-sample values of a batch of evaluation-frame maps (NaN = not evaluated).
+
+    ``iou@t`` and ``dice@t`` (NaN when the prediction or the mask is empty), ``cnr``
+    (computed, as the official code does, on the [-1, 1] map normalised once more), and
+    ``hit`` (pointing game; no official counterpart).
+    """
+    emaps, gts = _crop_to_shared_area(np.asarray(emaps), np.asarray(gts))
+    norm = minmax_normalize(emaps, low=-1.0)
+    counts = threshold_counts(norm, gts, thresholds)
+    iou = iou_from_counts(counts, "tp")
+    dice = dice_from_counts(counts, "tp", raw_gt_sum=True)
+    out: dict[str, np.ndarray] = {}
+    for j, t in enumerate(thresholds):
+        out[f"iou@{_lab(t)}"] = iou[:, j]
+    for j, t in enumerate(thresholds):
+        out[f"dice@{_lab(t)}"] = dice[:, j]
+    out["cnr"] = cnr(norm, gts, inside="eq1", renormalize=True)
+    if with_hit:
+        out["hit"] = pointing_hit(emaps, gts, rule="first")
+    out["gt_pixels"] = counts["gt_count"].astype(np.float64)
+    # The official CNR values are float32 scalars for float32 maps, and so are their means.
+    out["map_float32"] = np.full(len(norm), float(norm.dtype == np.float32))
+    nflat = norm.reshape(len(norm), -1)
+    with np.errstate(invalid="ignore"):  # a constant map is normalised to -1 everywhere
+        out["constant_map"] = (np.fmax.reduce(nflat, axis=1) == -1).astype(np.float64)
+    return out
+
+
+def _crop_to_shared_area(maps: np.ndarray, gts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Views on the evaluated rectangle when all maps share it (e.g. the 14-px margin).
+
+    Exact: every official step looks at the non-NaN pixels only, in row-major order, so
+    dropping an all-NaN frame changes nothing but the work (about a quarter of a 224 map).
+    """
+    if maps.ndim != 3 or len(maps) == 0:
+        return maps, gts
+    nan = np.isnan(maps)
+    if not nan[0].any() or not (nan == nan[0]).all():
+        return maps, gts
+    area = ~nan[0]
+    rows, cols = np.flatnonzero(area.any(axis=1)), np.flatnonzero(area.any(axis=0))
+    if rows.size == 0 or area.sum() != (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1):
+        return maps, gts
+    sl = (slice(None), slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    return np.ascontiguousarray(maps[sl]), np.ascontiguousarray(gts[sl])
+
+
+def afloc_chexlocalize_scores(emaps: np.ndarray, gts: np.ndarray) -> dict[str, np.ndarray]:
+    """What ``--opt_th --only_pos`` needs per sample, for tuning on val and applying on test.
+
+    ``opt_tune_iou@t``: IoU (only_pos) of the [0, 1] map ``> t`` at the candidate values
+    ``np.arange(0.2, 0.8, 0.1)`` (tuning); ``opt_iou_tp@t`` / ``opt_iou_all@t``: IoU with
+    only_pos True / False at the same candidates rounded to 3 decimals (what the official
+    code reads back from its CSV); ``confidence``: ``max(clip(raw, 0, 2)) / 2`` over valid
+    pixels of the raw (unnormalised) map; ``gt_valid``: mask pixels inside the margin.
+    """
+    norm01 = minmax_normalize(emaps, low=0.0)
+    rounded = tuple(round(t, 3) for t in OPT_MASK_THRESHOLDS)
+    c_tune = threshold_counts(norm01, gts, OPT_MASK_THRESHOLDS)
+    c_app = threshold_counts(norm01, gts, rounded)
+    out: dict[str, np.ndarray] = {}
+    tune = iou_from_counts(c_tune, "tp")
+    tp = iou_from_counts(c_app, "tp")
+    al = iou_from_counts(c_app, "union")
+    for j, t in enumerate(rounded):
+        out[f"opt_tune_iou@{_lab(t)}"] = tune[:, j]
+        out[f"opt_iou_tp@{_lab(t)}"] = tp[:, j]
+        out[f"opt_iou_all@{_lab(t)}"] = al[:, j]
+    conf = np.full(len(emaps), np.nan)
+    for i, m in enumerate(np.asarray(emaps)):
+        v = m[~np.isnan(m)]
+        if v.size:
+            clip = np.clip(v, 0, 2)
+            conf[i] = np.max((clip - 0) / (2 - 0))
+    out["confidence"] = conf
+    out["gt_valid"] = c_app["gt_count"].astype(np.float64)
+    return out
+
+
+@register_protocol
+class AflocCompat(Protocol):
+    """Official AFLoc evaluation exactly (quirks included): smoothing, 14-px margin, [-1,1], t=0.1..0.5, seed-0 bootstrap."""
+
+    name = "afloc-compat"
+    version = 1
+    tasks = ("grounding", "classification")
+    tuning_split = "val"  # only used by CheXlocalize's --opt_th mode
+    # CheXlocalize's official rows include every CXR x task, negatives too (empty masks); the other
+    # official datasets score positives only (rows without ground truth are dropped in ``summarize``).
+    uses_negatives = False
+
+    def uses_negatives_for(self, samples: list[Any]) -> bool:
+        """Whether negatives (label 0, no ground truth) must be scored for these samples."""
+        return any(C.official_dataset(s) == "CHEXLOCALIZE" for s in samples)
+
+    def needs_tuning_for(self, samples: list[Any]) -> bool:
+        """Only CheXlocalize's --opt_th mode tunes on val; other datasets need no val split."""
+        return self.uses_negatives_for(samples)
+
+    def __init__(self, margin: bool | None = None, official_rounding: bool = False):
+        self.margin = margin
+        self.official_rounding = official_rounding
+
+    # ------------------------------------------------------------------ per sample
+    def evaluation_map(self, grid: np.ndarray, sample: Any, image_size: tuple[int, int],
+                       input_geometry: str) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(map in the evaluation frame with NaN outside the evaluated area, mask, pathology?)."""
+        pathology = C.modality(sample) == C.PATHOLOGY
+        geom = parse_geometry(input_geometry)
+        # The official pipeline is float32 from the dot product on.
+        sm = smooth_grid(np.asarray(grid, dtype=np.float32), SIGMA)
+        if pathology:
+            import cv2
+
+            fmap = bilinear_resize(sm, geom.frame_size(image_size))
+            h, w = image_size
+            emap = fmap if fmap.shape == (h, w) else cv2.resize(fmap, (w, h))
+            gt = sample_mask(sample, image_size)
+        else:
+            frame = Letterbox(FRAME)
+            if geom == frame:
+                emap = bilinear_resize(sm, (FRAME, FRAME))
+            else:  # no official counterpart: move the model's frame into AFLoc's
+                fmap = bilinear_resize(sm, geom.frame_size(image_size))
+                emap = transfer_map(fmap, geom, frame, image_size).astype(np.float32)
+            gt = afloc_sample_mask(sample, FRAME, image_size)
+        margin = (not pathology) if self.margin is None else bool(self.margin)
+        emap = np.array(emap, copy=True)
+        if margin:
+            emap[~afloc_margin_valid(emap.shape)] = np.nan
+        return emap, gt, pathology
+
+    def grounding_record(self, grid: np.ndarray, sample: Any, image_size: tuple[int, int] | None,
+                         input_geometry: str) -> dict[str, Any]:
+        size = C.resolve_image_size(sample, image_size)
+        emap, gt, pathology = self.evaluation_map(grid, sample, size, input_geometry)
+        thresholds = AFLOC_PATHOLOGY_THRESHOLDS if pathology else AFLOC_THRESHOLDS
+        vals = afloc_scores(emap[None], gt[None], thresholds)
+        mode = C.official_dataset(sample)
+        if mode == "CHEXLOCALIZE":
+            vals.update(afloc_chexlocalize_scores(emap[None], gt[None]))
+        rec: dict[str, Any] = {k: float(v[0]) for k, v in vals.items()}
+        rec["has_gt"] = float(bool(np.any(gt)))  # before the margin, as the official loaders' skip rule
+        rec["afloc_dataset"] = mode
+        rec["modality"] = C.PATHOLOGY if pathology else C.CHEST
+        return rec
+
+    def classification_record(self, score: float, sample: Any) -> dict[str, Any]:
+        return {"score": float(score), "modality": C.modality(sample)}
+
+    def score_chunk(self, heatmaps: np.ndarray, masks: np.ndarray, *, margin: bool | None = None,
+                    native_grid: bool = False, pathology: bool = False) -> dict[str, np.ndarray]:
+        """Per-sample values of maps already in the masks' frame (``afloc-bench score``).
+
+        Steps: [native_grid: σ=1.5 smoothing + bilinear upsampling to the mask size], NaN
+        margin (default on unless ``pathology``), min–max [-1, 1], thresholds, metrics.
+        """
+        maps = np.asarray(heatmaps)
+        if maps.dtype.kind != "f" or maps.dtype.itemsize < 4:
+            maps = maps.astype(np.float32)
+        h, w = masks.shape[-2:]
+        if native_grid:
+            maps = bilinear_resize(smooth_grid(maps, SIGMA), (h, w))
+        else:
+            maps = np.array(maps, copy=True)
+        use_margin = (not pathology) if margin is None else bool(margin)
+        if use_margin:
+            maps[:, ~afloc_margin_valid((h, w))] = np.nan
+        thresholds = AFLOC_PATHOLOGY_THRESHOLDS if pathology else AFLOC_THRESHOLDS
+        return afloc_scores(maps, masks, thresholds)
+
+    # ------------------------------------------------------------------ tuning
+    def tune(self, records: pd.DataFrame) -> dict[str, Any]:
+        """CheXlocalize ``--opt_th`` tuning on val records (``get_opt_th``); {} otherwise."""
+        if "afloc_dataset" not in records or not (records["afloc_dataset"] == "CHEXLOCALIZE").any():
+            return {}
+        rec = records.reset_index(drop=True)
+        _warn_without_negatives(rec)
+        cats = C.first_appearance(rec["category"])
+        rounded = [round(t, 3) for t in OPT_MASK_THRESHOLDS]
+        # Step 1: per-category mask threshold maximising nanmean IoU (only_pos=True).
+        table = np.array([[C.nanmean(rec.loc[rec["category"] == c, f"opt_tune_iou@{_lab(t)}"]) for c in cats]
+                          for t in rounded])
+        best = np.argmax(table, axis=0)  # np.argmax: a NaN wins, as in the official code
+        mask_th = {c: round(OPT_MASK_THRESHOLDS[best[k]], 3) for k, c in enumerate(cats)}
+        # Step 2: per-category confidence gate maximising nanmean IoU (only_pos=False).
+        conf = rec["confidence"].to_numpy(dtype=np.float64)
+        gt_empty = rec["gt_valid"].to_numpy() == 0
+        iou_all = np.array([rec.at[i, f"opt_iou_all@{_lab(mask_th[c])}"] for i, c in enumerate(rec["category"])],
+                           dtype=np.float64)
+        table2 = []
+        for t in OPT_CONF_THRESHOLDS:
+            gated = conf < t
+            vals = np.where(gated, np.where(gt_empty, np.nan, 0.0), iou_all)
+            table2.append([C.nanmean(vals[(rec["category"] == c).to_numpy()]) for c in cats])
+        best2 = np.argmax(np.array(table2), axis=0)
+        conf_th = {c: round(OPT_CONF_THRESHOLDS[best2[k]], 3) for k, c in enumerate(cats)}
+        auc = {}
+        for c in sorted(cats):
+            sel = (rec["category"] == c).to_numpy()
+            lab = rec.loc[sel, "label"].to_numpy(dtype=np.float64) if "label" in rec else (~gt_empty[sel]).astype(float)
+            auc[c] = float(auroc_weighted(lab, conf[sel], np.ones((1, int(sel.sum()))))[0])
+        return {"mode": "opt_th", "mask_threshold": mask_th, "confidence_threshold": conf_th,
+                "val_confidence_auroc": auc, "n_tuning_records": int(len(rec))}
+
+    # ------------------------------------------------------------------ summaries
+    def summarize(self, records: pd.DataFrame, task: str, *, n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
+                  unit: str = "image", params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Official aggregates and CIs. ``unit`` is ignored: the official bootstrap resamples
+        pooled rows (grounding) or images (classification)."""
+        from ..bootstrap import blas_single_thread
+
+        with blas_single_thread():
+            return self._summarize(records, task, n_boot=n_boot, seed=seed, params=dict(params or {}))
+
+    def _summarize(self, records: pd.DataFrame, task: str, *, n_boot: int, seed: int,
+                   params: dict[str, Any]) -> list[dict[str, Any]]:
+        rounding = bool(params.get("official_rounding", self.official_rounding))
+        if task == "classification":
+            return self._summarize_classification(records, n_boot=n_boot, seed=seed, rounding=rounding,
+                                                  softmax=params.get("softmax"))
+        if task != "grounding":
+            raise ValueError(f"afloc-compat@1 has no task {task!r}")
+        if len(records) == 0:
+            return []
+        mode = params.get("afloc_dataset") or _mode_of(records)
+        if mode == "MS_CXR" and params.get("prompt_set") == "simple":
+            mode = "MS_CXR_CLS"  # "Findings suggesting {category}." prompts: the official MS_CXR_CLS run
+        if mode == "CHEXLOCALIZE":
+            if params.get("mode") != "opt_th":
+                raise ValueError("afloc-compat@1 scores CheXlocalize with its --opt_th mode: thresholds are tuned on "
+                                 "the val split (tuning_split='val'); run with val records so that tune() gives "
+                                 "params, or pass params={'afloc_dataset': 'GENERIC'} for fixed thresholds")
+            return self._summarize_opt_th(records, params, n_boot=n_boot, seed=seed, rounding=rounding)
+        return self._summarize_fixed(records, mode, n_boot=n_boot, seed=seed, rounding=rounding)
+
+    # -- Pipeline.test ---------------------------------------------------------------
+    def _summarize_fixed(self, records: pd.DataFrame, mode: str, *, n_boot: int, seed: int,
+                         rounding: bool) -> list[dict[str, Any]]:
+        if "has_gt" in records:
+            empty = records["has_gt"] == 0
+            if empty.any():
+                log.warning("afloc-compat@1 (%s): %d of %d samples have no ground truth and are left out, as the "
+                            "official loaders skip them", mode, int(empty.sum()), len(records))
+                records = records[~empty]
+            if len(records) == 0:
+                return []
+        rec, cats, codes = _grouped(records)
+        iou_cols = C.metric_columns(rec, ("iou",))
+        dice_cols = C.metric_columns(rec, ("dice",))
+        iou_cols = [c for c in iou_cols if "@" in c]
+        dice_cols = [c for c in dice_cols if "@" in c]
+        k = len(cats)
+        stream = LegacyStream(seed)
+        out: list[dict[str, Any]] = []
+
+        def boot(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            mat = C.one_hot_values(values, codes, k)
+            reps = np.concatenate([weighted_nanmean(mat, w) for w in stream.weights(len(values), n_boot)], axis=0)
+            return official_ci(reps)
+
+        per_t = {m: [rec[c].to_numpy(dtype=np.float64) for c in cols]
+                 for m, cols in (("iou", iou_cols), ("dice", dice_cols))}
+        per_t["cnr"] = [rec["cnr"].to_numpy(dtype=np.float64)] * len(iou_cols)
+        # metric.csv: per-threshold macro (dict_mean) and per-category nanmeans
+        f32 = "map_float32" in rec and bool((rec["map_float32"] == 1).all())
+        cat_means = {m: np.array([[C.nanmean(v[codes == j]) for j in range(k)] for v in vs]) for m, vs in per_t.items()}
+        macro = {m: np.array([_dict_mean(cm[i]) for i in range(len(cm))]) for m, cm in cat_means.items()}
+        cnr_points = None
+        if f32:  # float32 CNR scalars: np.nanmean over lists of np.float32 stays float32
+            c32 = per_t["cnr"][0].astype(np.float32)
+            cm32 = np.array([_nanmean32(c32[codes == j]) for j in range(k)], dtype=np.float32)
+            cat_means["cnr"] = np.tile(cm32.astype(np.float64), (len(iou_cols), 1))
+            mac32 = _nanmean32(cm32)
+            macro["cnr"] = np.full(len(iou_cols), float(mac32))
+            cnr_points = (np.array([_pandas_mean32(np.repeat(cm32[j], len(iou_cols))) for j in range(k)]),
+                          float(np.mean(np.full(len(iou_cols), mac32, dtype=np.float32))))
+
+        def emit(metric: str, point_cat: np.ndarray, point_all: float, ci, values: np.ndarray) -> None:
+            mean, lo, hi = ci
+            if rounding:
+                mean, lo, hi = (np.round(x, 3) for x in (mean, lo, hi))
+                point_cat, point_all = np.round(point_cat, 3), round(float(point_all), 3)
+            order = sorted(range(k), key=lambda j: str(cats[j]))
+            all_mean = np.mean([mean[j] for j in order])
+            all_lo = np.mean([lo[j] for j in order])
+            all_hi = np.mean([hi[j] for j in order])
+            if rounding:
+                all_mean, all_lo, all_hi = (round(float(x), 3) for x in (all_mean, all_lo, all_hi))
+            out.append(C.row(metric, OVERALL, point_all, all_mean, all_lo, all_hi, C.finite_count(values)))
+            for j in range(k):
+                out.append(C.row(metric, cats[j], point_cat[j], mean[j], lo[j], hi[j],
+                                 C.finite_count(values[codes == j])))
+
+        deferred: list[tuple[str, np.ndarray, np.ndarray, float]] = []
+        # 1. per-threshold IoU bootstraps, only for MS_CXR (official call order)
+        for i, col in enumerate(iou_cols):
+            item = (col, per_t["iou"][i], cat_means["iou"][i], macro["iou"][i])
+            if mode == "MS_CXR":
+                emit(col, item[2], item[3], boot(item[1]), item[1])
+            else:
+                deferred.append(item)
+        # 2. threshold-averaged iou, cnr, dice (fill_value=0 reduce, divided by #thresholds)
+        for metric in ("iou", "cnr", "dice"):
+            avg = _official_threshold_average(per_t[metric])
+            point_cat = C.nanmean(cat_means[metric], axis=0)  # pandas mean over thresholds (skipna)
+            point_all = float(np.mean(macro[metric]))  # np.mean of the per-threshold macro values
+            if metric == "cnr" and cnr_points is not None:
+                point_cat, point_all = cnr_points
+            emit(metric, point_cat, point_all, boot(avg), avg)
+        # 3. no official counterpart, drawn after the official sequence
+        for i, col in enumerate(dice_cols):
+            deferred.append((col, per_t["dice"][i], cat_means["dice"][i], macro["dice"][i]))
+        for col, values, point_cat, point_all in deferred:
+            emit(col, point_cat, point_all, boot(values), values)
+        if "hit" in rec:
+            v = rec["hit"].to_numpy(dtype=np.float64)
+            pc = np.array([C.nanmean(v[codes == j]) for j in range(k)])
+            emit("hit", pc, _dict_mean(pc), boot(v), v)
+        return out
+
+    # -- Pipeline.test_use_opt_th ---------------------------------------------------
+    def _summarize_opt_th(self, records: pd.DataFrame, params: dict[str, Any], *, n_boot: int, seed: int,
+                          rounding: bool) -> list[dict[str, Any]]:
+        rec, cats, codes = _grouped(records)
+        _warn_without_negatives(rec)
+        mask_th, conf_th = params["mask_threshold"], params["confidence_threshold"]
+        missing = [c for c in cats if c not in mask_th or c not in conf_th]
+        if missing:
+            raise ValueError(f"no tuned thresholds for categories {missing}; the val records had {sorted(mask_th)}")
+        iou = np.empty(len(rec))
+        for i, (c, cf) in enumerate(zip(rec["category"], rec["confidence"])):
+            iou[i] = np.nan if cf < conf_th[c] else rec.at[i, f"opt_iou_tp@{_lab(mask_th[c])}"]
+        k = len(cats)
+        stream = LegacyStream(seed)
+        n_val = int(params.get("n_tuning_records", 0))
+        if n_val:  # the official run bootstraps val first, from the same stream
+            stream.skip(n_val, n_boot)
+        mat = C.one_hot_values(iou, codes, k)
+        reps = np.concatenate([weighted_nanmean(mat, w) for w in stream.weights(len(iou), n_boot)], axis=0)
+        mean, lo, hi = official_ci(reps)
+        point_cat = np.array([C.nanmean(iou[codes == j]) for j in range(k)])
+        point_all = _dict_mean(point_cat)
+        if rounding:
+            mean, lo, hi, point_cat = (np.round(x, 3) for x in (mean, lo, hi, point_cat))
+            point_all = round(float(point_all), 3)
+        order = sorted(range(k), key=lambda j: str(cats[j]))
+        agg = [float(np.mean([x[j] for j in order])) for x in (mean, lo, hi)]
+        if rounding:
+            agg = [round(x, 3) for x in agg]
+        out = [C.row("iou", OVERALL, point_all, agg[0], agg[1], agg[2], C.finite_count(iou))]
+        for j in range(k):
+            out.append(C.row("iou", cats[j], point_cat[j], mean[j], lo[j], hi[j], C.finite_count(iou[codes == j])))
+        return out
+
+    # -- classification.py -------------------------------------------------------------
+    def _summarize_classification(self, records: pd.DataFrame, *, n_boot: int, seed: int, rounding: bool,
+                                  softmax: bool | None) -> list[dict[str, Any]]:
+        if len(records) == 0:
+            return []
+        rec = records.reset_index(drop=True)
+        img_key = rec["image_id"] if "image_id" in rec else rec["sample_id"]
+        images = C.first_appearance(img_key)
+        cats = C.first_appearance(rec["category"])
+        ii = {v: i for i, v in enumerate(images)}
+        cc = {v: i for i, v in enumerate(cats)}
+        n, k = len(images), len(cats)
+        scores = np.full((n, k), np.nan)
+        labels = np.full((n, k), np.nan)
+        for im, c, s, y in zip(img_key, rec["category"], rec["score"], rec["label"]):
+            scores[ii[im], cc[c]] = s
+            labels[ii[im], cc[c]] = y
+        if softmax is None:
+            softmax = "modality" in rec and (rec["modality"] == C.PATHOLOGY).all()
+        digits = 4
+        out: list[dict[str, Any]] = []
+        idx_chunks = sklearn_resample_indices(n, n_boot) if seed == 0 else _seeded_resample(n, n_boot, seed)
+        weights = [counts_from_indices(ix, n) for ix in idx_chunks]
+        if softmax:
+            ok = ~(np.isnan(scores).any(axis=1) | np.isnan(labels).any(axis=1))
+            if not ok.all():
+                log.warning("afloc-compat classification: %d images lack a score or label for some class; "
+                            "they are left out of balanced accuracy", int((~ok).sum()))
+            y_true = np.where(ok, np.argmax(np.nan_to_num(labels, nan=-1), axis=1), -1)
+            y_pred = np.argmax(np.nan_to_num(scores, nan=-np.inf), axis=1)
+            w_ok = ok.astype(np.float64)
+            reps = np.concatenate([balanced_accuracy_weighted(y_true[ok], y_pred[ok], w[:, ok]) for w in weights])
+            point = float(balanced_accuracy_weighted(y_true[ok], y_pred[ok], w_ok[ok][None])[0])
+            mean, lo, hi = official_ci(reps)
+            if rounding:
+                point, mean, lo, hi = (round(float(x), digits) for x in (point, mean, lo, hi))
+            return [C.row("balanced_accuracy", OVERALL, point, mean, lo, hi, int(ok.sum()))]
+        reps = np.full((n_boot, k), np.nan)
+        points = np.full(k, np.nan)
+        for j in range(k):
+            ok = ~(np.isnan(scores[:, j]) | np.isnan(labels[:, j]))
+            r0 = 0
+            for w in weights:
+                reps[r0:r0 + len(w), j] = auroc_weighted(labels[ok, j], scores[ok, j], w[:, ok])
+                r0 += len(w)
+            points[j] = auroc_weighted(labels[ok, j], scores[ok, j], np.ones((1, int(ok.sum()))))[0]
+        avg = reps.mean(axis=1)  # np.mean over classes: NaN if any class is NaN in the replicate
+        stats = official_ci(np.column_stack([reps, avg]))
+        point_all = float(np.mean(points))
+        cols = list(range(k)) + [k]
+        pts = list(points) + [point_all]
+        names = list(cats) + [OVERALL]
+        for j in cols:
+            p, m, lo, hi = pts[j], stats[0][j], stats[1][j], stats[2][j]
+            if rounding:
+                p, m, lo, hi = (round(float(x), digits) for x in (p, m, lo, hi))
+            n_j = n if j == k else int((~(np.isnan(scores[:, j]) | np.isnan(labels[:, j]))).sum())
+            out.append(C.row("auroc", names[j], p, m, lo, hi, n_j))
+        return [out[-1]] + out[:-1]
+
+
+def _warn_without_negatives(rec: pd.DataFrame) -> None:
+    if "gt_valid" in rec and len(rec) and not (rec["gt_valid"] == 0).any():
+        log.warning("afloc-compat@1 CheXlocalize records contain no negative (empty-mask) rows; the official run "
+                    "scores every CXR x task, so thresholds and CIs will differ (score negatives too)")
+
+
+def _seeded_resample(n: int, n_boot: int, seed: int):
+    """Replicate i = RandomState(seed + i): the official scheme shifted by ``seed``."""
+    chunk = 100
+    for start in range(0, n_boot, chunk):
+        yield np.stack([np.random.RandomState(seed + i).randint(0, n, size=n)
+                        for i in range(start, min(n_boot, start + chunk))])
+
+
+def _mode_of(records: pd.DataFrame) -> str:
+    if "afloc_dataset" in records and len(records):
+        modes = C.first_appearance(records["afloc_dataset"])
+        if len(modes) > 1:
+            raise ValueError(f"records mix official dataset modes {modes}")
+        return str(modes[0])
+    if "sample_id" in records and len(records):
+        return C.official_dataset_from_id(str(records["sample_id"].iloc[0]))
+    return "GENERIC"
+
+
+def _grouped(records: pd.DataFrame):
+    """Rows in ``to_metric_df`` order: grouped by category in order of first appearance."""
+    rec = records.reset_index(drop=True)
+    codes, cats = C.category_codes(rec["category"].tolist())
+    order = np.argsort(codes, kind="stable")
+    rec = rec.iloc[order].reset_index(drop=True)
+    return rec, cats, codes[order]
+
+
+def _dict_mean(cat_means: np.ndarray) -> float:
+    """``dict_mean``: nanmean over categories of the per-category nanmeans."""
+    return float(C.nanmean(np.asarray(cat_means, dtype=np.float64)))
+
+
+def _nanmean32(v: np.ndarray) -> np.float32:
+    """``np.nanmean`` of a float32 array (float32 sum, as the official lists of np.float32)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(np.asarray(v, dtype=np.float32))
+
+
+def _pandas_mean32(v: np.ndarray) -> float:
+    """pandas 1.x ``mean`` of a float32 column: float32 sum of the non-NaN values / float32 count."""
+    v = np.asarray(v, dtype=np.float32)
+    ok = ~np.isnan(v)
+    if not ok.any():
+        return float("nan")
+    return float(np.float32(v[ok].sum(dtype=np.float32)) / np.float32(ok.sum()))
+
+
+def _official_threshold_average(per_threshold: list[np.ndarray]) -> np.ndarray:
+    """``reduce(lambda x, y: x.add(y, fill_value=0), dfs) / len(dfs)``.
+
+    A sample NaN at some thresholds but not all counts those thresholds as 0; NaN at all
+    thresholds stays NaN.
+    """
+    acc = np.array(per_threshold[0], dtype=np.float64, copy=True)
+    for v in per_threshold[1:]:
+        both = np.isnan(acc) & np.isnan(v)
+        acc = np.where(both, np.nan, np.nan_to_num(acc, nan=0.0) + np.nan_to_num(v, nan=0.0))
+    return acc / len(per_threshold)

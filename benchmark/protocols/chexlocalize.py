@@ -1,0 +1,206 @@
+"""``chexlocalize@1``: CheXlocalize's protocol (rajpurkarlab/cheXlocalize, ``eval.py`` and tuning scripts).
+
+Maps are upsampled bilinearly (align_corners=False) to the native image size and scored
+there against native-resolution masks; min–max to [0, 1]; the segmentation is Otsu's
+(CheXlocalize's default), a fixed threshold, or per-task thresholds tuned on val over
+0.2…0.8 (``tune_heatmap_threshold.py``) and applied to test with ``> t``; optional
+per-task probability cut-offs (``tune_probability_threshold.py``) empty the segmentation
+of a CXR whose predicted probability is below the cut-off. mIoU on true positives, hit
+rate (pointing game, first argmax), and the bootstrap over CXR rows (seed 0, 1,000
+replicates, CI at sorted indices 24 and 974).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..bootstrap import DEFAULT_N_BOOT, LegacyStream, official_ci, weighted_nanmean
+from ..geometry import parse_geometry, sample_mask
+from ..metrics import (iou_from_counts, minmax_normalize, otsu_segmentation, pointing_hit, threshold_counts,
+                       threshold_label)
+from . import _common as C
+from .base import OVERALL, Protocol, register_protocol
+
+TUNE_THRESHOLDS = tuple(float(t) for t in np.arange(0.2, 0.8, 0.1))  # 0.2 … 0.8000000000000003
+APPLY_THRESHOLDS = tuple(round(t, 1) for t in TUNE_THRESHOLDS)  # the CSV keeps one decimal
+PROB_CUTOFFS = tuple(float(t) for t in np.arange(0, 0.9, 0.1))
+LUNG_LESION = "Lung Lesion"
+
+
+def _lab(t: float) -> str:
+    return threshold_label(t)
+
+
+def chexlocalize_scores(omap: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    """Per-sample values of one native-resolution map (NaN pixels are not evaluated)."""
+    m = omap[None]
+    g = gt[None]
+    norm01 = minmax_normalize(m, low=0.0)
+    out: dict[str, float] = {}
+    c_tune = threshold_counts(norm01, g, TUNE_THRESHOLDS)
+    c_app = threshold_counts(norm01, g, APPLY_THRESHOLDS)
+    tune = iou_from_counts(c_tune, "tp")[0]
+    tp = iou_from_counts(c_app, "tp")[0]
+    al = iou_from_counts(c_app, "union")[0]
+    for j, t in enumerate(APPLY_THRESHOLDS):
+        out[f"tune_iou@{_lab(t)}"] = float(tune[j])
+        out[f"iou_tp@{_lab(t)}"] = float(tp[j])
+        out[f"iou_all@{_lab(t)}"] = float(al[j])
+    seg = otsu_segmentation(omap)
+    c_otsu = threshold_counts(seg[None].astype(np.float32), g, [0.5])
+    out["otsu_iou_tp"] = float(iou_from_counts(c_otsu, "tp")[0, 0])
+    out["otsu_iou_all"] = float(iou_from_counts(c_otsu, "union")[0, 0])
+    out["hit"] = float(pointing_hit(m, g, rule="first")[0])
+    out["gt_empty"] = float(not np.any(gt))
+    return out
+
+
+@register_protocol
+class CheXlocalize(Protocol):
+    """CheXlocalize protocol: native-resolution masks, Otsu or val-tuned thresholds, mIoU on true positives, hit rate."""
+
+    name = "chexlocalize"
+    version = 1
+    tasks = ("grounding",)
+    tuning_split = "val"
+    uses_negatives = True  # every CXR x task is scored; negatives matter for the probability cut-offs
+
+    def __init__(self, sigma: float = 0.0):
+        # CheXlocalize upsamples Grad-CAM maps without smoothing; sigma > 0 adds the BioViL step.
+        self.sigma = sigma
+
+    def original_map(self, grid: np.ndarray, image_size: tuple[int, int], input_geometry: str) -> np.ndarray:
+        from ..geometry import smooth_grid
+
+        g = np.asarray(grid)
+        if g.dtype.kind != "f":
+            g = g.astype(np.float32)
+        if self.sigma > 0:
+            g = smooth_grid(g, self.sigma)
+        return parse_geometry(input_geometry).grid_to_original(g, image_size)
+
+    def grounding_record(self, grid: np.ndarray, sample: Any, image_size: tuple[int, int] | None,
+                         input_geometry: str) -> dict[str, Any]:
+        size = C.resolve_image_size(sample, image_size)
+        omap = self.original_map(grid, size, input_geometry)
+        gt = sample_mask(sample, size)
+        return chexlocalize_scores(omap, gt)
+
+    def score_chunk(self, heatmaps: np.ndarray, masks: np.ndarray, *, margin: bool | None = None,
+                    native_grid: bool = False, pathology: bool = False) -> dict[str, np.ndarray]:
+        """Maps in the masks' frame (or native grids upsampled to it) → per-sample values."""
+        from ..geometry import bilinear_resize
+
+        rows = []
+        h, w = masks.shape[-2:]
+        for hm, gt in zip(np.asarray(heatmaps), np.asarray(masks)):
+            m = bilinear_resize(hm.astype(np.float32), (h, w)) if native_grid else hm
+            rows.append(chexlocalize_scores(np.asarray(m), gt))
+        return {k: np.array([r[k] for r in rows]) for k in rows[0]} if rows else {}
+
+    # ------------------------------------------------------------------ tuning
+    def tune(self, records: pd.DataFrame) -> dict[str, Any]:
+        """Per-task mask thresholds (and probability cut-offs when records carry ``prob``)."""
+        if len(records) == 0 or f"tune_iou@{_lab(APPLY_THRESHOLDS[0])}" not in records:
+            return {}
+        thresholds: dict[str, float] = {}
+        for task in sorted(C.first_appearance(records["category"])):
+            sel = records["category"] == task
+            mious = [C.nanmean(records.loc[sel, f"tune_iou@{_lab(t)}"]) for t in APPLY_THRESHOLDS]
+            best = TUNE_THRESHOLDS[mious.index(max(mious))]  # the script's list.index(max(...))
+            thresholds[str(task)] = round(best, 1)
+        out: dict[str, Any] = {"thresholds": thresholds}
+        if "prob" in records:
+            cutoffs: dict[str, float] = {}
+            for task in sorted(C.first_appearance(records["category"])):
+                sel = (records["category"] == task).to_numpy()
+                prob = records.loc[sel, "prob"].to_numpy(dtype=np.float64)
+                iou_all = records.loc[sel, "otsu_iou_all"].to_numpy(dtype=np.float64)
+                empty = records.loc[sel, "gt_empty"].to_numpy() > 0
+                cands = [c for c in PROB_CUTOFFS if not (task == LUNG_LESION and c == 0.0)]
+                mious = []
+                for c in cands:
+                    vals = np.where(prob > c, iou_all, np.where(empty, np.nan, 0.0))
+                    mious.append(round(float(C.nanmean(vals)), 3))
+                cutoffs[str(task)] = round(cands[int(np.nanargmax(mious))] if not all(np.isnan(mious)) else 0.0, 1)
+            out["prob_cutoffs"] = cutoffs
+        return out
+
+    # ------------------------------------------------------------------ summaries
+    def final_iou(self, records: pd.DataFrame, params: dict[str, Any]) -> np.ndarray:
+        """Per-sample IoU after the chosen binarisation and probability gate."""
+        true_pos_only = bool(params.get("true_pos_only", True))
+        kind = "tp" if true_pos_only else "all"
+        thresholds = params.get("thresholds")
+        fixed = params.get("threshold")
+        n = len(records)
+        iou = np.empty(n)
+        for i, task in enumerate(records["category"]):
+            if thresholds is not None:
+                if str(task) not in thresholds:
+                    raise ValueError(f"no tuned threshold for task {task!r}; tuned: {sorted(thresholds)}")
+                col = f"iou_{kind}@{_lab(thresholds[str(task)])}"
+            elif fixed is not None:
+                col = f"iou_{kind}@{_lab(fixed)}"
+                if col not in records:
+                    raise ValueError(f"fixed threshold {fixed} is not on the recorded grid {APPLY_THRESHOLDS}")
+            else:
+                col = f"otsu_iou_{kind}"
+            iou[i] = records[col].iat[i]
+        cut = params.get("prob_cutoffs")
+        if cut and "prob" in records:
+            prob = records["prob"].to_numpy(dtype=np.float64)
+            gated = np.array([p < cut.get(str(t), 0.0) for p, t in zip(prob, records["category"])])
+            empty = records["gt_empty"].to_numpy() > 0
+            iou = np.where(gated, np.nan if true_pos_only else np.where(empty, np.nan, 0.0), iou)
+        return iou
+
+    def summarize(self, records: pd.DataFrame, task: str, *, n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
+                  unit: str = "image", params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """mIoU and hit rate per task with CheXlocalize's bootstrap over CXR rows.
+
+        Rows of the bootstrap are the CXRs with at least one positive task (the keys of
+        the ground-truth JSON), sorted by id; ``unit`` is ignored (CheXlocalize resamples
+        CXRs); each metric starts a fresh ``np.random.seed(seed)`` stream as each
+        ``eval.py`` run does. ``all`` is the macro average over tasks, with its own
+        percentile interval from the same replicates (CheXlocalize reports tasks only).
+        """
+        if task != "grounding":
+            raise ValueError(f"chexlocalize@1 has no task {task!r}")
+        if len(records) == 0:
+            return []
+        from ..bootstrap import blas_single_thread
+
+        with blas_single_thread():
+            return self._summarize(records, n_boot=n_boot, seed=seed, params=dict(params or {}))
+
+    def _summarize(self, records: pd.DataFrame, *, n_boot: int, seed: int,
+                   params: dict[str, Any]) -> list[dict[str, Any]]:
+        rec = records.reset_index(drop=True)
+        iou = self.final_iou(rec, params)
+        img = (rec["image_id"] if "image_id" in rec else rec["sample_id"]).astype(str).to_numpy()
+        positive = pd.Series(rec["gt_empty"].to_numpy() == 0).groupby(img).transform("any").to_numpy()
+        keep = positive
+        images = sorted(set(img[keep]))
+        tasks = sorted(C.first_appearance(rec["category"].astype(str)))
+        ii = {v: i for i, v in enumerate(images)}
+        ti = {v: i for i, v in enumerate(tasks)}
+        out: list[dict[str, Any]] = []
+        for metric, values in (("iou", iou), ("hit", rec["hit"].to_numpy(dtype=np.float64))):
+            table = np.full((len(images), len(tasks)), np.nan)
+            for v, im, t, k in zip(values, img, rec["category"].astype(str), keep):
+                if k:
+                    table[ii[im], ti[t]] = v
+            stream = LegacyStream(seed)
+            reps = np.concatenate([weighted_nanmean(table, w) for w in stream.weights(len(images), n_boot)], axis=0)
+            macro_reps = C.nanmean(reps, axis=1)
+            mean, lo, hi = official_ci(np.column_stack([reps, macro_reps]))
+            points = C.nanmean(table, axis=0)
+            out.append(C.row(metric, OVERALL, C.nanmean(points), mean[-1], lo[-1], hi[-1],
+                             C.finite_count(table)))
+            for j, t in enumerate(tasks):
+                out.append(C.row(metric, t, points[j], mean[j], lo[j], hi[j], C.finite_count(table[:, j])))
+        return out
