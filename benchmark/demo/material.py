@@ -18,6 +18,7 @@ import functools
 import gzip
 import importlib.util
 import io
+import os
 import tarfile
 import xml.etree.ElementTree as ET
 import zipfile
@@ -112,16 +113,57 @@ class LungShape:
 
 @functools.lru_cache(maxsize=1)
 def lung_shapes() -> tuple[LungShape, ...]:
-    """The v7labs masks that show two upright lungs, one per image half (433 of 517 pass)."""
+    """The v7labs masks that show two upright lungs, one per image half (about 400 of 517 pass).
+
+    Decoding the archive takes seconds, so the selected shapes are kept in the cache folder,
+    keyed by the archive's size and modification time and this module's selection version.
+    """
+    path = _source("semantic_masks_v7labs_lungs.zip")
+    st = path.stat()
+    cached = _cache_dir() / f"lungs-v{_LUNG_SELECTION_VERSION}-{st.st_size}-{int(st.st_mtime)}.npz"
+    if cached.is_file():
+        try:
+            with np.load(cached, allow_pickle=False) as z:
+                return tuple(LungShape(name=str(n), labels=l, aspect=float(a), frame=tuple(float(v) for v in f))
+                             for n, l, a, f in zip(z["names"], z["labels"], z["aspects"], z["frames"]))
+        except Exception:  # noqa: BLE001 - a damaged cache is rebuilt
+            pass
+    shapes = _select_lung_shapes(path)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".tmp{os.getpid()}.npz")
+        np.savez_compressed(tmp, names=np.array([s.name for s in shapes]),
+                            labels=np.stack([s.labels for s in shapes]),
+                            aspects=np.array([s.aspect for s in shapes]),
+                            frames=np.array([s.frame for s in shapes]))
+        os.replace(tmp, cached)
+    except OSError:
+        pass  # a read-only cache only costs time
+    return shapes
+
+
+_LUNG_SELECTION_VERSION = 1
+
+
+def _cache_dir() -> Path:
+    from ..dataset import cache_home
+
+    return cache_home() / "demo" / "material"
+
+
+def _select_lung_shapes(path: Path) -> tuple[LungShape, ...]:
     import cv2
 
-    path = _source("semantic_masks_v7labs_lungs.zip")
     out: list[LungShape] = []
     with zipfile.ZipFile(path) as zf:
         for name in sorted(n for n in zf.namelist() if not n.endswith("/")):
-            arr = cv2.imdecode(np.frombuffer(zf.read(name), np.uint8), cv2.IMREAD_GRAYSCALE)
+            arr = cv2.imdecode(np.frombuffer(zf.read(name), np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_2)
             if arr is None:
                 continue
+            scale = 400.0 / max(arr.shape)
+            if scale < 1.0:  # the shape is all that is kept; smaller is faster
+                arr = cv2.resize(arr, (round(arr.shape[1] * scale), round(arr.shape[0] * scale)),
+                                 interpolation=cv2.INTER_AREA)
             shape = _lung_pair(arr > 127, name)
             if shape is not None:
                 out.append(shape)
@@ -209,11 +251,25 @@ def boxes() -> dict[str, np.ndarray]:
     cal = _vindr_calibration(vin, out["nih:Cardiomegaly"])
     for label, grp in vin.groupby("class_name", sort=True):
         v = grp[["x_min", "y_min", "x_max", "y_max"]].to_numpy(float)
-        v = np.c_[v[:, 0] * cal[0] + cal[1], v[:, 1] * cal[2] + cal[3], v[:, 2] * cal[0] + cal[1], v[:, 3] * cal[2] + cal[3]]
+        v = np.c_[v[:, [0, 2]] * cal[0] + cal[1], v[:, [1, 3]] * cal[2] + cal[3]][:, [0, 2, 1, 3]]
         v = np.clip(v, 0.0, 1.0)
         v = v[(v[:, 2] - v[:, 0] > 0.004) & (v[:, 3] - v[:, 1] > 0.004)]
         out[f"vindr:{label}"] = v
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def rsna_box_sets() -> tuple[np.ndarray, ...]:
+    """Canonical boxes ``[x0, y0, x1, y1]`` of each RSNA positive patient (1 to 4 boxes each)."""
+    import pandas as pd
+
+    rsna = pd.read_csv(_source("kaggle_stage_2_train_labels.csv.zip")).dropna(subset=["x", "y", "width", "height"])
+    rsna = rsna.sort_values("patientId", kind="stable")
+    v = rsna[["x", "y", "width", "height"]].to_numpy(float) / 1024.0
+    v = np.c_[v[:, 0], v[:, 1], v[:, 0] + v[:, 2], v[:, 1] + v[:, 3]]
+    ids = rsna["patientId"].to_numpy()
+    starts = np.r_[0, np.nonzero(ids[1:] != ids[:-1])[0] + 1, len(ids)]
+    return tuple(v[a:b] for a, b in zip(starts[:-1], starts[1:]))
 
 
 def _vindr_calibration(vin, nih_cardio: np.ndarray) -> tuple[float, float, float, float]:

@@ -1,0 +1,202 @@
+"""Generation of the whole demo collection: plan, render in parallel, write tables, manifest last."""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Iterable
+
+from ..dataset import DataError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+PROVENANCE = "provenance"
+
+
+def available_sets() -> list[str]:
+    from .sets import SETS
+
+    return list(SETS)
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _preload() -> dict:
+    """Read the real material once in the parent, so forked workers share it."""
+    from . import anatomy, material
+
+    reps = material.reports()
+    shapes = material.lung_shapes()
+    material.canonical_lung_frame()
+    tables = material.boxes()
+    material.rsna_box_sets()
+    siim = material.siim_positive_rles()
+    import numpy as np
+
+    anatomy._noise_tile(np.random.default_rng(0), 8, 8)
+    anatomy._vessel_bank()
+    return {"openi_reports": len(reps), "openi_normal_reports": sum(r.is_normal for r in reps),
+            "v7labs_lung_pairs_used": len(shapes), "siim_positive_images": len(siim),
+            "box_tables": {k: int(len(v)) for k, v in sorted(tables.items())}}
+
+
+def _render_task(task):
+    seed, root, name, job = task
+    from .sets import SETS, job_rng
+
+    s = SETS[name]
+    return s.render(job, job_rng(seed, s.code, job), Path(root) / name)
+
+
+def generate(out_dir: str | os.PathLike, *, seed: int = 0, n_train: int | None = None, n_test: int | None = None,
+             datasets: Iterable[str] | None = None, progress: bool = True, workers: int | None = None) -> dict:
+    """Write the demo datasets under ``out_dir`` (one folder per loader name) and return the manifest."""
+    from . import DEFAULT_N_TEST, DEFAULT_N_TRAIN, DEMO_VERSION
+    from .sets import SETS, Context
+
+    n_train = DEFAULT_N_TRAIN if n_train is None else int(n_train)
+    n_test = DEFAULT_N_TEST if n_test is None else int(n_test)
+    if n_train < 1 or n_test < 1:
+        raise ValueError(f"n_train and n_test must be at least 1 (got {n_train}, {n_test})")
+    names = list(SETS) if datasets is None else [d.strip() for d in datasets if d.strip()]
+    unknown = [d for d in names if d not in SETS]
+    if unknown:
+        raise DataError(None, f"unknown demo dataset(s) {unknown}; expected some of {list(SETS)}")
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # its absence marks an incomplete generation
+    for name in names:  # a stale folder would mix old files into a new generation
+        shutil.rmtree(out / name, ignore_errors=True)
+        (out / PROVENANCE / f"{name}.jsonl").unlink(missing_ok=True)
+    material = _preload()
+    ctx = Context(out=out, seed=int(seed), n_train=n_train, n_test=n_test)
+    plans = {name: SETS[name].plan(ctx) for name in names}
+    tasks = [(int(seed), str(out), name, job) for name in names for job in plans[name]]
+    results = _run(tasks, workers, progress)
+    manifest_sets = {}
+    k = 0
+    (out / PROVENANCE).mkdir(exist_ok=True)
+    for name in names:
+        jobs = plans[name]
+        res = results[k:k + len(jobs)]
+        k += len(jobs)
+        counts = SETS[name].write(ctx, jobs, res)
+        missing = sum(len(r["provenance"]["missing"]) for r in res)
+        with open(out / PROVENANCE / f"{name}.jsonl", "w") as fh:
+            for r in res:
+                fh.write(json.dumps(r["provenance"], sort_keys=True) + "\n")
+        manifest_sets[name] = {"title": SETS[name].title, "counts": counts, "findings_not_drawn": missing}
+    manifest = {"generator": "afloc-bench demo", "version": DEMO_VERSION, "seed": int(seed), "n_train": n_train,
+                "n_test": n_test, "datasets": manifest_sets, "material": material,
+                "orientation": "radiological: image left = patient's right"}
+    from .encode import atomic_write_text
+
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def _run(tasks: list, workers: int | None, progress: bool) -> list[dict]:
+    from tqdm import tqdm
+
+    if workers is None:
+        workers = 1 if len(tasks) < 24 else _cpus()
+    bar = tqdm(total=len(tasks), desc="demo images", unit="img", disable=not (progress and sys.stderr.isatty()))
+    out: list[dict] = []
+    try:
+        if workers <= 1:
+            for t in tasks:
+                out.append(_render_task(t))
+                bar.update()
+            return out
+        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        chunk = max(1, len(tasks) // (workers * 16))
+        with mp.get_context(method).Pool(workers) as pool:
+            for r in pool.imap(_render_task, tasks, chunksize=chunk):
+                out.append(r)
+                bar.update()
+        return out
+    finally:
+        bar.close()
+
+
+def read_manifest(out_dir: str | os.PathLike) -> dict | None:
+    path = Path(out_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def ensure(out_dir: str | os.PathLike, seed: int = 0, **kwargs) -> Path:
+    """The demo data folder, generated first if its manifest is absent or of another version or seed.
+
+    Generation goes to a temporary sibling folder that is renamed into place, so a reader
+    never sees a half-written collection and an interrupted run leaves nothing behind. A lock
+    file serialises concurrent callers (e.g. the ranks of a distributed training run): the
+    second one finds the collection complete and returns.
+    """
+    from . import DEMO_VERSION
+
+    out = Path(out_dir).expanduser()
+
+    def current() -> bool:
+        m = read_manifest(out)
+        return bool(m and m.get("version") == DEMO_VERSION and m.get("seed") == seed)
+
+    if current():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(out.parent / f".{out.name}.lock"):
+        if current():
+            return out
+        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        log.info("generating the demo datasets into %s (once; version %s)", out, DEMO_VERSION)
+        try:
+            generate(tmp, seed=seed, **kwargs)
+            if out.exists():
+                os.replace(out, old)
+            os.replace(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+class _lock:
+    """An exclusive advisory lock on ``path`` (a no-op where ``fcntl`` is unavailable)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fh = None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return self
+        self.fh = open(self.path, "a")
+        fcntl.flock(self.fh, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        if self.fh is not None:
+            import fcntl
+
+            fcntl.flock(self.fh, fcntl.LOCK_UN)
+            self.fh.close()
+        return False
