@@ -1,0 +1,51 @@
+"""Golden demo regression: numbers on the demo data may only move on purpose.
+
+``golden-small`` is regenerated here (small demo collection, sanity models, afloc-compat@1)
+and must equal the committed reference; ``golden-full`` (the main job) is re-summarised from
+its stored per-sample records. Update the references with ``python -m benchmark.golden``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmark.cli.main import main
+from benchmark.golden import GOLDEN_DIR, resummarize, small_run
+from benchmark.regress import Cell, compare_cells, run_cells
+
+
+def test_small_demo_run_matches_golden(tmp_path, capsys):
+    golden = GOLDEN_DIR / "golden-small"
+    assert (golden / "results.json").is_file(), "run `python -m benchmark.golden small` to create it"
+    run = small_run(tmp_path)
+    rc = main(["regress", str(run), "--against", str(golden), "--tolerance", "1e-9"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    res = json.loads((run / "results.json").read_text())
+    # the reference really covers every demo evaluation set and every sanity model
+    assert len(res["results"]) == 7 and all(len(m) == 3 for m in res["results"].values())
+
+
+def test_regress_would_catch_a_moved_number(tmp_path):
+    golden = json.loads((GOLDEN_DIR / "golden-small" / "results.json").read_text())
+    cells = run_cells(golden)
+    moved = [Cell(c.dataset, c.model, c.task, c.metric, c.category,
+                  None if c.value is None else c.value + (1e-6 if i == 0 else 0.0), c.lo, c.hi)
+             for i, c in enumerate(c for c in cells if c.value is not None)]
+    diffs = compare_cells(moved, [c for c in cells if c.value is not None], 1e-9)
+    assert sum(d.status == "drift" for d in diffs) >= 1
+
+
+@pytest.mark.skipif(not (GOLDEN_DIR / "golden-full" / "results.json").is_file(), reason="no full golden run")
+def test_full_demo_run_resummarises_to_golden():
+    golden = GOLDEN_DIR / "golden-full"
+    state = json.loads((golden / "results.json").read_text())
+    again = {**state, "results": resummarize(golden)}
+    ref = [c for c in run_cells(state) if c.value is not None]
+    diffs = compare_cells(run_cells(again), ref, 1e-9)
+    bad = [d for d in diffs if d.status != "ok"]
+    assert not bad, bad[:5]
+    assert len(diffs) == len(ref) > 0
