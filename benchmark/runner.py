@@ -407,8 +407,30 @@ class Runner:
                     batch = batch.to(self.device)
                 yield [it[0] for it in ok], batch, [it[2] for it in ok], bad
 
+    def _grounding_per_sample(self, adapter: Adapter, samples: list[Sample], plan: PairPlan):
+        """Adapters whose map depends on the sample itself (e.g. the human benchmark)."""
+        from .imageio import image_size
+
+        out, skipped, sizes = [], [], []
+        for s in samples:
+            try:
+                sizes.append(s.image_size or image_size(s.image_path))
+            except DataError as exc:
+                skipped.append({"sample_id": s.sample_id, "path": s.image_path, "reason": str(exc)})
+                sizes.append(None)
+        keep = [(s, z) for s, z in zip(samples, sizes) if z is not None]
+        maps = adapter.similarity_map_for_samples([s for s, _ in keep], [z for _, z in keep])
+        for (s, size), grid in zip(keep, maps):
+            out.append((s, self.protocol.grounding_record(np.asarray(grid, dtype=np.float32), s, size,
+                                                          adapter.input_geometry)))
+        return out, skipped
+
     def _grounding(self, adapter: Adapter, samples: list[Sample], plan: PairPlan):
+        if hasattr(adapter, "similarity_map_for_samples"):
+            return self._grounding_per_sample(adapter, samples, plan)
         ckpt_sha = self._ckpt_sha(plan.model, adapter)
+        with_prob = bool(getattr(adapter, "grounding_probability", False))
+        probs: dict[tuple[str, str], float] = {}
         by_image: dict[str, list[Sample]] = {}
         for s in samples:
             by_image.setdefault(s.image_path, []).append(s)
@@ -433,6 +455,8 @@ class Runner:
                 else:
                     grids[(path, prompt)] = hit["grid"]
                     sizes[path] = tuple(int(v) for v in hit["image_size"])
+                    if "prob" in hit:
+                        probs[(path, prompt)] = float(hit["prob"])
             if missing:
                 todo.append(path)
         text_cache: dict[str, Any] = {}
@@ -459,16 +483,22 @@ class Runner:
                 for j, p in enumerate(new):
                     text_cache[p] = adapter.take(emb, [j])
             txt = adapter.concat([text_cache[p] for p in pair_prompt])
-            maps = np.asarray(adapter.similarity_map(adapter.take(img_emb, pair_img), txt), dtype=np.float32)
+            paired = adapter.take(img_emb, pair_img)
+            maps = np.asarray(adapter.similarity_map(paired, txt), dtype=np.float32)
+            pair_probs = np.asarray(adapter.score(paired, txt, txt), dtype=np.float64) if with_prob else None
             if maps.ndim != 3 or len(maps) != len(pair_img):
                 raise RuntimeError(f"{plan.model}.similarity_map returned shape {maps.shape}; expected "
                                    f"[{len(pair_img)}, h, w]")
             for k, (i, prompt) in enumerate(zip(pair_img, pair_prompt)):
                 path = paths[i]
                 grids[(path, prompt)] = maps[k]
+                extra = {}
+                if pair_probs is not None:
+                    probs[(path, prompt)] = float(pair_probs[k])
+                    extra["prob"] = np.asarray(pair_probs[k])
                 self.cache.put(cache_key("heatmap", model_id=adapter.model_id, checkpoint_sha=ckpt_sha,
                                          preprocessing_id=adapter.preprocessing_id, image_sha=self._image_sha(path),
-                                         prompt=prompt), grid=maps[k], image_size=np.asarray(sizes[path]))
+                                         prompt=prompt), grid=maps[k], image_size=np.asarray(sizes[path]), **extra)
         out = []
         for s in samples:
             key = (s.image_path, s.prompt(self.cfg.prompt_set))
@@ -476,6 +506,8 @@ class Runner:
                 continue  # already reported in ``skipped``
             try:
                 rec = self.protocol.grounding_record(grids[key], s, sizes[s.image_path], adapter.input_geometry)
+                if key in probs:
+                    rec["prob"] = probs[key]
             except DataError as exc:
                 skipped.append({"sample_id": s.sample_id, "path": exc.path or s.image_path, "reason": str(exc)})
                 continue

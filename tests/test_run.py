@@ -189,3 +189,41 @@ def test_not_yet_available_commands_are_loud():
                              timeout=120)
         if "not yet available" in out.stderr:
             assert out.returncode == 3
+
+
+def test_runner_hooks_per_sample_maps_and_grounding_probability(tmp_path, toy_root):
+    import numpy as np
+
+    from baselines.sanity import CenterPriorModel
+    from benchmark.adapter import register_model
+    from benchmark.registry import models
+
+    @register_model("per_sample_test", tags=("hidden",))
+    class PerSample(CenterPriorModel):
+        input_geometry = "native"
+        preprocessing_id = "per-sample-test"
+
+        def similarity_map_for_samples(self, samples, image_sizes):
+            return [np.full(size, float(i)) for i, size in enumerate(image_sizes)]
+
+    @register_model("with_prob_test", tags=("hidden",))
+    class WithProb(CenterPriorModel):
+        preprocessing_id = "with-prob-test"
+        grounding_probability = True
+
+        def score(self, image_emb, positive, negative):
+            return np.full(len(image_emb), 0.25)
+
+    try:
+        out = tmp_path / "run"
+        assert main(["-q", "run", "--models", "per_sample_test,with_prob_test", "--datasets", "toy_test",
+                     "--protocol", "toy@1", "--data-root", str(toy_root.parent / "{dataset}"), "--n-boot", "5",
+                     "--num-workers", "0", "-o", str(out)]) == 0
+        per = pd.read_parquet(out / "samples" / "toy_test__per_sample_test.parquet")
+        g = per[per.task == "grounding"]
+        assert list(g["peak"]) == [0.0, 1.0, 2.0]  # one map per sample, in order
+        wp = pd.read_parquet(out / "samples" / "toy_test__with_prob_test.parquet")
+        assert (wp.loc[wp.task == "grounding", "prob"] == 0.25).all()
+    finally:
+        models.unregister("per_sample_test")
+        models.unregister("with_prob_test")
