@@ -1,17 +1,53 @@
-"""`afloc-bench train`: train AFLoc, a baseline objective or a classifier."""
+"""`afloc-bench train TARGET ...`: train AFLoc (and, later, other objectives) from scratch.
+
+Each target is one line in ``TRAIN_TARGETS``: ``"module:function"``, a function taking the
+remaining command-line arguments and returning an exit code. Nothing is imported until a
+target runs, so ``afloc-bench --help`` stays light.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 
-HELP = "train AFLoc, a baseline objective or a classifier (not yet available)"
+HELP = "train a model from scratch (afloc; see `afloc-bench train TARGET --help`)"
+
+TRAIN_TARGETS: dict[str, str] = {
+    "afloc": "afloc.train:cli_main",
+    "classifier": "baselines.classifier_train:cli_main",
+}
+
+DESCRIPTION = HELP + "\n\ntargets:\n" + "\n".join(f"  {k:<10} {v}" for k, v in TRAIN_TARGETS.items())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    parser.add_argument("target", nargs="?", help="what to train: " + ", ".join(sorted(TRAIN_TARGETS)))
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help="options of the target (see TARGET --help)")
+
+
+def resolve_target(name: str):
+    if name not in TRAIN_TARGETS:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(TRAIN_TARGETS), n=2)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise KeyError(f"unknown training target {name!r} (known: {', '.join(sorted(TRAIN_TARGETS))}){hint}")
+    module, func = TRAIN_TARGETS[name].split(":")
+    return getattr(importlib.import_module(module), func)
 
 
 def run(args: argparse.Namespace) -> int:
-    from .main import NotYetAvailable
+    import sys
 
-    raise NotYetAvailable("`afloc-bench train` is declared but not implemented in this version")
+    if not args.target:
+        print(DESCRIPTION)
+        return 2
+    try:
+        fn = resolve_target(args.target)
+    except KeyError as exc:
+        print(f"afloc-bench train: error: {exc.args[0]}", file=sys.stderr)
+        return 2
+    rest = list(args.rest or [])
+    if getattr(args, "quiet", False) and "--quiet" not in rest and "-q" not in rest:
+        rest.append("--quiet")
+    return int(fn(rest) or 0)

@@ -1,0 +1,79 @@
+"""The ``afloc`` model adapter (plugin module: nothing heavy is imported at module level).
+
+Checkpoints (``--ckpt afloc=PATH``):
+  * an official Lightning file (``Pretrained_CXR.ckpt``): needs the Bio_ClinicalBERT tokenizer
+    folder, given as ``--model-option afloc.text_encoder=PATH``;
+  * a folder written by ``afloc-bench train afloc`` (safetensors + JSON);
+  * nothing: the demo model (trained on first use and cached, ``afloc.demo``).
+
+Options: ``text_encoder`` (tokenizer folder for official files), ``geometry`` (``letterbox``,
+the official localization preprocessing and the default, or ``resize_crop``, the official
+zero-shot classification preprocessing), ``text_batch`` (prompts per forward pass).
+
+``similarity_map`` returns the raw 19×19 grid over the letterboxed 224 frame; the protocol
+smooths, upsamples, masks and normalises it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Adapter, register_model
+
+PREPROCESSING_IDS = {
+    "letterbox": "afloc-letterbox224-area-norm0.5-v1",
+    "resize_crop": "afloc-resize224-centercrop224-norm0.5-v1",
+}
+
+
+@register_model("afloc", description="AFLoc: multi-level vision-language model; raw layer3 grid · report embedding",
+                tags=("vlp",))
+class AFLocAdapter(Adapter):
+    """AFLoc (official checkpoint, a trained folder, or the demo model)."""
+
+    capabilities = (GROUNDING, ZEROSHOT_CLS)
+    input_geometry = "letterbox:224"
+    preprocessing_id = PREPROCESSING_IDS["letterbox"]
+    color = "gray"
+
+    def load(self, checkpoint: str | None, device: str) -> None:
+        from .checkpoint import load_model
+        from .inference import GEOMETRIES, InferenceEngine
+
+        geometry = str(self.options.get("geometry", "letterbox"))
+        if geometry not in GEOMETRIES:
+            raise ValueError(f"afloc option geometry must be one of {sorted(GEOMETRIES)}, not {geometry!r}")
+        self.geometry = geometry
+        self.input_geometry = GEOMETRIES[geometry]
+        self.preprocessing_id = PREPROCESSING_IDS[geometry]
+        if checkpoint is None:
+            from .demo import ensure_demo_checkpoint
+
+            checkpoint = str(ensure_demo_checkpoint())
+        model = load_model(checkpoint, text_encoder=self.options.get("text_encoder"), device="cpu")
+        self.load_report = getattr(model, "load_report", None)
+        if self.load_report is not None and (self.load_report.missing or self.load_report.unexpected):
+            import logging
+
+            logging.getLogger("afloc.adapter").warning("%s: %s", checkpoint, self.load_report)
+        self.engine = InferenceEngine(model, device, text_batch=int(self.options.get("text_batch", 64)))
+        self.checkpoint, self.device = str(checkpoint), device
+
+    def preprocess(self, image: np.ndarray) -> Any:
+        from .inference import preprocess_image
+
+        return preprocess_image(image, self.geometry)
+
+    def encode_images(self, batch: Any) -> Any:
+        return self.engine.encode_images(batch)
+
+    def encode_texts(self, prompts: Sequence[str]) -> Any:
+        return self.engine.encode_texts(prompts)
+
+    def similarity_map(self, image_emb: Any, text_emb: Any) -> np.ndarray:
+        return self.engine.similarity_map(image_emb, text_emb)
+
+    def score(self, image_emb: Any, positive: Any, negative: Any) -> np.ndarray:
+        return self.engine.score(image_emb, positive, negative)

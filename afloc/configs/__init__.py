@@ -1,0 +1,1 @@
+"""Training configurations of ``afloc-bench train afloc`` (YAML; ``--config paper|demo|PATH``)."""

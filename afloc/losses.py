@@ -1,0 +1,92 @@
+"""The three alignment losses of AFLoc (official ``losses.py``, adapted there from GLoRIA).
+
+Global (report ↔ pooled image):   S_ij = temp3 · cos(g_i, r_j);  L = CE(S) + CE(Sᵀ).
+
+Local (words ↔ shallow map, sentences ↔ deep map), for image i with regions r_m and text j
+with units q_k (k < cap_len_j, raw vectors, no normalisation):
+
+    a_mk  = r_m · q_k
+    β_mk  = softmax_m( temp1 · softmax_k(a_mk) )       (softmax over units, then over regions)
+    c_k   = Σ_m β_mk r_m
+    Z_ij  = log Σ_k exp(temp2 · cos(q_k, c_k))          (``agg="sum"``; "mean" divides inside)
+    L     = CE(temp3 · Z) + CE(temp3 · Zᵀ)                 (rows = images)
+
+The official code loops over texts; here texts are processed in chunks with the padded units
+masked out, which gives the same numbers (masked units get zero weight in the unit softmax and
+are left out of the log-sum-exp).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-8
+
+
+def global_similarity(img: torch.Tensor, txt: torch.Tensor, temp3: float = 10.0) -> torch.Tensor:
+    """[B_img, B_txt] cosine similarity times ``temp3``."""
+    num = img @ txt.t()
+    den = img.norm(dim=1)[:, None] * txt.norm(dim=1)[None, :]
+    return num / den.clamp(min=EPS) * temp3
+
+
+def local_similarity(img: torch.Tensor, units: torch.Tensor, lens: torch.Tensor, temp1: float = 4.0,
+                     temp2: float = 5.0, agg: str = "sum", chunk: int | None = None) -> torch.Tensor:
+    """Z [B_img, B_txt] of the localized matching function (before ``temp3``).
+
+    ``img`` [B, D, H, W] region features; ``units`` [Bt, T, D]; ``lens`` [Bt] units used per text.
+    """
+    B, D, H, W = img.shape
+    R = H * W
+    ctx = img.reshape(B, D, R)
+    lens = lens.to(units.device).long()
+    N = int(lens.max())
+    q = units[:, :N]
+    mask = torch.arange(N, device=units.device)[None, :] < lens[:, None]  # [Bt, N]
+    if chunk is None:  # keep the [B, chunk, R, N] temporaries near 32M elements
+        chunk = max(1, (1 << 25) // max(1, B * R * N))
+    ctx_t = ctx.transpose(1, 2)  # [B, R, D]
+    out = []
+    for j0 in range(0, q.shape[0], chunk):
+        qc, mc = q[j0:j0 + chunk], mask[j0:j0 + chunk]
+        c = qc.shape[0]
+        # [B, c*N, R] layout: two plain batched matmuls, softmax over regions on the last axis
+        a = torch.matmul(qc.reshape(c * N, D), ctx).view(B, c, N, R)
+        a = a.masked_fill(~mc[None, :, :, None], float("-inf"))
+        beta = torch.softmax(torch.softmax(a, dim=2) * temp1, dim=3)  # units, then regions
+        wc = torch.bmm(beta.view(B, c * N, R), ctx_t).view(B, c, N, D)
+        num = (wc * qc[None]).sum(-1)
+        den = wc.norm(dim=-1) * qc.norm(dim=-1)[None]
+        cos = num / den.clamp(min=EPS)  # [B, c, N]
+        logits = (cos * temp2).masked_fill(~mc[None], float("-inf"))
+        z = torch.logsumexp(logits, dim=-1)
+        if agg == "mean":
+            z = z - torch.log(mc.sum(-1).to(z.dtype))[None]
+        elif agg != "sum":
+            raise ValueError(f"agg must be 'sum' or 'mean', not {agg!r}")
+        out.append(z)
+    return torch.cat(out, dim=1)
+
+
+def contrastive_pair(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image→text, text→image) cross-entropies of a square score matrix with rows = images."""
+    labels = torch.arange(scores.shape[0], device=scores.device)
+    return F.cross_entropy(scores, labels), F.cross_entropy(scores.t(), labels)
+
+
+def global_loss(img: torch.Tensor, txt: torch.Tensor, temp3: float = 10.0):
+    return contrastive_pair(global_similarity(img, txt, temp3))
+
+
+def local_loss(img: torch.Tensor, units: torch.Tensor, lens: torch.Tensor, temp1: float = 4.0,
+               temp2: float = 5.0, temp3: float = 10.0, agg: str = "sum", chunk: int | None = None):
+    return contrastive_pair(local_similarity(img, units, lens, temp1, temp2, agg, chunk) * temp3)
+
+
+def attention_weights(img: torch.Tensor, units: torch.Tensor, temp1: float = 4.0) -> torch.Tensor:
+    """β of one image/text pair, [N, H, W] (for visualisation). ``img`` [D,H,W], ``units`` [N,D]."""
+    D, H, W = img.shape
+    a = img.reshape(D, H * W).t() @ units.t()  # [R, N]
+    beta = torch.softmax(torch.softmax(a, dim=-1) * temp1, dim=0)
+    return beta.t().reshape(-1, H, W)

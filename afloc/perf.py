@@ -1,0 +1,145 @@
+"""Throughput of AFLoc on this machine: ``python -m afloc.perf``.
+
+Prints, for the demo and the paper configuration (random weights; the demo vocabulary):
+  * training samples/s (forward + the three losses + backward + clipped Adam step, in memory);
+  * inference heatmaps/s through the adapter path (``preprocess`` of 512×480 uint8 images →
+    ``encode_images`` → ``encode_texts`` → ``similarity_map``) and through a bare model forward
+    on ready tensors (deep features · report embeddings), and the adapter's overhead over the
+    bare forward, with and without the preprocessing (the official letterbox: an INTER_AREA
+    resize, about 0.4 ms per image here, which the runner does in its DataLoader workers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+CAPTION = ("there is a small left pleural effusion. the heart size is normal. "
+           "patchy opacity in the right lower lobe concerning for pneumonia")
+PROMPTS = ["Findings suggesting pneumonia.", "small left pleural effusion", "right lower lobe opacity"]
+
+
+def _model(preset: str):
+    from . import config
+    from .model import AFLoc
+    from .tokenizer import Tokenizer
+    from .vocab import ensure_demo_vocab
+
+    tok = Tokenizer.from_path(ensure_demo_vocab())
+    cfg = config.paper() if preset == "paper" else config.PRESETS[preset](vocab_size=len(tok))
+    torch.manual_seed(0)
+    m = AFLoc(cfg)
+    m.attach_tokenizer(tok)
+    return m
+
+
+def _best(fn, repeats: int) -> float:
+    """Fastest of ``repeats`` runs after one warm-up (robust to other load on a shared CPU)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(min(times))
+
+
+def _best_pair(fa, fb, repeats: int) -> tuple[float, float]:
+    """Fastest times of two functions measured in alternation (same machine conditions)."""
+    fa(), fb()
+    ta, tb = [], []
+    for _ in range(repeats):
+        for f, acc in ((fa, ta), (fb, tb)):
+            t = time.perf_counter()
+            f()
+            acc.append(time.perf_counter() - t)
+    return float(min(ta)), float(min(tb))
+
+
+def train_throughput(preset: str, batch: int, steps: int) -> float:
+    m = _model(preset).train()
+    opt = torch.optim.Adam(m.parameters(), lr=2e-5, betas=(0.5, 0.999), weight_decay=1e-6)
+    x = torch.randn(batch, 3, 224, 224)
+    tok = m.tokenizer([CAPTION] * batch)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        out = m(x, tok["input_ids"], tok["attention_mask"], tok["token_type_ids"])
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 0.25)
+        opt.step()
+
+    return batch / _best(step, steps)
+
+
+def inference_throughput(preset: str, batch: int, repeats: int) -> dict[str, float]:
+    from .inference import InferenceEngine, preprocess_image
+    from .model import similarity_grid
+
+    m = _model(preset).eval()
+    eng = InferenceEngine(m, "cpu")
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (512, 480), dtype=np.uint8) for _ in range(batch)]
+    pair = [i % len(PROMPTS) for i in range(batch)]
+
+    def adapter_path():
+        x = torch.stack([preprocess_image(im) for im in images])
+        emb = eng.encode_images(x)
+        txt = eng.encode_texts(PROMPTS)
+        return eng.similarity_map(emb, txt[pair])
+
+    ready = torch.stack([preprocess_image(im) for im in images])
+
+    def bare():
+        with torch.inference_mode():
+            deep = m.encode_image(ready, shallow=False).deep
+            rep = m.report_embeddings(PROMPTS)
+            return similarity_grid(deep, rep[pair])
+
+    def adapter_from_tensors():  # the same path minus the image preprocessing (runner workers do that)
+        emb = eng.encode_images(ready)
+        txt = eng.encode_texts(PROMPTS)
+        return eng.similarity_map(emb, txt[pair])
+
+    t_ad, t_bare = _best_pair(adapter_path, bare, repeats)
+    t_ad_t, t_bare2 = _best_pair(adapter_from_tensors, bare, repeats)
+    return {"adapter_maps_per_s": batch / t_ad, "bare_maps_per_s": batch / t_bare,
+            "overhead_pct": 100.0 * (t_ad / t_bare - 1.0),
+            "overhead_without_preprocess_pct": 100.0 * (t_ad_t / t_bare2 - 1.0)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m afloc.perf", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", default="demo,paper")
+    p.add_argument("--train-batch", type=int, default=16)
+    p.add_argument("--infer-batch", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--json", default=None, help="also write the figures to this file")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    rows = []
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU")
+    print(f"{'config':<8}{'train samples/s':>17}{'adapter maps/s':>16}{'bare maps/s':>13}{'overhead':>10}"
+          f"{'w/o preprocess':>16}")
+    for preset in a.configs.split(","):
+        tr = train_throughput(preset, a.train_batch, a.repeats)
+        inf = inference_throughput(preset, a.infer_batch, a.repeats)
+        rows.append({"config": preset, "train_samples_per_s": tr, **inf,
+                     "train_batch": a.train_batch, "infer_batch": a.infer_batch, "threads": torch.get_num_threads()})
+        print(f"{preset:<8}{tr:>17.2f}{inf['adapter_maps_per_s']:>16.2f}{inf['bare_maps_per_s']:>13.2f}"
+              f"{inf['overhead_pct']:>9.1f}%{inf['overhead_without_preprocess_pct']:>15.1f}%")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,54 @@
+"""`afloc-bench train` dispatch, the training config files and the demo vocabulary."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from benchmark.cli.main import main
+from benchmark.cli.train import TRAIN_TARGETS, resolve_target
+
+
+def test_train_targets_are_module_function_strings_and_afloc_resolves():
+    assert TRAIN_TARGETS["afloc"] == "afloc.train:cli_main"
+    from afloc.train import cli_main
+
+    assert resolve_target("afloc") is cli_main
+    with pytest.raises(KeyError, match="did you mean afloc"):
+        resolve_target("aflok")
+
+
+def test_cli_reports_unknown_targets_and_bad_options(capsys):
+    assert main(["train", "nope"]) == 2
+    assert "unknown training target" in capsys.readouterr().err
+    assert main(["train", "afloc", "--config", "/nonexistent.yaml"]) == 2
+    assert "training config not found" in capsys.readouterr().err
+    assert main(["train", "afloc", "--set", "no_such_option=1"]) == 2
+    assert "unknown training options" in capsys.readouterr().err
+
+
+def test_shipped_configs_hold_the_paper_recipe():
+    from afloc.train import load_train_config
+
+    p = load_train_config("paper")
+    assert (p.lr, p.betas, p.weight_decay, p.lr_gamma, p.batch_size, p.grad_clip, p.epochs) == \
+        (2e-5, (0.5, 0.999), 1e-6, 0.9, 128, 0.25, 5)
+    assert p.preset == "paper" and p.dataset == "mimic_cxr" and p.compat and p.negatives == "local"
+    d = load_train_config("demo")
+    assert d.preset == "demo" and d.dataset == "demo_mimic"
+
+
+def test_demo_vocabulary_is_deterministic_and_covers_the_prompts(tmp_path):
+    from afloc.tokenizer import Tokenizer
+    from afloc.vocab import build_vocab
+
+    a = build_vocab(tmp_path / "a")
+    b = build_vocab(tmp_path / "b")
+    assert hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
+    tok = Tokenizer.from_path(tmp_path / "a")
+    ids = tok(["findings suggesting pneumothorax. small left pleural effusion"])["input_ids"][0].tolist()
+    toks = tok.tokens(ids[:10])
+    assert toks == ["[CLS]", "findings", "suggesting", "pneumothorax", ".", "small", "left", "pleural", "effusion",
+                    "[SEP]"]
+    assert "[UNK]" not in tok.tokens(tok(["azygoesophageal recess"])["input_ids"][0].tolist())

@@ -1,0 +1,126 @@
+"""Training: the loss decreases, checkpoints resume to the identical state, DDP equals one process."""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from afloc.data import PretrainingData, epoch_batches, split_groups
+from afloc.train import TrainConfig, train
+from test_afloc_kit import synthetic_pairs, tokenizer
+from test_afloc_kit import one_thread  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = {"vision": {"width": 4, "upsample": None},
+        "text": {"max_length": 24, "bert_config": {"hidden_size": 16, "intermediate_size": 32}}}
+
+
+def tiny_cfg(**kw) -> TrainConfig:
+    base = dict(preset="tiny", model=TINY, pretrained_vision=None, batch_size=4, epochs=2, lr=1e-3,
+                num_workers=0, log_every=1, seed=0, val_split="val", device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def read_metrics(folder: Path, split: str = "train") -> list[dict]:
+    with (folder / "metrics.csv").open() as f:
+        return [r for r in csv.DictReader(f) if r["split"] == split]
+
+
+def test_training_decreases_the_loss_and_writes_checkpoints(tmp_path):
+    pairs = synthetic_pairs(tmp_path / "img", 8)
+    tok = tokenizer(tmp_path / "tok")
+    state = train(tiny_cfg(epochs=4), tmp_path / "run", quiet=True, train_pairs=pairs, val_pairs=pairs, tokenizer=tok)
+    vals = [h["val_loss"] for h in state["history"]]
+    assert len(vals) == 4 and vals[-1] < vals[0]
+    assert state["best_val_loss"] == min(vals)
+    for sub in ("best", "last"):
+        assert (tmp_path / "run" / sub / "model.safetensors").is_file()
+    assert len(read_metrics(tmp_path / "run")) == 8
+    from afloc.checkpoint import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "run" / "best").cfg.vision.width == 4
+
+
+def test_resume_mid_epoch_reaches_the_identical_state(tmp_path):
+    from safetensors.torch import load_file
+
+    pairs = synthetic_pairs(tmp_path / "img", 8)
+    tok = tokenizer(tmp_path / "tok")
+    kw = dict(quiet=True, train_pairs=pairs, val_pairs=pairs, tokenizer=tok)
+    train(tiny_cfg(epochs=2), tmp_path / "a", **kw)
+    train(tiny_cfg(epochs=2, max_steps=3), tmp_path / "b", **kw)  # stops inside epoch 2
+    st = train(tiny_cfg(epochs=2), tmp_path / "b", resume=True, **kw)
+    assert st["global_step"] == 4 and st["finished"]
+    for f in ("model.safetensors", "optimizer.safetensors"):
+        a, b = load_file(str(tmp_path / "a" / "last" / f)), load_file(str(tmp_path / "b" / "last" / f))
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (f, k)
+    la = [r["loss"] for r in read_metrics(tmp_path / "a")]
+    lb = [r["loss"] for r in read_metrics(tmp_path / "b")]
+    assert la == lb
+
+
+def test_batch_plan_groups_by_length_and_drops_the_last_partial_batch():
+    b = epoch_batches(10, 4, epoch=0, seed=0)
+    assert len(b) == 2 and len(set(np.concatenate(b))) == 8
+    assert [list(x) for x in epoch_batches(10, 4, 0, 0)] == [list(x) for x in epoch_batches(10, 4, 0, 0)]
+    assert [list(x) for x in epoch_batches(10, 4, 0, 0)] != [list(x) for x in epoch_batches(10, 4, 1, 0)]
+    g = split_groups(np.array([5, 6, 7, 8]), np.array([3, 9, 1, 9]), 2)
+    assert [list(x) for x in g] == [[6, 8], [5, 7]]  # longest first, stable on ties, contiguous
+
+
+def test_pairs_without_sentences_are_counted_not_silently_dropped(tmp_path):
+    tok = tokenizer(tmp_path / "tok")
+    d = PretrainingData([("a.png", "Normal."), ("b.png", "The heart size is normal.")], tok)
+    assert len(d) == 1 and d.skipped == [{"path": "a.png", "reason": "report has no usable sentence"}]
+    assert d.caption(0, 0) == d.caption(0, 0) == "the heart size is normal"
+
+
+# --- several processes ---------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, tmp: str, negatives: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    tmp_path = Path(tmp)
+    pairs = synthetic_pairs(tmp_path / "img", 8)
+    tok = tokenizer(tmp_path / f"tok{rank}")
+    train(tiny_cfg(epochs=1, negatives=negatives), tmp_path / f"ddp_{negatives}", quiet=True, train_pairs=pairs,
+          val_pairs=pairs, tokenizer=tok)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("negatives", ["local", "global"])
+def test_two_gloo_processes_equal_one_process_with_two_chunks(tmp_path, negatives):
+    import torch.multiprocessing as mp
+    from safetensors.torch import load_file
+
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path), negatives), nprocs=2, join=True)
+    pairs = synthetic_pairs(tmp_path / "img", 8)
+    tok = tokenizer(tmp_path / "tok")
+    train(tiny_cfg(epochs=1, forward_chunks=2, negatives=negatives), tmp_path / "single", quiet=True,
+          train_pairs=pairs, val_pairs=pairs, tokenizer=tok)
+    ddp = [float(r["loss"]) for r in read_metrics(tmp_path / f"ddp_{negatives}")]
+    one = [float(r["loss"]) for r in read_metrics(tmp_path / "single")]
+    assert len(ddp) == len(one) == 2
+    np.testing.assert_allclose(ddp, one, rtol=1e-5)
+    a = load_file(str(tmp_path / f"ddp_{negatives}" / "last" / "model.safetensors"))
+    b = load_file(str(tmp_path / "single" / "last" / "model.safetensors"))
+    # BatchNorm running statistics differ by design (per-rank batches, rank 0 broadcast); weights do not
+    trainable = [k for k in a if "running_" not in k and "num_batches" not in k]
+    for k in trainable:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
