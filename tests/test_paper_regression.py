@@ -30,8 +30,8 @@ DATA = os.environ.get("AFLOC_BENCH_DATA_ROOT")
 CASES = [
     ("ms_cxr", "simple", "paper:arxiv_v5/table1", "ms_cxr[prompt=simple]"),
     ("ms_cxr", "precise", "paper:arxiv_v5/table1", "ms_cxr[prompt=precise]"),
-    ("rsna_pneumonia", "simple", "paper:arxiv_v5/table1", "rsna_pneumonia"),
-    ("covid_rural", "simple", "paper:arxiv_v5/table1", "covid_rural"),
+    ("rsna_pneumonia", "simple", "paper:arxiv_v5/ed_table1", "rsna_pneumonia"),
+    ("covid_rural", "simple", "paper:arxiv_v5/ed_table1", "covid_rural"),
 ]
 
 
