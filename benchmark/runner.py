@@ -608,14 +608,9 @@ def _io_reason(exc: OSError) -> str:
 
 def classification_prompts(dataset: str, category: str | None) -> tuple[list[str], list[str]]:
     """Positive and negative prompt ensembles for zero-shot classification of ``category``."""
-    try:
-        from .prompts import classification_prompts as table
-    except ImportError:
-        table = None
-    if table is not None:
-        return table(dataset, category)
-    cat = (category or "finding").lower()
-    return [f"Findings suggesting {cat}."], [f"no {cat}."]
+    from .prompts import classification_prompts as table
+
+    return table(dataset, category)
 
 
 class _ImageSet:
