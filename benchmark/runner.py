@@ -431,34 +431,18 @@ class Runner:
         ckpt_sha = self._ckpt_sha(plan.model, adapter)
         with_prob = bool(getattr(adapter, "grounding_probability", False))
         probs: dict[tuple[str, str], float] = {}
-        by_image: dict[str, list[Sample]] = {}
-        for s in samples:
-            by_image.setdefault(s.image_path, []).append(s)
         grids: dict[tuple[str, str], np.ndarray] = {}
         sizes: dict[str, tuple[int, int]] = {}
-        skipped: list[dict[str, str]] = []
-        todo: list[str] = []
-        for path, group in by_image.items():
-            try:
-                sha = self._image_sha(path)
-            except OSError as exc:
-                skipped.extend({"sample_id": s.sample_id, "path": path, "reason": _io_reason(exc)} for s in group)
-                continue
-            missing = False
-            for s in group:
-                prompt = s.prompt(self.cfg.prompt_set)
-                hit = self.cache.get(cache_key("heatmap", model_id=adapter.model_id, checkpoint_sha=ckpt_sha,
-                                               preprocessing_id=adapter.preprocessing_id, image_sha=sha,
-                                               prompt=prompt))
-                if hit is None:
-                    missing = True
-                else:
-                    grids[(path, prompt)] = hit["grid"]
-                    sizes[path] = tuple(int(v) for v in hit["image_size"])
-                    if "prob" in hit:
-                        probs[(path, prompt)] = float(hit["prob"])
-            if missing:
-                todo.append(path)
+
+        def from_cache(s: Sample, path: str, hit: dict[str, np.ndarray]) -> None:
+            prompt = s.prompt(self.cfg.prompt_set)
+            grids[(path, prompt)] = hit["grid"]
+            sizes[path] = tuple(int(v) for v in hit["image_size"])
+            if "prob" in hit:
+                probs[(path, prompt)] = float(hit["prob"])
+
+        by_image, todo, skipped = self._cached(adapter, samples, "heatmap", ckpt_sha,
+                                               lambda s: s.prompt(self.cfg.prompt_set), from_cache)
         text_cache: dict[str, Any] = {}
         for paths, batch, bsizes, bad in self._iter_images(adapter, todo, f"{plan.model} × {plan.dataset}"):
             for path, msg in bad:
@@ -536,30 +520,16 @@ class Runner:
 
     def _classification(self, adapter: Adapter, samples: list[Sample], plan: PairPlan):
         ckpt_sha = self._ckpt_sha(plan.model, adapter)
-        by_image: dict[str, list[Sample]] = {}
-        for s in samples:
-            by_image.setdefault(s.image_path, []).append(s)
-        scores: dict[tuple[str, str], float] = {}
-        skipped: list[dict[str, str]] = []
-        todo = []
         ds_name = plan.dataset
-        for path, group in by_image.items():
-            try:
-                sha = self._image_sha(path)
-            except OSError as exc:
-                skipped.extend({"sample_id": s.sample_id, "path": path, "reason": _io_reason(exc)} for s in group)
-                continue
-            missing = False
-            for s in group:
-                hit = self.cache.get(cache_key("score", model_id=adapter.model_id, checkpoint_sha=ckpt_sha,
-                                               preprocessing_id=adapter.preprocessing_id, image_sha=sha,
-                                               prompt=json.dumps(classification_prompts(ds_name, s.category))))
-                if hit is None:
-                    missing = True
-                else:
-                    scores[(path, s.category)] = float(hit["score"])
-            if missing:
-                todo.append(path)
+        scores: dict[tuple[str, str], float] = {}
+
+        def prompts_of(s: Sample) -> str:
+            return json.dumps(classification_prompts(ds_name, s.category))
+
+        def from_cache(s: Sample, path: str, hit: dict[str, np.ndarray]) -> None:
+            scores[(path, s.category)] = float(hit["score"])
+
+        by_image, todo, skipped = self._cached(adapter, samples, "score", ckpt_sha, prompts_of, from_cache)
         class_emb: dict[str, tuple[Any, Any]] = {}
         for paths, batch, _sizes, bad in self._iter_images(adapter, todo, f"{plan.model} × {plan.dataset} (cls)"):
             for path, msg in bad:
@@ -594,6 +564,36 @@ class Runner:
             if key in scores:
                 out.append((s, self.protocol.classification_record(scores[key], s)))
         return out, skipped
+
+    def _cached(self, adapter: Adapter, samples: list[Sample], kind: str, ckpt_sha: str, text_of, on_hit):
+        """Group samples by image, hand cached entries to ``on_hit``, list the images left to compute.
+
+        Returns ``(samples by image, images to compute, skipped samples)``; an image that cannot
+        be read is reported once per sample, never dropped silently.
+        """
+        by_image: dict[str, list[Sample]] = {}
+        for s in samples:
+            by_image.setdefault(s.image_path, []).append(s)
+        skipped: list[dict[str, str]] = []
+        todo: list[str] = []
+        for path, group in by_image.items():
+            try:
+                sha = self._image_sha(path)
+            except OSError as exc:
+                skipped.extend({"sample_id": s.sample_id, "path": path, "reason": _io_reason(exc)} for s in group)
+                continue
+            missing = False
+            for s in group:
+                hit = self.cache.get(cache_key(kind, model_id=adapter.model_id, checkpoint_sha=ckpt_sha,
+                                               preprocessing_id=adapter.preprocessing_id, image_sha=sha,
+                                               prompt=text_of(s)))
+                if hit is None:
+                    missing = True
+                else:
+                    on_hit(s, path, hit)
+            if missing:
+                todo.append(path)
+        return by_image, todo, skipped
 
     def _ckpt_sha(self, model: str, adapter: Adapter) -> str:
         ckpt = self.cfg.ckpt.get(model) or getattr(adapter, "checkpoint", None)
