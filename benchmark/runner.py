@@ -218,10 +218,15 @@ class Runner:
         atomic_write_text(self.out / "config.resolved.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=True))
         atomic_write_json(self.out / "env.json", environment(self.device))
         state = self._new_results()
+        skipped_models: dict[tuple[str, str], list[str]] = {}
         for plan in plans:
             if not plan.tasks:
                 state["skipped_pairs"].append({"dataset": plan.dataset, "model": plan.model, "reason": plan.reason})
-                log.warning("skipping %s on %s: %s", plan.model, plan.dataset, plan.reason)
+                skipped_models.setdefault((plan.model, plan.reason), []).append(plan.dataset)
+        for (model, reason), names in skipped_models.items():
+            log.warning("skipping %s on %d dataset(s) (%s): %s", model, len(names), ", ".join(names), reason)
+        for plan in plans:
+            if not plan.tasks:
                 continue
             pair = self._run_pair(plan, state)
             state["results"].setdefault(plan.dataset, {})[plan.model] = pair["rows"]

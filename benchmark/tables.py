@@ -36,6 +36,8 @@ def summary_table(state: dict[str, Any], fmt: str = "simple") -> str:
             for r in summary_rows(state)]
     title = f"protocol {protocol}; point [95% CI]{'; LIMITED RUN, not comparable' if limit else ''}"
     table = tabulate(rows, headers=["dataset", "model", "task", "metric", "value", "n"], tablefmt=fmt)
-    skipped = state.get("skipped_pairs") or []
-    tail = "".join(f"\nskipped {p['model']} on {p['dataset']}: {p['reason']}" for p in skipped)
+    by_model: dict[tuple[str, str], list[str]] = {}
+    for p in state.get("skipped_pairs") or []:
+        by_model.setdefault((p["model"], p["reason"]), []).append(p["dataset"])
+    tail = "".join(f"\nskipped {m} on {len(ds)} dataset(s): {reason}" for (m, reason), ds in by_model.items())
     return f"{title}\n{table}{tail}"
