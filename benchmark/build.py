@@ -28,6 +28,13 @@ def _fmt(v: float | None, digits: int) -> str:
     return "" if v is None else f"{v:.{digits}f}"
 
 
+def _ci(lo: float | None, hi: float | None, digits: int) -> str:
+    """`` [lo, hi]``; a missing bound (e.g. an empty bootstrap) prints as n/a."""
+    if lo is None and hi is None:
+        return ""
+    return f" [{'n/a' if lo is None else f'{lo:.{digits}f}'}, {'n/a' if hi is None else f'{hi:.{digits}f}'}]"
+
+
 def paper_reference(version: str | None) -> dict[tuple, Cell]:
     """Paper cells keyed by (dataset, model, metric, category); empty when the tables are absent."""
     try:
@@ -80,18 +87,16 @@ def build_tables(run_paths: list[str], *, digits: int = 3, paper_version: str | 
             row = [f"{model} (floor)" if model in SANITY else model]
             for m in metrics:
                 c = cells.get((ds, task, model, m))
-                text = "" if c is None or c.value is None else (
-                    f"{c.value:.{digits}f}" + ("" if c.lo is None else f" [{c.lo:.{digits}f}, {c.hi:.{digits}f}]"))
+                text = "" if c is None or c.value is None else f"{c.value:.{digits}f}" + _ci(c.lo, c.hi, digits)
                 p = ref.get((ds, model, m, category))
                 for ps in sorted(meta["prompt_sets"]):
                     p = p or ref.get((f"{ds}[prompt={ps}]", model, m, category))
                 if p is not None and c is not None and c.value is not None and p.lo is not None \
-                        and not (p.lo <= c.value <= p.hi):
+                        and p.hi is not None and not (p.lo <= c.value <= p.hi):
                     text += " " + OUTSIDE_CI
                 row.append(text)
                 if ref:
-                    row.append("" if p is None else _fmt(p.value, digits)
-                               + ("" if p is None or p.lo is None else f" [{p.lo:.{digits}f}, {p.hi:.{digits}f}]"))
+                    row.append("" if p is None else _fmt(p.value, digits) + _ci(p.lo, p.hi, digits))
                     row.append("" if p is None or c is None or c.value is None else f"{c.value - p.value:+.{digits}f}")
             rows.append(row)
         notes = [f"protocol: {', '.join(sorted(map(str, meta['protocols'])))}",

@@ -64,9 +64,14 @@ def metric_bars(state: dict[str, Any], metric: str, path: str | Path) -> Path | 
     datasets = sorted({r["dataset"] for r in rows})
     models = _model_order({r["model"] for r in rows})
     colors = _colors(models)
-    fig, axes = plt.subplots(1, len(datasets), figsize=(max(4.0, 1.0 + 0.55 * len(models)) * len(datasets), 3.6),
+    ncols = min(4, len(datasets))
+    nrows = -(-len(datasets) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(4.0, 1.0 + 0.55 * len(models)) * ncols, 3.4 * nrows),
                              squeeze=False, sharey=True)
-    for ax, ds in zip(axes[0], datasets):
+    flat = axes.ravel()
+    for ax in flat[len(datasets):]:
+        ax.set_visible(False)
+    for ax, ds in zip(flat, datasets):
         sub = [next((r for r in rows if r["dataset"] == ds and r["model"] == m), None) for m in models]
         present = [(m, r) for m, r in zip(models, sub) if r is not None]
         x = np.arange(len(present))
@@ -77,7 +82,8 @@ def metric_bars(state: dict[str, Any], metric: str, path: str | Path) -> Path | 
         ax.set_title(ds, fontsize=10)
         ax.axhline(0, color="black", linewidth=0.6)
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].set_ylabel(metric)
+    for row in axes:
+        row[0].set_ylabel(metric)
     limit = f" (limited run: --limit {state['limit']})" if state.get("limit") else ""
     fig.suptitle(f"{metric}, point and 95% CI, protocol {state.get('protocol', {}).get('id', '?')}{limit}",
                  fontsize=10)

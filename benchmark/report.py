@@ -10,7 +10,7 @@ from .figures import category_bars, metric_bars, overlays
 from .records import atomic_write_text
 from .regress import load_results
 
-MAIN_METRICS = ("iou", "dice", "cnr", "hit_rate", "auroc", "balanced_accuracy")
+MAIN_METRICS = ("iou", "dice", "cnr", "hit", "auroc", "balanced_accuracy")
 
 
 def write_report(run_dir: str | Path, out_dir: str | Path, n_overlay: int = 4) -> Path:

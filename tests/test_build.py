@@ -50,3 +50,14 @@ def test_cli_build(runs, capsys, tmp_path):
     assert main(["build", str(runs["full"]), "--no-paper", "--format", "md"]) == 0
     assert "toy_test · grounding" in capsys.readouterr().out
     assert main(["build", str(tmp_path / "nope")]) == 2
+
+
+def test_missing_ci_bound_prints_na(tmp_path):
+    from benchmark.records import atomic_write_json
+
+    state = {"schema_version": 1, "config": {}, "limit": None, "protocol": {"id": "x@1"}, "datasets": {},
+             "results": {"d": {"m": [{"task": "grounding", "metric": "iou", "category": "all", "point": 0.2,
+                                      "boot_mean": 0.2, "lo": 0.1, "hi": None, "n": 3}]}}}
+    atomic_write_json(tmp_path / "results.json", state)
+    t = build_tables([str(tmp_path)], with_paper=False)[0]
+    assert t.rows[0][1] == "0.200 [0.100, n/a]"
