@@ -272,11 +272,7 @@ def load_plugins(force: bool = False) -> None:
                 if not info.name.startswith("_"):
                     importlib.import_module(f"{pkg_name}.{info.name}")
         for mod in PLUGIN_MODULES:
-            try:
-                importlib.import_module(mod)
-            except ModuleNotFoundError as exc:
-                if exc.name != mod:  # a missing dependency inside the module is a real error
-                    raise
+            importlib.import_module(mod)
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             obj = ep.load()
             if callable(obj):
