@@ -55,6 +55,15 @@ def _errors(rows: list[dict[str, Any]]) -> np.ndarray:
     return np.array([lo, hi])
 
 
+def _save(fig, path: str | Path, dpi: int) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    _plt().close(fig)
+    return path
+
+
 def metric_bars(state: dict[str, Any], metric: str, path: str | Path) -> Path | None:
     """Bars of ``metric`` per dataset × model with 95% CI error bars; None if the run lacks it."""
     rows = _rows(state, metric)
@@ -87,12 +96,7 @@ def metric_bars(state: dict[str, Any], metric: str, path: str | Path) -> Path | 
     limit = f" (limited run: --limit {state['limit']})" if state.get("limit") else ""
     fig.suptitle(f"{metric}, point and 95% CI, protocol {state.get('protocol', {}).get('id', '?')}{limit}",
                  fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=130)
 
 
 def category_bars(state: dict[str, Any], dataset: str, metric: str, path: str | Path) -> Path | None:
@@ -119,12 +123,7 @@ def category_bars(state: dict[str, Any], dataset: str, metric: str, path: str | 
     ax.axhline(0, color="black", linewidth=0.6)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, ncol=min(4, len(models)), frameon=False)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=130)
 
 
 def _load_saved(run_dir: Path) -> dict[str, dict[str, Any]]:
@@ -193,9 +192,4 @@ def overlays(run_dir: str | Path, dataset: str, path: str | Path, n_samples: int
             if row == 0:
                 ax.set_title(model, fontsize=8)
     fig.suptitle(f"{dataset}: heatmaps (min-max per map) with ground truth", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=110)

@@ -18,9 +18,7 @@ def runs(tmp_path_factory):
     out = {}
     for name, extra in (("full", []), ("limited", ["--limit", "4"])):
         out[name] = tmp / name
-        assert main(["-q", "run", "--models", "sanity", "--datasets", "toy_test", "--protocol", "toy@1",
-                     "--data-root", str(root.parent / "{dataset}"), "--n-boot", "20", "--num-workers", "0",
-                     "-o", str(out[name]), *extra]) == 0
+        assert toy.run_sanity(root, out[name], *extra) == 0
     return out
 
 

@@ -19,9 +19,7 @@ def golden(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("golden")
     root = toy.make_toy(tmp / "toy_test")
     out = tmp / "run"
-    assert main(["-q", "run", "--models", "sanity", "--datasets", "toy_test", "--protocol", "toy@1", "--no-cache",
-                 "--data-root", str(root.parent / "{dataset}"), "--n-boot", "30", "--num-workers", "0",
-                 "-o", str(out)]) == 0
+    assert toy.run_sanity(root, out) == 0
     return out
 
 

@@ -16,9 +16,7 @@ def run_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
     root = toy.make_toy(tmp / "toy_test")
     out = tmp / "run"
-    assert main(["-q", "run", "--models", "sanity", "--datasets", "toy_test", "--protocol", "toy@1", "--no-cache",
-                 "--data-root", str(root.parent / "{dataset}"), "--n-boot", "20", "--num-workers", "0",
-                 "-o", str(out)]) == 0
+    assert toy.run_sanity(root, out) == 0
     return out
 
 

@@ -85,3 +85,12 @@ def make_toy(root: Path, n: int = 6, bad: int = 0) -> Path:
         rows.append({"image": name, "x": 5, "y": 5, "w": 20, "h": 20, "label": i % 2})
     pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
     return root
+
+
+def run_sanity(root: Path, out: Path, *extra: str) -> int:
+    """``afloc-bench run`` of the sanity models on the toy set at ``root`` (no cache, 20 replicates)."""
+    from benchmark.cli.main import main
+
+    return main(["-q", "run", "--models", "sanity", "--datasets", "toy_test", "--protocol", "toy@1", "--no-cache",
+                 "--data-root", str(root.parent / "{dataset}"), "--n-boot", "20", "--num-workers", "0",
+                 "-o", str(out), *extra])
