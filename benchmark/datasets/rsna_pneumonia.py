@@ -80,21 +80,31 @@ class RSNAPneumonia(Loader):
             for pid in progress(ids, "rsna_pneumonia: reading DICOM headers"):
                 rec = table[pid]
                 path = folder / f"{pid}.dcm"
-                head = self._header(headers, path)
+                head = self._usable_header(headers, path, views)
                 if head is None:
                     continue
-                if views is not None and head and head.get("view") not in views:
-                    self.exclude(path, f"view {head.get('view')} not in views option {sorted(views)}")
-                    continue
-                out.append(Sample(
-                    sample_id=f"rsna_pneumonia/{pid}", image_path=str(path), split=self.split,
-                    category="Pneumonia", prompts=dict(prompts), label=rec["label"], patient_id=pid, image_id=pid,
-                    view=head.get("view"), image_size=(head["rows"], head["cols"]) if head.get("rows") else None,
-                    boxes=[list(b) for b in rec["boxes"]],
-                    meta={"csv_rows": rec["rows"], "detailed_class": details.get(pid)}))
+                out.append(self._sample(pid, path, head, prompts, rec["label"], rec["boxes"],
+                                        {"csv_rows": rec["rows"], "detailed_class": details.get(pid)}))
         finally:
             headers.save()
         return out
+
+    def _usable_header(self, headers: DicomHeaders, path: Path, views: Any) -> dict[str, Any] | None:
+        """The DICOM header, or None when the image is unusable or its view is excluded (recorded)."""
+        head = self._header(headers, path)
+        if head is None:
+            return None
+        if views is not None and head and head.get("view") not in views:
+            self.exclude(path, f"view {head.get('view')} not in views option {sorted(views)}")
+            return None
+        return head
+
+    def _sample(self, pid: str, path: Path, head: dict[str, Any], prompts: dict[str, str], label: int,
+                boxes: Any, meta: dict[str, Any]) -> Sample:
+        return Sample(sample_id=f"rsna_pneumonia/{pid}", image_path=str(path), split=self.split,
+                      category="Pneumonia", prompts=dict(prompts), label=label, patient_id=pid, image_id=pid,
+                      view=head.get("view"), image_size=(head["rows"], head["cols"]) if head.get("rows") else None,
+                      boxes=[list(b) for b in boxes], meta=meta)
 
     def _header(self, headers: DicomHeaders, path: Path) -> dict[str, Any] | None:
         if not self.image_ok(path):
@@ -122,17 +132,10 @@ class RSNAPneumonia(Loader):
                 seen.add(e.id)
                 rel = e.token if "/" in e.token else f"{TEST_DIR}/{e.id}.dcm"
                 path = self.root / rel
-                head = self._header(headers, path)
+                head = self._usable_header(headers, path, views)
                 if head is None:
                     continue
-                if views is not None and head and head.get("view") not in views:
-                    self.exclude(path, f"view {head.get('view')} not in views option {sorted(views)}")
-                    continue
-                out.append(Sample(
-                    sample_id=f"rsna_pneumonia/{e.id}", image_path=str(path), split=self.split,
-                    category="Pneumonia", prompts=dict(prompts), label=e.label, patient_id=e.id, image_id=e.id,
-                    view=head.get("view"), image_size=(head["rows"], head["cols"]) if head.get("rows") else None,
-                    meta={"list_line": e.line}))
+                out.append(self._sample(e.id, path, head, prompts, e.label, (), {"list_line": e.line}))
         finally:
             headers.save()
         self.stats.update(split_rows=len(split_list.entries), split_images=len(seen),

@@ -244,3 +244,11 @@ def is_nan(x: Any) -> bool:
         return math.isnan(float(x))
     except (TypeError, ValueError):
         return False
+
+
+def per_threshold_columns(thresholds: Sequence[float], **arrays: np.ndarray) -> dict[str, np.ndarray]:
+    """``{"iou": [N, T], ...}`` → ``{"iou@0.1": [N], ...}``, names from ``metrics.threshold_label``."""
+    from ..metrics import threshold_label
+
+    return {f"{name}@{threshold_label(t)}": arr[:, j] for name, arr in arrays.items()
+            for j, t in enumerate(thresholds)}

@@ -57,11 +57,7 @@ def afloc_scores(emaps: np.ndarray, gts: np.ndarray, thresholds: tuple[float, ..
     counts = threshold_counts(norm, gts, thresholds)
     iou = iou_from_counts(counts, "tp")
     dice = dice_from_counts(counts, "tp", raw_gt_sum=True)
-    out: dict[str, np.ndarray] = {}
-    for j, t in enumerate(thresholds):
-        out[f"iou@{_lab(t)}"] = iou[:, j]
-    for j, t in enumerate(thresholds):
-        out[f"dice@{_lab(t)}"] = dice[:, j]
+    out: dict[str, np.ndarray] = C.per_threshold_columns(thresholds, iou=iou, dice=dice)
     out["cnr"] = cnr(norm, gts, inside="eq1", renormalize=True)
     if with_hit:
         out["hit"] = pointing_hit(emaps, gts, rule="first")

@@ -41,11 +41,7 @@ def canonical_scores(maps: np.ndarray, gts: np.ndarray, thresholds: tuple[float,
     counts = threshold_counts(norm, g, thresholds)
     iou = iou_from_counts(counts, "gt")
     dice = dice_from_counts(counts, "gt", raw_gt_sum=False)
-    out: dict[str, np.ndarray] = {}
-    for j, t in enumerate(thresholds):
-        out[f"iou@{_lab(t)}"] = iou[:, j]
-    for j, t in enumerate(thresholds):
-        out[f"dice@{_lab(t)}"] = dice[:, j]
+    out: dict[str, np.ndarray] = C.per_threshold_columns(thresholds, iou=iou, dice=dice)
     out["iou"] = iou.mean(axis=1)  # NaN only when the mask is empty (then NaN at every t)
     out["dice"] = dice.mean(axis=1)
     out["cnr"] = cnr(norm, g, inside="nonzero")
