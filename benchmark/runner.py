@@ -341,6 +341,9 @@ class Runner:
             used_params[task] = params
             rows.extend({"task": task, **r} for r in summary)
             frames.append(records)
+        # the adapter's own counters (e.g. unmatched human-benchmark entries) are final only now;
+        # an adapter reused across datasets reports its running totals
+        state["models"][plan.model] = self._model_record(plan.model, adapter)
         if frames:
             write_parquet_atomic(pd.concat(frames, ignore_index=True), self.out / "samples" / f"{stem}.parquet")
         pair = {"dataset": plan.dataset, "model": plan.model, "fingerprint": fingerprint, "tasks": plan.tasks,
@@ -425,9 +428,19 @@ class Runner:
                 sizes.append(None)
         keep = [(s, z) for s, z in zip(samples, sizes) if z is not None]
         maps = adapter.similarity_map_for_samples([s for s, _ in keep], [z for _, z in keep])
-        for (s, size), grid in zip(keep, maps):
-            out.append((s, self.protocol.grounding_record(np.asarray(grid, dtype=np.float32), s, size,
-                                                          adapter.input_geometry)))
+        # Readers who marked salient points (the human benchmark) are scored on those points,
+        # not on the argmax of their binary map.
+        points = None
+        if hasattr(adapter, "salient_points_for_samples") and hasattr(self.protocol, "points_record"):
+            points = adapter.salient_points_for_samples([s for s, _ in keep])
+            if points is not None and len(points) != len(keep):
+                raise RuntimeError(f"{plan.model}.salient_points_for_samples returned {len(points)} entries "
+                                   f"for {len(keep)} samples")
+        for i, ((s, size), grid) in enumerate(zip(keep, maps)):
+            rec = self.protocol.grounding_record(np.asarray(grid, dtype=np.float32), s, size, adapter.input_geometry)
+            if points is not None and points[i] is not None:
+                rec.update(self.protocol.points_record(points[i], s, size))
+            out.append((s, rec))
         return out, skipped
 
     def _grounding(self, adapter: Adapter, samples: list[Sample], plan: PairPlan):

@@ -754,6 +754,12 @@ class CheXlocalize(DemoSet):
             if split == "test":
                 hb = {j.ids["cxr_id"]: r["hb"] for j, r in pairs}
                 E.atomic_write_text(root / "CheXlocalize" / "hb_segmentations_test.json", json.dumps(hb))
+                points = {}
+                for j, r in pairs:  # a stream of its own per CXR: no other file depends on it
+                    pts = _salient_points(r["hb"], np.random.default_rng([ctx.seed, self.code, 4242, j.index]))
+                    if pts:
+                        points[j.ids["cxr_id"]] = pts
+                E.atomic_write_text(root / "CheXlocalize" / "hb_salient_pt_test.json", json.dumps(points))
             rows = [["Path", *CHEXPERT_LABEL_COLUMNS]]
             for j, r in pairs:
                 rows.append([j.ids["rel"], *[_fmt(r["labels"][c]) for c in CHEXPERT_LABEL_COLUMNS]])
@@ -761,6 +767,28 @@ class CheXlocalize(DemoSet):
             counts[split] = len(pairs)
             counts[f"{split}_with_positive"] = len(gt_seg)
         return counts
+
+
+def _salient_points(hb: dict[str, dict], rng: np.random.Generator) -> dict[str, list[list[float]]]:
+    """The second reader's salient points: 1-3 per task it segmented, inside its own mask.
+
+    Drawn after the fact from the written segmentations with a stream of their own, so the
+    other files do not change. The reader's mask is shifted and resized from the truth, so
+    some points miss; a task the reader left empty gets no entry (a miss on a positive).
+    """
+    from pycocotools import mask as mask_util
+
+    out: dict[str, list[list[float]]] = {}
+    for task in CHEXLOCALIZE_TASKS:
+        rle = hb[task]
+        m = mask_util.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")})
+        ys, xs = np.nonzero(m)
+        if len(xs) == 0:
+            continue
+        picks = rng.integers(len(xs), size=int(rng.integers(1, 4)))
+        out[task] = [[round(float(xs[k]) + float(rng.uniform(0.05, 0.95)), 2),
+                      round(float(ys[k]) + float(rng.uniform(0.05, 0.95)), 2)] for k in picks]
+    return out
 
 
 def _human_reader(gt: np.ndarray, rng: np.random.Generator, lungs: np.ndarray) -> np.ndarray:

@@ -8,11 +8,16 @@ per-task probability cut-offs (``tune_probability_threshold.py``) empty the segm
 of a CXR whose predicted probability is below the cut-off. mIoU on true positives, hit
 rate (pointing game, first argmax), and the bootstrap over CXR rows (seed 0, 1,000
 replicates, CI at sorted indices 24 and 974).
+
+The human benchmark has no map to point with: its readers marked salient points
+(``hb_salient_pt_test.json``), and its hit is "any point inside the ground truth"
+(``salient_point_hit``, through ``CheXlocalize.points_record``), not the argmax of a map.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -58,6 +63,33 @@ def chexlocalize_scores(omap: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     return out
 
 
+def salient_point_hit(points: Iterable[Sequence[float]], gt_mask: np.ndarray) -> float:
+    """CheXlocalize's human-benchmark hit: 1.0 if any ``(x, y)`` point lies in the mask.
+
+    NaN when the ground truth is empty (the CXR/task does not count), 0.0 when it is
+    non-empty and no point falls inside it, including when there are no points (a reader
+    who marked nothing missed). A point indexes the mask as the official evaluation does,
+    ``gt_mask[int(y), int(x)]``: ``int`` truncates toward zero, so (-0.5, y) lands in column
+    0. A point whose truncated index is outside the image cannot hit and is ignored (the
+    official code would wrap a negative index to the far side or raise on a large one);
+    non-finite coordinates are ignored likewise.
+    """
+    gt = np.asarray(gt_mask)
+    if gt.ndim != 2:
+        raise ValueError(f"salient_point_hit expects a 2-D mask, got shape {gt.shape}")
+    if not gt.any():
+        return float("nan")
+    h, w = gt.shape
+    for pt in points:
+        x, y = float(pt[0]), float(pt[1])
+        if not (math.isfinite(x) and math.isfinite(y)):
+            continue
+        col, row = int(x), int(y)
+        if 0 <= row < h and 0 <= col < w and gt[row, col]:
+            return 1.0
+    return 0.0
+
+
 @register_protocol
 class CheXlocalize(Protocol):
     """CheXlocalize protocol: native-resolution masks, Otsu or val-tuned thresholds, mIoU on true positives, hit rate."""
@@ -88,6 +120,16 @@ class CheXlocalize(Protocol):
         omap = self.original_map(grid, size, input_geometry)
         gt = sample_mask(sample, size)
         return chexlocalize_scores(omap, gt)
+
+    def points_record(self, points: Iterable[Sequence[float]], sample: Any,
+                      image_size: tuple[int, int] | None) -> dict[str, Any]:
+        """The hit of salient points (native ``(x, y)`` pixels) against the sample's ground truth.
+
+        Same ground truth as ``grounding_record``; it replaces that record's argmax ``hit``
+        for readers who marked points instead of producing a map (the human benchmark).
+        """
+        size = C.resolve_image_size(sample, image_size)
+        return {"hit": salient_point_hit(points, sample_mask(sample, size))}
 
     def score_chunk(self, heatmaps: np.ndarray, masks: np.ndarray, *, margin: bool | None = None,
                     native_grid: bool = False, pathology: bool = False) -> dict[str, np.ndarray]:
