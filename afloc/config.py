@@ -7,8 +7,9 @@ anything, and every field has a default that reproduces the published model.
 Presets:
   ``paper``: ResNet-50 (ImageNet-initialised when trained) + a BERT the size of Bio_ClinicalBERT,
     exactly the official ``afloc/config.yaml``.
-  ``demo``: a narrow ResNet-18 (224 input, 14x14 grid) + a 4-layer, 64-wide BERT over the demo
-    WordPiece vocabulary; trains on two CPU cores in minutes.
+  ``demo``: a narrow ResNet-18 that resizes its 224 input to 128 (8x8 deep grid) + a 2-layer,
+    64-wide BERT without dropout over the demo WordPiece vocabulary; trains on two CPU cores in
+    minutes.
   ``tiny``: the smallest network the tests build (seconds on CPU).
 """
 
@@ -129,13 +130,18 @@ def paper(bert: str | None = None) -> ModelConfig:
 
 
 def demo(vocab: str | None = None, vocab_size: int = 4096) -> ModelConfig:
-    """Trains on two CPU cores in minutes: narrow ResNet-18 on the 224 input (no 299 upsampling,
-    so a 14x14 deep grid and a 28x28 shallow grid) and a 4-layer, 64-wide BERT; same losses."""
-    bert = dict(vocab_size=vocab_size, hidden_size=64, num_hidden_layers=4, num_attention_heads=2,
+    """Trains on two CPU cores in minutes: narrow ResNet-18 that resizes the 224 input to 128 (an 8x8
+    deep grid and a 16x16 shallow grid) and a 2-layer, 64-wide BERT without dropout; same losses.
+
+    Why these sizes: learned from scratch on about a thousand pairs, the local (word and sentence)
+    losses first collapse to chance (image features that encode position only) and need a few
+    hundred steps to escape; the 128 input makes a step about three times cheaper than 224, and a
+    shallow text encoder without dropout learns the report embedding faster."""
+    bert = dict(vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                 intermediate_size=256, max_position_embeddings=128, type_vocab_size=2, hidden_act="gelu",
-                hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, layer_norm_eps=1e-12,
+                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, layer_norm_eps=1e-12,
                 initializer_range=0.02)
-    return ModelConfig(vision=VisionConfig(arch="resnet18", width=16, upsample=None),
+    return ModelConfig(vision=VisionConfig(arch="resnet18", width=16, upsample=128),
                        text=TextConfig(bert_config=bert, vocab=vocab))
 
 

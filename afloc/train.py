@@ -83,6 +83,9 @@ class TrainConfig:
     log_every: int = 10
     save_every_steps: int | None = None
     image_cache: str | None = None
+    # best/ = the epoch with the lowest validation loss (paper recipe); False: best/ = the last
+    # epoch (the demo: its single validation batch of 32 pairs rises while localization improves)
+    select_best: bool = True
 
     @classmethod
     def from_mapping(cls, d: dict[str, Any], source: str = "config") -> "TrainConfig":
@@ -508,12 +511,14 @@ class Trainer:
                 rec = {"epoch": st["epoch"], "global_step": st["global_step"],
                        "val_loss": None if val is None else val["loss"]}
                 st["history"].append(rec)
+                improved = False
                 if val is not None:
                     self._log("val", val, None)
                     if st["best_val_loss"] is None or val["loss"] < st["best_val_loss"]:
                         st["best_val_loss"], st["best_epoch"] = val["loss"], st["epoch"]
-                        self._save("best")
-                elif self.dist.main:
+                        improved = True
+                by_val = val is not None and cfg.select_best
+                if improved or not by_val:  # without selection best/ follows the last epoch
                     self._save("best")
                 if self.dist.main and not self.quiet:
                     vl = "n/a" if val is None else f"{val['loss']:.4f}"

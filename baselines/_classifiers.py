@@ -62,6 +62,16 @@ XRV_SCALE = 1024.0  # torchxrayvision maps uint8 0..255 to [-1024, 1024]
 _STUB_PREFIXES = ("torch.nn.modules.", "torch.nn.backends.", "torchxrayvision.", "torchvision.models.")
 
 
+# CheXpert's labeler counts these mentions under a broader observation; used only when the
+# prompt names no output directly (a classifier with its own "Mass" output keeps it).
+_FALLBACKS = {
+    "mass": "lung lesion",
+    "nodule": "lung lesion",
+    "infiltrate": "airspace opacity",
+    "infiltration": "airspace opacity",
+}
+
+
 def normalise_label(name: str) -> str:
     """Canonical key of a finding name: ``'Pleural_Effusion'`` → ``'pleural effusion'``."""
     key = re.sub(r"[\s_]+", " ", str(name).strip().lower())
@@ -86,6 +96,9 @@ def label_index(text: str, labels: Sequence[str]) -> int:
             if f" {name} " in t and len(name) > best_len:
                 best, best_len = i, len(name)
     if best < 0:
+        for name, key in _FALLBACKS.items():
+            if f" {name} " in t and key in keys:
+                return keys.index(key)
         shown = ", ".join(lb for lb in labels if lb)
         raise KeyError(f"no classifier output matches the prompt {text!r}; outputs: {shown}")
     return best

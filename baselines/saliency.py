@@ -23,10 +23,11 @@ Choices, each for a reason:
   computes it; an inverted component gives an empty map after the ReLU.
 
 Options: ``labels`` (comma-separated output names), ``xrv_weights`` (a torchxrayvision weights
-name, to take its output names), ``cam_output`` (``raw`` | ``library``), ``cam_relu`` (default
+name, to take its output names), ``random_init`` (seeded random weights when no checkpoint is
+given, for tests only; otherwise no checkpoint means the demo classifier, trained on first use
+and cached, ``baselines._demo_classifier``), ``cam_output`` (``raw`` | ``library``), ``cam_relu`` (default
 true; false keeps the signed CAM, useful when a class's CAM is negative everywhere and the ReLU
-would leave an all-zero map — ``describe()["maps"]`` counts those), ``seed`` (random weights when
-no checkpoint is given, for tests only).
+would leave an all-zero map — ``describe()["maps"]`` counts those), ``seed`` (of the random weights).
 """
 
 from __future__ import annotations
@@ -62,7 +63,6 @@ class _SaliencyAdapter(Adapter):
     input_geometry = "resize:320x320"
     preprocessing_id = "densenet-chexpert-resize320-imagenet-v1"
     color = "gray"
-    needs_checkpoint = True
     method = "gradcam"
     # ``score(image, positive, positive)`` is the classifier's probability for the map's class, which
     # CheXlocalize's per-task probability cut-offs need next to each grounding record (``prob``).
@@ -85,12 +85,18 @@ class _SaliencyAdapter(Adapter):
         labels = self.options.get("labels")
         if isinstance(labels, str):
             labels = [s.strip() for s in labels.split(",") if s.strip()]
+        if not checkpoint and not option_flag(self.options.get("random_init", False)):
+            from ._demo_classifier import ensure_demo_classifier
+
+            checkpoint = str(ensure_demo_classifier())
+            log.info("%s: no checkpoint given, using the demo classifier %s", self.name or self.method, checkpoint)
         if checkpoint:
+            super().load(checkpoint, device)
             model, report = C.load_classifier(checkpoint, labels=labels, xrv_weights=self.options.get("xrv_weights"))
             self.load_report = report
             log.info("loaded %s", report.summary())
         else:
-            log.warning("%s: no checkpoint given, using seeded random weights (tests only)", self.name or self.method)
+            log.warning("%s: random_init, using seeded random weights (tests only)", self.name or self.method)
             spec = C.ClassifierSpec(labels=list(labels) if labels else list(C.CHEXPERT_TASKS))
             model = C.build_classifier(spec, seed=int(self.options.get("seed", 0)))
         self.model = model.to(torch.device(device)).eval()
@@ -128,6 +134,18 @@ class _SaliencyAdapter(Adapter):
 
         self._require()
         return torch.tensor([C.label_index(p, self.spec.labels) for p in prompts], dtype=torch.long)
+
+    def unsupported_prompt(self, prompt: str) -> str | None:
+        """Why this classifier cannot score ``prompt`` (it names none of its outputs), else None.
+        The runner skips such samples and counts them instead of stopping."""
+        from . import _classifiers as C
+
+        self._require()
+        try:
+            C.label_index(prompt, self.spec.labels)
+        except KeyError as exc:
+            return str(exc.args[0])
+        return None
 
     def encode_prompt_ensemble(self, prompts: Sequence[str]):
         idx = self.encode_texts(list(prompts))

@@ -378,10 +378,13 @@ class Runner:
             negatives = self.protocol.uses_negatives_for(samples) if hasattr(self.protocol, "uses_negatives_for") \
                 else getattr(self.protocol, "uses_negatives", False)
             wanted = [s for s in samples if s.has_localization or (negatives and s.label is not None)]
+            wanted, refused = self._supported(adapter, wanted, plan, task)
             values, skipped = self._grounding(adapter, wanted, plan)
         else:
             wanted = [s for s in samples if s.label is not None]
+            wanted, refused = self._supported(adapter, wanted, plan, task)
             values, skipped = self._classification(adapter, wanted, plan)
+        skipped = refused + skipped
         rows = []
         for s, rec in values:
             base = {"sample_id": s.sample_id, "image_id": s.image_id, "patient_id": s.patient_id,
@@ -389,6 +392,33 @@ class Runner:
             base.update(rec)
             rows.append(base)
         return pd.DataFrame(rows), skipped
+
+    def _supported(self, adapter: Adapter, samples: list[Sample], plan: PairPlan, task: str):
+        """Samples whose prompt the model can answer, and a skip entry for each of the others.
+
+        A model with a fixed label set (a classifier behind Grad-CAM) cannot score a finding it has
+        no output for; the optional hook ``adapter.unsupported_prompt(prompt) -> reason | None``
+        says so, and those samples are counted as skipped instead of stopping the run."""
+        check = getattr(adapter, "unsupported_prompt", None)
+        if check is None:
+            return samples, []
+        reasons: dict[str, str | None] = {}
+        keep, refused, cats = [], [], set()
+        for s in samples:
+            prompt = s.prompt(self.cfg.prompt_set) if task == "grounding" \
+                else classification_prompts(plan.dataset, s.category)[0][0]
+            if prompt not in reasons:
+                reasons[prompt] = check(prompt)
+            if reasons[prompt] is None:
+                keep.append(s)
+            else:
+                refused.append({"sample_id": s.sample_id, "path": s.image_path,
+                                "reason": f"{plan.model} cannot score this prompt: {reasons[prompt]}"})
+                cats.add(str(s.category))
+        if refused:
+            log.warning("%s on %s (%s): %d sample(s) skipped, no model output for %s", plan.model, plan.dataset,
+                        task, len(refused), ", ".join(sorted(cats)))
+        return keep, refused
 
     def _image_sha(self, path: str) -> str:
         if path not in self._image_shas:

@@ -49,6 +49,26 @@ def test_training_decreases_the_loss_and_writes_checkpoints(tmp_path):
     assert load_checkpoint(tmp_path / "run" / "best").cfg.vision.width == 4
 
 
+def test_select_best_false_keeps_the_last_epoch(tmp_path):
+    """The demo recipe keeps the final weights; validation loss is still recorded."""
+    import json
+
+    from safetensors.torch import load_file
+
+    pairs = synthetic_pairs(tmp_path / "img", 8)
+    tok = tokenizer(tmp_path / "tok")
+    kw = dict(quiet=True, train_pairs=pairs, val_pairs=pairs, tokenizer=tok)
+    state = train(tiny_cfg(epochs=3, select_best=False), tmp_path / "last_kept", **kw)
+    run = tmp_path / "last_kept"
+    assert json.loads((run / "best" / "config.json").read_text())["training"]["epoch"] == 3
+    best, last = load_file(str(run / "best" / "model.safetensors")), load_file(str(run / "last" / "model.safetensors"))
+    assert best.keys() == last.keys() and all(torch.equal(best[k], last[k]) for k in best)
+    assert state["best_val_loss"] == min(h["val_loss"] for h in state["history"])
+    state = train(tiny_cfg(epochs=3), tmp_path / "by_val", **kw)
+    assert json.loads((tmp_path / "by_val" / "best" / "config.json").read_text())["training"]["epoch"] == \
+        state["best_epoch"]
+
+
 def test_resume_mid_epoch_reaches_the_identical_state(tmp_path):
     from safetensors.torch import load_file
 

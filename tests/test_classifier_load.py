@@ -155,6 +155,22 @@ def test_prompt_mapping_on_torchxrayvision_names():
     assert labels[C.label_index("Findings suggesting Pleural Effusion.", labels)] == "Effusion"
     with pytest.raises(KeyError, match="no classifier output matches"):
         C.label_index("Findings suggesting Support Devices.", labels)
+    # a classifier with its own Mass / Nodule / Infiltration outputs keeps them
+    assert labels[C.label_index("Findings suggesting Mass.", labels)] == "Mass"
+    assert labels[C.label_index("Findings suggesting Nodule.", labels)] == "Nodule"
+    assert labels[C.label_index("Findings suggesting Infiltration.", labels)] == "Infiltration"
+
+
+@pytest.mark.parametrize("prompt,expected", [
+    ("Findings suggesting Mass.", "Lung Lesion"),
+    ("Findings suggesting Nodule.", "Lung Lesion"),
+    ("Findings suggesting Infiltrate.", "Airspace Opacity"),
+])
+def test_nih_names_fall_back_to_the_chexpert_observation(prompt, expected):
+    """CheXpert's labeler counts masses and nodules as Lung Lesion, infiltrates as Airspace Opacity."""
+    assert C.CHEXPERT_TASKS[C.label_index(prompt, C.CHEXPERT_TASKS)] == expected
+    with pytest.raises(KeyError, match="no classifier output matches"):
+        C.label_index(prompt, ["Cardiomegaly", "Edema"])
 
 
 def test_input_normalisation():

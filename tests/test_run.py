@@ -227,3 +227,35 @@ def test_runner_hooks_per_sample_maps_and_grounding_probability(tmp_path, toy_ro
     finally:
         models.unregister("per_sample_test")
         models.unregister("with_prob_test")
+
+
+def test_prompts_a_model_cannot_score_are_skipped_and_counted(tmp_path, toy_root):
+    """A fixed-label model (Grad-CAM classifier) refusing a finding must not stop the run."""
+    from baselines.sanity import CenterPriorModel
+    from benchmark.adapter import register_model
+    from benchmark.registry import models
+
+    asked = []
+
+    @register_model("refusing_test", tags=("hidden",))
+    class Refusing(CenterPriorModel):
+        preprocessing_id = "refusing-test"
+
+        def unsupported_prompt(self, prompt):
+            asked.append(prompt)
+            return "no output named in the prompt" if "pneumonia" in prompt.lower() else None
+
+    try:
+        out = tmp_path / "run"
+        assert main(["-q", "run", "--models", "refusing_test,center_prior", "--datasets", "toy_test",
+                     "--protocol", "toy@1", "--data-root", str(toy_root.parent / "{dataset}"), "--n-boot", "5",
+                     "--num-workers", "0", "-o", str(out)]) == 0
+        pair = json.loads((out / "pairs" / "toy_test__refusing_test.json").read_text())
+        ref = json.loads((out / "pairs" / "toy_test__center_prior.json").read_text())
+        samples = pd.read_parquet(out / "samples" / "toy_test__center_prior.parquet")
+        assert pair["n_run_skipped"] == len(samples) > 0  # every toy sample names pneumonia
+        assert all("cannot score this prompt: no output named" in s["reason"] for s in pair["run_skipped"])
+        assert ref["n_run_skipped"] == 0
+        assert len(set(asked)) == len(asked)  # asked once per distinct prompt
+    finally:
+        models.unregister("refusing_test")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -189,3 +191,62 @@ def test_signed_cam_option_and_empty_map_count(tiny_ckpt):
     n_empty = int((signed.reshape(3, -1).max(1) <= 0).sum())
     assert a.describe()["maps"] == {"total": 3, "all_zero": n_empty}
     assert s.describe()["cam_relu"] is False
+
+
+def test_without_checkpoint_the_demo_classifier_is_used(tiny_ckpt, monkeypatch):
+    """No --ckpt: the adapters take the cached demo classifier (trained on first use)."""
+    from baselines import _demo_classifier
+
+    calls = []
+
+    def fake_ensure(quiet=True):
+        calls.append(quiet)
+        return tiny_ckpt
+
+    monkeypatch.setattr(_demo_classifier, "ensure_demo_classifier", fake_ensure)
+    for name in METHOD_MODELS.values():
+        assert not getattr(models.get(name), "needs_checkpoint", False), name
+        a = build_adapter(name)
+        a.load(None, "cpu")
+        assert a.checkpoint == str(tiny_ckpt)
+        assert a.spec.input_geometry == TINY.input_geometry
+    assert len(calls) == len(METHOD_MODELS)
+    r = build_adapter("gradcam:densenet121")
+    r.options.update(random_init="true")
+    r.load(None, "cpu")  # tests only: seeded random weights, no training
+    assert r.checkpoint is None and len(calls) == len(METHOD_MODELS)
+
+
+def test_demo_classifier_is_trained_once_and_cached(tmp_path, monkeypatch):
+    """The recipe is trained into a temporary folder, renamed into place, then reused."""
+    from baselines import _demo_classifier, classifier_train
+    from benchmark import demo
+
+    monkeypatch.setenv("AFLOC_BENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(demo, "ensure", lambda root: root)
+    seen = []
+
+    def fake_train(dataset, root, out, **kw):
+        seen.append((dataset, kw))
+        out = Path(out)
+        model = C.build_classifier(TINY, seed=0)
+        C.save_classifier(model.eval(), out / "classifier.pt")
+        (out / "last.pt").write_bytes(b"optimizer state")
+        return {}
+
+    monkeypatch.setattr(classifier_train, "train_classifier", fake_train)
+    first = _demo_classifier.ensure_demo_classifier()
+    second = _demo_classifier.ensure_demo_classifier()
+    assert first == second == _demo_classifier.demo_classifier_dir() / "classifier.pt"
+    assert first.is_file() and not (first.parent / "last.pt").exists()
+    assert len(seen) == 1 and seen[0][0] == "demo_mimic"
+    assert seen[0][1]["arch"] == "tiny" and seen[0][1]["split"] == "train"
+    assert not [p for p in first.parent.parent.iterdir() if ".run-" in p.name]
+
+
+def test_unsupported_prompt_names_the_missing_output(tiny_ckpt):
+    a = _adapter("gradcam:densenet121", tiny_ckpt)
+    assert a.unsupported_prompt("Findings suggesting Airspace Opacity.") is None
+    assert a.unsupported_prompt("Findings suggesting Mass.") is None  # CheXpert's Lung Lesion
+    reason = a.unsupported_prompt("Findings suggesting Fibrosis.")
+    assert "Fibrosis" in reason and "Airspace Opacity" in reason

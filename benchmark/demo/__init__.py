@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-DEMO_VERSION = "1"  # bump whenever the generated files change
+DEMO_VERSION = "2"  # bump whenever the generated files change
 DEFAULT_N_TRAIN = 1000
 DEFAULT_N_TEST = 200
 
