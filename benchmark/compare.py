@@ -28,6 +28,7 @@ import pandas as pd
 from .bootstrap import DEFAULT_N_BOOT, bh_fdr, bootstrap_p_value, percentile_ci, unit_weights
 from .metrics import auroc_weighted
 from .protocols import _common as C
+from .records import parse_stem
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,10 @@ def load_run(run_dir: str | Path) -> RunSamples:
         raise _error(root, "a run folder with a samples/ directory of <dataset>__<model>.parquet files")
     tables: dict[tuple[str, str], Path] = {}
     for p in sorted(sdir.glob("*.parquet")):
-        if "__" not in p.stem:
-            raise _error(p, "a per-sample file named <dataset>__<model>.parquet")
-        ds, model = p.stem.split("__", 1)
+        try:
+            ds, model = parse_stem(p.stem)
+        except ValueError:
+            raise _error(p, "a per-sample file named <dataset>__<model>.parquet") from None
         tables[(ds, model)] = p
     if not tables:
         raise _error(sdir, "at least one <dataset>__<model>.parquet file")

@@ -126,12 +126,14 @@ def category_bars(state: dict[str, Any], dataset: str, metric: str, path: str | 
     return _save(fig, path, dpi=130)
 
 
-def _load_saved(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """``heatmaps/<dataset>__<model>.npz`` of a run → {stem: arrays}."""
+def _load_saved(run_dir: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """``heatmaps/<dataset>__<model>.npz`` of a run → {(dataset, model): arrays}."""
+    from .records import parse_stem
+
     out = {}
     for p in sorted((Path(run_dir) / "heatmaps").glob("*.npz")):
         with np.load(p, allow_pickle=False) as z:
-            out[p.stem] = {k: z[k] for k in z.files}
+            out[parse_stem(p.stem)] = {k: z[k] for k in z.files}
     return out
 
 
@@ -149,11 +151,11 @@ def overlays(run_dir: str | Path, dataset: str, path: str | Path, n_samples: int
     from .imageio import read_image
     from .sample import Sample
 
-    saved = {stem: d for stem, d in _load_saved(Path(run_dir)).items() if stem.split("__")[0] == dataset}
+    saved = {key: d for key, d in _load_saved(Path(run_dir)).items() if key[0] == dataset}
     if not saved:
         return None
-    models = _model_order({stem.split("__", 1)[1] for stem in saved})
-    first = saved[f"{dataset}__{models[0]}"]
+    models = _model_order({model for _, model in saved})
+    first = saved[(dataset, models[0])]
     ids = [str(s) for s in first["sample_id"][:n_samples]]
     plt = _plt()
     fig, axes = plt.subplots(len(ids), len(models) + 1, figsize=(2.3 * (len(models) + 1), 2.5 * len(ids)),
@@ -174,7 +176,7 @@ def overlays(run_dir: str | Path, dataset: str, path: str | Path, n_samples: int
                 ax.set_title(f"{sample.category}\n{str(first['prompt'][i0])[:40]}", fontsize=7)
                 continue
             model = models[col - 1]
-            d = saved.get(f"{dataset}__{model}")
+            d = saved.get((dataset, model))
             if d is None or sid not in list(map(str, d["sample_id"])):
                 ax.set_title(f"{model}: n/a", fontsize=7)
                 continue

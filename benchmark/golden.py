@@ -22,6 +22,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from .records import record_stem
+
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN_DIR = ROOT / "results" / "demo"
 SMALL = {"seed": 0, "n_train": 8, "n_test": 16}
@@ -67,8 +69,9 @@ def resummarize(run_dir: str | Path) -> dict:
     for ds, per_model in state["results"].items():
         unit = state["datasets"][ds].get("resampling_unit", "image")
         for model in per_model:
-            pair = json.loads((run_dir / "pairs" / f"{ds}__{model}.json").read_text())
-            records = pd.read_parquet(run_dir / "samples" / f"{ds}__{model}.parquet")
+            stem = record_stem(ds, model)
+            pair = json.loads((run_dir / "pairs" / f"{stem}.json").read_text())
+            records = pd.read_parquet(run_dir / "samples" / f"{stem}.parquet")
             rows = []
             for task in pair["tasks"]:
                 sub = records[records["task"] == task].reset_index(drop=True)

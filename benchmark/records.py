@@ -27,6 +27,24 @@ RESULTS_REQUIRED_KEYS = ("schema_version", "harness_version", "git_commit", "dat
                          "datasets", "models", "results", "skipped_pairs", "limit")
 
 
+def record_stem(dataset: str, model: str) -> str:
+    """File stem of a (dataset, model) pair: ``<dataset>__<model>`` with characters that some file
+    systems refuse (``gradcam:densenet121``'s colon on Windows) percent-encoded."""
+    from urllib.parse import quote
+
+    return f"{quote(dataset, safe='+-._~')}__{quote(model, safe='+-._~')}"
+
+
+def parse_stem(stem: str) -> tuple[str, str]:
+    """(dataset, model) of a record file stem (older runs with a raw colon read the same)."""
+    from urllib.parse import unquote
+
+    if "__" not in stem:
+        raise ValueError(f"record file stem {stem!r} is not <dataset>__<model>")
+    ds, model = stem.split("__", 1)
+    return unquote(ds), unquote(model)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temporary sibling then rename, so readers never see a partial file."""
     path = Path(path)

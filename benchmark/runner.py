@@ -29,7 +29,7 @@ from .cache import ArrayCache, cache_key, checkpoint_sha256, file_sha256
 from .dataset import DataError, Dataset, build_dataset, cache_home, demo_root, is_demo
 from .protocols.base import Protocol, resolve_protocol
 from .records import (SCHEMA_VERSION, atomic_write_json, atomic_write_text, environment, git_commit, nan_to_none,
-                      now_iso, write_parquet_atomic)
+                      now_iso, record_stem, write_parquet_atomic)
 from .registry import RegistryError, datasets as dataset_registry, models as model_registry
 from .sample import Sample
 
@@ -312,7 +312,7 @@ class Runner:
             samples = samples[: self.cfg.limit]
         ds_rec = self._dataset_record(plan.dataset, ds, samples)
         state["datasets"][plan.dataset] = ds_rec
-        stem = f"{plan.dataset}__{plan.model}"
+        stem = record_stem(plan.dataset, plan.model)
         pair_path = self.out / "pairs" / f"{stem}.json"
         fingerprint = self._pair_fingerprint(plan, ds_rec)
         if self.cfg.skip_existing and pair_path.is_file():
@@ -564,7 +564,7 @@ class Runner:
                             sample_json=np.array([json.dumps(s.to_dict(), default=str) for s in keep]),
                             grid=np.stack([grids[(s.image_path, p)] for s, p in zip(keep, prompts)]),
                             input_geometry=np.array(adapter.input_geometry))
-        atomic_write_bytes(self.out / "heatmaps" / f"{plan.dataset}__{plan.model}.npz", buf.getvalue())
+        atomic_write_bytes(self.out / "heatmaps" / f"{record_stem(plan.dataset, plan.model)}.npz", buf.getvalue())
 
     def _classification(self, adapter: Adapter, samples: list[Sample], plan: PairPlan):
         ckpt_sha = self._ckpt_sha(plan.model, adapter)

@@ -259,3 +259,15 @@ def test_prompts_a_model_cannot_score_are_skipped_and_counted(tmp_path, toy_root
         assert len(set(asked)) == len(asked)  # asked once per distinct prompt
     finally:
         models.unregister("refusing_test")
+
+
+def test_record_file_stems_are_portable_and_reversible():
+    from benchmark.records import parse_stem, record_stem
+
+    stem = record_stem("demo_chexlocalize", "gradcam++:densenet121")
+    assert stem == "demo_chexlocalize__gradcam++%3Adensenet121"
+    assert not set(stem) & set(':<>"/\\|?*')
+    assert parse_stem(stem) == ("demo_chexlocalize", "gradcam++:densenet121")
+    assert parse_stem("demo_rsna__clip:openai") == ("demo_rsna", "clip:openai")  # runs written before
+    with pytest.raises(ValueError, match="not <dataset>__<model>"):
+        parse_stem("results")
