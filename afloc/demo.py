@@ -10,7 +10,6 @@ a file lock, so concurrent callers wait for one training and nobody sees a parti
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -30,30 +29,18 @@ def _complete(folder: Path) -> bool:
 
 def ensure_demo_checkpoint(quiet: bool = True) -> Path:
     """The cached demo checkpoint folder, training it first when absent."""
-    final = demo_checkpoint_dir()
-    if _complete(final):
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    import fcntl
+    from benchmark.cache import build_once
 
-    with open(final.parent / f".afloc-demo-{DEMO_MODEL_VERSION}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _complete(final):
-            return final
+    def build(work: Path) -> Path:
         from .train import load_train_config, train
 
-        run = final.parent / f".afloc-demo-{DEMO_MODEL_VERSION}.run-{os.getpid()}"
-        shutil.rmtree(run, ignore_errors=True)
-        log.info("training the demo AFLoc model into %s (once; a few minutes on CPU)", final)
-        try:
-            train(load_train_config("demo"), run, quiet=quiet)
-            staged = run / "best"
-            for f in ("metrics.csv", "train_config.json"):
-                if (run / f).is_file():
-                    shutil.copy2(run / f, staged / f)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(staged, final)
-        finally:
-            shutil.rmtree(run, ignore_errors=True)
-    return final
+        log.info("training the demo AFLoc model into %s (once; a few minutes on CPU)", demo_checkpoint_dir())
+        run = work / "run"
+        train(load_train_config("demo"), run, quiet=quiet)
+        staged = run / "best"
+        for f in ("metrics.csv", "train_config.json"):
+            if (run / f).is_file():
+                shutil.copy2(run / f, staged / f)
+        return staged
+
+    return build_once(demo_checkpoint_dir(), _complete, build)

@@ -12,8 +12,6 @@ a temporary sibling folder renamed into place under a file lock, like the demo A
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -31,33 +29,20 @@ def demo_classifier_dir() -> Path:
 
 def ensure_demo_classifier(quiet: bool = True) -> Path:
     """Path of the cached demo ``classifier.pt``, training it first when absent."""
-    final = demo_classifier_dir()
-    ckpt = final / "classifier.pt"
-    if ckpt.is_file():
-        return ckpt
-    final.parent.mkdir(parents=True, exist_ok=True)
-    import fcntl
+    from benchmark.cache import build_once
 
-    with open(final.parent / f".classifier-demo-{DEMO_CLASSIFIER_VERSION}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if ckpt.is_file():
-            return ckpt
+    def build(work: Path) -> Path:
         from benchmark.dataset import demo_root
         from benchmark.demo import ensure
 
         from .classifier_train import train_classifier
 
         ensure(demo_root())
-        run = final.parent / f".classifier-demo-{DEMO_CLASSIFIER_VERSION}.run-{os.getpid()}"
-        shutil.rmtree(run, ignore_errors=True)
-        log.info("training the demo saliency classifier into %s (once; a few minutes on CPU)", final)
-        try:
-            train_classifier("demo_mimic", None, run, split="train", resume=False,
-                             progress=False if quiet else None, **RECIPE)
-            (run / "last.pt").unlink(missing_ok=True)  # optimizer state: not needed for inference
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(run, final)
-        finally:
-            shutil.rmtree(run, ignore_errors=True)
-    return ckpt
+        log.info("training the demo saliency classifier into %s (once; a few minutes on CPU)", demo_classifier_dir())
+        run = work / "run"
+        train_classifier("demo_mimic", None, run, split="train", resume=False,
+                         progress=False if quiet else None, **RECIPE)
+        (run / "last.pt").unlink(missing_ok=True)  # optimizer state: not needed for inference
+        return run
+
+    return build_once(demo_classifier_dir(), lambda f: (f / "classifier.pt").is_file(), build) / "classifier.pt"

@@ -89,6 +89,15 @@ def read_salient_points(path: str | Path) -> dict[tuple[str, str], list[tuple[fl
     return out
 
 
+def _cxr_task(sample: Any) -> tuple[str, str]:
+    """(CXR id, CheXlocalize task) of a sample: the keys of the human-benchmark files."""
+    from benchmark.datasets.chexlocalize import SCOPE, cxr_id_of
+    from benchmark.pathologies import canonical_name
+
+    cid = (sample.meta or {}).get("cxr_id") or cxr_id_of(sample.image_path)
+    return cid, canonical_name(sample.category, scope=SCOPE)
+
+
 @register_model("human_benchmark", tags=("hidden",),
                 description="CheXlocalize human-benchmark segmentations scored as a model (needs the hb json)")
 class HumanBenchmark(Adapter):
@@ -154,17 +163,14 @@ class HumanBenchmark(Adapter):
     def similarity_map_for_samples(self, samples: Sequence[Any],
                                    image_sizes: Sequence[tuple[int, int] | None] | None = None) -> list[np.ndarray]:
         """One float32 map per sample at the image's native size: the human mask (1 in, 0 out)."""
-        from benchmark.datasets.chexlocalize import SCOPE, cxr_id_of
         from benchmark.geometry import decode_rle
-        from benchmark.pathologies import canonical_name
 
         if self.masks is None:
             raise RuntimeError("human_benchmark: call load() first")
         sizes = list(image_sizes) if image_sizes is not None else [None] * len(samples)
         out = []
         for s, size in zip(samples, sizes, strict=True):
-            cid = (s.meta or {}).get("cxr_id") or cxr_id_of(s.image_path)
-            task = canonical_name(s.category, scope=SCOPE)
+            cid, task = _cxr_task(s)
             size = size or s.image_size
             rle = self.masks.get((cid, task))
             if rle is None:
@@ -187,17 +193,13 @@ class HumanBenchmark(Adapter):
         ground truth) and is counted in ``points_unmatched``; points outside a sample's known
         image size are counted in ``points_outside`` (they cannot hit).
         """
-        from benchmark.datasets.chexlocalize import SCOPE, cxr_id_of
-        from benchmark.pathologies import canonical_name
-
         if self.masks is None:
             raise RuntimeError("human_benchmark: call load() first")
         if self.points is None:
             return [None] * len(samples)
         out: list[list[tuple[float, float]] | None] = []
         for s in samples:
-            cid = (s.meta or {}).get("cxr_id") or cxr_id_of(s.image_path)
-            task = canonical_name(s.category, scope=SCOPE)
+            cid, task = _cxr_task(s)
             pts = self.points.get((cid, task))
             if pts is None:
                 self.points_unmatched.append((cid, task))

@@ -81,17 +81,16 @@ class _SaliencyAdapter(Adapter):
 
         from . import _classifiers as C
 
-        super().load(checkpoint, device)
-        labels = self.options.get("labels")
-        if isinstance(labels, str):
-            labels = [s.strip() for s in labels.split(",") if s.strip()]
         if not checkpoint and not option_flag(self.options.get("random_init", False)):
             from ._demo_classifier import ensure_demo_classifier
 
             checkpoint = str(ensure_demo_classifier())
             log.info("%s: no checkpoint given, using the demo classifier %s", self.name or self.method, checkpoint)
+        super().load(checkpoint, device)
+        labels = self.options.get("labels")
+        if isinstance(labels, str):
+            labels = [s.strip() for s in labels.split(",") if s.strip()]
         if checkpoint:
-            super().load(checkpoint, device)
             model, report = C.load_classifier(checkpoint, labels=labels, xrv_weights=self.options.get("xrv_weights"))
             self.load_report = report
             log.info("loaded %s", report.summary())

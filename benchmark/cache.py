@@ -24,6 +24,35 @@ _sha_memo: dict[tuple[str, int, int], str] = {}
 _memo_lock = threading.Lock()
 
 
+def build_once(final: str | os.PathLike, complete: Any, build: Any) -> Path:
+    """Cached folder ``final``, made on first use by ``build(workdir) -> folder`` (e.g. training a
+    demo model). ``complete(folder) -> bool`` says whether a folder is usable. Concurrent callers
+    wait on a file lock and find the finished folder; the folder appears by one rename, so nobody
+    sees a partial one, and the work folder is removed whatever happens."""
+    import fcntl
+    import shutil
+
+    final = Path(final)
+    if complete(final):
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.parent / f".{final.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if complete(final):
+            return final
+        work = final.parent / f".{final.name}.run-{os.getpid()}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        try:
+            made = Path(build(work))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(made, final)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return final
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """sha256 of a file's bytes, memoised on (path, size, mtime) so large files hash once."""
     p = Path(path)

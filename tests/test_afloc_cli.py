@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +53,27 @@ def test_demo_vocabulary_is_deterministic_and_covers_the_prompts(tmp_path):
     assert toks == ["[CLS]", "findings", "suggesting", "pneumothorax", ".", "small", "left", "pleural", "effusion",
                     "[SEP]"]
     assert "[UNK]" not in tok.tokens(tok(["azygoesophageal recess"])["input_ids"][0].tolist())
+
+
+def test_demo_checkpoint_is_trained_once_into_its_cache_folder(tmp_path, monkeypatch):
+    """ensure_demo_checkpoint installs the run's best/ (with the training record) and reuses it."""
+    import afloc.train as T
+    from afloc import demo
+
+    monkeypatch.setenv("AFLOC_BENCH_CACHE", str(tmp_path))
+    runs = []
+
+    def fake_train(cfg, out, quiet=False, **kw):
+        runs.append(cfg.preset)
+        best = Path(out) / "best"
+        best.mkdir(parents=True)
+        (best / "config.json").write_text("{}")
+        (best / "model.safetensors").write_bytes(b"weights")
+        (Path(out) / "metrics.csv").write_text("time,epoch\n")
+        return {}
+
+    monkeypatch.setattr(T, "train", fake_train)
+    first = demo.ensure_demo_checkpoint()
+    assert first == demo.demo_checkpoint_dir() and (first / "metrics.csv").is_file()
+    assert demo.ensure_demo_checkpoint() == first and runs == ["demo"]
+    assert not [p for p in first.parent.iterdir() if ".run-" in p.name]

@@ -83,3 +83,34 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
         atomic_write_text(target, "new")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temp file left behind
+
+
+def test_build_once_builds_a_folder_once_and_never_leaves_a_partial_one(tmp_path):
+    from benchmark.cache import build_once
+
+    final = tmp_path / "models" / "thing-1"
+    calls = []
+
+    def complete(folder):
+        return (folder / "done.txt").is_file()
+
+    def failing(work):
+        calls.append("fail")
+        (work / "half.txt").write_text("partial")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        build_once(final, complete, failing)
+    assert not final.exists() and [p.name for p in final.parent.iterdir()] == [".thing-1.lock"]
+
+    def good(work):
+        calls.append("build")
+        out = work / "staged"
+        out.mkdir()
+        (out / "done.txt").write_text("ok")
+        return out
+
+    assert build_once(final, complete, good) == final and (final / "done.txt").read_text() == "ok"
+    assert build_once(final, complete, good) == final
+    assert calls == ["fail", "build"]
+    assert sorted(p.name for p in final.parent.iterdir()) == [".thing-1.lock", "thing-1"]

@@ -776,13 +776,11 @@ def _salient_points(hb: dict[str, dict], rng: np.random.Generator) -> dict[str, 
     other files do not change. The reader's mask is shifted and resized from the truth, so
     some points miss; a task the reader left empty gets no entry (a miss on a positive).
     """
-    from pycocotools import mask as mask_util
+    from ..geometry import decode_rle
 
     out: dict[str, list[list[float]]] = {}
     for task in CHEXLOCALIZE_TASKS:
-        rle = hb[task]
-        m = mask_util.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")})
-        ys, xs = np.nonzero(m)
+        ys, xs = np.nonzero(decode_rle(hb[task]))
         if len(xs) == 0:
             continue
         picks = rng.integers(len(xs), size=int(rng.integers(1, 4)))
