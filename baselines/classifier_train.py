@@ -15,7 +15,7 @@ image size and a small ``tiny`` architecture are options so the demo trains on a
 The model is saved with ``_classifiers.save_classifier`` (plain containers, ``weights_only``-safe)
 and loads back through the saliency adapters (``--ckpt gradcam:densenet121=PATH``).
 
-CLI: ``afloc-bench train classifier DATASET [--data-root ...] --out DIR --epochs N``.
+CLI: ``afloc-bench train classifier DATASET [--data-root ...] --out DIR --epochs N`` (or ``--dataset DATASET``).
 """
 
 from __future__ import annotations
@@ -319,7 +319,9 @@ def predict(model, x, *, device: str = "cpu", batch_size: int = 32) -> np.ndarra
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="afloc-bench train classifier",
                                 description="Train a DenseNet multi-label classifier for the saliency baselines.")
-    p.add_argument("dataset", help="registered dataset with image-level labels (e.g. demo_mimic)")
+    p.add_argument("dataset", nargs="?", default=None, help="registered dataset with image-level labels (e.g. demo_mimic)")
+    p.add_argument("--dataset", dest="dataset_opt", default=None, metavar="DATASET",
+                   help="the same as the positional argument (as in `train afloc --dataset`)")
     p.add_argument("--data-root", default=None, help="dataset root (default: the registered/demo root)")
     p.add_argument("--out", required=True, help="output folder (classifier.pt, summary.json, last.pt)")
     p.add_argument("--epochs", type=int, default=3)
@@ -346,7 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cli_main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    if args.dataset and args.dataset_opt and args.dataset != args.dataset_opt:
+        parser.error(f"two datasets given: {args.dataset!r} and --dataset {args.dataset_opt!r}")
+    args.dataset = args.dataset or args.dataset_opt
+    if not args.dataset:
+        parser.error("a dataset is required (e.g. demo_mimic)")
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
     summary = train_classifier(args.dataset, args.data_root, args.out, args.epochs, split=args.split or None,

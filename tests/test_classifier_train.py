@@ -123,6 +123,18 @@ def test_cli_main(blob_root, tmp_path, capsys):
     assert json.loads((tmp_path / "cli" / "summary.json").read_text())["epochs"] == 1
 
 
+def test_cli_takes_the_dataset_as_option_too(blob_root, tmp_path, capsys):
+    common = ["--data-root", str(blob_root), "--epochs", "1", "--arch", "tiny", "--input-geometry", "resize:32x32",
+              "--labels", ",".join(LABELS), "--quiet"]
+    assert T.cli_main(["--dataset", "test_blobs", "--out", str(tmp_path / "opt"), *common]) == 0
+    assert json.loads((tmp_path / "opt" / "summary.json").read_text())["dataset"] == "test_blobs"
+    with pytest.raises(SystemExit):
+        T.cli_main(["--out", str(tmp_path / "none"), *common])
+    with pytest.raises(SystemExit):
+        T.cli_main(["test_blobs", "--dataset", "other", "--out", str(tmp_path / "two"), *common])
+    assert "two datasets given" in capsys.readouterr().err
+
+
 def test_no_labels_is_a_clear_error(tmp_path):
     (tmp_path / "labels.json").write_text("{}")
     datasets.add("test_blobs", BlobDataset, tags=("hidden",))
