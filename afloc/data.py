@@ -43,6 +43,7 @@ from .text import report_sentences, sample_caption
 class Pair:
     image_path: str
     report: str
+    labels: dict | None = None  # per-study labels when the loader has them (MIMIC-CXR's CheXpert table)
 
 
 def pairs_from_dataset(name: str, split: str, data_root: str | None = None, **options) -> tuple[list[Pair], dict]:
@@ -57,7 +58,7 @@ def pairs_from_dataset(name: str, split: str, data_root: str | None = None, **op
         if rep is None:
             missing += 1
             continue
-        pairs.append(Pair(s.image_path, rep))
+        pairs.append(Pair(s.image_path, rep, (s.meta or {}).get("chexpert")))
     info = {"dataset": name, "split": split, "root": str(ds.root), "n_samples": len(samples),
             "n_loader_skipped": len(ds.skipped), "n_without_report": missing}
     return pairs, info
@@ -68,19 +69,22 @@ class PretrainingData:
 
     def __init__(self, pairs: Iterable[Pair | tuple[str, str]], tokenizer, *, seed: int = 0,
                  captions_per_image: int = 5, compat: bool = True, image_size: int = 224,
-                 image_cache: str | os.PathLike | None = None):
+                 image_cache: str | os.PathLike | None = None, image_fn=None, label_fn=None):
         self.tokenizer = tokenizer
         self.seed = int(seed)
         self.compat = compat
         self.image_size = image_size
         self.image_cache = Path(image_cache) if image_cache else None
+        self.image_fn, self.label_fn = image_fn, label_fn  # a training task's own input / labels
         self.items: list[tuple[str, list[str]]] = []
+        self.labels: list[dict | None] = []
         self.skipped: list[dict[str, str]] = []
         for p in pairs:
             path, report = (p.image_path, p.report) if isinstance(p, Pair) else (str(p[0]), p[1])
             sents = report_sentences(report, captions_per_image, compat)
             if sents:
                 self.items.append((str(path), sents))
+                self.labels.append(p.labels if isinstance(p, Pair) else None)
             else:
                 self.skipped.append({"path": str(path), "reason": "report has no usable sentence"})
 
@@ -101,6 +105,8 @@ class PretrainingData:
     def image(self, i: int) -> torch.Tensor:
         from .inference import to_model_input
 
+        if self.image_fn is not None:
+            return self.image_fn(self.items[i][0])
         return to_model_input(self._frame(self.items[i][0]))
 
     def _frame(self, path: str) -> np.ndarray:
@@ -126,7 +132,10 @@ class PretrainingData:
     def collate(self, indices: Sequence[int], epoch: int) -> dict[str, torch.Tensor]:
         enc = self.tokenizer([self.caption(i, epoch) for i in indices])
         images = torch.stack([self.image(i) for i in indices])
-        return {"images": images, **enc, "index": torch.as_tensor(list(indices))}
+        out = {"images": images, **enc, "index": torch.as_tensor(list(indices))}
+        if self.label_fn is not None:
+            out["labels"] = self.label_fn([self.labels[i] for i in indices])
+        return out
 
 
 def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, shuffle: bool = True,

@@ -46,12 +46,15 @@ log = logging.getLogger("afloc.train")
 CONFIG_DIR = Path(__file__).parent / "configs"
 STATE_FILE = "trainer_state.json"
 OPTIM_FILE = "optimizer.safetensors"
-METRIC_FIELDS = ("time", "epoch", "step", "split", "loss", "global_loss", "sentence_loss", "word_loss", "lr",
-                 "samples_per_s")
+METRIC_BASE = ("time", "epoch", "step", "split", "loss")
+METRIC_TAIL = ("lr", "samples_per_s")
+# AFLoc's columns (other objectives log their own loss parts between METRIC_BASE and METRIC_TAIL)
+METRIC_FIELDS = METRIC_BASE + ("global_loss", "sentence_loss", "word_loss") + METRIC_TAIL
 
 
 @dataclass
 class TrainConfig:
+    task: str = "afloc"  # the objective and model family (afloc.train_task.TRAIN_TASKS)
     preset: str = "paper"  # paper | demo | tiny: the model architecture (afloc.config)
     model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's ModelConfig
     text_encoder: str | None = None  # local BERT folder (weights + tokenizer), e.g. Bio_ClinicalBERT
@@ -104,17 +107,22 @@ class TrainConfig:
         return d
 
 
-def load_train_config(spec: str | None) -> TrainConfig:
-    """``paper`` / ``demo`` (shipped YAML) or the path of a YAML file."""
+def load_train_config(spec: str | None, task: str = "afloc") -> TrainConfig:
+    """``paper`` / ``demo`` (the task's shipped YAML) or the path of a YAML file."""
     import yaml
 
+    from .train_task import get_task
+
     spec = spec or "paper"
-    path = CONFIG_DIR / f"{spec}.yaml" if not spec.endswith((".yaml", ".yml")) else Path(spec)
+    path = get_task(task).config_path(spec) if not spec.endswith((".yaml", ".yml")) else Path(spec)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: training config not found (use paper, demo or a YAML file)")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a YAML mapping of training options")
+    data.setdefault("task", task)
+    if data["task"] != task:
+        raise ValueError(f"{path}: a config of task {data['task']!r}, not {task!r}")
     return TrainConfig.from_mapping(data, str(path))
 
 
@@ -205,50 +213,22 @@ def _gather_nograd(x, dist_on: bool):
 class Trainer:
     def __init__(self, cfg: TrainConfig, out_dir: str | os.PathLike, *, quiet: bool = False, resume: bool = False,
                  train_pairs=None, val_pairs=None, tokenizer=None):
+        from .train_task import get_task
+
         self.cfg = cfg
+        self.task = get_task(cfg.task)
         self.out = Path(out_dir)
         self.quiet = quiet
         self.resume = resume
         self._train_pairs, self._val_pairs, self._tokenizer = train_pairs, val_pairs, tokenizer
         if cfg.negatives not in ("local", "global"):
             raise ValueError(f"negatives must be 'local' or 'global', not {cfg.negatives!r}")
+        if cfg.negatives == "global" and not self.task.global_negatives:
+            raise ValueError(f"the {cfg.task} objective has no cross-rank negatives; use negatives: local")
 
     # -- setup ------------------------------------------------------------------------------
     def _build_model(self):
-        from . import config as C
-        from .model import AFLoc
-        from .tokenizer import Tokenizer
-
-        cfg = self.cfg
-        if cfg.preset not in C.PRESETS:
-            raise ValueError(f"unknown preset {cfg.preset!r}; expected one of {sorted(C.PRESETS)}")
-        if self._tokenizer is not None:
-            tok = self._tokenizer
-        elif cfg.text_encoder:
-            tok = Tokenizer.from_path(cfg.text_encoder)
-        elif cfg.vocab:
-            tok = Tokenizer.from_path(cfg.vocab)
-        elif cfg.preset == "demo":
-            from .vocab import ensure_demo_vocab
-
-            tok = Tokenizer.from_path(ensure_demo_vocab())
-        else:
-            raise ValueError(f"preset {cfg.preset!r} needs a text encoder folder (--text-encoder, e.g. "
-                             "Bio_ClinicalBERT with vocab.txt) or a vocabulary (--vocab)")
-        if cfg.preset == "paper":
-            mcfg = C.paper(bert=cfg.text_encoder)
-        else:
-            mcfg = C.PRESETS[cfg.preset](vocab_size=len(tok))
-        if cfg.model:
-            mcfg = C.ModelConfig.from_dict(_deep_merge(mcfg.to_dict(), cfg.model))
-        mcfg.vision.pretrained = cfg.pretrained_vision
-        tok.max_length = mcfg.text.max_length
-        import torch
-
-        torch.manual_seed(cfg.seed)
-        model = AFLoc(mcfg)
-        model.attach_tokenizer(tok)
-        return model, tok
+        return self.task.build(self.cfg, self._tokenizer)
 
     def _pairs(self, split: str | None):
         if split is None:
@@ -277,6 +257,8 @@ class Trainer:
         import torch
 
         cfg = self.cfg
+        if self.resume:
+            self._check_resumable(self.out / "last")
         self.dist = Distributed(cfg.device)
         self.device = self.dist.device
         n_groups = self.dist.world * cfg.forward_chunks
@@ -294,7 +276,7 @@ class Trainer:
         tr_pairs, self.train_info = self._pairs(cfg.train_split)
         va_pairs, self.val_info = self._pairs(cfg.val_split)
         kw = dict(seed=cfg.seed, captions_per_image=cfg.captions_per_image, compat=cfg.compat,
-                  image_cache=cfg.image_cache)
+                  image_cache=cfg.image_cache, image_fn=self.task.image_fn, label_fn=self.task.label_fn)
         self.train_data = PretrainingData(tr_pairs, self.tokenizer, **kw)
         self.val_data = PretrainingData(va_pairs, self.tokenizer, **kw)
         if len(self.train_data) < cfg.batch_size:
@@ -310,7 +292,7 @@ class Trainer:
             self._load_state(self.out / "last")
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            doc = {"train": cfg.to_dict(), "model": self.model.cfg.to_dict(), "world_size": self.dist.world,
+            doc = {"train": cfg.to_dict(), "model": self.task.model_config(self.model), "world_size": self.dist.world,
                    "train_data": {**self.train_info, "n_pairs": len(self.train_data),
                                   "n_skipped": len(self.train_data.skipped)},
                    "val_data": {**self.val_info, "n_pairs": len(self.val_data),
@@ -333,50 +315,24 @@ class Trainer:
     def _forward_terms(self, groups: list[dict], train: bool):
         import torch
 
-        from .model import ImageFeatures
-        from .aggregate import TextLevels
-
         model, dev = self.model, self.device
         chunks = len(groups)
-        use_word = model.cfg.loss.use_word
-        dist_on = self.dist.world > 1
         autocast = torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.amp) \
             if dev.startswith("cuda") else torch.autocast(device_type="cpu", enabled=False)
-        feats = []
+        on_device = [{k: (v.to(dev, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in g.items()}
+                     for g in groups]
         sums: dict[str, float] = {}
-        total = None
-        for g in groups:
-            with autocast:
-                img = model.encode_image(g["images"].to(dev, non_blocking=True), shallow=use_word)
-                txt = model.encode_text(g["input_ids"].to(dev), g["attention_mask"].to(dev),
-                                        g["token_type_ids"].to(dev))
-            if self.cfg.negatives == "local":
-                terms = model.loss_terms(img, txt)
-                loss = terms["loss"] / chunks
-                if train:
-                    self.scaler.scale(loss).backward()
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach()) / chunks
-            else:
-                feats.append((img, txt))
         if self.cfg.negatives == "global":
-            def cat(xs):
-                return torch.cat(xs, 0) if len(xs) > 1 else xs[0]
-            imgs = [f[0] for f in feats]
-            txts = [f[1] for f in feats]
-            img = ImageFeatures(deep=_gather_cat(cat([i.deep for i in imgs]), dist_on),
-                                shallow=_gather_cat(cat([i.shallow for i in imgs]), dist_on) if use_word else None,
-                                global_=_gather_cat(cat([i.global_ for i in imgs]), dist_on))
-            txt = TextLevels(words=_gather_cat(cat([t.words for t in txts]), dist_on),
-                             word_lens=_gather_nograd(cat([t.word_lens for t in txts]), dist_on),
-                             sentences=_gather_cat(cat([t.sentences for t in txts]), dist_on),
-                             sentence_lens=_gather_nograd(cat([t.sentence_lens for t in txts]), dist_on),
-                             report=_gather_cat(cat([t.report for t in txts]), dist_on),
-                             n_words=cat([t.n_words for t in txts]), n_sentences=cat([t.n_sentences for t in txts]))
-            terms = model.loss_terms(img, txt)
+            terms = self.task.global_terms(model, on_device, autocast, self.dist.world > 1)
             if train:
                 self.scaler.scale(terms["loss"]).backward()
-            sums = {k: float(v.detach()) for k, v in terms.items()}
+            return {k: float(v.detach()) for k, v in terms.items()}
+        for g in on_device:
+            terms = self.task.loss_terms(model, g, autocast)
+            if train:
+                self.scaler.scale(terms["loss"] / chunks).backward()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) / chunks
         return sums
 
     def _reduce_mean(self, values: dict[str, float]) -> dict[str, float]:
@@ -538,19 +494,18 @@ class Trainer:
         if not self.dist.main:
             return
         row = {"time": f"{time.time():.3f}", "epoch": self.state["epoch"], "step": self.state["global_step"],
-               "split": split, "loss": terms.get("loss"),
-               "global_loss": _pair(terms, "global_loss"), "sentence_loss": _pair(terms, "sentence_loss"),
-               "word_loss": _pair(terms, "word_loss"), "lr": self.opt.param_groups[0]["lr"],
-               "samples_per_s": None if rate is None else round(rate, 3)}
+               "split": split, "loss": terms.get("loss"), **self.task.metric_row(terms),
+               "lr": self.opt.param_groups[0]["lr"], "samples_per_s": None if rate is None else round(rate, 3)}
+        fields = METRIC_BASE + tuple(self.task.metric_columns) + METRIC_TAIL
         path = self.out / "metrics.csv"
         new = not path.exists()
         with path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+            w = csv.DictWriter(f, fieldnames=fields)
             if new:
                 w.writeheader()
             w.writerow(row)
         if self._tb is not None:
-            for k in ("loss", "global_loss", "sentence_loss", "word_loss"):
+            for k in ("loss",) + tuple(self.task.metric_columns):
                 if row[k] is not None:
                     self._tb.add_scalar(f"{split}/{k}", row[k], self.state["global_step"])
 
@@ -561,14 +516,12 @@ class Trainer:
         import torch
         from safetensors.torch import save_file
 
-        from .checkpoint import save_checkpoint
-
         final = self.out / which
         tmp = self.out / f".{which}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        save_checkpoint(tmp, self.model, extra={"training": {"epoch": self.state["epoch"],
-                                                             "global_step": self.state["global_step"],
-                                                             "best_val_loss": self.state["best_val_loss"]}})
+        self.task.save(self.model, tmp, {"training": {"epoch": self.state["epoch"],
+                                                      "global_step": self.state["global_step"],
+                                                      "best_val_loss": self.state["best_val_loss"]}})
         tensors: dict[str, torch.Tensor] = {}
         opt_sd = self.opt.state_dict()
         layout: dict[str, Any] = {"param_groups": opt_sd["param_groups"], "state": {}}
@@ -595,17 +548,26 @@ class Trainer:
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
 
+    def _check_resumable(self, folder: Path) -> None:
+        """Before anything is built: the folder holds a run of this task."""
+        from .checkpoint import CheckpointError
+
+        if not (folder / STATE_FILE).is_file():
+            raise CheckpointError(folder, f"nothing to resume (expected {STATE_FILE} from an earlier run)")
+        done = json.loads((folder / STATE_FILE).read_text()).get("train_config", {}).get("task", "afloc")
+        if done != self.cfg.task:
+            raise CheckpointError(folder, f"a run of task {done!r}, not {self.cfg.task!r}")
+
     def _load_state(self, folder: Path) -> None:
         import torch
         from safetensors.torch import load_file
 
-        from .checkpoint import CheckpointError, MODEL_FILE
+        from .checkpoint import CheckpointError
 
         if not (folder / STATE_FILE).is_file():
             raise CheckpointError(folder, f"nothing to resume (expected {STATE_FILE} from an earlier run)")
         doc = json.loads((folder / STATE_FILE).read_text())
-        weights = load_file(str(folder / MODEL_FILE))
-        self.model.load_state_dict(weights, strict=True)
+        self.task.load_weights(self.model, folder)
         self.model.to(self.device)
         tensors = load_file(str(folder / OPTIM_FILE))
         layout = doc["optimizer"]
@@ -626,7 +588,8 @@ class Trainer:
             log.warning("resuming a run of %s process(es) with %s", doc.get("world_size"), self.dist.world)
 
     def close(self) -> None:
-        self.dist.close()
+        if getattr(self, "dist", None) is not None:  # setup may have failed before it started processes
+            self.dist.close()
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -636,17 +599,13 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _pair(terms: dict[str, float], prefix: str) -> float | None:
-    if f"{prefix}0" not in terms:
-        return None
-    return terms[f"{prefix}0"] + terms[f"{prefix}1"]
-
-
 # ------------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(task: str = "afloc") -> argparse.ArgumentParser:
+    what = "AFLoc" if task == "afloc" else f"the {task} baseline"
     p = argparse.ArgumentParser(
-        prog="afloc-bench train afloc",
-        description="Train AFLoc from scratch (paper recipe by default; --dataset demo_mimic trains the demo model).",
+        prog=f"afloc-bench train {task}",
+        description=f"Train {what} from scratch (paper recipe by default; --dataset demo_mimic trains the demo "
+                    "model) on the shared trainer.",
         epilog="examples:\n"
                "  afloc-bench train afloc --dataset mimic_cxr --data-root /data/mimic-cxr-jpg "
                "--text-encoder /models/Bio_ClinicalBERT -o runs/afloc\n"
@@ -677,11 +636,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
+def config_from_args(args: argparse.Namespace, task: str = "afloc") -> TrainConfig:
     import yaml
 
     spec = args.config or ("demo" if (args.dataset or "").startswith("demo") else "paper")
-    cfg = load_train_config(spec)
+    cfg = load_train_config(spec, task)
     d = cfg.to_dict()
     for flag, key in (("dataset", "dataset"), ("data_root", "data_root"), ("text_encoder", "text_encoder"),
                       ("vocab", "vocab"), ("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"),
@@ -715,18 +674,18 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, quiet: bool = False, 
         t.close()
 
 
-def cli_main(argv: Sequence[str]) -> int:
-    """``afloc-bench train afloc ...``"""
-    args = build_parser().parse_args(list(argv))
+def cli_main(argv: Sequence[str], task: str = "afloc") -> int:
+    """``afloc-bench train TASK ...`` (afloc, gloria, convirt, biovil, medklip)."""
+    args = build_parser(task).parse_args(list(argv))
+    prog = f"afloc-bench train {task}"
     try:
-        cfg = config_from_args(args)
+        cfg = config_from_args(args, task)
     except (ValueError, FileNotFoundError) as exc:
-        print(f"afloc-bench train afloc: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.output or Path("results/runs") / time.strftime("train-afloc-%Y%m%d-%H%M%S"))
+    out = Path(args.output or Path("results/runs") / time.strftime(f"train-{task}-%Y%m%d-%H%M%S"))
     if out.exists() and (out / "last").exists() and not args.resume:
-        print(f"afloc-bench train afloc: error: {out} already holds a run; use --resume or another -o",
-              file=sys.stderr)
+        print(f"{prog}: error: {out} already holds a run; use --resume or another -o", file=sys.stderr)
         return 2
     from benchmark.dataset import DataError
 
@@ -735,7 +694,7 @@ def cli_main(argv: Sequence[str]) -> int:
     try:
         state = train(cfg, out, quiet=args.quiet, resume=args.resume)
     except (DataError, CheckpointError, ValueError, FileNotFoundError) as exc:
-        print(f"afloc-bench train afloc: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
     if int(os.environ.get("RANK", "0")) == 0:
         best = state.get("best_val_loss")

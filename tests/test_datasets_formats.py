@@ -359,6 +359,23 @@ def test_mimic_frontal_reports_and_ms_cxr_exclusion(tmp_path):
     assert [x.image_id for x in MIMICCXR(tmp_path, split="test").samples()] == ["a4"]
     rep = ds.validate({"samples": 1})
     assert rep["checks"]["prompts"].startswith("1 sample(s)")
+    assert "chexpert" not in s[0].meta  # no label table: no labels, no error
+
+    # the official CheXpert label table, when present, gives each sample its study's labels
+    (tmp_path / "mimic-cxr-2.0.0-chexpert.csv").write_text(
+        "subject_id,study_id,Atelectasis,No Finding,Pleural Effusion\n"
+        "10000001,50000001,1.0,,-1.0\n10000002,50000002,0.0,1.0,\n")
+    labelled = MIMICCXR(tmp_path).samples()
+    assert labelled[0].meta["chexpert"] == {"Atelectasis": 1.0, "No Finding": None, "Pleural Effusion": -1.0}
+    from afloc.data import pairs_from_dataset
+
+    pairs, _ = pairs_from_dataset("mimic_cxr", "train", str(tmp_path))
+    assert [p.labels for p in pairs] == [labelled[0].meta["chexpert"]]
+    (tmp_path / "mimic-cxr-2.0.0-chexpert.csv").write_text("subject_id,study_id,Atelectasis\n1,50000001,yes\n")
+    from benchmark.dataset import DataError
+
+    with pytest.raises(DataError, match="mimic-cxr-2.0.0-chexpert.csv.*study 50000001"):
+        MIMICCXR(tmp_path).samples()
 
 
 # --------------------------------------------------------------------------------------------- VinDr-CXR

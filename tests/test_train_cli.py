@@ -1,14 +1,29 @@
-"""`afloc-bench train TARGET` dispatches to every registered trainer."""
+"""`afloc-bench train TARGET` dispatches to every registered trainer and training task."""
 
 from __future__ import annotations
 
-import importlib
+import pytest
 
-from benchmark.cli.train import TRAIN_TARGETS
+from afloc.train_task import TRAIN_TASKS, get_task
+from benchmark.cli.train import TRAIN_TARGETS, resolve_target
 
 
 def test_every_train_target_resolves_to_a_function():
-    assert {"afloc", "classifier"} <= set(TRAIN_TARGETS)
-    for target in TRAIN_TARGETS.values():
-        mod, fn = target.split(":")
-        assert callable(getattr(importlib.import_module(mod), fn))
+    assert {"afloc", "classifier", "gloria", "convirt", "biovil", "medklip"} <= set(TRAIN_TARGETS)
+    for name in TRAIN_TARGETS:
+        assert callable(resolve_target(name))
+
+
+def test_every_contrastive_target_has_a_training_task_with_a_demo_config():
+    for name in TRAIN_TASKS:
+        task = get_task(name)
+        assert task.name == name
+        assert task.config_path("demo").is_file(), task.config_path("demo")
+        assert name in TRAIN_TARGETS
+
+
+def test_unknown_target_and_task_are_named():
+    with pytest.raises(KeyError, match="glorai.*did you mean gloria"):
+        resolve_target("glorai")
+    with pytest.raises(ValueError, match="unknown training task 'nope'"):
+        get_task("nope")

@@ -1,19 +1,24 @@
-"""`afloc-bench train TARGET ...`: train AFLoc (and, later, other objectives) from scratch.
+"""`afloc-bench train TARGET ...`: train AFLoc, the baselines' objectives or a classifier from scratch.
 
-Each target is one line in ``TRAIN_TARGETS``: ``"module:function"``, a function taking the
-remaining command-line arguments and returning an exit code. Nothing is imported until a
-target runs, so ``afloc-bench --help`` stays light.
+Each target is one line in ``TRAIN_TARGETS``: ``"module:function"`` (or ``"module:function#task"``,
+called with ``task=...``), a function taking the remaining command-line arguments and returning
+an exit code. Nothing is imported until a target runs, so ``afloc-bench --help`` stays light.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 
-HELP = "train a model from scratch (afloc; see `afloc-bench train TARGET --help`)"
+HELP = "train a model from scratch (afloc, a baseline or a classifier; see `afloc-bench train TARGET --help`)"
 
 TRAIN_TARGETS: dict[str, str] = {
     "afloc": "afloc.train:cli_main",
+    "gloria": "afloc.train:cli_main#gloria",
+    "convirt": "afloc.train:cli_main#convirt",
+    "biovil": "afloc.train:cli_main#biovil",
+    "medklip": "afloc.train:cli_main#medklip",
     "classifier": "baselines.classifier_train:cli_main",
 }
 
@@ -33,7 +38,9 @@ def resolve_target(name: str):
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
         raise KeyError(f"unknown training target {name!r} (known: {', '.join(sorted(TRAIN_TARGETS))}){hint}")
     module, func = TRAIN_TARGETS[name].split(":")
-    return getattr(importlib.import_module(module), func)
+    func, _, task = func.partition("#")
+    fn = getattr(importlib.import_module(module), func)
+    return functools.partial(fn, task=task) if task else fn
 
 
 def run(args: argparse.Namespace) -> int:

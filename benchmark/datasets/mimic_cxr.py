@@ -6,7 +6,10 @@ option ``report_root``, default the root). Frontal images are kept by ``ViewPosi
 ``AP`` by default). With ``exclude_csv`` pointing at an MS-CXR csv, its images are left out of
 the ``train`` split (the AFLoc paper removes MS-CXR from training); they are counted as excluded.
 
-A sample has ``prompts["report"]`` = the extracted text, no category and no label.
+A sample has ``prompts["report"]`` = the extracted text, no category and no label. When the
+CheXpert label table ``mimic-cxr-2.0.0-chexpert.csv`` (plain or ``.gz``) is present, the study's
+labels are in ``meta["chexpert"]`` (column → 1.0, 0.0, -1.0 or None for blank), for objectives that
+train on report labels (MedKLIP).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from ._common import Loader, first_existing, load_card, parse_views, progress, r
 
 SPLIT_CSVS = ("mimic-cxr-2.0.0-split.csv", "mimic-cxr-2.0.0-split.csv.gz")
 META_CSVS = ("mimic-cxr-2.0.0-metadata.csv", "mimic-cxr-2.0.0-metadata.csv.gz")
+CHEXPERT_CSVS = ("mimic-cxr-2.0.0-chexpert.csv", "mimic-cxr-2.0.0-chexpert.csv.gz")
 SPLIT_ALIASES = {"val": "validate", "valid": "validate", "validation": "validate"}
 
 _HEADER = re.compile(r"^[ \t]*([A-Z][A-Z0-9 &/()\-]*[A-Z)])[ \t]*:", re.MULTILINE)
@@ -81,6 +85,7 @@ class MIMICCXR(Loader):
         report_root = Path(self.opt("report_root")).expanduser() if self.opt("report_root") else self.root
         sections = tuple(self.opt("sections"))
         reports: dict[str, tuple[str, str | None]] = {}
+        chexpert = self._chexpert_labels()
         self.stats.update(split_rows=len(sp), split_images=sp["dicom_id"].nunique(), table_rows=len(meta))
         out: list[Sample] = []
         for rec in progress(sp.to_dict("records"), f"mimic_cxr/{split}: reading reports"):
@@ -113,7 +118,7 @@ class MIMICCXR(Loader):
             out.append(Sample(
                 sample_id=f"mimic_cxr/{dicom_id}", image_path=str(path), split=self.split, category=None,
                 prompts={"report": text}, label=None, patient_id=subject, image_id=dicom_id, view=view,
-                image_size=size, meta={"study_id": study}))
+                image_size=size, meta={"study_id": study, **({"chexpert": chexpert.get(study)} if chexpert else {})}))
         self.stats["studies"] = len({s.meta["study_id"] for s in out})
         return out
 
@@ -127,6 +132,27 @@ class MIMICCXR(Loader):
         except OSError as exc:
             return "", f"unreadable report ({path}: {exc})"
         return extract_report(text, sections), None
+
+    def _chexpert_labels(self) -> dict[str, dict[str, float | None]]:
+        """study_id → {CheXpert column: value} from the official label table (empty when absent)."""
+        import math
+
+        path = next((self.root / c for c in CHEXPERT_CSVS if (self.root / c).is_file()), None)
+        if path is None:
+            return {}
+        df = read_csv(path, ["study_id"], dtype={"study_id": str, "subject_id": str})
+        cols = [c for c in df.columns if c not in ("subject_id", "study_id")]
+        out = {}
+        for rec in df.to_dict("records"):
+            try:
+                out[str(rec["study_id"])] = {c: (None if rec[c] is None or (isinstance(rec[c], float) and
+                                                                           math.isnan(rec[c])) else float(rec[c]))
+                                             for c in cols}
+            except (TypeError, ValueError) as exc:
+                raise DataError(path, f"study {rec['study_id']}: CheXpert labels must be 1.0, 0.0, -1.0 or "
+                                      f"blank ({exc})") from None
+        self.stats["chexpert_studies"] = len(out)
+        return out
 
     def _excluded_ids(self) -> set[str]:
         csv = self.opt("exclude_csv")

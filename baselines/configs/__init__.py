@@ -1,0 +1,1 @@
+"""Training configs of the baseline objectives (``<task>-<spec>.yaml``)."""
