@@ -85,7 +85,7 @@ class TrainConfig:
     val_batches: int | None = None
     log_every: int = 10
     save_every_steps: int | None = None
-    image_cache: str | None = None
+    image_cache: str | None = None  # a folder of letterboxed frames, or "memory" (with num_workers 0)
     # best/ = the epoch with the lowest validation loss (paper recipe); False: best/ = the last
     # epoch (the demo: its single validation batch of 32 pairs rises while localization improves)
     select_best: bool = True
@@ -628,7 +628,8 @@ def build_parser(task: str = "afloc") -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: cores-1, max 4)")
     p.add_argument("--forward-chunks", type=int, default=None, help="contrastive sub-batches per step and process")
     p.add_argument("--negatives", choices=("local", "global"), default=None, help="DDP negatives (default local)")
-    p.add_argument("--image-cache", default=None, help="folder caching letterboxed 224 images between epochs")
+    p.add_argument("--image-cache", default=None,
+                   help="folder caching letterboxed 224 images between epochs, or 'memory' (with --num-workers 0)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any training option (YAML value), e.g. --set grad_clip=null --set model.loss.temp3=10")

@@ -144,3 +144,23 @@ def test_two_gloo_processes_equal_one_process_with_two_chunks(tmp_path, negative
     trainable = [k for k in a if "running_" not in k and "num_batches" not in k]
     for k in trainable:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+def test_in_memory_image_cache_reads_each_image_once_and_changes_no_weight(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    import benchmark.imageio as imageio
+
+    pairs = synthetic_pairs(tmp_path / "img", 8)
+    tok = tokenizer(tmp_path / "tok")
+    reads = []
+    real = imageio.read_image
+    monkeypatch.setattr(imageio, "read_image", lambda p, c="gray": reads.append(p) or real(p, c))
+    kw = dict(quiet=True, train_pairs=pairs, val_pairs=None, tokenizer=tok)
+    train(tiny_cfg(epochs=3, val_split=None, image_cache="memory"), tmp_path / "mem", **kw)
+    assert len(reads) == 8  # 3 epochs x 8 pairs, read once each
+    reads.clear()
+    train(tiny_cfg(epochs=3, val_split=None), tmp_path / "disk", **kw)
+    assert len(reads) == 24
+    a, b = (load_file(str(tmp_path / r / "last" / "model.safetensors")) for r in ("mem", "disk"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
