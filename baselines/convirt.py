@@ -5,12 +5,17 @@ Accepted checkpoints:
   ``visual.cnn.*`` or ``visual.model.*``, ``linguistic.encoder.*`` RoBERTa, ``vis_proj``,
   ``lin_proj``); its ``config.yml`` next to it is read (safely) for the projection size, the
   tokenizer length and the report cleaning;
-- checkpoints trained by this project: a folder (or the ``.safetensors`` file inside it) holding
-  ``model.safetensors`` and ``config.json`` (``ConvirtConfig``).
+- checkpoints trained by this project (``afloc-bench train convirt``): a folder (or the
+  ``.safetensors`` file inside it) holding ``model.safetensors`` and ``config.json``
+  (``ConvirtConfig``); when it also holds its tokenizer files (``vocab.txt``), no ``text_encoder``
+  option is needed;
+- nothing (and no ``random_init``): the demo model (``baselines._demo_trained``: ResNet-18 width 16
+  + 2-layer BERT over the demo vocabulary, trained on the demo pairs on first use and cached).
 
 Heatmap (ConVIRT has no local alignment, so any map is derived): ``vis_proj`` applied at every
-``layer4`` location (7×7 for 224 input), cosine with the text embedding. The projection head is
-non-linear, so this map approximates how the pooled embedding would respond to each location.
+``layer4`` location (7×7 for 224 input, also for the demo's small trunk), cosine with the text
+embedding. The projection head is non-linear, so this map approximates how the pooled embedding
+would respond to each location.
 
 Zero-shot: cosines of the image embedding with the positive and negative prompts, divided by
 the training temperature τ (0.1), softmax.
@@ -18,6 +23,7 @@ the training temperature τ (0.1), softmax.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,19 +36,22 @@ from ._vlp_base import BaselineAdapter, softmax_pair
 PUBLISHED = ("no official weights exist; ViLMedic model zoo `selfsup/convirt-mimic` (Google Drive id "
              "1py2k6kFO1tbSlHroAKmHjOnayIakOtMm, listed in jbdel/vilmedic vilmedic/zoo/modeling_auto.py), or a "
              "folder with model.safetensors + config.json trained by this project")
+log = logging.getLogger(__name__)
 TEXT_PUBLISHED = ("the checkpoint's text encoder folder: https://huggingface.co/allenai/biomed_roberta_base "
                   "(config.json, vocab.json, merges.txt) for ViLMedic's ConVIRT")
 
 
 @register_model("convirt", description="ConVIRT (ViLMedic layout), dense projection of layer4 (7x7)", tags=("vlp",))
 class ConvirtAdapter(BaselineAdapter):
-    """ConVIRT: ResNet-50 + RoBERTa/BERT with 2-layer projection heads.
+    """ConVIRT: ResNet-50 + RoBERTa/BERT with 2-layer projection heads (or the demo's small model).
 
     Options: ``text_encoder`` (local folder: config.json plus vocab.json/merges.txt for RoBERTa or
-    vocab.txt for BERT), ``random_init``, ``seed``; for ``random_init`` also ``proj_dim``.
+    vocab.txt for BERT; not needed for folders that carry their tokenizer), ``random_init``,
+    ``seed``; for ``random_init`` also ``proj_dim``.
     """
 
     capabilities = (GROUNDING, ZEROSHOT_CLS)
+    needs_checkpoint = False  # no --ckpt: the demo model
     input_geometry = "resize:224x224"
     preprocessing_id = "convirt-pilbilinear-resize224x224-imagenet-v1"
     color = "gray"
@@ -51,22 +60,46 @@ class ConvirtAdapter(BaselineAdapter):
 
     def load(self, checkpoint: str | None, device: str) -> None:
         from ._checkpoints import apply_rename, load_checked, read_tensors, state_dict_from
-        from ._convirt_model import VILMEDIC_RENAMES, ConVIRT, ConvirtConfig
+        from ._convirt_model import VILMEDIC_RENAMES, CaptionTokenizer, ConVIRT, ConvirtConfig
         from ._text_folder import bpe_tokenizer, read_json, text_folder, wordpiece_tokenizer
 
+        if checkpoint is None and not self.opt_bool("random_init"):
+            from ._demo_trained import ensure_demo_model
+
+            checkpoint = str(ensure_demo_model("convirt"))
+            log.info("%s: no checkpoint given, using the demo model %s", self.name or "convirt", checkpoint)
         self.checkpoint = checkpoint
         random_init = self.wants_random_init(checkpoint)
-        folder = text_folder(self.opt("text_encoder"), "the ConVIRT text encoder", TEXT_PUBLISHED)
-        kind = "roberta" if (folder / "vocab.json").is_file() else "bert"
-        text_cfg = read_json(folder / "config.json")
-        weights_path, cfg = None, None
-        if random_init:
-            cfg = ConvirtConfig(text_kind=kind, text_config=text_cfg, proj_dim=int(self.opt("proj_dim", 768)))
+        own = None if random_init else _project_folder(Path(checkpoint))
+        if own is not None:  # trained by this project: config.json (checked first), maybe its vocabulary
+            weights_path, cfg, fmt = _resolve(Path(checkpoint), "roberta", {})
+            if any((own / f).is_file() for f in ("vocab.txt", "vocab.json")):
+                if self.opt("text_encoder"):
+                    log.info("%s: option text_encoder ignored, the checkpoint folder carries its tokenizer", own)
+                folder = own
+            else:
+                folder = text_folder(self.opt("text_encoder"), "the ConVIRT text encoder", TEXT_PUBLISHED)
+                if not cfg.text_config:
+                    cfg.text_config = read_json(folder / "config.json")
         else:
-            weights_path, cfg, fmt = _resolve(Path(checkpoint), kind, text_cfg)
+            folder = text_folder(self.opt("text_encoder"), "the ConVIRT text encoder", TEXT_PUBLISHED)
+            kind = "roberta" if (folder / "vocab.json").is_file() else "bert"
+            text_cfg = read_json(folder / "config.json")
+            weights_path = None
+            if random_init:
+                cfg = ConvirtConfig(text_kind=kind, text_config=text_cfg, proj_dim=int(self.opt("proj_dim", 768)))
+            else:
+                weights_path, cfg, fmt = _resolve(Path(checkpoint), kind, text_cfg)
         self.cfg = cfg
         self.seed_init()
-        model = ConVIRT(cfg)
+        try:
+            model = ConVIRT(cfg)
+        except (TypeError, ValueError) as exc:
+            if own is None:
+                raise
+            from ._checkpoints import CheckpointError
+
+            raise CheckpointError(own / "config.json", f"cannot build ConVIRT from this config ({exc})") from None
         if weights_path is not None:
             raw = read_tensors(weights_path, expected="a ConVIRT checkpoint")
             sd = state_dict_from(raw, weights_path, containers=("model", "state_dict"),
@@ -75,14 +108,15 @@ class ConvirtAdapter(BaselineAdapter):
             self.key_report = load_checked(model, sd, source=weights_path, expected=f"a ConVIRT model ({fmt})",
                                            ignore=[r".*embeddings\.position_ids", r".*embeddings\.token_type_ids"])
         self.model = self.place(model, device)
-        self.tokenizer = bpe_tokenizer(folder) if cfg.text_kind == "roberta" else wordpiece_tokenizer(folder)
+        hf = bpe_tokenizer(folder) if cfg.text_kind == "roberta" else wordpiece_tokenizer(folder)
+        self.tokenizer = CaptionTokenizer(hf, cfg)
 
     # -- images -----------------------------------------------------------------------------
     def preprocess(self, image: np.ndarray) -> Any:
         """ViLMedic evaluation transform: Resize((224, 224)) (PIL bilinear), ToTensor, ImageNet normalisation."""
-        from ._image_prep import IMAGENET_MEAN, IMAGENET_STD, pil_resize_exact, to_gray, to_tensor
+        from ._convirt_model import image_input
 
-        return to_tensor(pil_resize_exact(to_gray(image), 224, 224), IMAGENET_MEAN, IMAGENET_STD)
+        return image_input(image)
 
     def encode_images(self, batch: Any) -> dict[str, Any]:
         import torch
@@ -93,11 +127,8 @@ class ConvirtAdapter(BaselineAdapter):
 
     # -- text ------------------------------------------------------------------------------
     def tokenize(self, prompts: Sequence[str]) -> dict[str, Any]:
-        from ._convirt_model import r2gen_clean
-
-        texts = [r2gen_clean(p) if self.cfg.text_processing == "r2gen" else p for p in prompts]
-        return self.tokenizer(texts, add_special_tokens=self.cfg.add_special_tokens, padding="max_length",
-                              truncation=True, max_length=self.cfg.max_length, return_tensors="pt")
+        """The same encoding as training (``_convirt_model.CaptionTokenizer``)."""
+        return self.tokenizer(list(prompts))
 
     def encode_texts(self, prompts: Sequence[str]) -> Any:
         import torch
@@ -127,6 +158,14 @@ class ConvirtAdapter(BaselineAdapter):
             raise ValueError("convirt.score needs negative prompts (the probability is softmax(positive, negative))")
         tau = float(self.cfg.tau)
         return softmax_pair(self.cosine(image_emb, positive) / tau, self.cosine(image_emb, negative) / tau).numpy()
+
+
+def _project_folder(path: Path) -> Path | None:
+    """The folder of a checkpoint written by this project (``config.json`` beside the weights), else None."""
+    folder = path if path.is_dir() else path.parent
+    if (folder / "config.json").is_file() and (path.is_dir() or path.suffix == ".safetensors"):
+        return folder
+    return None
 
 
 def _resolve(path: Path, kind: str, text_cfg: dict[str, Any]) -> tuple[Path, Any, str]:
