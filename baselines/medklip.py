@@ -14,6 +14,16 @@ to a protocol.
 
 Zero-shot: softmax over the 2-way head, probability of "present" for the mapped entity (the
 official CXR14 recipe). MedKLIP has no negative prompt; the negative embedding is not used.
+
+Checkpoints (``--ckpt medklip=PATH``):
+  * the official ``checkpoint_final.pth``: needs ``text_encoder`` (Bio_ClinicalBERT with weights)
+    and ``entity_descriptions`` to rebuild the 75 query embeddings, which the file lacks;
+  * a folder written by ``afloc-bench train medklip`` (``model.safetensors`` + ``config.json``):
+    the query embeddings are in the weights (``entity_book``); a randomly initialised text
+    encoder (the demo's) is saved beside them in ``text_encoder/``, so no option is needed;
+  * nothing: the demo model (``baselines._demo_trained``, trained on first use and cached), unless
+    ``text_encoder`` or ``entity_descriptions`` is given, which name the official model's files:
+    then its ``checkpoint_final.pth`` is required.
 """
 
 from __future__ import annotations
@@ -33,6 +43,9 @@ DESCRIPTIONS_PUBLISHED = ("https://github.com/MediaBrain-SJTU/MedKLIP, file "
                           "Sample_zero-shot_Classification_CXR14/observation explanation.json")
 TEXT_PUBLISHED = "https://huggingface.co/emilyalsentzer/Bio_ClinicalBERT (config.json, vocab.txt, weights)"
 EXTRA = 75  # column of the appended free-text query in the text embedding
+FOLDER_FORMAT = "afloc-bench/medklip"  # config.json "format" of the checkpoint folders this project writes
+FOLDER_FORMAT_VERSION = 1
+OFFICIAL_FILE_OPTIONS = ("text_encoder", "entity_descriptions")  # options that only the official file needs
 
 # Disease names of the benchmark datasets → MedKLIP entities. Multi-word names are matched first.
 ENTITY_OF: dict[str, str] = {
@@ -72,7 +85,9 @@ class MedKlipAdapter(BaselineAdapter):
     Options: ``entity_descriptions`` (the release's ``observation explanation.json``),
     ``text_encoder`` (local Bio_ClinicalBERT folder with weights: encodes the 75 descriptions and
     free-text prompts), ``free_text`` (true: prompts naming no known disease become an extra
-    query; false: such a prompt is an error), ``random_init``, ``seed``.
+    query; false: such a prompt is an error), ``random_init``, ``seed``. A checkpoint folder of
+    this project needs none of them (``text_encoder`` only for free-text prompts of a model
+    trained on a pretrained text encoder that has moved since).
     """
 
     capabilities = (GROUNDING, ZEROSHOT_CLS)
@@ -81,8 +96,27 @@ class MedKlipAdapter(BaselineAdapter):
     color = "gray"
     checkpoint_name = "checkpoint_final.pth"
     checkpoint_url = PUBLISHED
+    needs_checkpoint = False  # no checkpoint: the demo model, trained on first use
 
     def load(self, checkpoint: str | None, device: str) -> None:
+        import logging
+
+        self.checkpoint = checkpoint
+        self.free_text = self.opt_bool("free_text", True)
+        self.checkpoint_kind = "official"
+        if checkpoint is None and not self.opt_bool("random_init") and \
+                not any(self.opt(k) for k in OFFICIAL_FILE_OPTIONS):
+            from ._demo_trained import ensure_demo_model
+
+            checkpoint = str(ensure_demo_model("medklip"))
+            logging.getLogger(__name__).info("medklip: no checkpoint given, using the demo model %s", checkpoint)
+        folder = _project_folder(checkpoint) if checkpoint is not None and not self.opt_bool("random_init") else None
+        if folder is not None:
+            self._load_folder(folder, device)
+        else:
+            self._load_official(checkpoint, device)
+
+    def _load_official(self, checkpoint: str | None, device: str) -> None:
         from transformers import BertModel
 
         from ._checkpoints import call_quietly, load_checked, need_file, read_tensors, state_dict_from, strip_prefix
@@ -90,7 +124,6 @@ class MedKlipAdapter(BaselineAdapter):
         from ._text_folder import bert_config, folder_weights, read_json, text_folder, wordpiece_tokenizer
 
         self.checkpoint = checkpoint
-        self.free_text = self.opt_bool("free_text", True)
         random_init = self.wants_random_init(checkpoint)
         sd = None
         if not random_init:  # read the checkpoint first: a wrong file fails before anything else loads
@@ -122,8 +155,76 @@ class MedKlipAdapter(BaselineAdapter):
         self.entity_book = cls_embeddings(self.bert, enc)  # [75, 768], not in the checkpoint
         self.entity_book_sha = _tensor_sha(self.entity_book)
 
+    def _load_folder(self, folder: Any, device: str) -> None:
+        """A checkpoint folder of this project: config.json + model.safetensors (+ text_encoder/)."""
+        import logging
+
+        from ._checkpoints import CheckpointError, load_checked, read_tensors
+        from ._medklip_model import MedKLIP, MedKLIPConfig
+        from ._text_folder import read_json
+
+        doc = read_json(folder / "config.json")
+        if doc.get("format") != FOLDER_FORMAT:
+            raise CheckpointError(folder / "config.json", f"expected format {FOLDER_FORMAT!r} (a MedKLIP checkpoint "
+                                                          f"folder of this project), found {doc.get('format')!r}")
+        try:
+            cfg = MedKLIPConfig.from_dict(dict(doc.get("model") or {}), str(folder / "config.json"))
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(folder / "config.json", f"expected MedKLIP model options: {exc}") from None
+        if not cfg.entity_book:
+            raise CheckpointError(folder / "config.json", "expected a model that keeps its entity_book (the 75 "
+                                                          "query embeddings) in the weights")
+        ignored = [k for k in OFFICIAL_FILE_OPTIONS if self.opt(k) and k != "text_encoder"]
+        if ignored:
+            logging.getLogger(__name__).warning("medklip: %s ignored: %s carries its own entity queries",
+                                                ", ".join(ignored), folder)
+        self.checkpoint, self.checkpoint_kind = str(folder), "folder"
+        self.seed_init()
+        model = MedKLIP.from_config(cfg)
+        sd = read_tensors(folder / "model.safetensors", expected="MedKLIP weights (model.safetensors)")
+        self.key_report = load_checked(model, sd, source=folder / "model.safetensors",
+                                       expected=f"the MedKLIP model of {folder / 'config.json'}")
+        self.model = self.place(model, device)
+        self.entity_book = self.model.entity_book
+        self.entity_book_sha = _tensor_sha(self.entity_book)
+        self.bert, self.tokenizer, self.text_key_report = self._folder_text_encoder(folder, doc.get("text") or {},
+                                                                                    cfg.text_dim, device)
+        self.description_max_length = int((doc.get("text") or {}).get("max_length", 64))
+        self.text_pooling = str((doc.get("text") or {}).get("pooling", "cls"))
+
+    def _folder_text_encoder(self, folder: Any, text: dict[str, Any], dim: int, device: str) -> tuple:
+        """The text encoder free-text prompts need: the folder's own ``text_encoder/``, else the
+        ``text_encoder`` option, else the folder recorded at training; (None, None, None) when absent."""
+        from pathlib import Path
+
+        from transformers import BertModel
+
+        from ._checkpoints import CheckpointError, call_quietly, load_checked, strip_prefix
+        from ._text_folder import bert_config, folder_weights, read_json, wordpiece_tokenizer
+
+        where = None
+        if text.get("folder"):
+            where = folder / text["folder"]
+            if not where.is_dir():
+                raise CheckpointError(where, "missing: the checkpoint's text encoder folder named in config.json")
+        elif self.opt("text_encoder"):
+            where = Path(str(self.opt("text_encoder")))
+        elif text.get("source") and Path(text["source"]).is_dir():
+            where = Path(text["source"])
+        if where is None:
+            return None, None, None
+        bert = call_quietly(lambda: BertModel(bert_config(read_json(where / "config.json")), add_pooling_layer=False))
+        if bert.config.hidden_size != dim:
+            raise CheckpointError(where, f"expected a text encoder of width {dim} (the model's text_dim), "
+                                         f"found {bert.config.hidden_size}")
+        report = load_checked(bert, strip_prefix(folder_weights(where, "text encoder weights"), "bert."), source=where,
+                              expected="the text encoder weights", ignore=[r"cls\..*", r"pooler\..*",
+                                                                           r".*position_ids", r".*token_type_ids"])
+        return self.place(bert, device), wordpiece_tokenizer(where), report
+
     def describe(self) -> dict[str, Any]:
         d = super().describe()
+        d["checkpoint_kind"] = getattr(self, "checkpoint_kind", None)
         d["entity_book_sha256"] = getattr(self, "entity_book_sha", None)
         if getattr(self, "text_key_report", None) is not None:
             d["text_key_report"] = self.text_key_report.as_dict()
@@ -131,10 +232,11 @@ class MedKlipAdapter(BaselineAdapter):
 
     # -- images -----------------------------------------------------------------------------
     def preprocess(self, image: np.ndarray) -> Any:
-        """Resize to 224×224 (PIL bilinear, aspect ratio not kept), ToTensor, ImageNet normalisation."""
-        from ._image_prep import IMAGENET_MEAN, IMAGENET_STD, pil_resize_exact, to_gray, to_tensor
+        """Resize to 224×224 (PIL bilinear, aspect ratio not kept), ToTensor, ImageNet normalisation
+        (the training input of ``afloc-bench train medklip`` too)."""
+        from ._medklip_model import preprocess_image
 
-        return to_tensor(pil_resize_exact(to_gray(image), 224, 224), IMAGENET_MEAN, IMAGENET_STD)
+        return preprocess_image(image)
 
     def encode_images(self, batch: Any) -> Any:
         import torch
@@ -165,7 +267,13 @@ class MedKlipAdapter(BaselineAdapter):
                 raise ValueError(f"medklip: prompt {p!r} names no known disease (known: {', '.join(ENTITY_OF)}); "
                                  "set free_text=true to use it as an extra query")
         if free:
-            emb = cls_embeddings(self.bert, tokenize_cls_only(self.tokenizer, [prompts[i] for i in free]))
+            if self.bert is None:
+                raise ValueError(f"medklip: prompt {prompts[free[0]]!r} names no known disease and {self.checkpoint} "
+                                 "has no text encoder to encode it as an extra query; pass text_encoder=FOLDER "
+                                 "(the one it was trained with) or set free_text=false")
+            emb = cls_embeddings(self.bert, tokenize_cls_only(self.tokenizer, [prompts[i] for i in free],
+                                                              getattr(self, "description_max_length", 64)),
+                                 pooling=getattr(self, "text_pooling", "cls"))
             extra[free] = emb.to(extra.dtype).cpu()
         return {"weights": weights, "extra": extra}
 
@@ -209,6 +317,23 @@ class MedKlipAdapter(BaselineAdapter):
     def score(self, image_emb: Any, positive: dict[str, Any], negative: Any) -> np.ndarray:
         prob, _ = self._decode(image_emb, positive)
         return (prob * positive["weights"]).sum(1).numpy()
+
+
+def _project_folder(checkpoint: str) -> Any:
+    """The checkpoint folder when ``checkpoint`` is one of this project's (or a file inside one), else None."""
+    from pathlib import Path
+
+    p = Path(checkpoint)
+    if p.is_file() and p.name in ("model.safetensors", "config.json"):
+        p = p.parent
+    if not p.is_dir():
+        return None
+    if not (p / "config.json").is_file() or not (p / "model.safetensors").is_file():
+        from ._checkpoints import CheckpointError
+
+        raise CheckpointError(p, "expected a MedKLIP checkpoint folder written by `afloc-bench train medklip` "
+                                 "(config.json + model.safetensors) or the official checkpoint_final.pth file")
+    return p
 
 
 def _tensor_sha(t: Any) -> str:
