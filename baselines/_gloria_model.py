@@ -12,10 +12,16 @@ included), summed over the four layers.
 
 Word–region attention (``attention_fn``) is the double softmax of the official code: a softmax
 over the caption's words for each region, ×``temp1`` (4), then a softmax over the 361 regions.
+
+Small variants (the demo model trained by ``baselines.gloria_train``): ``vision_model`` names an
+``afloc.backbones.ResNetBackbone`` architecture (``resnet18`` ...) at ``vision_width`` channels,
+``upsample`` sets the in-model input size (299 official), and ``bert`` a small BERT. The default
+configuration is the official structure, key for key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 WORD_NUM = 97
+OFFICIAL_VISION = "resnet_50"  # the official name: torchvision's ResNet-50
 
 
 @dataclass
@@ -44,11 +51,26 @@ class GloriaConfig:
     temp1: float = 4.0
     temp2: float = 5.0
     temp3: float = 10.0
-    vision_model: str = "resnet_50"
+    vision_model: str = OFFICIAL_VISION  # or an afloc.backbones architecture (resnet18, ...) for small variants
+    vision_width: int = 64  # stem width of an afloc.backbones trunk (the official ResNet-50 is 64)
+    upsample: int = 299  # in-model bilinear resize of the input (official 299: a 19x19 layer3 grid)
+    local_loss_weight: float = 1.0  # training only
+    global_loss_weight: float = 1.0
 
     @property
     def embedding_dim(self) -> int:
         return int(self.bert.get("hidden_size", 768))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GloriaConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown GLoRIA config entries {unknown}; expected some of {sorted(names)}")
+        return cls(**d)
 
     @classmethod
     def from_hparams(cls, hp: dict[str, Any], bert: dict[str, Any]) -> "GloriaConfig":
@@ -82,26 +104,42 @@ class GloriaConfig:
             temp2=float(get("model.gloria.temp2", d.temp2)),
             temp3=float(get("model.gloria.temp3", d.temp3)),
             vision_model=str(get("model.vision.model_name", d.vision_model)),
+            local_loss_weight=float(get("model.gloria.local_loss_weight", d.local_loss_weight)),
+            global_loss_weight=float(get("model.gloria.global_loss_weight", d.global_loss_weight)),
         )
 
 
 # -- modules ----------------------------------------------------------------------------
 class ImageEncoder(nn.Module):
-    """Keys ``model.*`` (ResNet-50 minus fc), ``global_embedder.*``, ``local_embedder.weight``."""
+    """Keys ``model.*`` (ResNet minus fc), ``global_embedder.*``, ``local_embedder.weight``.
 
-    def __init__(self, embedding_dim: int):
+    ``vision_model`` ``resnet_50``: torchvision's ResNet-50 (the official structure); an
+    ``afloc.backbones`` name (``resnet18`` ...) builds that trunk at ``width`` channels, with the
+    same module names, for small variants.
+    """
+
+    def __init__(self, embedding_dim: int, vision_model: str = OFFICIAL_VISION, width: int = 64,
+                 upsample: int = 299):
         super().__init__()
-        from torchvision.models import resnet50
+        if vision_model == OFFICIAL_VISION:
+            from torchvision.models import resnet50
 
-        self.model = resnet50(weights=None)
-        self.model.fc = nn.Identity()
-        self.global_embedder = nn.Linear(2048, embedding_dim)
-        self.local_embedder = nn.Conv2d(1024, embedding_dim, kernel_size=1, stride=1, padding=0, bias=False)
+            self.model = resnet50(weights=None)
+            self.model.fc = nn.Identity()
+            local_dim, global_dim = 1024, 2048
+        else:
+            from afloc.backbones import ResNetBackbone
+
+            self.model = ResNetBackbone(vision_model, width)
+            _, local_dim, global_dim = self.model.channels
+        self.upsample = int(upsample)
+        self.global_embedder = nn.Linear(global_dim, embedding_dim)
+        self.local_embedder = nn.Conv2d(local_dim, embedding_dim, kernel_size=1, stride=1, padding=0, bias=False)
         self.pool = nn.AdaptiveAvgPool2d((1, 1))
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pooled layer4 [B,2048], layer3 [B,1024,19,19]) after the in-model upsample to 299."""
-        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=True)
+        """(pooled layer4 [B,C4], layer3 [B,C3,h,w]) after the in-model upsample (299: 19×19)."""
+        x = F.interpolate(x, size=(self.upsample, self.upsample), mode="bilinear", align_corners=True)
         m = self.model
         x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
         x = m.layer3(m.layer2(m.layer1(x)))
@@ -110,7 +148,7 @@ class ImageEncoder(nn.Module):
         return x, local
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(global embedding [B,D], local embeddings [B,D,19,19])."""
+        """(global embedding [B,D], local embeddings [B,D,h,w])."""
         g, loc = self.features(x)
         return self.global_embedder(g), self.local_embedder(loc)
 
@@ -146,10 +184,15 @@ class TextEncoder(nn.Module):
         else:
             raise ValueError(f"unknown GLoRIA aggregate_method {self.cfg.aggregate_method!r}")
         words = words.permute(0, 2, 1)
-        if self.cfg.text_norm:
-            words = words / words.norm(dim=1, keepdim=True)
-            sent = sent / sent.norm(dim=1, keepdim=True)
+        if self.cfg.text_norm:  # the official ``norm`` option; zero word slots stay zero (not 0/0, no NaN gradient)
+            words, sent = unit_rows(words), unit_rows(sent)
         return words, sent
+
+
+def unit_rows(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """L2-normalise along dim 1 in float32; vectors of norm below ``eps`` (zero word slots) stay ~0."""
+    x32 = x.float()
+    return (x32 / x32.norm(dim=1, keepdim=True).clamp(min=eps)).to(x.dtype)
 
 
 class Gloria(nn.Module):
@@ -157,12 +200,15 @@ class Gloria(nn.Module):
 
     def __init__(self, cfg: GloriaConfig):
         super().__init__()
-        if cfg.vision_model != "resnet_50":
-            raise ValueError(f"GLoRIA vision model {cfg.vision_model!r} is not supported (only resnet_50: the "
-                             "released resnet18 file cannot run in the official code either)")
+        from afloc.backbones import ARCHS
+
+        if cfg.vision_model != OFFICIAL_VISION and cfg.vision_model not in ARCHS:
+            raise ValueError(f"GLoRIA vision model {cfg.vision_model!r} is not supported (official: resnet_50; the "
+                             "released resnet18 file cannot run in the official code either; small variants: "
+                             f"{', '.join(sorted(ARCHS))})")
         self.cfg = cfg
         self.text_encoder = TextEncoder(cfg)
-        self.img_encoder = ImageEncoder(cfg.embedding_dim)
+        self.img_encoder = ImageEncoder(cfg.embedding_dim, cfg.vision_model, cfg.vision_width, cfg.upsample)
 
 
 # -- text processing -----------------------------------------------------------------------
@@ -227,6 +273,45 @@ def word_assignment(ids: torch.Tensor, tables: TokenTables) -> tuple[torch.Tenso
     word_bracket = starts & tables.is_bracket[ids_cpu]
     cap_len = 1 + (starts & ~word_bracket).sum(1)
     return index.to(ids.device), cap_len
+
+
+def encode_captions(tokenizer: Any, tables: TokenTables, texts: list[str], word_num: int = WORD_NUM,
+                    keep_short_sentences: bool = False) -> dict[str, torch.Tensor]:
+    """Raw captions → model inputs, as the official ``process_text``: cleaned, WordPiece-tokenised to
+    ``word_num`` slots (padded and truncated), plus the word slots and caption lengths of
+    ``word_assignment``. Training and inference both call this, so they tokenise alike."""
+    cleaned = [clean_text(t, keep_short_sentences) for t in texts]
+    enc = tokenizer(cleaned, padding="max_length", truncation=True, max_length=word_num, return_tensors="pt")
+    word_index, cap_len = word_assignment(enc["input_ids"], tables)
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+            "token_type_ids": enc.get("token_type_ids", torch.zeros_like(enc["input_ids"])),
+            "word_index": word_index, "cap_len": cap_len}
+
+
+class CaptionTokenizer:
+    """The trainer's tokenizer callable: captions → ``encode_captions`` tensors (``attention_mask`` included)."""
+
+    def __init__(self, tokenizer: Any, word_num: int = WORD_NUM, keep_short_sentences: bool = False):
+        self.tokenizer, self.word_num, self.keep_short = tokenizer, int(word_num), keep_short_sentences
+        self.tables = TokenTables.from_tokenizer(tokenizer)
+
+    def __len__(self) -> int:
+        return len(self.tokenizer.get_vocab())
+
+    def __call__(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        return encode_captions(self.tokenizer, self.tables, list(captions), self.word_num, self.keep_short)
+
+
+def image_input(image: np.ndarray, cfg: GloriaConfig) -> torch.Tensor:
+    """The official test transform: gray → letterbox to ``imsize`` (INTER_AREA) → centre crop
+    ``crop_size`` → [-1, 1] ('half') or ImageNet normalisation; 3 equal channels."""
+    from ._image_prep import HALF, IMAGENET_MEAN, IMAGENET_STD, center_crop, gloria_letterbox, to_gray, to_tensor
+
+    x = gloria_letterbox(to_gray(image), cfg.imsize)
+    if cfg.crop_size:
+        x = center_crop(x, cfg.crop_size)
+    mean, std = {"half": (HALF, HALF), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}.get(cfg.img_norm, (None, None))
+    return to_tensor(x, mean, std)
 
 
 def aggregate_words(emb: torch.Tensor, word_index: torch.Tensor) -> torch.Tensor:

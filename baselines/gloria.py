@@ -10,10 +10,17 @@ Zero-shot: the official similarity ((local + global) / 2, local from the charact
 slice, max over a class's prompts); the probability is the softmax of the positive and
 negative scores. The official per-batch z-score is not applied: it makes one image's score
 depend on the others in its batch.
+
+Weights: the official ``chexpert_resnet50.ckpt`` (with the ``text_encoder`` folder), a folder
+written by ``afloc-bench train gloria`` (weights, config and vocabulary; no option needed), or,
+with neither, the demo model (``baselines._demo_trained``: trained on the demo pairs on first
+use and cached). Both variants use the same weights.
 """
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -24,22 +31,26 @@ from ._vlp_base import BaselineAdapter, softmax_pair
 
 PUBLISHED = "https://stanfordmedicine.box.com/s/j5h7q99f3pfi7enc0dom73m4nsm6yzvh (GLoRIA README)"
 TEXT_PUBLISHED = "https://huggingface.co/emilyalsentzer/Bio_ClinicalBERT (config.json and vocab.txt)"
+FOLDER_FORMAT = "afloc-bench/gloria"  # config.json "format" of a checkpoint folder written by the trainer
+log = logging.getLogger(__name__)
 
 
-@register_model("gloria_dot", description="GLoRIA, heatmap = region embedding · sentence embedding (19x19)",
+@register_model("gloria_dot", description="GLoRIA, heatmap = region embedding · sentence embedding (layer3 grid, 19x19 official)",
                 tags=("vlp",), heatmap="dot")
-@register_model("gloria", description="GLoRIA (ICCV 2021), heatmap = word-region attention (19x19)",
+@register_model("gloria", description="GLoRIA (ICCV 2021), heatmap = word-region attention (layer3 grid, 19x19 official)",
                 tags=("vlp",), heatmap="attention")
 class GloriaAdapter(BaselineAdapter):
-    """GLoRIA ResNet-50 + Bio_ClinicalBERT from the official ``chexpert_resnet50.ckpt``.
+    """GLoRIA: the official ResNet-50 + Bio_ClinicalBERT ``chexpert_resnet50.ckpt``, a trained
+    checkpoint folder, or (no checkpoint) the demo model.
 
-    Options: ``text_encoder`` (folder with Bio_ClinicalBERT's config.json and vocab.txt; the
-    BERT weights are in the checkpoint), ``heatmap`` (attention | dot),
+    Options: ``text_encoder`` (folder with Bio_ClinicalBERT's config.json and vocab.txt, for the
+    official file; the BERT weights are in the checkpoint), ``heatmap`` (attention | dot),
     ``keep_short_sentences`` (false = official cleaning, which empties one-word prompts),
     ``random_init``, ``seed``.
     """
 
     capabilities = (GROUNDING, ZEROSHOT_CLS)
+    needs_checkpoint = False  # no --ckpt: the demo model
     input_geometry = "letterbox_crop:256:224"
     preprocessing_id = "gloria-cv2area-letterbox256-crop224-half-v1"
     color = "gray"
@@ -47,14 +58,39 @@ class GloriaAdapter(BaselineAdapter):
     checkpoint_url = PUBLISHED
 
     def load(self, checkpoint: str | None, device: str) -> None:
+        from ._gloria_model import TokenTables
+
+        self.heatmap = self.opt_choice("heatmap", "attention", ("attention", "dot"))
+        self.keep_short = self.opt_bool("keep_short_sentences", False)
+        if checkpoint is None and not self.opt_bool("random_init"):
+            from ._demo_trained import ensure_demo_model
+
+            checkpoint = str(ensure_demo_model("gloria"))
+            log.info("%s: no checkpoint given, using the demo model %s", self.name or "gloria", checkpoint)
+        self.checkpoint = checkpoint
+        path = None if checkpoint is None else Path(checkpoint).expanduser()
+        if path is not None and path.suffix == ".safetensors" and path.is_file():
+            path = path.parent  # the weights file of a checkpoint folder: load the folder
+        if path is not None and path.is_dir():
+            model, self.tokenizer = self._load_folder(path)
+        else:
+            model, self.tokenizer = self._load_official(checkpoint)
+        self.model = self.place(model, device)
+        self.tables = TokenTables.from_tokenizer(self.tokenizer)
+        cfg = self.cfg
+        if cfg.crop_size:
+            self.input_geometry = f"letterbox_crop:{cfg.imsize}:{cfg.crop_size}"
+        else:
+            self.input_geometry = f"letterbox:{cfg.imsize}"
+        self.preprocessing_id = f"gloria-cv2area-letterbox{cfg.imsize}-crop{cfg.crop_size}-{cfg.img_norm}-v1"
+
+    def _load_official(self, checkpoint: str | None) -> tuple[Any, Any]:
+        """The official Lightning file (or random weights) with the Bio_ClinicalBERT folder."""
         from ._checkpoints import load_checked
-        from ._gloria_model import Gloria, GloriaConfig, TokenTables
+        from ._gloria_model import Gloria, GloriaConfig
         from ._lightning_ckpt import load_lightning_checkpoint
         from ._text_folder import read_json, text_folder, wordpiece_tokenizer
 
-        self.checkpoint = checkpoint
-        self.heatmap = self.opt_choice("heatmap", "attention", ("attention", "dot"))
-        self.keep_short = self.opt_bool("keep_short_sentences", False)
         folder = text_folder(self.opt("text_encoder"), "Bio_ClinicalBERT", TEXT_PUBLISHED,
                              files=("config.json", "vocab.txt"))
         bert = read_json(folder / "config.json")
@@ -68,26 +104,23 @@ class GloriaAdapter(BaselineAdapter):
             sd = {k.split("gloria.")[-1]: v for k, v in ckpt["state_dict"].items()}  # the official rule
             self.key_report = load_checked(model, sd, source=checkpoint, expected="a GLoRIA checkpoint",
                                            ignore=[r".*embeddings\.position_ids", r".*embeddings\.token_type_ids"])
-        self.model = self.place(model, device)
-        self.tokenizer = wordpiece_tokenizer(folder)
-        self.tables = TokenTables.from_tokenizer(self.tokenizer)
-        if cfg.crop_size:
-            self.input_geometry = f"letterbox_crop:{cfg.imsize}:{cfg.crop_size}"
-        else:
-            self.input_geometry = f"letterbox:{cfg.imsize}"
-        self.preprocessing_id = f"gloria-cv2area-letterbox{cfg.imsize}-crop{cfg.crop_size}-{cfg.img_norm}-v1"
+        return model, wordpiece_tokenizer(folder)
+
+    def _load_folder(self, folder: Path) -> tuple[Any, Any]:
+        """A checkpoint folder of ``afloc-bench train gloria``: ``config.json`` (the model config),
+        ``model.safetensors`` and the WordPiece ``vocab.txt`` it was trained with."""
+        model, tok, report = load_folder(folder)
+        if self.opt("text_encoder"):
+            log.info("%s: option text_encoder ignored, the checkpoint folder carries its vocabulary", folder)
+        self.cfg, self.key_report = model.cfg, report
+        return model, tok
 
     # -- images -----------------------------------------------------------------------------
     def preprocess(self, image: np.ndarray) -> Any:
         """cv2 gray → letterbox to 256 (INTER_AREA) → centre crop 224 → [-1, 1] ('half' normalisation)."""
-        from ._image_prep import HALF, IMAGENET_MEAN, IMAGENET_STD, center_crop, gloria_letterbox, to_gray, to_tensor
+        from ._gloria_model import image_input
 
-        cfg = self.cfg
-        x = gloria_letterbox(to_gray(image), cfg.imsize)
-        if cfg.crop_size:
-            x = center_crop(x, cfg.crop_size)
-        mean, std = {"half": (HALF, HALF), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}.get(cfg.img_norm, (None, None))
-        return to_tensor(x, mean, std)
+        return image_input(image, self.cfg)
 
     def encode_images(self, batch: Any) -> dict[str, Any]:
         import torch
@@ -98,18 +131,13 @@ class GloriaAdapter(BaselineAdapter):
 
     # -- text ------------------------------------------------------------------------------
     def tokenize(self, prompts: Sequence[str]) -> dict[str, Any]:
-        from ._gloria_model import char_cap_len, clean_text, word_assignment
-
-        texts = [clean_text(p, self.keep_short) for p in prompts]
-        enc = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.cfg.word_num,
-                             return_tensors="pt")
-        word_index, cap_len = word_assignment(enc["input_ids"], self.tables)
         import torch
 
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-                "token_type_ids": enc.get("token_type_ids", torch.zeros_like(enc["input_ids"])),
-                "word_index": word_index, "cap_len": cap_len,
-                "char_len": torch.tensor([char_cap_len(p) for p in prompts], dtype=torch.long)}
+        from ._gloria_model import char_cap_len, encode_captions
+
+        out = encode_captions(self.tokenizer, self.tables, list(prompts), self.cfg.word_num, self.keep_short)
+        out["char_len"] = torch.tensor([char_cap_len(p) for p in prompts], dtype=torch.long)
+        return out
 
     def encode_texts(self, prompts: Sequence[str]) -> dict[str, Any]:
         """Rows of one prompt each: words [P,1,D,97], sent [P,1,D], cap_len/char_len/valid [P,1]."""
@@ -187,3 +215,27 @@ class GloriaAdapter(BaselineAdapter):
         pos = self.similarities(image_emb, positive).max(dim=1).values
         neg = self.similarities(image_emb, negative).max(dim=1).values
         return softmax_pair(pos, neg).numpy()
+
+
+def load_folder(folder: Path) -> tuple[Any, Any, Any]:
+    """(model, WordPiece tokenizer, key report) of a checkpoint folder written by ``GloriaTask.save``."""
+    from ._checkpoints import CheckpointError, load_checked, read_tensors
+    from ._gloria_model import Gloria, GloriaConfig
+    from ._text_folder import read_json, wordpiece_tokenizer
+
+    expected = f"a GLoRIA checkpoint folder (config.json of format {FOLDER_FORMAT!r}, model.safetensors, vocab.txt)"
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise CheckpointError(folder, f"no config.json; expected {expected}")
+    doc = read_json(cfg_path)
+    if doc.get("format") != FOLDER_FORMAT or not isinstance(doc.get("model"), dict):
+        raise CheckpointError(cfg_path, f"format {doc.get('format')!r}; expected {expected}")
+    try:
+        cfg = GloriaConfig.from_dict(doc["model"])
+        model = Gloria(cfg)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(cfg_path, f"cannot build the model from its config ({exc}); expected {expected}") \
+            from None
+    sd = read_tensors(folder / "model.safetensors", expected=expected)
+    report = load_checked(model, sd, source=folder / "model.safetensors", expected=expected)
+    return model, wordpiece_tokenizer(folder), report
