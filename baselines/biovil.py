@@ -8,10 +8,23 @@ padding, which belong to the protocol and ``benchmark.geometry`` (``resize_crop:
 Zero-shot: cosine of the normalised global image embedding with the prompt embedding (several
 prompts: raw embeddings averaged, then normalised, as ``get_similarity_score_from_raw_data``);
 probability = softmax of the positive and negative cosines.
+
+Accepted checkpoints:
+- the released image file ``biovil_image_resnet50_proj_size_128.pt`` (loaded strictly) with the
+  CXR-BERT folder given by the ``text_encoder`` option;
+- checkpoints trained by this project (``afloc-bench train biovil``): a folder (or the
+  ``model.safetensors`` inside it) holding ``config.json`` (``BiovilConfig``) and, when it carries
+  its vocabulary, no ``text_encoder`` is needed. Its input transform (resize/crop sizes) comes from
+  the config, and with it ``input_geometry`` and ``preprocessing_id``;
+- nothing (and no ``random_init``): the demo model (``baselines._demo_trained``: ResNet-18 width 16
+  + 2-layer BERT over the demo vocabulary, resize 183 / crop 160, trained on the demo pairs on
+  first use and cached).
 """
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -25,20 +38,28 @@ IMAGE_PUBLISHED = ("https://huggingface.co/microsoft/BiomedVLP-CXR-BERT-speciali
 TEXT_PUBLISHED = ("https://huggingface.co/microsoft/BiomedVLP-CXR-BERT-specialized (revision v1.1: config.json, "
                   "vocab.txt, tokenizer_config.json, pytorch_model.bin)")
 RESIZE, CROP = 512, 480
+log = logging.getLogger(__name__)
+
+
+def preprocessing_id_for(resize: int, crop: int) -> str:
+    return f"biovil-minmax-resize{resize}-crop{crop}-nonorm-v1"
 
 
 @register_model("biovil", description="BioViL (ECCV 2022), patch-text cosine on the 15x15 grid", tags=("vlp",))
 class BioVilAdapter(BaselineAdapter):
     """BioViL ResNet-50 + CXR-BERT-specialized.
 
-    Checkpoint: ``biovil_image_resnet50_proj_size_128.pt`` (image model, loaded strictly).
+    Checkpoint: ``biovil_image_resnet50_proj_size_128.pt`` (image model, loaded strictly), a folder
+    trained by this project, or none (the demo model).
     Options: ``text_encoder`` (local folder of microsoft/BiomedVLP-CXR-BERT-specialized: config,
-    vocab and weights), ``random_init``, ``seed``.
+    vocab and weights; not needed for folders that carry their vocabulary), ``random_init``, ``seed``.
     """
 
     capabilities = (GROUNDING, ZEROSHOT_CLS)
+    needs_checkpoint = False  # no --ckpt: the demo model
     input_geometry = f"resize_crop:{RESIZE}:{CROP}"
-    preprocessing_id = "biovil-minmax-resize512-crop480-nonorm-v1"
+    preprocessing_id = preprocessing_id_for(RESIZE, CROP)
+    resize, crop = RESIZE, CROP
     color = "gray"
     checkpoint_name = "biovil_image_resnet50_proj_size_128.pt"
     checkpoint_url = IMAGE_PUBLISHED
@@ -48,8 +69,19 @@ class BioVilAdapter(BaselineAdapter):
         from ._checkpoints import load_checked, read_tensors, state_dict_from
         from ._text_folder import folder_weights, read_json, text_folder, wordpiece_tokenizer
 
+        if checkpoint is None and not self.opt_bool("random_init"):
+            from ._demo_trained import ensure_demo_model
+
+            checkpoint = str(ensure_demo_model("biovil"))
+            log.info("%s: no checkpoint given, using the demo model %s", self.name or "biovil", checkpoint)
         self.checkpoint = checkpoint
         random_init = self.wants_random_init(checkpoint)
+        own = None if random_init else _project_folder(Path(checkpoint))
+        if own is not None:
+            self._load_project(own, device)
+            return
+        self.cfg = None  # the released files: hi-ml's architecture and transform
+        self._set_transform(RESIZE, CROP)
         folder = text_folder(self.opt("text_encoder"), "CXR-BERT-specialized", TEXT_PUBLISHED,
                              files=("config.json", "vocab.txt"))
         cfg = read_json(folder / "config.json")
@@ -73,6 +105,47 @@ class BioVilAdapter(BaselineAdapter):
         self.tokenizer = wordpiece_tokenizer(folder)
         self.max_length = int(self.text_model.config.max_position_embeddings)
 
+    def _load_project(self, folder: Path, device: str) -> None:
+        """A checkpoint folder written by ``afloc-bench train biovil`` (``BiovilConfig`` + weights)."""
+        from ._biovil_model import BioViL, BiovilConfig
+        from ._checkpoints import CheckpointError, load_checked, read_tensors
+        from ._text_folder import read_json, text_folder, wordpiece_tokenizer
+
+        weights = folder / "model.safetensors"
+        if not weights.is_file():
+            raise CheckpointError(folder, "expected model.safetensors beside config.json (a BioViL checkpoint "
+                                          "folder written by afloc-bench train biovil)")
+        cfg = BiovilConfig.from_json(read_json(folder / "config.json"), folder / "config.json")
+        if (folder / "vocab.txt").is_file():
+            if self.opt("text_encoder"):
+                log.info("%s: option text_encoder ignored, the checkpoint folder carries its vocabulary", folder)
+            vocab = folder
+        else:
+            vocab = text_folder(self.opt("text_encoder"), "the vocabulary of the BioViL text model", TEXT_PUBLISHED,
+                                files=("vocab.txt",))
+        self.seed_init()
+        try:
+            model = BioViL(cfg)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(folder / "config.json", f"cannot build BioViL from this config ({exc})") from None
+        sd = read_tensors(weights, expected="the BioViL weights (image.* and text.*)")
+        self.key_report = load_checked(model, sd, source=weights, expected="a BioViL model trained by this "
+                                       "project (image.* and text.* as BiovilConfig builds them)",
+                                       ignore=[r".*embeddings\.position_ids", r".*embeddings\.token_type_ids"])
+        self.text_key_report = None
+        self.cfg = cfg
+        self._set_transform(cfg.resize, cfg.crop)
+        self.model = self.place(model.image, device)
+        self.text_model = self.place(model.text, device)
+        self.tokenizer = wordpiece_tokenizer(vocab)
+        self.max_length = int(self.text_model.config.max_position_embeddings)
+
+    def _set_transform(self, resize: int, crop: int) -> None:
+        """The input transform, and with it the grid's frame and the cache identity of the inputs."""
+        self.resize, self.crop = int(resize), int(crop)
+        self.input_geometry = f"resize_crop:{self.resize}:{self.crop}"
+        self.preprocessing_id = preprocessing_id_for(self.resize, self.crop)
+
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         if getattr(self, "text_key_report", None) is not None:
@@ -82,13 +155,11 @@ class BioVilAdapter(BaselineAdapter):
     # -- images -----------------------------------------------------------------------------
     def preprocess(self, image: np.ndarray) -> Any:
         """hi-ml inference transform: min–max to uint8, Resize(512) (shorter side, PIL bilinear),
-        CenterCrop(480), ToTensor, 3 channels; no mean/std normalisation."""
-        from ._biovil_model import remap_to_uint8
-        from ._image_prep import center_crop, pil_resize_shorter, to_gray, to_tensor
+        CenterCrop(480), ToTensor, 3 channels; no mean/std normalisation. A checkpoint trained here
+        sets its own sizes (the demo: 183 / 160), the ones it was trained on."""
+        from ._biovil_model import image_input
 
-        x = remap_to_uint8(to_gray(image))
-        x = center_crop(pil_resize_shorter(x, RESIZE), CROP)
-        return to_tensor(x, None, None)
+        return image_input(image, self.resize, self.crop)
 
     def encode_images(self, batch: Any) -> dict[str, Any]:
         import torch
@@ -99,18 +170,11 @@ class BioVilAdapter(BaselineAdapter):
 
     # -- text ------------------------------------------------------------------------------
     def tokenize(self, prompts: Sequence[str]) -> dict[str, Any]:
-        """hi-ml ``TextInput``: no special tokens but [MASK], trailing ``!?.`` stripped, padded to the longest."""
-        specials = [t for t in self.tokenizer.all_special_tokens if t != self.tokenizer.mask_token]
-        joined = " ".join(prompts)
-        bad = [t for t in specials if t in joined]
-        if bad:
-            raise ValueError(f"BioViL prompt contains special token(s) {bad}: {joined!r}")
-        texts = [p.rstrip("!?.") for p in prompts]
-        enc = self.tokenizer(texts, add_special_tokens=True, padding="longest", return_tensors="pt")
-        if enc["input_ids"].shape[1] > self.max_length:
-            raise ValueError(f"BioViL prompt of {enc['input_ids'].shape[1]} tokens exceeds the model's "
-                             f"{self.max_length} positions")
-        return enc
+        """hi-ml ``TextInput``: no special tokens but [MASK], trailing ``!?.`` stripped, padded to the longest
+        (``_biovil_model.encode_text_input``, also the training encoding)."""
+        from ._biovil_model import encode_text_input
+
+        return encode_text_input(self.tokenizer, prompts, self.max_length)
 
     def encode_texts(self, prompts: Sequence[str]) -> Any:
         """Projected [CLS] embeddings [P, 128], not normalised (normalised where they are used)."""
@@ -140,3 +204,17 @@ class BioVilAdapter(BaselineAdapter):
         if negative is None:
             raise ValueError("biovil.score needs negative prompts (the probability is softmax(positive, negative))")
         return softmax_pair(self.cosine(image_emb, positive), self.cosine(image_emb, negative)).numpy()
+
+
+def _project_folder(path: Path) -> Path | None:
+    """The folder of a checkpoint written by this project (``config.json`` beside the weights), else None."""
+    from ._checkpoints import CheckpointError
+
+    folder = path if path.is_dir() else path.parent
+    if (folder / "config.json").is_file() and (path.is_dir() or path.suffix == ".safetensors"):
+        return folder
+    if path.is_dir():
+        raise CheckpointError(path, "expected a BioViL checkpoint folder (config.json and model.safetensors, as "
+                                    "afloc-bench train biovil writes) or the released image file "
+                                    "biovil_image_resnet50_proj_size_128.pt")
+    return None
