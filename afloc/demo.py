@@ -29,14 +29,15 @@ def _complete(folder: Path) -> bool:
 
 def ensure_demo_checkpoint(quiet: bool = True) -> Path:
     """The cached demo checkpoint folder, training it first when absent."""
-    from benchmark.cache import build_once
+    from benchmark.cache import build_once, fixed_threads
 
     def build(work: Path) -> Path:
         from .train import load_train_config, train
 
         log.info("training the demo AFLoc model into %s (once; a few minutes on CPU)", demo_checkpoint_dir())
         run = work / "run"
-        train(load_train_config("demo"), run, quiet=quiet)
+        with fixed_threads():
+            train(load_train_config("demo"), run, quiet=quiet)
         staged = run / "best"
         for f in ("metrics.csv", "train_config.json"):
             if (run / f).is_file():

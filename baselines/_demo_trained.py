@@ -31,7 +31,7 @@ def _complete(folder: Path) -> bool:
 
 def ensure_demo_model(task: str, quiet: bool = True) -> Path:
     """The cached demo checkpoint folder of ``task``, training it first when absent."""
-    from benchmark.cache import build_once
+    from benchmark.cache import build_once, fixed_threads
 
     if task not in DEMO_VERSIONS:
         raise ValueError(f"no demo model for {task!r}; expected one of {sorted(DEMO_VERSIONS)}")
@@ -41,7 +41,8 @@ def ensure_demo_model(task: str, quiet: bool = True) -> Path:
 
         log.info("training the demo %s model into %s (once; a few minutes on CPU)", task, demo_model_dir(task))
         run = work / "run"
-        train(load_train_config("demo", task), run, quiet=quiet)
+        with fixed_threads():
+            train(load_train_config("demo", task), run, quiet=quiet)
         staged = run / "best"
         for f in ("metrics.csv", "train_config.json"):
             if (run / f).is_file():

@@ -129,3 +129,28 @@ class ArrayCache:
         buf = io.BytesIO()
         np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
         atomic_write_bytes(self._path(key), buf.getvalue())
+
+
+DEMO_TRAIN_THREADS = 2  # the demo models' recorded thread count (float summation order changes with it)
+
+
+class fixed_threads:
+    """Run a demo training with ``DEMO_TRAIN_THREADS`` torch threads, whatever the machine, so the
+    cached demo models (and the golden figures) come out the same on a laptop and a 64-core box."""
+
+    def __init__(self, n: int = DEMO_TRAIN_THREADS):
+        self.n = n
+
+    def __enter__(self):
+        import torch
+
+        self.before = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self.before)
+        return False
+

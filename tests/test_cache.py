@@ -114,3 +114,32 @@ def test_build_once_builds_a_folder_once_and_never_leaves_a_partial_one(tmp_path
     assert build_once(final, complete, good) == final
     assert calls == ["fail", "build"]
     assert sorted(p.name for p in final.parent.iterdir()) == [".thing-1.lock", "thing-1"]
+
+
+def test_demo_builds_train_with_the_recorded_thread_count(tmp_path, monkeypatch):
+    """Float summation order follows the thread count, so demo models are trained with a fixed one."""
+    import torch
+
+    import afloc.train as T
+    from baselines._demo_trained import ensure_demo_model
+    from benchmark.cache import DEMO_TRAIN_THREADS
+
+    monkeypatch.setenv("AFLOC_BENCH_CACHE", str(tmp_path / "cache"))
+    seen = []
+
+    def fake_train(cfg, run, quiet=True):
+        seen.append((cfg.task, torch.get_num_threads()))
+        (run / "best").mkdir(parents=True)
+        (run / "best" / "model.safetensors").write_bytes(b"x")
+        (run / "train_config.json").write_text("{}")
+
+    monkeypatch.setattr(T, "train", fake_train)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        folder = ensure_demo_model("convirt")
+        assert seen == [("convirt", DEMO_TRAIN_THREADS)]
+        assert torch.get_num_threads() == 1  # restored
+        assert (folder / "train_config.json").is_file()
+    finally:
+        torch.set_num_threads(before)
