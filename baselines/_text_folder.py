@@ -98,6 +98,14 @@ def wordpiece_tokenizer(folder: Path, do_lower_case: bool | None = None):
     return tok
 
 
+def save_wordpiece(tokenizer: Any, folder: Path) -> None:
+    """Write a WordPiece tokenizer as ``wordpiece_tokenizer`` reads it back (``vocab.txt`` and its
+    lower-casing in ``tokenizer_config.json``), so a checkpoint folder carries its own text side."""
+    tokenizer.save_vocabulary(str(folder))
+    lower = bool(getattr(tokenizer, "do_lower_case", True))
+    (Path(folder) / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": lower}) + "\n")
+
+
 def bpe_tokenizer(folder: Path):
     """RoBERTa byte-level BPE tokenizer from ``vocab.json`` + ``merges.txt``."""
     from transformers import RobertaTokenizer

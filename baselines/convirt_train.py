@@ -30,7 +30,6 @@ other file.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -143,9 +142,9 @@ class ConvirtTask(TrainTask):
         vocab = getattr(model, "tokenizer_folder", None)
         save_checkpoint(model, folder, tokenizer_folder=vocab, extra=extra)
         if vocab is None and getattr(model, "wordpiece", None) is not None:  # a tokenizer handed to the trainer
-            model.wordpiece.save_vocabulary(str(folder))
-            lower = bool(getattr(model.wordpiece, "do_lower_case", True))
-            (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": lower}) + "\n")
+            from ._text_folder import save_wordpiece
+
+            save_wordpiece(model.wordpiece, folder)
 
 
 def _load_bert(model: Any, folder: Path) -> None:

@@ -140,9 +140,9 @@ class GloriaTask(TrainTask):
                 if (Path(vocab) / name).is_file():
                     shutil.copy2(Path(vocab) / name, folder / name)
         elif getattr(model, "wordpiece", None) is not None:  # a tokenizer handed to the trainer
-            model.wordpiece.save_vocabulary(str(folder))
-            lower = bool(getattr(model.wordpiece, "do_lower_case", True))
-            (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": lower}) + "\n")
+            from ._text_folder import save_wordpiece
+
+            save_wordpiece(model.wordpiece, folder)
 
 
 def _load_bert(model: Any, folder: Path) -> None:
