@@ -77,3 +77,27 @@ class AFLocAdapter(Adapter):
 
     def score(self, image_emb: Any, positive: Any, negative: Any) -> np.ndarray:
         return self.engine.score(image_emb, positive, negative)
+
+
+@register_model("afloc_untrained", description="the demo AFLoc architecture at its seed weights, never trained; "
+                "the floor a trained demo model has to clear", tags=("control",))
+class UntrainedAFLocAdapter(AFLocAdapter):
+    """The demo recipe's model exactly as training starts (same preset, vocabulary and seed), so
+    the demo checkpoint's gain over random features is measured, not assumed."""
+
+    def load(self, checkpoint: str | None, device: str) -> None:
+        from .inference import GEOMETRIES, InferenceEngine
+        from .train import load_train_config
+        from .train_task import get_task
+
+        if checkpoint is not None:
+            raise ValueError("afloc_untrained takes no checkpoint (it is the demo model before training); "
+                             "use --ckpt afloc=PATH for trained weights")
+        self.geometry = "letterbox"
+        self.input_geometry = GEOMETRIES[self.geometry]
+        self.preprocessing_id = PREPROCESSING_IDS[self.geometry]
+        cfg = load_train_config("demo")
+        model, _ = get_task(cfg.task).build(cfg)
+        self.load_report = None
+        self.engine = InferenceEngine(model.eval(), device, text_batch=int(self.options.get("text_batch", 64)))
+        self.checkpoint, self.device = None, device

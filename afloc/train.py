@@ -68,6 +68,9 @@ class TrainConfig:
     epochs: int = 5
     batch_size: int = 128
     lr: float = 2e-5
+    # learning rates for parameters whose name starts with a prefix ({"text_encoder.": 1e-4});
+    # the longest matching prefix wins, every other parameter gets ``lr``
+    lr_by_prefix: dict[str, float] = field(default_factory=dict)
     betas: tuple[float, float] = (0.5, 0.999)
     weight_decay: float = 1e-6
     lr_gamma: float = 0.9
@@ -105,6 +108,22 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
         return d
+
+
+def param_groups(model: Any, lr: float, lr_by_prefix: dict[str, float]) -> list[dict[str, Any]]:
+    """Optimizer groups: one per learning rate, ``lr``'s group first (the one ``metrics.csv``
+    logs), parameters in model order, so a run without prefixes has the single group it always
+    had. A prefix that names no parameter is an error."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    prefixes = sorted(lr_by_prefix, key=len, reverse=True)
+    unused = [q for q in prefixes if not any(n.startswith(q) for n, _ in named)]
+    if unused:
+        raise ValueError(f"lr_by_prefix: no trainable parameter name starts with {unused}")
+    groups: dict[float, list[Any]] = {float(lr): []}
+    for n, p in named:
+        rate = next((float(lr_by_prefix[q]) for q in prefixes if n.startswith(q)), float(lr))
+        groups.setdefault(rate, []).append(p)
+    return [{"params": ps, "lr": rate} for rate, ps in groups.items() if ps]
 
 
 def load_train_config(spec: str | None, task: str = "afloc") -> TrainConfig:
@@ -281,8 +300,8 @@ class Trainer:
         self.val_data = PretrainingData(va_pairs, self.tokenizer, **kw)
         if len(self.train_data) < cfg.batch_size:
             raise ValueError(f"{len(self.train_data)} usable training pairs; fewer than one batch of {cfg.batch_size}")
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        self.opt = torch.optim.Adam(param_groups(self.model, cfg.lr, cfg.lr_by_prefix), lr=cfg.lr,
+                                    betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.StepLR(self.opt, step_size=1, gamma=cfg.lr_gamma)
         self.amp = (cfg.amp == "on") or (cfg.amp == "auto" and self.device.startswith("cuda"))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.device.startswith("cuda"))

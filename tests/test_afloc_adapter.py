@@ -119,3 +119,31 @@ def test_classification_prompts_follow_the_official_tables():
     assert len(classification_prompts("x", "Atelectasis")[0]) == 3 * 7 * 10
     assert grounding_prompt("demo_covid_rural", "COVID-19") == "Findings suggesting pneumonia."
     assert grounding_prompt("chexlocalize", "Airspace Opacity") == "Findings suggesting Airspace Opacity."
+
+
+def test_afloc_untrained_is_the_demo_training_start(tmp_path, monkeypatch):
+    """The control holds exactly the weights the demo trainer starts from (same preset, vocabulary,
+    seed and build path), gives the demo model's 8x8 grid, and refuses a checkpoint."""
+    from afloc.adapter import UntrainedAFLocAdapter
+    from afloc.tokenizer import Tokenizer
+    from afloc.train import Trainer, load_train_config
+    from afloc.vocab import ensure_demo_vocab
+    from benchmark.registry import models
+    from test_afloc_kit import synthetic_pairs
+
+    monkeypatch.setenv("AFLOC_BENCH_CACHE", str(tmp_path / "cache"))
+    assert "control" in models.entry("afloc_untrained").tags and "afloc_untrained" not in models.resolve("sanity")
+    ad = UntrainedAFLocAdapter()
+    ad.load(None, "cpu")
+    cfg = load_train_config("demo")
+    cfg.device = "cpu"
+    pairs = synthetic_pairs(tmp_path / "img", cfg.batch_size)
+    trainer = Trainer(cfg, tmp_path / "run", quiet=True, train_pairs=pairs, val_pairs=pairs,
+                      tokenizer=Tokenizer.from_path(ensure_demo_vocab()))
+    trainer.setup()
+    start, ours = trainer.model.state_dict(), ad.engine.model.state_dict()
+    assert start.keys() == ours.keys() and all(torch.equal(start[k], ours[k]) for k in start)
+    emb = ad.encode_images(ad.collate([ad.preprocess(np.zeros((64, 80), np.uint8))]))
+    assert ad.similarity_map(emb, ad.encode_texts(["right lower lobe opacity"])).shape == (1, 8, 8)
+    with pytest.raises(ValueError, match="takes no checkpoint"):
+        UntrainedAFLocAdapter().load("some/folder", "cpu")

@@ -89,6 +89,46 @@ def test_resume_mid_epoch_reaches_the_identical_state(tmp_path):
     assert la == lb
 
 
+def test_lr_by_prefix_gives_the_named_parameters_their_own_rate_and_resumes(tmp_path):
+    """A zero text rate leaves every text weight at its seed value while the image side trains;
+    metrics.csv logs ``lr``; the two-group optimizer resumes to the identical state."""
+    from safetensors.torch import load_file
+
+    pairs = synthetic_pairs(tmp_path / "img", 8)
+    tok = tokenizer(tmp_path / "tok")
+    kw = dict(quiet=True, train_pairs=pairs, val_pairs=pairs, tokenizer=tok)
+    slow = {"text_encoder.": 0.0}
+    train(tiny_cfg(epochs=1, lr=0.0), tmp_path / "init", **kw)  # lr 0: the seed weights
+    train(tiny_cfg(epochs=2, lr_by_prefix=slow), tmp_path / "a", **kw)
+    init, a = (load_file(str(tmp_path / r / "last" / "model.safetensors")) for r in ("init", "a"))
+    text = [k for k in a if k.startswith("text_encoder.")]
+    image = [k for k in a if k.startswith("img_encoder.") and a[k].is_floating_point()]
+    assert text and image
+    assert all(torch.equal(a[k], init[k]) for k in text)
+    assert sum(not torch.equal(a[k], init[k]) for k in image) > len(image) // 2
+    assert {round(float(r["lr"]), 12) for r in read_metrics(tmp_path / "a")} == {1e-3, 9e-4}  # x0.9 per epoch
+    train(tiny_cfg(epochs=2, max_steps=3, lr_by_prefix=slow), tmp_path / "b", **kw)
+    train(tiny_cfg(epochs=2, lr_by_prefix=slow), tmp_path / "b", resume=True, **kw)
+    for f in ("model.safetensors", "optimizer.safetensors"):
+        x, y = load_file(str(tmp_path / "a" / "last" / f)), load_file(str(tmp_path / "b" / "last" / f))
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), f
+
+
+def test_param_groups_order_longest_prefix_and_unknown_prefix():
+    from afloc.train import param_groups
+
+    net = torch.nn.ModuleDict({"a": torch.nn.Linear(2, 2), "ab": torch.nn.Linear(2, 2), "c": torch.nn.Linear(2, 2)})
+    names = {id(p): n for n, p in net.named_parameters()}
+    one = param_groups(net, 0.1, {})
+    assert len(one) == 1 and [names[id(p)] for p in one[0]["params"]] == [n for n, _ in net.named_parameters()]
+    groups = param_groups(net, 0.1, {"a": 0.5, "ab.": 0.01})
+    assert [g["lr"] for g in groups] == [0.1, 0.5, 0.01]
+    assert [[names[id(p)] for p in g["params"]] for g in groups] == \
+        [["c.weight", "c.bias"], ["a.weight", "a.bias"], ["ab.weight", "ab.bias"]]
+    with pytest.raises(ValueError, match="text_encoder"):
+        param_groups(net, 0.1, {"text_encoder.": 0.0})
+
+
 def test_batch_plan_groups_by_length_and_drops_the_last_partial_batch():
     b = epoch_batches(10, 4, epoch=0, seed=0)
     assert len(b) == 2 and len(set(np.concatenate(b))) == 8
