@@ -69,8 +69,10 @@ class PretrainingData:
 
     def __init__(self, pairs: Iterable[Pair | tuple[str, str]], tokenizer, *, seed: int = 0,
                  captions_per_image: int = 5, compat: bool = True, image_size: int = 224,
-                 image_cache: str | os.PathLike | None = None, image_fn=None, label_fn=None):
+                 image_cache: str | os.PathLike | None = None, image_fn=None, label_fn=None,
+                 augment: dict | None = None):
         self.tokenizer = tokenizer
+        self.augment = dict(augment or {})
         self.seed = int(seed)
         self.compat = compat
         self.image_size = image_size
@@ -147,10 +149,34 @@ class PretrainingData:
     def collate(self, indices: Sequence[int], epoch: int) -> dict[str, torch.Tensor]:
         enc = self.tokenizer([self.caption(i, epoch) for i in indices])
         images = torch.stack([self.image(i) for i in indices])
+        if self.augment:
+            images = random_affine(images, indices, epoch, self.seed, **self.augment)
         out = {"images": images, **enc, "index": torch.as_tensor(list(indices))}
         if self.label_fn is not None:
             out["labels"] = self.label_fn([self.labels[i] for i in indices])
         return out
+
+
+def random_affine(images: torch.Tensor, indices: Sequence[int], epoch: int, seed: int, *,
+                  translate: float = 0.0, scale: Sequence[float] = (1.0, 1.0), degrees: float = 0.0) -> torch.Tensor:
+    """Per-sample random shift / zoom / rotation (torchvision ``RandomAffine`` semantics), drawn
+    from ``(seed, epoch, index)`` so an epoch's inputs do not depend on workers or ranks; the
+    uncovered border takes the letterbox padding value (-1 after normalisation)."""
+    import math
+
+    import torch.nn.functional as F
+
+    theta = []
+    for i in indices:
+        rng = np.random.default_rng([seed, int(epoch) + 1, int(i), 104729])
+        tx, ty = rng.uniform(-translate, translate, 2) * 2  # fraction of the side -> [-1, 1] units
+        sc = rng.uniform(scale[0], scale[1])
+        a = math.radians(rng.uniform(-degrees, degrees))
+        c, s = math.cos(a) / sc, math.sin(a) / sc
+        theta.append([[c, -s, -tx], [s, c, -ty]])
+    theta = torch.tensor(theta, dtype=images.dtype)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1
 
 
 def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, shuffle: bool = True,

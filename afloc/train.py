@@ -88,6 +88,9 @@ class TrainConfig:
     val_batches: int | None = None
     log_every: int = 10
     save_every_steps: int | None = None
+    # random shift/zoom/rotation of training images ({"translate": 0.1, "scale": [0.9, 1.1],
+    # "degrees": 5}); off in the paper recipe (the official training has no augmentation)
+    augment: dict[str, Any] = field(default_factory=dict)
     image_cache: str | None = None  # a folder of letterboxed frames, or "memory" (with num_workers 0)
     # best/ = the epoch with the lowest validation loss (paper recipe); False: best/ = the last
     # epoch (the demo: its single validation batch of 32 pairs rises while localization improves)
@@ -102,6 +105,12 @@ class TrainConfig:
         d = dict(d)
         if "betas" in d and d["betas"] is not None:
             d["betas"] = tuple(float(b) for b in d["betas"])
+        if d.get("lr_by_prefix"):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                d["lr_by_prefix"] = {str(k): float(v) for k, v in dict(d["lr_by_prefix"]).items()}
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{source}: lr_by_prefix must map name prefixes to numbers, "
+                                 f"got {d['lr_by_prefix']!r}") from e
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
@@ -296,7 +305,7 @@ class Trainer:
         va_pairs, self.val_info = self._pairs(cfg.val_split)
         kw = dict(seed=cfg.seed, captions_per_image=cfg.captions_per_image, compat=cfg.compat,
                   image_cache=cfg.image_cache, image_fn=self.task.image_fn, label_fn=self.task.label_fn)
-        self.train_data = PretrainingData(tr_pairs, self.tokenizer, **kw)
+        self.train_data = PretrainingData(tr_pairs, self.tokenizer, augment=cfg.augment, **kw)
         self.val_data = PretrainingData(va_pairs, self.tokenizer, **kw)
         if len(self.train_data) < cfg.batch_size:
             raise ValueError(f"{len(self.train_data)} usable training pairs; fewer than one batch of {cfg.batch_size}")

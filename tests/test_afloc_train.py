@@ -127,6 +127,10 @@ def test_param_groups_order_longest_prefix_and_unknown_prefix():
         [["c.weight", "c.bias"], ["a.weight", "a.bias"], ["ab.weight", "ab.bias"]]
     with pytest.raises(ValueError, match="text_encoder"):
         param_groups(net, 0.1, {"text_encoder.": 0.0})
+    # a YAML value written without a dot ("1e-4") arrives as a string and is read as a number
+    assert TrainConfig.from_mapping({"lr_by_prefix": {"text_encoder.": "1e-4"}}).lr_by_prefix == {"text_encoder.": 1e-4}
+    with pytest.raises(ValueError, match="lr_by_prefix"):
+        TrainConfig.from_mapping({"lr_by_prefix": {"text_encoder.": "fast"}})
 
 
 def test_batch_plan_groups_by_length_and_drops_the_last_partial_batch():
@@ -204,3 +208,40 @@ def test_in_memory_image_cache_reads_each_image_once_and_changes_no_weight(tmp_p
     assert len(reads) == 24
     a, b = (load_file(str(tmp_path / r / "last" / "model.safetensors")) for r in ("mem", "disk"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_random_affine_is_seeded_per_sample_and_shifts_content():
+    """Augmentation draws from (seed, epoch, index): the same sample gets the same transform in any
+    batch, a shift moves a bright dot by the expected pixels, and the border takes the padding value."""
+    from afloc.data import random_affine
+
+    x = torch.full((2, 3, 224, 224), -1.0)
+    x[:, :, 100:104, 100:104] = 1.0
+    assert torch.allclose(random_affine(x, [3, 5], 0, 0), x, atol=1e-4)  # nothing asked: identity
+    aug = dict(translate=0.1, scale=(0.9, 1.1), degrees=5.0)
+    a = random_affine(x, [3, 5], 0, 0, **aug)
+    b = random_affine(x.flip(0), [5, 3], 0, 0, **aug).flip(0)  # same samples, other batch order
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, random_affine(x, [3, 5], 1, 0, **aug))  # a new draw each epoch
+    assert not torch.allclose(a[0], a[1])
+    only_shift = random_affine(x[:1], [0], 0, 0, translate=0.1)
+    ys, xs = torch.nonzero(only_shift[0, 0] > 0.5, as_tuple=True)
+    rng = np.random.default_rng([0, 1, 0, 104729])
+    tx, ty = rng.uniform(-0.1, 0.1, 2) * 224
+    assert abs(xs.float().mean().item() - (101.5 + tx)) < 1.0 and abs(ys.float().mean().item() - (101.5 + ty)) < 1.0
+    assert only_shift.min().item() >= -1.0 - 1e-6  # uncovered border: letterbox padding, not zero
+
+
+def test_augment_applies_to_training_batches_only(tmp_path):
+    pairs = synthetic_pairs(tmp_path / "img", 8)
+    tok = tokenizer(tmp_path / "tok")
+    plain = PretrainingData(pairs, tok, seed=0)
+    aug = PretrainingData(pairs, tok, seed=0, augment={"translate": 0.1})
+    a, b = plain.collate([0, 1, 2], 0), aug.collate([0, 1, 2], 0)
+    assert torch.equal(a["input_ids"], b["input_ids"]) and not torch.allclose(a["images"], b["images"])
+    state = train(tiny_cfg(epochs=1, augment={"translate": 0.1}), tmp_path / "run", quiet=True,
+                  train_pairs=pairs, val_pairs=pairs, tokenizer=tok)
+    assert state["history"][0]["val_loss"] > 0
+    import json
+
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["train"]["augment"] == {"translate": 0.1}

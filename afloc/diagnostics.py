@@ -1,0 +1,65 @@
+"""Why a trained AFLoc model does (or does not) localize: measurements on its own features.
+
+AFLoc's localized matching function takes a softmax over a text's units (``[CLS]`` + sentences,
+or ``[CLS]`` + words) at every image region before the softmax over regions (``afloc.losses``).
+When one unit's raw dot products dwarf the others', that inner softmax is saturated: the unit
+wins every region, the attention of the other units is flat, and their gradient through the
+attention vanishes. ``unit_saturation`` measures this on a batch.
+
+The heatmap readout is a different quantity from what the losses shape: it is the raw dot product
+of the deep local features with the *report* embedding (mean of all word vectors), while the
+sentence loss only constrains *relative* unit scores and cosines. ``readout_contrast`` scores
+alternative query vectors (the report, ``[CLS]``, the first sentence, the feature norm) with the
+same per-image contrast-to-noise ratio against a lesion mask, so one can tell "the features do not
+separate lesions" apart from "the report embedding does not read them out".
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .model import AFLoc
+
+
+def unit_saturation(deep: torch.Tensor, units: torch.Tensor, lens: torch.Tensor, threshold: float = 0.99) -> float:
+    """Fraction of (pair, region) cells whose softmax over units has a maximum above ``threshold``.
+
+    ``deep`` [B, D, H, W] region features of the images; ``units`` [B, T, D] units of their
+    own texts; ``lens`` [B] units used per text (``[CLS]`` + sentences)."""
+    B, D, H, W = deep.shape
+    if units.shape[0] != B or units.shape[2] != D:
+        raise ValueError(f"deep {tuple(deep.shape)} and units {tuple(units.shape)} do not pair up")
+    scores = torch.einsum("bdr,btd->btr", deep.reshape(B, D, H * W).float(), units.float())
+    n = torch.arange(units.shape[1], device=units.device)[None, :, None] < lens.to(units.device)[:, None, None]
+    probs = torch.softmax(scores.masked_fill(~n, float("-inf")), dim=1)
+    return float((probs.max(dim=1).values > threshold).float().mean())
+
+
+def contrast_to_noise(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Per-map CNR, (mean inside − mean outside) / sqrt(var inside + var outside), [B].
+
+    ``maps`` [B, h, w] (any scale); ``masks`` [B, h, w] booleans on the same grid."""
+    out = []
+    for m, k in zip(maps.float(), masks.bool()):
+        if not k.any() or k.all():
+            raise ValueError("each mask needs lesion and background cells")
+        i, o = m[k], m[~k]
+        out.append((i.mean() - o.mean()) / torch.sqrt(i.var(unbiased=False) + o.var(unbiased=False) + 1e-12))
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def readout_contrast(model: AFLoc, images: torch.Tensor, prompts: list[str], masks: torch.Tensor) -> dict[str, float]:
+    """Mean grid-level CNR of several readouts of the deep features against lesion ``masks``
+    ([B, h, w], on the deep grid): ``report`` (the official heatmap), ``cls``, ``sentence``
+    (first sentence unit of the prompt) and ``feature_norm`` (no text at all)."""
+    model.eval()
+    deep = model.encode_image(images, shallow=False).deep.float()
+    if masks.shape[-2:] != deep.shape[-2:]:
+        raise ValueError(f"masks {tuple(masks.shape)} must be on the deep grid {tuple(deep.shape[-2:])}")
+    tok = model.tokenize_prompts(prompts)
+    txt = model.encode_text(tok["input_ids"], tok["attention_mask"], tok["token_type_ids"])
+    queries = {"report": txt.report.float(), "cls": txt.sentences[:, 0].float(), "sentence": txt.sentences[:, 1].float()}
+    out = {k: float(contrast_to_noise(torch.einsum("bdhw,bd->bhw", deep, q), masks).mean()) for k, q in queries.items()}
+    out["feature_norm"] = float(contrast_to_noise(deep.norm(dim=1), masks).mean())
+    return out

@@ -1,0 +1,60 @@
+"""Diagnostics of a trained AFLoc model: unit-softmax saturation and readout contrast."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from afloc.diagnostics import contrast_to_noise, readout_contrast, unit_saturation
+from test_afloc_kit import tiny_model
+from test_afloc_kit import one_thread  # noqa: F401  (fixture)
+
+
+def test_unit_saturation_sees_a_dominant_unit_and_ignores_padding():
+    g = torch.Generator().manual_seed(0)
+    deep = torch.randn(2, 8, 3, 3, generator=g)
+    units = torch.randn(2, 4, 8, generator=g) * 0.01
+    lens = torch.tensor([3, 3])
+    assert unit_saturation(deep, units, lens) == 0.0  # comparable small units: soft everywhere
+    loud = units.clone()
+    loud[:, 0] = deep.mean((2, 3)) * 100  # one unit aligned with the regions, large norm
+    assert unit_saturation(deep, loud, lens) > 0.9
+    pad = units.clone()
+    pad[:, 3] = deep.mean((2, 3)) * 100  # a huge vector in a padded slot changes nothing
+    assert unit_saturation(deep, pad, lens) == 0.0
+    with pytest.raises(ValueError, match="pair up"):
+        unit_saturation(deep, units[:1], lens[:1])
+
+
+def test_contrast_to_noise_is_the_formula_and_sign_aware():
+    m = torch.zeros(1, 4, 4)
+    k = torch.zeros(1, 4, 4, dtype=torch.bool)
+    k[0, :2, :2] = True
+    m[0][k[0]] = torch.tensor([2.0, 2.0, 4.0, 4.0])
+    i, o = m[0][k[0]], m[0][~k[0]]
+    want = (i.mean() - o.mean()) / torch.sqrt(i.var(unbiased=False) + o.var(unbiased=False))
+    torch.testing.assert_close(contrast_to_noise(m, k)[0], want)
+    torch.testing.assert_close(contrast_to_noise(-m, k)[0], -want)
+    with pytest.raises(ValueError, match="lesion and background"):
+        contrast_to_noise(m, torch.zeros_like(k))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_readout_contrast_scores_the_official_heatmap_and_the_alternatives(tmp_path):
+    from afloc.model import similarity_grid
+
+    model = tiny_model(tmp_path, upsample=None).eval()
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    prompts = ["Findings suggesting pneumonia.", "There is a small left pleural effusion."]
+    with torch.no_grad():
+        deep = model.encode_image(images, shallow=False).deep
+    masks = torch.zeros(2, *deep.shape[-2:], dtype=torch.bool)
+    masks[:, :2, :2] = True
+    got = readout_contrast(model, images, prompts, masks)
+    assert set(got) == {"report", "cls", "sentence", "feature_norm"}
+    with torch.no_grad():
+        official = similarity_grid(deep, model.report_embeddings(prompts))
+    assert got["report"] == pytest.approx(float(contrast_to_noise(official, masks).mean()), rel=1e-5)
+    assert got["feature_norm"] == pytest.approx(float(contrast_to_noise(deep.norm(dim=1), masks).mean()), rel=1e-5)
+    with pytest.raises(ValueError, match="deep grid"):
+        readout_contrast(model, images, prompts, torch.ones(2, 1, 1, dtype=torch.bool))
