@@ -85,14 +85,41 @@ def resummarize(run_dir: str | Path) -> dict:
     return out
 
 
-def _store(run_dir: Path, dest: Path, with_records: bool) -> None:
+def _portable(obj, prefixes: list[tuple[str, str]]):
+    """``obj`` with every string that starts with a machine path rewritten to its placeholder."""
+    if isinstance(obj, dict):
+        return {k: _portable(v, prefixes) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_portable(v, prefixes) for v in obj]
+    if isinstance(obj, str):
+        for path, name in prefixes:
+            if obj == path or obj.startswith(path + os.sep):
+                return name + obj[len(path):]
+    return obj
+
+
+def _store(run_dir: Path, dest: Path, with_records: bool, workdir: Path | None = None) -> None:
+    """Copy a run into ``dest`` with the machine's paths (the run folder, the cache, the small
+    run's work folder) written as ``<run>``, ``<cache>`` and ``<workdir>``, so the committed
+    references name no one's disk."""
+    from .dataset import cache_home
+
+    places = [(Path(run_dir), "<run>"), (cache_home(), "<cache>")] + ([(Path(workdir), "<workdir>")] if workdir else [])
+    prefixes = sorted({(str(p), name) for path, name in places for p in (path, path.resolve())},
+                      key=lambda p: -len(p[0]))
+
+    def copy_json(src: Path, dst: Path) -> None:
+        dst.write_text(json.dumps(_portable(json.loads(src.read_text()), prefixes), indent=2) + "\n")
+
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    shutil.copy2(run_dir / "results.json", dest / "results.json")
+    copy_json(run_dir / "results.json", dest / "results.json")
     if with_records:
-        for sub in ("samples", "pairs"):
-            shutil.copytree(run_dir / sub, dest / sub)
+        shutil.copytree(run_dir / "samples", dest / "samples")
+        (dest / "pairs").mkdir()
+        for f in sorted((run_dir / "pairs").glob("*.json")):
+            copy_json(f, dest / "pairs" / f.name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
-            run = small_run(args.workdir or tmp)
-            _store(run, GOLDEN_DIR / "golden-small", with_records=False)
+            workdir = Path(args.workdir or tmp)
+            run = small_run(workdir)
+            _store(run, GOLDEN_DIR / "golden-small", with_records=False, workdir=workdir)
     else:
         _store(Path(args.run_dir), GOLDEN_DIR / "golden-full", with_records=True)
     print(f"golden results written under {GOLDEN_DIR}")

@@ -102,3 +102,46 @@ def test_full_demo_run_afloc_beats_its_untrained_start_and_the_centre_prior():
             assert got["point"] > prior["point"], (ds, metric, got, prior)
             if ds in ("demo_rsna", "demo_covid_rural", "demo_siim"):
                 assert got["lo"] > prior["hi"], (ds, metric, got, prior)
+
+
+def test_stored_references_name_no_machine_path(tmp_path, monkeypatch):
+    """``_store`` writes the run folder and the cache as placeholders, in results.json and in the
+    pair records, and leaves the per-sample records untouched."""
+    from benchmark.golden import _store
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("AFLOC_BENCH_CACHE", str(cache))
+    run = tmp_path / "run"
+    (run / "pairs").mkdir(parents=True)
+    (run / "samples").mkdir()
+    (run / "samples" / "a__m.parquet").write_bytes(b"PAR1")
+    state = {"config": {"output": str(run), "n_boot": 3}, "note": f"{cache}x stays",
+             "datasets": {"a": {"root": str(cache / "demo" / "a")}}}
+    (run / "results.json").write_text(json.dumps(state))
+    (run / "pairs" / "a__m.json").write_text(json.dumps({"model": {"checkpoint": str(cache / "models" / "m")}}))
+    _store(run, tmp_path / "golden", with_records=True)
+    got = json.loads((tmp_path / "golden" / "results.json").read_text())
+    assert got["config"] == {"output": "<run>", "n_boot": 3}
+    assert got["datasets"]["a"]["root"] == "<cache>/demo/a"
+    assert got["note"] == f"{cache}x stays"  # only whole path components are rewritten
+    pair = json.loads((tmp_path / "golden" / "pairs" / "a__m.json").read_text())
+    assert pair["model"]["checkpoint"] == "<cache>/models/m"
+    assert (tmp_path / "golden" / "samples" / "a__m.parquet").read_bytes() == b"PAR1"
+
+
+def test_committed_references_name_no_machine_path():
+    def strings(obj):
+        if isinstance(obj, dict):
+            for v in obj.values():
+                yield from strings(v)
+        elif isinstance(obj, list):
+            for v in obj:
+                yield from strings(v)
+        elif isinstance(obj, str):
+            yield obj
+
+    files = [GOLDEN_DIR / "golden-small" / "results.json", GOLDEN_DIR / "golden-full" / "results.json",
+             *sorted((GOLDEN_DIR / "golden-full" / "pairs").glob("*.json"))]
+    for f in files:
+        absolute = [s for s in strings(json.loads(f.read_text())) if s.startswith("/")]
+        assert not absolute, (f.name, absolute[:3])
