@@ -73,6 +73,11 @@ class PretrainingData:
                  augment: dict | None = None):
         self.tokenizer = tokenizer
         self.augment = dict(augment or {})
+        unknown = sorted(set(self.augment) - set(AUGMENT_KEYS))
+        if unknown:
+            raise ValueError(f"augment: unknown keys {unknown}; expected some of {list(AUGMENT_KEYS)}")
+        if self.augment and image_fn is not None:  # the border value assumes AFLoc's [-1, 1] input
+            raise ValueError("augment applies to AFLoc's own input only, not to a training task's image_fn")
         self.seed = int(seed)
         self.compat = compat
         self.image_size = image_size
@@ -155,6 +160,9 @@ class PretrainingData:
         if self.label_fn is not None:
             out["labels"] = self.label_fn([self.labels[i] for i in indices])
         return out
+
+
+AUGMENT_KEYS = ("translate", "scale", "degrees")
 
 
 def random_affine(images: torch.Tensor, indices: Sequence[int], epoch: int, seed: int, *,

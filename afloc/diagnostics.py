@@ -16,6 +16,7 @@ separate lesions" apart from "the report embedding does not read them out".
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .model import AFLoc
@@ -36,16 +37,16 @@ def unit_saturation(deep: torch.Tensor, units: torch.Tensor, lens: torch.Tensor,
 
 
 def contrast_to_noise(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Per-map CNR, (mean inside − mean outside) / sqrt(var inside + var outside), [B].
+    """Per-map CNR (``benchmark.metrics.cnr``: signed, population variances), [B], on the raw
+    grid: no smoothing, margin or normalisation, so readouts are compared on equal terms.
 
     ``maps`` [B, h, w] (any scale); ``masks`` [B, h, w] booleans on the same grid."""
-    out = []
-    for m, k in zip(maps.float(), masks.bool()):
-        if not k.any() or k.all():
-            raise ValueError("each mask needs lesion and background cells")
-        i, o = m[k], m[~k]
-        out.append((i.mean() - o.mean()) / torch.sqrt(i.var(unbiased=False) + o.var(unbiased=False) + 1e-12))
-    return torch.stack(out)
+    from benchmark.metrics import cnr
+
+    k = masks.bool().flatten(1)
+    if not (k.any(1) & ~k.all(1)).all():
+        raise ValueError("each mask needs lesion and background cells")
+    return torch.from_numpy(cnr(maps.detach().cpu().float().numpy(), masks.cpu().numpy().astype(np.uint8))).float()
 
 
 @torch.no_grad()

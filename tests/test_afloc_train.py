@@ -239,6 +239,10 @@ def test_augment_applies_to_training_batches_only(tmp_path):
     aug = PretrainingData(pairs, tok, seed=0, augment={"translate": 0.1})
     a, b = plain.collate([0, 1, 2], 0), aug.collate([0, 1, 2], 0)
     assert torch.equal(a["input_ids"], b["input_ids"]) and not torch.allclose(a["images"], b["images"])
+    with pytest.raises(ValueError, match="rotate"):
+        PretrainingData(pairs, tok, augment={"rotate": 5})
+    with pytest.raises(ValueError, match="image_fn"):
+        PretrainingData(pairs, tok, augment={"translate": 0.1}, image_fn=lambda p: torch.zeros(3, 8, 8))
     state = train(tiny_cfg(epochs=1, augment={"translate": 0.1}), tmp_path / "run", quiet=True,
                   train_pairs=pairs, val_pairs=pairs, tokenizer=tok)
     assert state["history"][0]["val_loss"] > 0
