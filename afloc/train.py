@@ -22,7 +22,9 @@ Contrastive negatives across ranks (``negatives``):
 
 Outputs in ``-o DIR``: ``train_config.json``, ``metrics.csv`` (and TensorBoard events when
 installed), ``last/`` (resumable: weights, optimizer, scheduler, scaler and RNG state) and
-``best/``, each a checkpoint folder loadable with ``--ckpt afloc=DIR/best``.
+``best/``, each a checkpoint folder loadable with ``--ckpt afloc=DIR/best``. With ``ema_decay``
+both folders hold the averaged weights (validated and selected as such) and ``last/`` also keeps
+the optimiser's own weights for resume.
 """
 
 from __future__ import annotations
@@ -95,6 +97,10 @@ class TrainConfig:
     # best/ = the epoch with the lowest validation loss (paper recipe); False: best/ = the last
     # epoch (the demo: its single validation batch of 32 pairs rises while localization improves)
     select_best: bool = True
+    # exponential moving average of the weights (0.99: about the last 100 steps), updated after
+    # every optimiser step; validation and the saved model use the average (None: off, as in the
+    # paper recipe). It smooths the end point of short, noisy from-scratch runs
+    ema_decay: float | None = None
 
     @classmethod
     def from_mapping(cls, d: dict[str, Any], source: str = "config") -> "TrainConfig":
@@ -105,6 +111,11 @@ class TrainConfig:
         d = dict(d)
         if "betas" in d and d["betas"] is not None:
             d["betas"] = tuple(float(b) for b in d["betas"])
+        if d.get("ema_decay") is not None:
+            ema = float(d["ema_decay"])
+            if not 0.0 < ema < 1.0:
+                raise ValueError(f"{source}: ema_decay must be in (0, 1) or null, got {d['ema_decay']!r}")
+            d["ema_decay"] = ema
         if d.get("lr_by_prefix"):  # YAML 1.1 reads "1e-4" (no dot) as a string
             try:
                 d["lr_by_prefix"] = {str(k): float(v) for k, v in dict(d["lr_by_prefix"]).items()}
@@ -316,6 +327,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.device.startswith("cuda"))
         self.state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_val_loss": None, "best_epoch": None,
                       "history": [], "finished": False}
+        self.ema = self._ema_init() if cfg.ema_decay else None
         if self.resume:
             self._load_state(self.out / "last")
         if self.dist.main:
@@ -411,7 +423,44 @@ class Trainer:
         self.scaler.step(self.opt)
         self.scaler.update()
         self._sync_buffers()
+        if self.ema is not None:
+            self._ema_update()
         return self._reduce_mean(terms)
+
+    # -- weight averaging (ema_decay) ---------------------------------------------------------
+    def _ema_init(self) -> dict[str, Any]:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def _ema_update(self) -> None:
+        """avg ← d·avg + (1 − d)·w for floating weights and buffers; counters are copied."""
+        import torch
+
+        d = float(self.cfg.ema_decay)
+        with torch.no_grad():
+            for k, v in self.model.state_dict().items():
+                avg = self.ema[k]
+                if avg.is_floating_point():
+                    avg.mul_(d).add_(v.detach(), alpha=1.0 - d)
+                else:
+                    avg.copy_(v)
+
+    def _averaged(self):
+        """Context: the model holds the averaged weights inside, its own weights again after."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def swap():
+            if self.ema is None:
+                yield
+                return
+            raw = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.model.load_state_dict(self.ema, strict=True)
+            try:
+                yield
+            finally:
+                self.model.load_state_dict(raw, strict=True)
+
+        return swap()
 
     def evaluate(self) -> dict[str, float] | None:
         import torch
@@ -425,7 +474,7 @@ class Trainer:
         if self.cfg.val_batches:
             batches = batches[: self.cfg.val_batches]
         totals: dict[str, float] = {}
-        with torch.no_grad():
+        with torch.no_grad(), self._averaged():
             for groups in self._rank_groups(self.val_data, batches, epoch=-1):
                 terms = self._forward_terms(groups, train=False)
                 for k, v in terms.items():
@@ -547,10 +596,14 @@ class Trainer:
         final = self.out / which
         tmp = self.out / f".{which}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        self.task.save(self.model, tmp, {"training": {"epoch": self.state["epoch"],
-                                                      "global_step": self.state["global_step"],
-                                                      "best_val_loss": self.state["best_val_loss"]}})
+        extra = {"training": {"epoch": self.state["epoch"], "global_step": self.state["global_step"],
+                              "best_val_loss": self.state["best_val_loss"], "ema_decay": self.cfg.ema_decay}}
+        with self._averaged():  # with ema_decay the folder's model is the average (what gets evaluated)
+            self.task.save(self.model, tmp, extra)
         tensors: dict[str, torch.Tensor] = {}
+        if self.ema is not None:  # the optimiser's own weights, for resume
+            for k, v in self.model.state_dict().items():
+                tensors[f"raw.{k}"] = v.detach().cpu().contiguous()
         opt_sd = self.opt.state_dict()
         layout: dict[str, Any] = {"param_groups": opt_sd["param_groups"], "state": {}}
         for pid, pstate in opt_sd["state"].items():
@@ -598,6 +651,15 @@ class Trainer:
         self.task.load_weights(self.model, folder)
         self.model.to(self.device)
         tensors = load_file(str(folder / OPTIM_FILE))
+        raw = {k[len("raw."):]: v for k, v in tensors.items() if k.startswith("raw.")}
+        if self.ema is not None:
+            if not raw:
+                raise CheckpointError(folder, "a run without ema_decay; resume it without ema_decay")
+            self.ema = {k: v.detach().clone() for k, v in self.model.state_dict().items()}  # the saved average
+            self.model.load_state_dict(raw, strict=True)
+        elif raw:
+            raise CheckpointError(folder, f"a run with ema_decay {doc.get('train_config', {}).get('ema_decay')}; "
+                                          "resume it with the same ema_decay")
         layout = doc["optimizer"]
         state = {}
         for pid, pstate in layout["state"].items():

@@ -249,3 +249,66 @@ def test_augment_applies_to_training_batches_only(tmp_path):
     import json
 
     assert json.loads((tmp_path / "run" / "train_config.json").read_text())["train"]["augment"] == {"translate": 0.1}
+
+
+def test_ema_decay_saves_the_average_of_the_trajectory_and_leaves_training_unchanged(tmp_path):
+    """best/ and last/ hold d-weighted averages of the step weights (starting at the seed
+    weights); the optimiser's own weights, kept in last/ for resume, equal a run without EMA."""
+    from safetensors.torch import load_file
+
+    pairs = synthetic_pairs(tmp_path / "img", 8)
+    tok = tokenizer(tmp_path / "tok")
+    kw = dict(quiet=True, train_pairs=pairs, val_pairs=pairs, tokenizer=tok)
+    d = 0.5
+    st = train(tiny_cfg(epochs=2, ema_decay=d, select_best=False), tmp_path / "ema", **kw)
+    assert st["global_step"] == 4
+    from afloc.train_task import AFLocTask
+
+    seed_model, _ = AFLocTask().build(tiny_cfg(), tok)  # the weights training starts from
+    steps = [{k: v.detach().clone() for k, v in seed_model.state_dict().items()}]
+    for k in range(1, 5):
+        train(tiny_cfg(epochs=2, max_steps=k), tmp_path / f"w{k}", **kw)
+        steps.append(load_file(str(tmp_path / f"w{k}" / "last" / "model.safetensors")))
+    saved = load_file(str(tmp_path / "ema" / "last" / "model.safetensors"))
+    best = load_file(str(tmp_path / "ema" / "best" / "model.safetensors"))
+    raw = {k[4:]: v for k, v in load_file(str(tmp_path / "ema" / "last" / "optimizer.safetensors")).items()
+           if k.startswith("raw.")}
+    assert raw.keys() == saved.keys() == steps[4].keys()
+    moved = 0
+    for name, w in saved.items():
+        assert torch.equal(raw[name], steps[4][name]), name  # averaging never feeds back into training
+        assert torch.equal(best[name], w), name
+        if not w.is_floating_point():
+            assert torch.equal(w, steps[4][name]), name
+            continue
+        expect = steps[0][name].double()
+        for s in steps[1:]:
+            expect = d * expect + (1 - d) * s[name].double()
+        torch.testing.assert_close(w.double(), expect, rtol=1e-5, atol=1e-6)
+        moved += not torch.allclose(w, steps[4][name])
+    assert moved > len(saved) // 4  # the average differs from the last step
+
+
+def test_ema_decay_resumes_to_the_identical_state_and_refuses_a_mismatched_resume(tmp_path):
+    from safetensors.torch import load_file
+
+    from afloc.checkpoint import CheckpointError
+
+    pairs = synthetic_pairs(tmp_path / "img", 8)
+    tok = tokenizer(tmp_path / "tok")
+    kw = dict(quiet=True, train_pairs=pairs, val_pairs=pairs, tokenizer=tok)
+    train(tiny_cfg(epochs=2, ema_decay=0.7), tmp_path / "a", **kw)
+    train(tiny_cfg(epochs=2, ema_decay=0.7, max_steps=3), tmp_path / "b", **kw)
+    train(tiny_cfg(epochs=2, ema_decay=0.7), tmp_path / "b", resume=True, **kw)
+    for f in ("model.safetensors", "optimizer.safetensors"):
+        x, y = load_file(str(tmp_path / "a" / "last" / f)), load_file(str(tmp_path / "b" / "last" / f))
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), f
+    assert [r["loss"] for r in read_metrics(tmp_path / "a", "val")] == \
+        [r["loss"] for r in read_metrics(tmp_path / "b", "val")]
+    with pytest.raises(CheckpointError, match="resume it with the same ema_decay"):
+        train(tiny_cfg(epochs=3), tmp_path / "b", resume=True, **kw)
+    train(tiny_cfg(epochs=1, max_steps=1), tmp_path / "plain", **kw)
+    with pytest.raises(CheckpointError, match="without ema_decay"):
+        train(tiny_cfg(epochs=1, ema_decay=0.7), tmp_path / "plain", resume=True, **kw)
+    with pytest.raises(ValueError, match="ema_decay must be in"):
+        TrainConfig.from_mapping({"ema_decay": 1.5})
