@@ -6,7 +6,10 @@ Prints, for the demo and the paper configuration (random weights; the demo vocab
     ``encode_images`` → ``encode_texts`` → ``similarity_map``) and through a bare model forward
     on ready tensors (deep features · report embeddings), and the adapter's overhead over the
     bare forward, with and without the preprocessing (the official letterbox: an INTER_AREA
-    resize, about 0.4 ms per image here, which the runner does in its DataLoader workers).
+    resize, about 0.4 ms per image here, which the runner does in its DataLoader workers);
+  * the word-level loss (forward + backward) on report-like ragged lengths, with texts grouped by
+    length (``afloc.losses.length_chunks``, what training uses) against one group padded to the
+    longest text (the previous layout), in the same process, and their largest difference.
 """
 
 from __future__ import annotations
@@ -76,6 +79,37 @@ def train_throughput(preset: str, batch: int, steps: int) -> float:
     return batch / _best(step, steps)
 
 
+# Word counts of one demo training batch (32 reports): ragged like real reports, mean 24, max 93.
+RAGGED_WORDS = [93, 61, 67, 41, 48, 46, 39, 44, 37, 31, 28, 23, 20, 18, 17, 12, 15, 13, 13, 12, 11, 10, 10, 10,
+                9, 6, 6, 6, 4, 4, 4, 3]
+
+
+def word_loss_grouping(preset: str, repeats: int) -> dict[str, float]:
+    """Word-level local loss, grouped by length vs one padded group, on the preset's shallow grid."""
+    from .losses import local_loss
+
+    m = _model(preset).eval()
+    with torch.no_grad():
+        shallow = m.encode_image(torch.zeros(1, 3, 224, 224), shallow=True).shallow
+    _, D, H, W = shallow.shape
+    lens = torch.tensor(RAGGED_WORDS)
+    B = len(RAGGED_WORDS)
+    gen = torch.Generator().manual_seed(0)
+    img = torch.randn(B, D, H, W, generator=gen).requires_grad_()
+    units = torch.randn(B, int(lens.max()), D, generator=gen).requires_grad_()
+
+    def run(chunk):
+        img.grad = units.grad = None
+        l0, l1 = local_loss(img, units, lens, chunk=chunk)
+        (l0 + l1).backward()
+        return float((l0 + l1).detach())
+
+    grouped, padded = run(None), run(B)
+    t_g, t_p = _best_pair(lambda: run(None), lambda: run(B), repeats)
+    return {"word_loss_grouped_ms": 1e3 * t_g, "word_loss_padded_ms": 1e3 * t_p, "word_loss_speedup": t_p / t_g,
+            "word_loss_abs_diff": abs(grouped - padded), "grid": f"{H}x{W}", "batch": B}
+
+
 def inference_throughput(preset: str, batch: int, repeats: int) -> dict[str, float]:
     from .inference import InferenceEngine, preprocess_image
     from .model import similarity_grid
@@ -135,6 +169,14 @@ def main(argv=None) -> int:
                      "train_batch": a.train_batch, "infer_batch": a.infer_batch, "threads": torch.get_num_threads()})
         print(f"{preset:<8}{tr:>17.2f}{inf['adapter_maps_per_s']:>16.2f}{inf['bare_maps_per_s']:>13.2f}"
               f"{inf['overhead_pct']:>9.1f}%{inf['overhead_without_preprocess_pct']:>15.1f}%")
+    print(f"\nword-level loss, forward + backward, {len(RAGGED_WORDS)} texts of "
+          f"{min(RAGGED_WORDS)}-{max(RAGGED_WORDS)} words:")
+    print(f"{'config':<8}{'grid':>7}{'grouped ms':>12}{'padded ms':>11}{'speed-up':>10}{'|loss diff|':>13}")
+    for row in rows:
+        w = word_loss_grouping(row["config"], a.repeats)
+        row.update(w)
+        print(f"{row['config']:<8}{w['grid']:>7}{w['word_loss_grouped_ms']:>12.1f}{w['word_loss_padded_ms']:>11.1f}"
+              f"{w['word_loss_speedup']:>9.2f}x{w['word_loss_abs_diff']:>13.2e}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=2)

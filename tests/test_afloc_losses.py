@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from afloc.losses import global_loss, local_loss, local_similarity
+from afloc.losses import global_loss, length_chunks, local_loss, local_similarity
 from test_afloc_kit import one_thread  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -60,8 +60,23 @@ def test_local_similarity_matches_the_direct_formula_with_ragged_units():
     np.testing.assert_allclose(Z.numpy(), ref, rtol=1e-10, atol=1e-12)
     # chunking over texts does not change anything; "mean" divides inside the log
     np.testing.assert_allclose(local_similarity(img, units, lens, chunk=1).numpy(), ref, rtol=1e-10)
+    np.testing.assert_allclose(local_similarity(img, units, lens, chunk=2).numpy(), ref, rtol=1e-10)
     np.testing.assert_allclose(local_similarity(img, units, lens, agg="mean").numpy(),
                                direct_z(img.numpy(), units.numpy(), lens.tolist(), agg="mean"), rtol=1e-10)
+
+
+def test_length_chunks_groups_similar_lengths_longest_first():
+    lens = [93, 61, 67, 41, 48, 46, 39, 3, 20, 10, 9, 4]
+    groups = length_chunks(lens, cells=32 * 256)
+    assert sorted(j for g in groups for j in g) == list(range(len(lens)))
+    assert [[lens[j] for j in g] for g in groups] == [[93, 67, 61, 48], [46, 41, 39], [20, 10, 9, 4, 3]]
+    for g in groups[:-1]:  # at most half of a group is padding, unless the group is tiny
+        assert all(2 * lens[j] >= lens[g[0]] for j in g)
+    # small groups are merged whatever the padding; the element budget splits large ones
+    assert length_chunks(lens, cells=4) == [sorted(range(len(lens)), key=lambda j: -lens[j])]
+    assert [len(g) for g in length_chunks([10] * 8, cells=1000, budget=30_000)] == [3, 3, 2]
+    # a fixed size overrides both rules; ties keep the batch order
+    assert length_chunks([5, 7, 5, 1], cells=10**6, chunk=2) == [[1, 0], [2, 3]]
 
 
 def test_padding_units_beyond_cap_len_are_ignored():

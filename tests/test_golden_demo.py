@@ -88,20 +88,47 @@ def test_full_demo_run_has_the_demo_trained_baselines_and_their_measured_wins():
 
 
 def test_full_demo_run_afloc_beats_its_untrained_start_and_the_centre_prior():
-    """The demo AFLoc model (afloc/configs/demo.yaml) learned to localize: on every box/mask set it
-    beats its own seed weights (``afloc_untrained``) beyond the CIs on IoU and CNR, and on RSNA,
-    COVID Rural and SIIM it also beats ``center_prior`` beyond the CIs on both (docs/afloc.md).
-    On MS-CXR, NIH and ChestX-Det10 it is ahead of the centre prior by the point estimate only."""
+    """What the demo AFLoc model (afloc/configs/demo.yaml, version 4) learned, as docs/afloc.md
+    states it. Beyond the CIs: over its own seed weights (``afloc_untrained``) on IoU on five of the
+    six box/mask sets and on CNR on four; over ``center_prior`` on RSNA, COVID Rural and SIIM on
+    both metrics. Where it falls short (SIIM against the untrained model, MS-CXR against the
+    centre prior) the numbers are pinned too, so that a better demo model has to update the docs."""
     state = json.loads((GOLDEN_DIR / "golden-full" / "results.json").read_text())
-    for ds in ("demo_rsna", "demo_covid_rural", "demo_siim", "demo_ms_cxr", "demo_nih_bbox", "demo_chestx_det10"):
-        for metric in ("iou", "cnr"):
-            got = _overall(state, ds, "afloc", metric)
-            floor = _overall(state, ds, "afloc_untrained", metric)
-            prior = _overall(state, ds, "center_prior", metric)
+    beyond_untrained = {"iou": ("demo_rsna", "demo_covid_rural", "demo_ms_cxr", "demo_nih_bbox", "demo_chestx_det10"),
+                        "cnr": ("demo_rsna", "demo_covid_rural", "demo_ms_cxr", "demo_nih_bbox")}
+    for metric, sets in beyond_untrained.items():
+        for ds in sets:
+            got, floor = (_overall(state, ds, m, metric) for m in ("afloc", "afloc_untrained"))
             assert got["lo"] > floor["hi"], (ds, metric, got, floor)
-            assert got["point"] > prior["point"], (ds, metric, got, prior)
-            if ds in ("demo_rsna", "demo_covid_rural", "demo_siim"):
-                assert got["lo"] > prior["hi"], (ds, metric, got, prior)
+    for ds in ("demo_rsna", "demo_covid_rural", "demo_siim"):
+        for metric in ("iou", "cnr"):
+            got, prior = (_overall(state, ds, m, metric) for m in ("afloc", "center_prior"))
+            assert got["lo"] > prior["hi"], (ds, metric, got, prior)
+    # the shortfalls docs/afloc.md reports
+    assert _overall(state, "demo_siim", "afloc", "cnr")["point"] < _overall(state, "demo_siim", "afloc_untrained", "cnr")["point"]
+    assert _overall(state, "demo_ms_cxr", "afloc", "iou")["point"] < _overall(state, "demo_ms_cxr", "center_prior", "iou")["point"]
+
+
+def test_full_demo_run_afloc_against_the_centre_prior_paired_on_the_same_images(tmp_path):
+    """The paired bootstrap (``afloc-bench compare``: both models resampled with the same images)
+    separates the demo model from the centre prior where the two separate CIs overlap: CNR on NIH,
+    IoU at both thresholds on ChestX-Det10."""
+    from benchmark.compare import compare_runs
+
+    samples = GOLDEN_DIR / "golden-full" / "samples"
+    for model in ("afloc", "center_prior"):
+        (tmp_path / model / "samples").mkdir(parents=True)
+        for f in samples.glob(f"*__{model}.parquet"):
+            (tmp_path / model / "samples" / f.name).symlink_to(f)
+    df = compare_runs(tmp_path / "afloc", tmp_path / "center_prior", metric=["cnr", "iou@0.3", "iou@0.5"])
+    df = df[(df["category"] == "all") & (df["n"] > 0)].set_index(["dataset", "metric"])  # localization rows
+    for key in (("demo_nih_bbox", "cnr"), ("demo_chestx_det10", "iou@0.3"), ("demo_chestx_det10", "iou@0.5"),
+                ("demo_rsna", "cnr"), ("demo_siim", "cnr")):
+        r = df.loc[key]
+        assert r["model_a"] == "afloc" and r["model_b"] == "center_prior"
+        assert r["lo"] > 0 and r["p_value"] < 0.01, (key, r.to_dict())
+    r = df.loc[("demo_ms_cxr", "cnr")]  # MS-CXR: no difference either way
+    assert r["lo"] < 0 < r["hi"], r.to_dict()
 
 
 def test_stored_references_name_no_machine_path(tmp_path, monkeypatch):
