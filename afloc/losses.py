@@ -76,10 +76,9 @@ def local_similarity(img: torch.Tensor, units: torch.Tensor, lens: torch.Tensor,
     ctx_t = ctx.transpose(1, 2)  # [B, R, D]
     lens = lens.to(units.device).long()
     lens_list = [int(n) for n in lens.tolist()]
-    groups = length_chunks(lens_list, B * R, chunk)
     out, placed = [], []
-    for g in groups:
-        N = max(1, max(lens_list[j] for j in g))
+    for g in length_chunks(lens_list, B * R, chunk):
+        N = max(1, lens_list[g[0]])  # groups are longest first
         c = len(g)
         rows = torch.tensor(g, device=units.device)
         qc = units.index_select(0, rows)[:, :N]

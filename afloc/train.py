@@ -30,6 +30,7 @@ the optimiser's own weights for resume.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import json
@@ -327,7 +328,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.device.startswith("cuda"))
         self.state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_val_loss": None, "best_epoch": None,
                       "history": [], "finished": False}
-        self.ema = self._ema_init() if cfg.ema_decay else None
+        self.ema = self._state_copy() if cfg.ema_decay else None
         if self.resume:
             self._load_state(self.out / "last")
         if self.dist.main:
@@ -428,7 +429,7 @@ class Trainer:
         return self._reduce_mean(terms)
 
     # -- weight averaging (ema_decay) ---------------------------------------------------------
-    def _ema_init(self) -> dict[str, Any]:
+    def _state_copy(self) -> dict[str, Any]:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def _ema_update(self) -> None:
@@ -444,23 +445,18 @@ class Trainer:
                 else:
                     avg.copy_(v)
 
+    @contextlib.contextmanager
     def _averaged(self):
         """Context: the model holds the averaged weights inside, its own weights again after."""
-        import contextlib
-
-        @contextlib.contextmanager
-        def swap():
-            if self.ema is None:
-                yield
-                return
-            raw = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            self.model.load_state_dict(self.ema, strict=True)
-            try:
-                yield
-            finally:
-                self.model.load_state_dict(raw, strict=True)
-
-        return swap()
+        if self.ema is None:
+            yield
+            return
+        raw = self._state_copy()
+        self.model.load_state_dict(self.ema, strict=True)
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(raw, strict=True)
 
     def evaluate(self) -> dict[str, float] | None:
         import torch
@@ -655,7 +651,7 @@ class Trainer:
         if self.ema is not None:
             if not raw:
                 raise CheckpointError(folder, "a run without ema_decay; resume it without ema_decay")
-            self.ema = {k: v.detach().clone() for k, v in self.model.state_dict().items()}  # the saved average
+            self.ema = self._state_copy()  # the saved average
             self.model.load_state_dict(raw, strict=True)
         elif raw:
             raise CheckpointError(folder, f"a run with ema_decay {doc.get('train_config', {}).get('ema_decay')}; "
