@@ -102,6 +102,10 @@ class TrainConfig:
     # every optimiser step; validation and the saved model use the average (None: off, as in the
     # paper recipe). It smooths the end point of short, noisy from-scratch runs
     ema_decay: float | None = None
+    # masked-LM pretraining of the text encoder on the training reports before the contrastive
+    # steps ({"steps": 800, "batch_size": 64, "lr": 1e-3}; afloc.text_pretrain): the demo's stand-in
+    # for starting from a pretrained BERT (None: off, as in the paper recipe, which loads one)
+    text_pretrain: dict[str, Any] | None = None
 
     @classmethod
     def from_mapping(cls, d: dict[str, Any], source: str = "config") -> "TrainConfig":
@@ -112,6 +116,10 @@ class TrainConfig:
         d = dict(d)
         if "betas" in d and d["betas"] is not None:
             d["betas"] = tuple(float(b) for b in d["betas"])
+        if d.get("text_pretrain") is not None:
+            from .text_pretrain import TextPretrainConfig
+
+            TextPretrainConfig.from_mapping(d["text_pretrain"], f"{source}: text_pretrain")
         if d.get("ema_decay") is not None:
             ema = float(d["ema_decay"])
             if not 0.0 < ema < 1.0:
@@ -279,9 +287,13 @@ class Trainer:
         from .data import pairs_from_dataset
 
         if self.cfg.dataset.startswith("demo"):
-            from benchmark.dataset import demo_root
+            from benchmark.dataset import demo_root, is_demo
             from benchmark.demo import ensure
 
+            if self.cfg.data_root and is_demo(self.cfg.dataset):
+                raise ValueError(f"{self.cfg.dataset} reads the generated demo collection ({demo_root()}, set by "
+                                 f"AFLOC_BENCH_DEMO), not data_root {self.cfg.data_root!r}; for a real dataset in "
+                                 f"its official layout use e.g. --dataset mimic_cxr --data-root PATH")
             ensure(demo_root())
         try:
             return pairs_from_dataset(self.cfg.dataset, split, self.cfg.data_root, **self.cfg.dataset_options)
@@ -328,6 +340,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.device.startswith("cuda"))
         self.state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_val_loss": None, "best_epoch": None,
                       "history": [], "finished": False}
+        if cfg.text_pretrain and not self.resume:  # a resumed run has it in its weights already
+            self._pretrain_text(tr_pairs)
         self.ema = self._state_copy() if cfg.ema_decay else None
         if self.resume:
             self._load_state(self.out / "last")
@@ -563,12 +577,49 @@ class Trainer:
         return dict(st)
 
     # -- records ----------------------------------------------------------------------------------
+    def _pretrain_text(self, pairs) -> None:
+        """Masked-LM steps on the training reports (main process; the result is broadcast)."""
+        from .data import Pair
+        from .text import report_sentences
+        from .text_pretrain import TextPretrainConfig, pretrain_text_encoder
+
+        cfg = self.cfg
+        mlm = TextPretrainConfig.from_mapping(cfg.text_pretrain)
+        bert = self.task.text_bert(self.model)
+        if self.dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            reports = [p.report if isinstance(p, Pair) else p[1] for p in pairs]
+            texts = [". ".join(report_sentences(r, cfg.captions_per_image, False)) for r in reports]
+
+            def on_log(step: int, loss: float) -> None:
+                self._append_metrics({"time": f"{time.time():.3f}", "epoch": 0, "step": step,
+                                      "split": "text_pretrain", "loss": loss, "lr": None, "samples_per_s": None})
+
+            t0 = time.time()
+            losses = pretrain_text_encoder(bert, self.tokenizer, texts, mlm, seed=cfg.seed, device=self.device,
+                                           on_log=on_log, log_every=max(1, cfg.log_every),
+                                           progress=not self.quiet and sys.stderr.isatty())
+            log.info("masked-LM pretraining: %d steps on %d reports, loss %.3f -> %.3f (%.0f s)", mlm.steps,
+                     len(texts), losses[0], losses[-1], time.time() - t0)
+        if self.dist.world > 1:
+            import torch.distributed as dist
+
+            for t in bert.state_dict().values():
+                dist.broadcast(t, 0)
+
     def _log(self, split: str, terms: dict[str, float], rate: float | None) -> None:
         if not self.dist.main:
             return
         row = {"time": f"{time.time():.3f}", "epoch": self.state["epoch"], "step": self.state["global_step"],
                "split": split, "loss": terms.get("loss"), **self.task.metric_row(terms),
                "lr": self.opt.param_groups[0]["lr"], "samples_per_s": None if rate is None else round(rate, 3)}
+        self._append_metrics(row)
+        if self._tb is not None:
+            for k in ("loss",) + tuple(self.task.metric_columns):
+                if row[k] is not None:
+                    self._tb.add_scalar(f"{split}/{k}", row[k], self.state["global_step"])
+
+    def _append_metrics(self, row: dict[str, Any]) -> None:
         fields = METRIC_BASE + tuple(self.task.metric_columns) + METRIC_TAIL
         path = self.out / "metrics.csv"
         new = not path.exists()
@@ -577,10 +628,6 @@ class Trainer:
             if new:
                 w.writeheader()
             w.writerow(row)
-        if self._tb is not None:
-            for k in ("loss",) + tuple(self.task.metric_columns):
-                if row[k] is not None:
-                    self._tb.add_scalar(f"{split}/{k}", row[k], self.state["global_step"])
 
     def _save(self, which: str) -> None:
         """Atomic checkpoint folder: model + config + tokenizer (+ optimizer and trainer state)."""

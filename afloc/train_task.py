@@ -76,6 +76,10 @@ class TrainTask:
     def loss_terms(self, model: Any, batch: dict[str, Any], autocast: Any) -> dict[str, Any]:
         raise NotImplementedError
 
+    def text_bert(self, model: Any) -> Any:
+        """The BERT inside ``model`` that ``text_pretrain`` trains."""
+        raise ValueError(f"the {self.name} objective does not support text_pretrain")
+
     def global_terms(self, model: Any, batches: list[dict[str, Any]], autocast: Any, dist_on: bool) -> dict[str, Any]:
         raise ValueError(f"the {self.name} objective has no cross-rank negatives (negatives: global); "
                          "use negatives: local")
@@ -134,6 +138,9 @@ class AFLocTask(TrainTask):
         model = AFLoc(mcfg)
         model.attach_tokenizer(tok)
         return model, tok
+
+    def text_bert(self, model: Any) -> Any:
+        return model.text_encoder.model
 
     def loss_terms(self, model: Any, batch: dict[str, Any], autocast: Any) -> dict[str, Any]:
         with autocast:

@@ -106,3 +106,11 @@ def test_configs_name_their_task(tmp_path):
     y.write_text("task: afloc\nepochs: 1\n")
     with pytest.raises(ValueError, match="a config of task 'afloc', not 'gloria'"):
         load_train_config(str(y), "gloria")
+
+
+def test_a_demo_dataset_refuses_a_data_root_instead_of_ignoring_it(tmp_path):
+    from afloc.train import Trainer
+
+    trainer = Trainer(TrainConfig(dataset="demo_mimic", data_root=str(tmp_path / "mine")), tmp_path / "run")
+    with pytest.raises(ValueError, match=r"demo_mimic reads the generated demo collection .*--dataset mimic_cxr"):
+        trainer._pairs("train")
