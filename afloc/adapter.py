@@ -82,8 +82,9 @@ class AFLocAdapter(Adapter):
 @register_model("afloc_untrained", description="the demo AFLoc architecture at its seed weights, never trained; "
                 "the floor a trained demo model has to clear", tags=("control",))
 class UntrainedAFLocAdapter(AFLocAdapter):
-    """The demo recipe's model exactly as training starts (same preset, vocabulary and seed), so
-    the demo checkpoint's gain over random features is measured, not assumed."""
+    """The demo recipe's model at its seed weights (same preset, vocabulary and seed), before any
+    training step, masked-LM or contrastive, so the demo checkpoint's gain over random features is
+    measured, not assumed."""
 
     def load(self, checkpoint: str | None, device: str) -> None:
         from .inference import GEOMETRIES, InferenceEngine

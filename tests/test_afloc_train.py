@@ -156,6 +156,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+MLM = {"steps": 6, "batch_size": 4, "warmup": 2}  # run by rank 0 and broadcast: both ranks start alike
+
+
 def _ddp_worker(rank: int, world: int, port: int, tmp: str, negatives: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
@@ -163,8 +166,8 @@ def _ddp_worker(rank: int, world: int, port: int, tmp: str, negatives: str) -> N
     tmp_path = Path(tmp)
     pairs = synthetic_pairs(tmp_path / "img", 8)
     tok = tokenizer(tmp_path / f"tok{rank}")
-    train(tiny_cfg(epochs=1, negatives=negatives), tmp_path / f"ddp_{negatives}", quiet=True, train_pairs=pairs,
-          val_pairs=pairs, tokenizer=tok)
+    train(tiny_cfg(epochs=1, negatives=negatives, text_pretrain=MLM), tmp_path / f"ddp_{negatives}", quiet=True,
+          train_pairs=pairs, val_pairs=pairs, tokenizer=tok)
 
 
 @pytest.mark.slow
@@ -176,8 +179,8 @@ def test_two_gloo_processes_equal_one_process_with_two_chunks(tmp_path, negative
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path), negatives), nprocs=2, join=True)
     pairs = synthetic_pairs(tmp_path / "img", 8)
     tok = tokenizer(tmp_path / "tok")
-    train(tiny_cfg(epochs=1, forward_chunks=2, negatives=negatives), tmp_path / "single", quiet=True,
-          train_pairs=pairs, val_pairs=pairs, tokenizer=tok)
+    train(tiny_cfg(epochs=1, forward_chunks=2, negatives=negatives, text_pretrain=MLM), tmp_path / "single",
+          quiet=True, train_pairs=pairs, val_pairs=pairs, tokenizer=tok)
     ddp = [float(r["loss"]) for r in read_metrics(tmp_path / f"ddp_{negatives}")]
     one = [float(r["loss"]) for r in read_metrics(tmp_path / "single")]
     assert len(ddp) == len(one) == 2

@@ -88,11 +88,11 @@ def test_full_demo_run_has_the_demo_trained_baselines_and_their_measured_wins():
 
 
 def test_full_demo_run_afloc_beats_its_untrained_start_and_the_centre_prior():
-    """What the demo AFLoc model (afloc/configs/demo.yaml, version 4) learned, as docs/afloc.md
-    states it. Beyond the CIs: over its own seed weights (``afloc_untrained``) on IoU on five of the
-    six box/mask sets and on CNR on four; over ``center_prior`` on RSNA, COVID Rural and SIIM on
-    both metrics. Where it falls short (SIIM against the untrained model, MS-CXR against the
-    centre prior) the numbers are pinned too, so that a better demo model has to update the docs."""
+    """What the demo AFLoc model (afloc/configs/demo.yaml, version 5) learned, as docs/afloc.md
+    states it, on the separate CIs. Beyond its own seed weights (``afloc_untrained``) on IoU on five
+    of the six box/mask sets and on CNR on four; beyond ``center_prior`` on RSNA, COVID Rural and
+    SIIM on both metrics and on ChestX-Det10 IoU. Where the separate CIs overlap, the shortfall on
+    SIIM is pinned too, so that a better demo model has to update the docs."""
     state = json.loads((GOLDEN_DIR / "golden-full" / "results.json").read_text())
     beyond_untrained = {"iou": ("demo_rsna", "demo_covid_rural", "demo_ms_cxr", "demo_nih_bbox", "demo_chestx_det10"),
                         "cnr": ("demo_rsna", "demo_covid_rural", "demo_ms_cxr", "demo_nih_bbox")}
@@ -100,35 +100,63 @@ def test_full_demo_run_afloc_beats_its_untrained_start_and_the_centre_prior():
         for ds in sets:
             got, floor = (_overall(state, ds, m, metric) for m in ("afloc", "afloc_untrained"))
             assert got["lo"] > floor["hi"], (ds, metric, got, floor)
-    for ds in ("demo_rsna", "demo_covid_rural", "demo_siim"):
-        for metric in ("iou", "cnr"):
+    beyond_prior = {"iou": ("demo_rsna", "demo_covid_rural", "demo_siim", "demo_chestx_det10"),
+                    "cnr": ("demo_rsna", "demo_covid_rural", "demo_siim")}
+    for metric, sets in beyond_prior.items():
+        for ds in sets:
             got, prior = (_overall(state, ds, m, metric) for m in ("afloc", "center_prior"))
             assert got["lo"] > prior["hi"], (ds, metric, got, prior)
-    # the shortfalls docs/afloc.md reports
-    assert _overall(state, "demo_siim", "afloc", "cnr")["point"] < _overall(state, "demo_siim", "afloc_untrained", "cnr")["point"]
-    assert _overall(state, "demo_ms_cxr", "afloc", "iou")["point"] < _overall(state, "demo_ms_cxr", "center_prior", "iou")["point"]
+    # the shortfall docs/afloc.md reports: on SIIM the untrained network is inside the model's CIs
+    for metric in ("iou", "cnr"):
+        got, floor = (_overall(state, "demo_siim", m, metric) for m in ("afloc", "afloc_untrained"))
+        assert got["lo"] < floor["point"] < got["hi"] or floor["lo"] < got["point"] < floor["hi"], (metric, got, floor)
 
 
-def test_full_demo_run_afloc_against_the_centre_prior_paired_on_the_same_images(tmp_path):
-    """The paired bootstrap (``afloc-bench compare``: both models resampled with the same images)
-    separates the demo model from the centre prior where the two separate CIs overlap: CNR on NIH,
-    IoU at both thresholds on ChestX-Det10."""
+def _paired(tmp_path, model_b: str):
+    """``afloc-bench compare`` of the committed afloc records against ``model_b`` (1,000 replicates,
+    both resampled with the same images), localization rows by (dataset, metric)."""
     from benchmark.compare import compare_runs
 
     samples = GOLDEN_DIR / "golden-full" / "samples"
-    for model in ("afloc", "center_prior"):
+    for model in ("afloc", model_b):
         (tmp_path / model / "samples").mkdir(parents=True)
         for f in samples.glob(f"*__{model}.parquet"):
             (tmp_path / model / "samples" / f.name).symlink_to(f)
-    df = compare_runs(tmp_path / "afloc", tmp_path / "center_prior", metric=["cnr", "iou@0.3", "iou@0.5"])
-    df = df[(df["category"] == "all") & (df["n"] > 0)].set_index(["dataset", "metric"])  # localization rows
-    for key in (("demo_nih_bbox", "cnr"), ("demo_chestx_det10", "iou@0.3"), ("demo_chestx_det10", "iou@0.5"),
-                ("demo_rsna", "cnr"), ("demo_siim", "cnr")):
-        r = df.loc[key]
-        assert r["model_a"] == "afloc" and r["model_b"] == "center_prior"
-        assert r["lo"] > 0 and r["p_value"] < 0.01, (key, r.to_dict())
-    r = df.loc[("demo_ms_cxr", "cnr")]  # MS-CXR: no difference either way
-    assert r["lo"] < 0 < r["hi"], r.to_dict()
+    df = compare_runs(tmp_path / "afloc", tmp_path / model_b, metric=["cnr", "iou@0.1", "iou@0.3", "iou@0.5"])
+    df = df[(df["category"] == "all") & (df["n"] > 0)].set_index(["dataset", "metric"])
+    assert set(df["model_a"]) == {"afloc"} and set(df["model_b"]) == {model_b}
+    return df
+
+
+BOX_SETS = ("demo_rsna", "demo_covid_rural", "demo_siim", "demo_ms_cxr", "demo_nih_bbox", "demo_chestx_det10")
+
+
+def test_full_demo_run_afloc_against_the_centre_prior_paired_on_the_same_images(tmp_path):
+    """Paired on the same images, the demo model's CNR and its IoU at threshold 0.5 are above the
+    centre prior's on every box/mask set (where the separate CIs overlap too: MS-CXR, NIH,
+    ChestX-Det10 CNR); at threshold 0.1 it is below the prior on MS-CXR (the large central
+    cardiomegaly boxes). On CheXlocalize its IoU is below the prior's at every threshold."""
+    df = _paired(tmp_path, "center_prior")
+    for ds in BOX_SETS:
+        for metric in ("cnr", "iou@0.5"):
+            r = df.loc[(ds, metric)]
+            assert r["lo"] > 0 and r["p_value"] < 0.01, (ds, metric, r.to_dict())
+    assert df.loc[("demo_ms_cxr", "iou@0.1")]["hi"] < 0
+    for metric in ("iou@0.1", "iou@0.3", "iou@0.5"):
+        assert df.loc[("demo_chexlocalize", metric)]["hi"] < 0, metric
+
+
+def test_full_demo_run_afloc_against_its_untrained_start_paired_on_the_same_images(tmp_path):
+    """Paired on the same images, the demo model is above its seed weights on CNR and IoU at every
+    threshold on every set but SIIM, where its CNR is level (docs/afloc.md)."""
+    df = _paired(tmp_path, "afloc_untrained")
+    for ds in (*BOX_SETS, "demo_chexlocalize"):
+        for metric in ("cnr", "iou@0.1", "iou@0.3", "iou@0.5"):
+            r = df.loc[(ds, metric)]
+            if ds == "demo_siim" and metric != "iou@0.1":
+                assert r["lo"] < 0 < r["hi"], (ds, metric, r.to_dict())
+            else:
+                assert r["lo"] > 0 and r["p_value"] < 0.01, (ds, metric, r.to_dict())
 
 
 def test_stored_references_name_no_machine_path(tmp_path, monkeypatch):
