@@ -122,8 +122,9 @@ def test_classification_prompts_follow_the_official_tables():
 
 
 def test_afloc_untrained_is_the_demo_training_start(tmp_path, monkeypatch):
-    """The control holds exactly the weights the demo trainer starts from (same preset, vocabulary,
-    seed and build path), gives the demo model's 8x8 grid, and refuses a checkpoint."""
+    """The control holds exactly the seed weights the demo trainer builds (same preset, vocabulary,
+    seed and build path) before any step, its masked-LM steps included, gives the demo model's 8x8
+    grid, and refuses a checkpoint."""
     from afloc.adapter import UntrainedAFLocAdapter
     from afloc.tokenizer import Tokenizer
     from afloc.train import Trainer, load_train_config
@@ -136,7 +137,8 @@ def test_afloc_untrained_is_the_demo_training_start(tmp_path, monkeypatch):
     ad = UntrainedAFLocAdapter()
     ad.load(None, "cpu")
     cfg = load_train_config("demo")
-    cfg.device = "cpu"
+    assert cfg.text_pretrain  # the demo's first training steps; the control is the model before them
+    cfg.device, cfg.text_pretrain = "cpu", None
     pairs = synthetic_pairs(tmp_path / "img", cfg.batch_size)
     trainer = Trainer(cfg, tmp_path / "run", quiet=True, train_pairs=pairs, val_pairs=pairs,
                       tokenizer=Tokenizer.from_path(ensure_demo_vocab()))
