@@ -56,7 +56,7 @@ class TextPretrainConfig:
             if types[k] == "int" and values[k] != float(v):
                 raise ValueError(f"{source}.{k}: expected a whole number, got {v!r}")
         cfg = cls(**values)
-        if int(cfg.steps) < 1 or int(cfg.batch_size) < 1 or not 0.0 < float(cfg.mask_prob) < 1.0 or cfg.lr <= 0:
+        if cfg.steps < 1 or cfg.batch_size < 1 or not 0.0 < cfg.mask_prob < 1.0 or cfg.lr <= 0:
             raise ValueError(f"{source}: steps and batch_size must be positive, lr above 0 and mask_prob in "
                              f"(0, 1); got {asdict(cfg)}")
         return cfg
@@ -94,15 +94,14 @@ def mask_tokens(ids: torch.Tensor, special: torch.Tensor, mask_id: int, vocab_si
 
 def pretrain_text_encoder(bert: nn.Module, tokenizer: Any, texts: Sequence[str], cfg: TextPretrainConfig, *,
                           seed: int = 0, device: str = "cpu",
-                          on_log: Callable[[int, float], None] | None = None, log_every: int = 50,
+                          on_log: Callable[[int, float, float], None] | None = None, log_every: int = 50,
                           progress: bool = False) -> list[float]:
     """Train ``bert`` (a ``transformers`` BertModel, in place) to predict masked tokens of ``texts``.
 
     Deterministic for a seed (batches, masks and the head's initial weights). Returns the loss of
-    every step. ``on_log(step, mean loss since the last call)`` reports progress.
+    every step. ``on_log(step, mean loss since the last call, learning rate)`` reports progress.
     """
-    texts = [t for t in texts if t and t.strip()]
-    if not texts:
+    if not any(t and t.strip() for t in texts):
         raise ValueError("masked-LM pretraining needs at least one non-empty report text")
     vocab = tokenizer.vocab
     missing = [t for t in ("[MASK]", "[CLS]", "[SEP]", "[PAD]") if t not in vocab]
@@ -160,7 +159,7 @@ def pretrain_text_encoder(bert: nn.Module, tokenizer: Any, texts: Sequence[str],
             bar.update(1)
             bar.set_postfix(loss=f"{value:.3f}")
         if on_log is not None and ((step + 1) % log_every == 0 or step + 1 == cfg.steps):
-            on_log(step + 1, float(np.mean(window)))
+            on_log(step + 1, float(np.mean(window)), lr)
             window = []
     if bar is not None:
         bar.close()

@@ -116,10 +116,11 @@ class TrainConfig:
         d = dict(d)
         if "betas" in d and d["betas"] is not None:
             d["betas"] = tuple(float(b) for b in d["betas"])
-        if d.get("text_pretrain") is not None:
+        if d.get("text_pretrain") is not None:  # checked, and recorded with every option it runs with
             from .text_pretrain import TextPretrainConfig
 
-            TextPretrainConfig.from_mapping(d["text_pretrain"], f"{source}: text_pretrain")
+            d["text_pretrain"] = dataclasses.asdict(
+                TextPretrainConfig.from_mapping(d["text_pretrain"], f"{source}: text_pretrain"))
         if d.get("ema_decay") is not None:
             ema = float(d["ema_decay"])
             if not 0.0 < ema < 1.0:
@@ -590,17 +591,19 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             reports = [p.report if isinstance(p, Pair) else p[1] for p in pairs]
             texts = [". ".join(report_sentences(r, cfg.captions_per_image, False)) for r in reports]
+            texts = [t for t in texts if t]  # reports without a usable sentence (counted below)
 
-            def on_log(step: int, loss: float) -> None:
+            def on_log(step: int, loss: float, lr: float) -> None:
                 self._append_metrics({"time": f"{time.time():.3f}", "epoch": 0, "step": step,
-                                      "split": "text_pretrain", "loss": loss, "lr": None, "samples_per_s": None})
+                                      "split": "text_pretrain", "loss": loss, "lr": lr, "samples_per_s": None})
 
             t0 = time.time()
             losses = pretrain_text_encoder(bert, self.tokenizer, texts, mlm, seed=cfg.seed, device=self.device,
                                            on_log=on_log, log_every=max(1, cfg.log_every),
                                            progress=not self.quiet and sys.stderr.isatty())
-            log.info("masked-LM pretraining: %d steps on %d reports, loss %.3f -> %.3f (%.0f s)", mlm.steps,
-                     len(texts), losses[0], losses[-1], time.time() - t0)
+            log.info("masked-LM pretraining: %d steps on %d reports (%d without a usable sentence left out), "
+                     "loss %.3f -> %.3f (%.0f s)", mlm.steps, len(texts), len(reports) - len(texts), losses[0],
+                     losses[-1], time.time() - t0)
         if self.dist.world > 1:
             import torch.distributed as dist
 

@@ -81,6 +81,8 @@ def test_options_are_checked_by_name():
         TextPretrainConfig.from_mapping({"steps": 2.5})
     with pytest.raises(ValueError, match="mask_prob in"):
         TextPretrainConfig.from_mapping({"mask_prob": 1.5})
+    recorded = TrainConfig.from_mapping({"text_pretrain": {"steps": "5"}}).text_pretrain  # every option it ran with
+    assert recorded == {"steps": 5, "batch_size": 64, "lr": 1e-3, "warmup": 50, "weight_decay": 0.01, "mask_prob": 0.15}
     with pytest.raises(ValueError, match="config: text_pretrain.lr: expected a number"):
         TrainConfig.from_mapping({"text_pretrain": {"lr": "fast"}})
     with pytest.raises(ValueError, match="needs at least one non-empty report"):
@@ -114,6 +116,7 @@ def test_the_trainer_pretrains_before_the_first_step_and_not_again_on_resume(tmp
         rows = list(csv.DictReader(f))
     mlm_rows = [r for r in rows if r["split"] == "text_pretrain"]
     assert [int(r["step"]) for r in mlm_rows] == list(range(1, 13))  # log_every 1, once, not again on resume
+    assert float(mlm_rows[0]["lr"]) == pytest.approx(5e-4) and float(mlm_rows[-1]["lr"]) == pytest.approx(1e-3 / 12)
     assert {int(r["epoch"]) for r in rows if r["split"] == "train"} == {0, 1}
 
 
