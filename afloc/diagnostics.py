@@ -12,6 +12,11 @@ sentence loss only constrains *relative* unit scores and cosines. ``readout_cont
 alternative query vectors (the report, ``[CLS]``, the first sentence, the feature norm) with the
 same per-image contrast-to-noise ratio against a lesion mask, so one can tell "the features do not
 separate lesions" apart from "the report embedding does not read them out".
+
+``prompt_dependence`` asks whether the heatmap depends on the prompt at all: the correlation, within
+one image, between the official heatmaps of different prompts. A model whose maps correlate near 1
+draws one map per image whatever the finding, so it cannot point at the heart for cardiomegaly and
+at the lung for pneumonia on the same image.
 """
 
 from __future__ import annotations
@@ -64,3 +69,43 @@ def readout_contrast(model: AFLoc, images: torch.Tensor, prompts: list[str], mas
     out = {k: float(contrast_to_noise(torch.einsum("bdhw,bd->bhw", deep, q), masks).mean()) for k, q in queries.items()}
     out["feature_norm"] = float(contrast_to_noise(deep.norm(dim=1), masks).mean())
     return out
+
+
+def map_correlation(maps: torch.Tensor) -> torch.Tensor:
+    """Mean Pearson correlation between the maps of different prompts on the same image, [B].
+
+    ``maps`` [B, P, h, w] (P ≥ 2 prompts per image); pairs of distinct prompts are averaged. A map
+    that is constant over the image has no correlation and is refused."""
+    B, P = maps.shape[:2]
+    if P < 2:
+        raise ValueError(f"need at least two prompts per image, got maps of shape {tuple(maps.shape)}")
+    flat = maps.detach().float().flatten(2)
+    centred = flat - flat.mean(-1, keepdim=True)
+    norm = centred.norm(dim=-1, keepdim=True)
+    if bool((norm == 0).any()):
+        raise ValueError("a map is constant over its image; its correlation is undefined")
+    z = centred / norm
+    corr = torch.einsum("bpr,bqr->bpq", z, z)
+    off = ~torch.eye(P, dtype=torch.bool, device=maps.device)
+    return corr[:, off].mean(-1)
+
+
+@torch.no_grad()
+def prompt_dependence(model: AFLoc, images: torch.Tensor, prompts: list[str]) -> dict[str, float]:
+    """How much the official heatmap changes with the prompt on the same images.
+
+    ``map_correlation``: mean within-image correlation of the heatmaps (raw deep-grid dot products
+    with the report embedding) of every pair of ``prompts``; ``embedding_cosine``: mean cosine
+    between the prompts' report embeddings."""
+    from .model import similarity_grid
+
+    if len(prompts) < 2:
+        raise ValueError("prompt_dependence needs at least two prompts")
+    model.eval()
+    deep = model.encode_image(images, shallow=False).deep.float()
+    reports = model.report_embeddings(prompts).float()
+    maps = torch.stack([similarity_grid(deep, r.expand(deep.shape[0], -1)) for r in reports], dim=1)
+    unit = torch.nn.functional.normalize(reports, dim=-1)
+    cos = unit @ unit.T
+    off = ~torch.eye(len(prompts), dtype=torch.bool, device=cos.device)
+    return {"map_correlation": float(map_correlation(maps).mean()), "embedding_cosine": float(cos[off].mean())}

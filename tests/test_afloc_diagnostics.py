@@ -1,11 +1,12 @@
-"""Diagnostics of a trained AFLoc model: unit-softmax saturation and readout contrast."""
+"""Diagnostics of a trained AFLoc model: unit-softmax saturation, readout contrast, prompt dependence."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from afloc.diagnostics import contrast_to_noise, readout_contrast, unit_saturation
+from afloc.diagnostics import (contrast_to_noise, map_correlation, prompt_dependence, readout_contrast,
+                               unit_saturation)
 from test_afloc_kit import tiny_model
 from test_afloc_kit import one_thread  # noqa: F401  (fixture)
 
@@ -58,3 +59,42 @@ def test_readout_contrast_scores_the_official_heatmap_and_the_alternatives(tmp_p
     assert got["feature_norm"] == pytest.approx(float(contrast_to_noise(deep.norm(dim=1), masks).mean()), rel=1e-5)
     with pytest.raises(ValueError, match="deep grid"):
         readout_contrast(model, images, prompts, torch.ones(2, 1, 1, dtype=torch.bool))
+
+
+def test_map_correlation_is_the_mean_pearson_correlation_between_prompts():
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(3, 4, 4, generator=g)
+    b = torch.randn(3, 4, 4, generator=g)
+    same = torch.stack([a, 2 * a + 1], dim=1)  # an affine copy: the same map
+    torch.testing.assert_close(map_correlation(same), torch.ones(3))
+    torch.testing.assert_close(map_correlation(torch.stack([a, -a], dim=1)), -torch.ones(3))
+    three = torch.stack([a, b, a], dim=1)
+    x, y = a.flatten(1), b.flatten(1)
+    r_ab = torch.stack([torch.corrcoef(torch.stack([x[i], y[i]]))[0, 1] for i in range(3)])
+    torch.testing.assert_close(map_correlation(three), (2 * r_ab + 2 * r_ab + 2 * 1.0) / 6)
+    with pytest.raises(ValueError, match="two prompts"):
+        map_correlation(a[:, None])
+    with pytest.raises(ValueError, match="constant"):
+        map_correlation(torch.stack([a, torch.zeros_like(a)], dim=1))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_prompt_dependence_measures_the_official_heatmaps(tmp_path):
+    from afloc.model import similarity_grid
+
+    model = tiny_model(tmp_path, upsample=None).eval()
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    prompts = ["Findings suggesting pneumonia.", "There is a small left pleural effusion.", "cardiomegaly"]
+    got = prompt_dependence(model, images, prompts)
+    with torch.no_grad():
+        deep = model.encode_image(images, shallow=False).deep
+        reports = model.report_embeddings(prompts)
+    maps = torch.stack([similarity_grid(deep, r.expand(2, -1)) for r in reports], dim=1)
+    assert got["map_correlation"] == pytest.approx(float(map_correlation(maps).mean()), rel=1e-5)
+    unit = torch.nn.functional.normalize(reports, dim=-1)
+    want_cos = float((unit @ unit.T).sum() - 3) / 6
+    assert got["embedding_cosine"] == pytest.approx(want_cos, rel=1e-5)
+    assert prompt_dependence(model, images, [prompts[0], prompts[0]]) == pytest.approx(
+        {"map_correlation": 1.0, "embedding_cosine": 1.0}, rel=1e-5)
+    with pytest.raises(ValueError, match="two prompts"):
+        prompt_dependence(model, images, prompts[:1])
