@@ -16,6 +16,8 @@ smooths, upsamples, masks and normalises it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any, Sequence
 
 import numpy as np
@@ -87,6 +89,8 @@ class UntrainedAFLocAdapter(AFLocAdapter):
     measured, not assumed."""
 
     def load(self, checkpoint: str | None, device: str) -> None:
+        from benchmark.cache import state_dict_sha256
+
         from .inference import GEOMETRIES, InferenceEngine
         from .train import load_train_config
         from .train_task import get_task
@@ -98,7 +102,15 @@ class UntrainedAFLocAdapter(AFLocAdapter):
         self.input_geometry = GEOMETRIES[self.geometry]
         self.preprocessing_id = PREPROCESSING_IDS[self.geometry]
         cfg = load_train_config("demo")
-        model, _ = get_task(cfg.task).build(cfg)
+        task = get_task(cfg.task)
+        model, _ = task.build(cfg)
         self.load_report = None
         self.engine = InferenceEngine(model.eval(), device, text_batch=int(self.options.get("text_batch", 64)))
         self.checkpoint, self.device = None, device
+        arch = json.dumps(task.model_config(model), sort_keys=True, default=str)
+        self._fingerprint = hashlib.sha256(f"{arch}|{state_dict_sha256(model.state_dict())}".encode()).hexdigest()
+
+    def weights_fingerprint(self) -> str:
+        """Hash of the model configuration and the seed weights: the demo recipe's model
+        (``configs/demo.yaml``: input size, layers) may change while no checkpoint path does."""
+        return self._fingerprint

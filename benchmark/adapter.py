@@ -55,6 +55,13 @@ class Adapter:
         """Build the model and load ``checkpoint`` (a local path) onto ``device``."""
         self.checkpoint, self.device = checkpoint, device
 
+    def weights_fingerprint(self) -> str | None:
+        """Identity of weights that no checkpoint file names (built in ``load``, e.g. seeded random
+        weights from a config); part of the cache keys in place of the checkpoint hash, so that
+        changing how they are built cannot serve heatmaps cached from the old weights. ``None``
+        when the outputs depend on the checkpoint (or on nothing) only."""
+        return None
+
     @property
     def model_id(self) -> str:
         """Identity of the model part of cache keys (name plus options that change outputs)."""

@@ -1,7 +1,8 @@
 """Content-addressed cache of heatmap grids, scores and embeddings.
 
-The key is made of what determines the output: model id, checkpoint hash, preprocessing
-id, image *content* hash and prompt text (never a dataset name or path), so two models or
+The key is made of what determines the output: model id, checkpoint hash (or, for weights built
+without a checkpoint file, a hash of the weights themselves), preprocessing id, image *content* hash
+and prompt text (never a dataset name or path), so two models or
 two checkpoints never share an entry and a renamed file still hits.
 """
 
@@ -85,6 +86,18 @@ def checkpoint_sha256(path: str | os.PathLike | None) -> str:
             h.update(file_sha256(f).encode())
         return h.hexdigest()
     raise FileNotFoundError(f"{p}: checkpoint not found (expected a file or a folder)")
+
+
+def state_dict_sha256(state: dict[str, Any]) -> str:
+    """SHA-256 over a torch state dict: every tensor's name, dtype, shape and bytes, in name order."""
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{tuple(state[name].shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def cache_key(kind: str, *, model_id: str, checkpoint_sha: str, preprocessing_id: str,

@@ -645,7 +645,9 @@ class Runner:
 
     def _ckpt_sha(self, model: str, adapter: Adapter) -> str:
         ckpt = self.cfg.ckpt.get(model) or getattr(adapter, "checkpoint", None)
-        return checkpoint_sha256(ckpt) if ckpt else "none"
+        if ckpt:
+            return checkpoint_sha256(ckpt)
+        return adapter.weights_fingerprint() or "none"
 
 
 def _io_reason(exc: OSError) -> str:

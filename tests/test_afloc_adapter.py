@@ -123,8 +123,8 @@ def test_classification_prompts_follow_the_official_tables():
 
 def test_afloc_untrained_is_the_demo_training_start(tmp_path, monkeypatch):
     """The control holds exactly the seed weights the demo trainer builds (same preset, vocabulary,
-    seed and build path) before any step, its masked-LM steps included, gives the demo model's 8x8
-    grid, and refuses a checkpoint."""
+    seed and build path) before any step, its masked-LM steps included, gives the demo model's
+    12x12 grid, has a cache identity of its own, and refuses a checkpoint."""
     from afloc.adapter import UntrainedAFLocAdapter
     from afloc.tokenizer import Tokenizer
     from afloc.train import Trainer, load_train_config
@@ -146,6 +146,22 @@ def test_afloc_untrained_is_the_demo_training_start(tmp_path, monkeypatch):
     start, ours = trainer.model.state_dict(), ad.engine.model.state_dict()
     assert start.keys() == ours.keys() and all(torch.equal(start[k], ours[k]) for k in start)
     emb = ad.encode_images(ad.collate([ad.preprocess(np.zeros((64, 80), np.uint8))]))
-    assert ad.similarity_map(emb, ad.encode_texts(["right lower lobe opacity"])).shape == (1, 8, 8)
+    assert ad.similarity_map(emb, ad.encode_texts(["right lower lobe opacity"])).shape == (1, 12, 12)
+    # its cache identity follows the recipe's model: same weights and configuration, same
+    # fingerprint; another input size (no parameter changes) gives another one
+    again = UntrainedAFLocAdapter()
+    again.load(None, "cpu")
+    assert again.weights_fingerprint() == ad.weights_fingerprint()
+    import afloc.train as train_mod
+
+    def coarser(spec, task="afloc"):
+        c = load_train_config(spec, task)
+        c.model["vision"]["upsample"] = 128
+        return c
+
+    monkeypatch.setattr(train_mod, "load_train_config", coarser)
+    other = UntrainedAFLocAdapter()
+    other.load(None, "cpu")
+    assert other.weights_fingerprint() != ad.weights_fingerprint()
     with pytest.raises(ValueError, match="takes no checkpoint"):
         UntrainedAFLocAdapter().load("some/folder", "cpu")

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from benchmark.cache import ArrayCache, cache_key, checkpoint_sha256, file_sha256
+from benchmark.cache import ArrayCache, cache_key, checkpoint_sha256, file_sha256, state_dict_sha256
 from benchmark.records import atomic_write_text
 
 
@@ -69,6 +69,21 @@ def test_checkpoint_hash_of_folder_and_missing(tmp_path):
     assert checkpoint_sha256(d) != h1
     with pytest.raises(FileNotFoundError):
         checkpoint_sha256(tmp_path / "nope.ckpt")
+
+
+def test_state_dict_hash_sees_values_names_dtypes_and_shapes():
+    import torch
+
+    base = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.zeros(3), "n": torch.tensor(4)}
+    h = state_dict_sha256(base)
+    assert state_dict_sha256({k: v.clone() for k, v in reversed(list(base.items()))}) == h  # order-free
+    changed = dict(base, w=base["w"].clone())
+    changed["w"][1, 2] += 1e-6
+    assert state_dict_sha256(changed) != h
+    assert state_dict_sha256({"v" if k == "w" else k: v for k, v in base.items()}) != h
+    assert state_dict_sha256(dict(base, w=base["w"].double())) != h
+    assert state_dict_sha256(dict(base, w=base["w"].reshape(3, 2))) != h
+    assert state_dict_sha256(dict(base, w=base["w"].t())) != h  # non-contiguous: its values in order
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):

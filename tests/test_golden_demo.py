@@ -88,28 +88,27 @@ def test_full_demo_run_has_the_demo_trained_baselines_and_their_measured_wins():
 
 
 def test_full_demo_run_afloc_beats_its_untrained_start_and_the_centre_prior():
-    """What the demo AFLoc model (afloc/configs/demo.yaml, version 5) learned, as docs/afloc.md
-    states it, on the separate CIs. Beyond its own seed weights (``afloc_untrained``) on IoU on five
-    of the six box/mask sets and on CNR on four; beyond ``center_prior`` on RSNA, COVID Rural and
-    SIIM on both metrics and on ChestX-Det10 IoU. Where the separate CIs overlap, the shortfall on
-    SIIM is pinned too, so that a better demo model has to update the docs."""
+    """What the demo AFLoc model (afloc/configs/demo.yaml, version 6) learned, as docs/afloc.md
+    states it, on the separate CIs. Beyond its own seed weights (``afloc_untrained``) on IoU and CNR
+    on five of the six box/mask sets; beyond ``center_prior`` on IoU on five (not MS-CXR) and on CNR
+    on five (not ChestX-Det10). Where the separate CIs overlap (SIIM against the untrained network)
+    the overlap is pinned too, so that a better demo model has to update the docs; the paired tests
+    below decide those."""
     state = json.loads((GOLDEN_DIR / "golden-full" / "results.json").read_text())
-    beyond_untrained = {"iou": ("demo_rsna", "demo_covid_rural", "demo_ms_cxr", "demo_nih_bbox", "demo_chestx_det10"),
-                        "cnr": ("demo_rsna", "demo_covid_rural", "demo_ms_cxr", "demo_nih_bbox")}
-    for metric, sets in beyond_untrained.items():
-        for ds in sets:
+    five = ("demo_rsna", "demo_covid_rural", "demo_ms_cxr", "demo_nih_bbox", "demo_chestx_det10")
+    for metric in ("iou", "cnr"):
+        for ds in five:
             got, floor = (_overall(state, ds, m, metric) for m in ("afloc", "afloc_untrained"))
             assert got["lo"] > floor["hi"], (ds, metric, got, floor)
-    beyond_prior = {"iou": ("demo_rsna", "demo_covid_rural", "demo_siim", "demo_chestx_det10"),
-                    "cnr": ("demo_rsna", "demo_covid_rural", "demo_siim")}
+    beyond_prior = {"iou": ("demo_rsna", "demo_covid_rural", "demo_siim", "demo_nih_bbox", "demo_chestx_det10"),
+                    "cnr": ("demo_rsna", "demo_covid_rural", "demo_siim", "demo_ms_cxr", "demo_nih_bbox")}
     for metric, sets in beyond_prior.items():
         for ds in sets:
             got, prior = (_overall(state, ds, m, metric) for m in ("afloc", "center_prior"))
             assert got["lo"] > prior["hi"], (ds, metric, got, prior)
-    # the shortfall docs/afloc.md reports: on SIIM the untrained network is inside the model's CIs
     for metric in ("iou", "cnr"):
         got, floor = (_overall(state, "demo_siim", m, metric) for m in ("afloc", "afloc_untrained"))
-        assert got["lo"] < floor["point"] < got["hi"] or floor["lo"] < got["point"] < floor["hi"], (metric, got, floor)
+        assert floor["point"] < got["point"] and got["lo"] < floor["hi"], (metric, got, floor)
 
 
 def _paired(tmp_path, model_b: str):
@@ -132,31 +131,30 @@ BOX_SETS = ("demo_rsna", "demo_covid_rural", "demo_siim", "demo_ms_cxr", "demo_n
 
 
 def test_full_demo_run_afloc_against_the_centre_prior_paired_on_the_same_images(tmp_path):
-    """Paired on the same images, the demo model's CNR and its IoU at threshold 0.5 are above the
-    centre prior's on every box/mask set (where the separate CIs overlap too: MS-CXR, NIH,
-    ChestX-Det10 CNR); at threshold 0.1 it is below the prior on MS-CXR (the large central
-    cardiomegaly boxes). On CheXlocalize its IoU is below the prior's at every threshold."""
+    """Paired on the same images, the demo model's CNR and its IoU at thresholds 0.1, 0.3 and 0.5 are
+    above the centre prior's on every box/mask set, also where the separate CIs overlap (MS-CXR IoU,
+    ChestX-Det10 CNR). On CheXlocalize its CNR is above, its IoU level at 0.3 and 0.5 and below at
+    0.1 (the cardiac silhouette, docs/afloc.md)."""
     df = _paired(tmp_path, "center_prior")
     for ds in BOX_SETS:
-        for metric in ("cnr", "iou@0.5"):
+        for metric in ("cnr", "iou@0.1", "iou@0.3", "iou@0.5"):
             r = df.loc[(ds, metric)]
             assert r["lo"] > 0 and r["p_value"] < 0.01, (ds, metric, r.to_dict())
-    assert df.loc[("demo_ms_cxr", "iou@0.1")]["hi"] < 0
-    for metric in ("iou@0.1", "iou@0.3", "iou@0.5"):
-        assert df.loc[("demo_chexlocalize", metric)]["hi"] < 0, metric
+    chex = "demo_chexlocalize"
+    assert df.loc[(chex, "cnr")]["lo"] > 0
+    for metric in ("iou@0.3", "iou@0.5"):
+        assert df.loc[(chex, metric)]["lo"] < 0 < df.loc[(chex, metric)]["hi"], metric
+    assert df.loc[(chex, "iou@0.1")]["hi"] < 0
 
 
 def test_full_demo_run_afloc_against_its_untrained_start_paired_on_the_same_images(tmp_path):
-    """Paired on the same images, the demo model is above its seed weights on CNR and IoU at every
-    threshold on every set but SIIM, where its CNR is level (docs/afloc.md)."""
+    """Paired on the same images, the demo model is above its seed weights on CNR and on IoU at every
+    threshold on every set, SIIM included (there at p < 0.05 on CNR; docs/afloc.md)."""
     df = _paired(tmp_path, "afloc_untrained")
     for ds in (*BOX_SETS, "demo_chexlocalize"):
         for metric in ("cnr", "iou@0.1", "iou@0.3", "iou@0.5"):
             r = df.loc[(ds, metric)]
-            if ds == "demo_siim" and metric != "iou@0.1":
-                assert r["lo"] < 0 < r["hi"], (ds, metric, r.to_dict())
-            else:
-                assert r["lo"] > 0 and r["p_value"] < 0.01, (ds, metric, r.to_dict())
+            assert r["lo"] > 0 and r["p_value"] < (0.05 if ds == "demo_siim" else 0.01), (ds, metric, r.to_dict())
 
 
 def test_stored_references_name_no_machine_path(tmp_path, monkeypatch):

@@ -84,6 +84,22 @@ def test_cache_is_used_on_second_run(tmp_path, toy_root):
     assert pair["cache"]["hits"] > 0
 
 
+def test_cache_keys_carry_the_weights_fingerprint_of_a_model_without_checkpoint(tmp_path, toy_root, monkeypatch):
+    """An adapter whose weights no checkpoint file names (``weights_fingerprint``) must not be
+    served the heatmaps cached from other weights: a changed fingerprint misses, the same one hits."""
+    from baselines.sanity import CenterPriorModel
+
+    def hits(run: str) -> int:
+        _, out = _run(tmp_path / run, toy_root)
+        return json.loads((out / "pairs" / "toy_test__center_prior.json").read_text())["cache"]["hits"]
+
+    monkeypatch.setattr(CenterPriorModel, "weights_fingerprint", lambda self: "weights-a")
+    assert hits("a") == 0
+    assert hits("b") > 0
+    monkeypatch.setattr(CenterPriorModel, "weights_fingerprint", lambda self: "weights-b")
+    assert hits("c") == 0
+
+
 def test_skip_existing_resumes_without_recomputing(tmp_path, toy_root, monkeypatch):
     rc, out = _run(tmp_path, toy_root)
     assert rc == 0
