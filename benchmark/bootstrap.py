@@ -201,8 +201,11 @@ def unique_columns(mat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def replicate_means(values: np.ndarray, weight_chunks: Iterator[np.ndarray]) -> np.ndarray:
-    """Stack :func:`weighted_nanmean` over a stream of weight chunks → [R, M]."""
-    return np.concatenate([weighted_nanmean(values, w) for w in weight_chunks], axis=0)
+    """Stack :func:`weighted_nanmean` over a stream of weight chunks → [R, M] ([0, M] for no chunk)."""
+    parts = [weighted_nanmean(values, w) for w in weight_chunks]
+    if not parts:
+        return np.zeros((0, np.asarray(values).shape[1]))
+    return np.concatenate(parts, axis=0)
 
 
 def official_ci(reps: np.ndarray, level: float = 0.95):
@@ -210,13 +213,17 @@ def official_ci(reps: np.ndarray, level: float = 0.95):
 
     Sort with NaN last (pandas ``sort_values``), lower = element ``int(a/2 * R) - 1``,
     upper = element ``int((1 - a/2) * R) - 1`` (24 and 974 for R = 1000), mean = mean of
-    the non-NaN replicates. Returns ``(mean, lo, hi)`` arrays (unrounded).
+    the non-NaN replicates. Returns ``(mean, lo, hi)`` arrays (unrounded); NaN without replicates
+    (``n_boot = 0``: point estimates only).
     """
     reps = np.asarray(reps, dtype=np.float64)
     one = reps.ndim == 1
     if one:
         reps = reps[:, None]
     r = reps.shape[0]
+    if r == 0:
+        none = np.full(reps.shape[1], np.nan)
+        return (none[0], none[0], none[0]) if one else (none, none.copy(), none.copy())
     alpha = 1 - level
     lo_i, hi_i = int(alpha / 2 * r) - 1, int((1 - alpha / 2) * r) - 1
     srt = np.sort(reps, axis=0)  # numpy sorts NaN last, as pandas

@@ -156,12 +156,14 @@ def _compare_frames(a: pd.DataFrame, b: pd.DataFrame, *, metrics: Sequence[str] 
         va = joined[f"{m}__a"].to_numpy(dtype=np.float64)
         vb = joined[f"{m}__b"].to_numpy(dtype=np.float64)
         both = np.isfinite(va) & np.isfinite(vb)
+        if not both.any():  # a metric of the other task (a sample has one row per task)
+            continue
         va, vb = np.where(both, va, np.nan), np.where(both, vb, np.nan)
         pairs[m] = (va, vb, both)
         columns[f"{m}\0a"], columns[f"{m}\0b"] = va, vb
     # the same unit draws for A and B, all metrics in one matrix product per chunk
     reps = C.grouped_replicates(columns, codes, k, units, n_boot, seed) if columns else {}
-    for m in common:
+    for m in pairs:
         va, vb, both = pairs[m]
         ra, rb = reps[f"{m}\0a"], reps[f"{m}\0b"]
         rep = np.column_stack([ra - rb, C.nanmean(ra, axis=1) - C.nanmean(rb, axis=1)])
@@ -170,11 +172,13 @@ def _compare_frames(a: pd.DataFrame, b: pd.DataFrame, *, metrics: Sequence[str] 
         _emit(rows, m, cats, pa, pb, C.nanmean(pa), C.nanmean(pb), rep, level,
               [int(both[codes == j].sum()) for j in range(k)], int(both.sum()), n_only_a, n_only_b)
     want_auc = metrics is None or "auroc" in metrics
+    ok = np.zeros(len(joined), dtype=bool)
     if want_auc and all(c in joined for c in ("score__a", "score__b", "label__a")):
         y = joined["label__a"].to_numpy(dtype=np.float64)
         sa = joined["score__a"].to_numpy(dtype=np.float64)
         sb = joined["score__b"].to_numpy(dtype=np.float64)
         ok = np.isfinite(y) & np.isfinite(sa) & np.isfinite(sb)
+    if ok.any():  # scored samples (the classification task)
         weights = list(unit_weights(units, n_boot, seed))
         pa, pb = np.full(k, np.nan), np.full(k, np.nan)
         rep = np.full((n_boot, k + 1), np.nan)

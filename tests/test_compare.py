@@ -101,3 +101,27 @@ def test_cli_compare_prints_and_writes_json(tmp_path, capsys):
 def test_cli_compare_reports_a_missing_run(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "x"), str(tmp_path / "y")]) == 2
     assert "samples" in capsys.readouterr().err
+
+
+def test_a_metric_without_paired_values_in_a_task_gets_no_row(tmp_path):
+    # a sample has one row per task: grounding rows carry iou/cnr and no score, classification
+    # rows a score and no iou/cnr; neither task may report the other's metrics as empty rows
+    rng = np.random.default_rng(6)
+    grd = _frame(rng).assign(task="grounding", score=np.nan)
+    cls = _frame(rng).assign(task="classification", iou=np.nan, cnr=np.nan)
+    cls["sample_id"] = cls["sample_id"] + "/cls"
+    a = _run(tmp_path, "a", {("rsna", "m1"): pd.concat([grd, cls], ignore_index=True)})
+    res = compare_runs(a, a, n_boot=20)
+    assert (res["n"] > 0).all()
+    assert sorted(set(res["metric"])) == ["auroc", "cnr", "iou"]
+    assert len(res[res["metric"] == "auroc"]) == 3 and len(res[res["metric"] == "iou"]) == 3  # all, A, B
+
+
+def test_without_replicates_the_differences_stand_and_intervals_are_empty(tmp_path):
+    rng = np.random.default_rng(7)
+    a = _run(tmp_path, "a", {("rsna", "m1"): _frame(rng)})
+    b = _run(tmp_path, "b", {("rsna", "m1"): _frame(rng, shift=0.1)})
+    with_ci = compare_runs(a, b, n_boot=50)
+    none = compare_runs(a, b, n_boot=0)
+    assert np.allclose(none["diff"], with_ci["diff"], rtol=0, atol=1e-15)
+    assert none[["lo", "hi", "p_value"]].isna().all().all()

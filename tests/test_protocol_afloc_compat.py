@@ -428,3 +428,39 @@ def test_point_estimates_do_not_depend_on_sample_order(tmp_path):
         for c in ra[m]:
             pa, pb = ra[m][c]["point"], rb[m][c]["point"]
             assert (pa is None and pb is None) or abs(pa - pb) < 1e-12
+
+
+# ============================================================================ n_boot = 0
+def _points_only(rows_none, rows_boot):
+    """Same rows and points as with replicates; every interval field empty (NaN)."""
+    assert [(r["metric"], r["category"]) for r in rows_none] == [(r["metric"], r["category"]) for r in rows_boot]
+    for a, b in zip(rows_none, rows_boot):
+        assert _close(a["point"], b["point"], 0.0) and a["n"] == b["n"], (a, b)
+        assert all(math.isnan(a[k]) for k in ("boot_mean", "lo", "hi")), a
+
+
+@pytest.mark.parametrize("dataset", ["MS_CXR", "RSNA_GROUNDING"])
+def test_without_replicates_points_stand_and_intervals_are_empty(dataset):
+    maps, masks, cats = random_inputs(n=40, seed=13)
+    rec = _records((maps, masks, cats), dataset=dataset)
+    proto = AflocCompat()
+    _points_only(proto.summarize(rec, "grounding", n_boot=0, seed=0, unit="image"),
+                 proto.summarize(rec, "grounding", n_boot=20, seed=0, unit="image"))
+
+
+def test_without_replicates_tuned_and_classification_summaries_work():
+    val = random_inputs(n=40, seed=14)
+    test = random_inputs(n=30, seed=15)
+    val, test = (val[0] * 4 + 0.8, val[1], val[2]), (test[0] * 4 + 0.8, test[1], test[2])
+    proto = resolve_protocol("afloc-compat@1")
+    params = proto.tune(_records(val))
+    _points_only(proto.summarize(_records(test), "grounding", n_boot=0, seed=0, unit="image", params=params),
+                 proto.summarize(_records(test), "grounding", n_boot=20, seed=0, unit="image", params=params))
+    rng = np.random.default_rng(3)
+    for modality, cats in (("chest_xray", ["Pneumonia", "Effusion"]), ("pathology", ["NC", "G3", "G4"])):
+        y = rng.integers(0, 2, (30, len(cats)))
+        recs = pd.DataFrame([{"sample_id": f"d/{i}/{c}", "image_id": f"i{i}", "category": c, "label": y[i, j],
+                              "score": rng.random(), "modality": modality}
+                             for i in range(30) for j, c in enumerate(cats)])
+        _points_only(proto.summarize(recs, "classification", n_boot=0, seed=0, unit="image"),
+                     proto.summarize(recs, "classification", n_boot=20, seed=0, unit="image"))

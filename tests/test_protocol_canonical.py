@@ -107,3 +107,18 @@ def test_stratified_option_is_accepted():
     rows = resolve_protocol("canonical@1").summarize(_records(rng), "grounding", n_boot=50, seed=0, unit="image",
                                                      params={"stratify": True})
     assert rows and all(set(r) == {"metric", "category", "point", "boot_mean", "lo", "hi", "n"} for r in rows)
+
+
+def test_without_replicates_points_stand_and_intervals_are_empty():
+    # images with several categories take the one-hot path of the replicate means
+    rng = np.random.default_rng(6)
+    rec = _records(rng)
+    proto = resolve_protocol("canonical@1")
+    for task, frame in (("grounding", rec), ("classification", rec.assign(label=rng.integers(0, 2, len(rec)),
+                                                                         score=rng.random(len(rec))))):
+        none = proto.summarize(frame, task, n_boot=0, seed=0, unit="image")
+        boot = proto.summarize(frame, task, n_boot=20, seed=0, unit="image")
+        assert [(r["metric"], r["category"], r["n"]) for r in none] == [(r["metric"], r["category"], r["n"]) for r in boot]
+        for a, b in zip(none, boot):
+            assert (np.isnan(a["point"]) and np.isnan(b["point"])) or a["point"] == b["point"]
+            assert np.isnan(a["boot_mean"]) and np.isnan(a["lo"]) and np.isnan(a["hi"])

@@ -114,3 +114,15 @@ def test_otsu_is_the_default_and_fixed_threshold_must_be_on_the_grid():
     assert otsu[("iou", "Edema")] == pytest.approx(np.nanmean(test.loc[test.category == "Edema", "otsu_iou_tp"]))
     with pytest.raises(ValueError):
         proto.summarize(test, "grounding", n_boot=5, seed=0, unit="image", params={"threshold": 0.55})
+
+
+def test_without_replicates_points_stand_and_intervals_are_empty():
+    rng = np.random.default_rng(4)
+    test = _records(rng, n_img=12)
+    params = {"thresholds": {t: 0.5 for t in TASKS}}
+    proto = resolve_protocol("chexlocalize@1")
+    none = proto.summarize(test, "grounding", n_boot=0, seed=0, unit="image", params=params)
+    boot = proto.summarize(test, "grounding", n_boot=20, seed=0, unit="image", params=params)
+    assert [(r["metric"], r["category"], r["point"], r["n"]) for r in none] == \
+        [(r["metric"], r["category"], r["point"], r["n"]) for r in boot]
+    assert all(np.isnan(r[k]) for r in none for k in ("boot_mean", "lo", "hi"))

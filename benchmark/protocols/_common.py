@@ -174,7 +174,7 @@ def _grouped_replicates(columns: dict[str, np.ndarray], codes: np.ndarray, k: in
         both = (c @ distinct)[:, which]
         with np.errstate(invalid="ignore", divide="ignore"):
             parts.append(np.where(both[:, mk:] > 0, both[:, :mk] / both[:, mk:], np.nan))
-    reps = np.concatenate(parts, axis=0) if parts else np.zeros((n_boot, 0))
+    reps = np.concatenate(parts, axis=0) if parts else np.zeros((n_boot, mk))
     return {n: reps[:, i * k:(i + 1) * k] for i, n in enumerate(names)}
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ..bootstrap import DEFAULT_N_BOOT, LegacyStream, counts_from_indices, official_ci, sklearn_resample_indices
-from ..bootstrap import weighted_nanmean
+from ..bootstrap import replicate_means
 from ..geometry import (Letterbox, afloc_margin_valid, afloc_sample_mask, bilinear_resize, parse_geometry,
                         sample_mask, smooth_grid, transfer_map)
 from ..metrics import (AFLOC_PATHOLOGY_THRESHOLDS, AFLOC_THRESHOLDS, auroc_weighted, balanced_accuracy_weighted, cnr,
@@ -300,7 +300,7 @@ class AflocCompat(Protocol):
 
         def boot(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             mat = C.one_hot_values(values, codes, k)
-            reps = np.concatenate([weighted_nanmean(mat, w) for w in stream.weights(len(values), n_boot)], axis=0)
+            reps = replicate_means(mat, stream.weights(len(values), n_boot))
             return official_ci(reps)
 
         per_t = {m: [rec[c].to_numpy(dtype=np.float64) for c in cols]
@@ -381,7 +381,7 @@ class AflocCompat(Protocol):
         if n_val:  # the official run bootstraps val first, from the same stream
             stream.skip(n_val, n_boot)
         mat = C.one_hot_values(iou, codes, k)
-        reps = np.concatenate([weighted_nanmean(mat, w) for w in stream.weights(len(iou), n_boot)], axis=0)
+        reps = replicate_means(mat, stream.weights(len(iou), n_boot))
         mean, lo, hi = official_ci(reps)
         point_cat = np.array([C.nanmean(iou[codes == j]) for j in range(k)])
         point_all = _dict_mean(point_cat)
@@ -428,7 +428,8 @@ class AflocCompat(Protocol):
             y_true = np.where(ok, np.argmax(np.nan_to_num(labels, nan=-1), axis=1), -1)
             y_pred = np.argmax(np.nan_to_num(scores, nan=-np.inf), axis=1)
             w_ok = ok.astype(np.float64)
-            reps = np.concatenate([balanced_accuracy_weighted(y_true[ok], y_pred[ok], w[:, ok]) for w in weights])
+            reps = np.concatenate([balanced_accuracy_weighted(y_true[ok], y_pred[ok], w[:, ok]) for w in weights]
+                                  or [np.zeros(0)])
             point = float(balanced_accuracy_weighted(y_true[ok], y_pred[ok], w_ok[ok][None])[0])
             mean, lo, hi = official_ci(reps)
             if rounding:

@@ -215,5 +215,5 @@ def _multiclass_ba(rec: pd.DataFrame, ok: np.ndarray, img: np.ndarray, weights: 
     yt = np.array([true[i] for i in ims])
     yp = np.array([best[i][1] for i in ims])
     pt = balanced_accuracy_weighted(yt, yp, np.ones((1, len(ims))))[0]
-    reps = np.concatenate([balanced_accuracy_weighted(yt, yp, w[:, idx]) for w in weights])
+    reps = np.concatenate([balanced_accuracy_weighted(yt, yp, w[:, idx]) for w in weights] or [np.zeros(0)])
     return float(pt), reps

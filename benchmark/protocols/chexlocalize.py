@@ -22,7 +22,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from ..bootstrap import DEFAULT_N_BOOT, LegacyStream, official_ci, weighted_nanmean
+from ..bootstrap import DEFAULT_N_BOOT, LegacyStream, official_ci, replicate_means
 from ..geometry import parse_geometry, sample_mask
 from ..metrics import (iou_from_counts, minmax_normalize, otsu_segmentation, pointing_hit, threshold_counts,
                        threshold_label)
@@ -237,7 +237,7 @@ class CheXlocalize(Protocol):
                 if k:
                     table[ii[im], ti[t]] = v
             stream = LegacyStream(seed)
-            reps = np.concatenate([weighted_nanmean(table, w) for w in stream.weights(len(images), n_boot)], axis=0)
+            reps = replicate_means(table, stream.weights(len(images), n_boot))
             macro_reps = C.nanmean(reps, axis=1)
             mean, lo, hi = official_ci(np.column_stack([reps, macro_reps]))
             points = C.nanmean(table, axis=0)
