@@ -72,8 +72,18 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest
 
 
+# What a training run leaves beside its weights: logs with timestamps, the optimiser's state, the
+# recipe (with the machine's paths). None of it changes the model's outputs.
+TRAINING_RECORD_FILES = frozenset({"metrics.csv", "train_config.json", "trainer_state.json", "optimizer.safetensors"})
+TRAINING_RECORD_DIRS = frozenset({"tensorboard"})
+
+
 def checkpoint_sha256(path: str | os.PathLike | None) -> str:
-    """sha256 of a checkpoint file, or of a folder (hash of sorted relative names and file hashes)."""
+    """sha256 of a checkpoint file, or of a folder (hash of sorted relative names and file hashes).
+
+    A folder's training record (``TRAINING_RECORD_FILES``/``_DIRS``) is left out, so that two builds
+    of bitwise-identical weights have one hash, the one that run records and cache keys carry.
+    """
     if path is None:
         return "none"
     p = Path(path)
@@ -81,11 +91,15 @@ def checkpoint_sha256(path: str | os.PathLike | None) -> str:
         return file_sha256(p)
     if p.is_dir():
         h = hashlib.sha256()
-        for f in sorted(q for q in p.rglob("*") if q.is_file()):
+        for f in sorted(q for q in p.rglob("*") if q.is_file() and not _training_record(q.relative_to(p))):
             h.update(str(f.relative_to(p)).encode())
             h.update(file_sha256(f).encode())
         return h.hexdigest()
     raise FileNotFoundError(f"{p}: checkpoint not found (expected a file or a folder)")
+
+
+def _training_record(rel: Path) -> bool:
+    return rel.name in TRAINING_RECORD_FILES or any(part in TRAINING_RECORD_DIRS for part in rel.parts[:-1])
 
 
 def state_dict_sha256(state: dict[str, Any]) -> str:

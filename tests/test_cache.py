@@ -71,6 +71,25 @@ def test_checkpoint_hash_of_folder_and_missing(tmp_path):
         checkpoint_sha256(tmp_path / "nope.ckpt")
 
 
+def test_checkpoint_hash_of_folder_leaves_the_training_record_out(tmp_path):
+    # two builds of the same weights differ in their logs' timestamps and the recipe's paths
+    d = tmp_path / "run"
+    (d / "tokenizer").mkdir(parents=True)
+    (d / "model.safetensors").write_bytes(b"\1" * 16)
+    (d / "config.json").write_text("{}")
+    (d / "tokenizer" / "vocab.txt").write_text("[PAD]\n")
+    h = checkpoint_sha256(d)
+    (d / "metrics.csv").write_text("time,loss\n1796194474.862,7.3\n")
+    (d / "train_config.json").write_text('{"data_root": "/home/someone/data"}')
+    (d / "trainer_state.json").write_text("{}")
+    (d / "optimizer.safetensors").write_bytes(b"\2" * 8)
+    (d / "tensorboard").mkdir()
+    (d / "tensorboard" / "events.out").write_bytes(b"\3")
+    assert checkpoint_sha256(d) == h
+    (d / "tokenizer" / "vocab.txt").write_text("[PAD]\n[UNK]\n")  # what the model reads still counts
+    assert checkpoint_sha256(d) != h
+
+
 def test_state_dict_hash_sees_values_names_dtypes_and_shapes():
     import torch
 
