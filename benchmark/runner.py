@@ -98,6 +98,10 @@ class RunConfig:
                 raise ValueError("--limit must be a positive number of samples")
         if self.n_boot < 0:
             raise ValueError("--n-boot must be >= 0")
+        if self.batch_size < 1:
+            raise ValueError("--batch-size must be a positive number of images")
+        if self.num_workers is not None and int(self.num_workers) < 0:
+            raise ValueError("--num-workers must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,14 +133,27 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
 def choose_device(device: str) -> str:
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise ValueError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
-    if device != "auto":
+    if device == "cpu":
         return device
     try:
         import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
     except ImportError:
-        return "cpu"
+        torch = None
+    if device == "auto":
+        return "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
+    check_cuda_device(device, torch, "--device")
+    return device
+
+
+def check_cuda_device(device: str, torch: Any, flag: str) -> None:
+    """A clear error, before any model loads, when ``cuda[:N]`` names no visible GPU."""
+    n = torch.cuda.device_count() if torch is not None and torch.cuda.is_available() else 0
+    index = device.partition(":")[2]
+    if n == 0:
+        raise ValueError(f"{flag} {device}: torch sees no CUDA device (torch.cuda.is_available() is False); "
+                         "use cpu or auto")
+    if index and (not index.isdigit() or int(index) >= n):
+        raise ValueError(f"{flag} {device}: torch sees {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
 
 
 def default_workers() -> int:

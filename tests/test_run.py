@@ -184,6 +184,31 @@ def test_bad_ckpt_flag(tmp_path, toy_root):
     assert rc == 2
 
 
+@pytest.mark.parametrize("flag,value,message", [("--batch-size", "0", "--batch-size must be a positive"),
+                                                ("--num-workers", "-1", "--num-workers must be >= 0"),
+                                                ("--device", "gpu", "--device must be auto, cpu or cuda")])
+def test_bad_execution_flags_are_named(tmp_path, toy_root, capsys, flag, value, message):
+    rc, _ = _run(tmp_path, toy_root, flag, value)
+    assert rc == 2 and message in capsys.readouterr().err
+
+
+def test_a_cuda_device_torch_cannot_see_is_an_error_before_any_model_loads(monkeypatch):
+    import torch
+
+    from benchmark.runner import check_cuda_device, choose_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="--device cuda: torch sees no CUDA device"):
+        choose_device("cuda")
+    assert choose_device("auto") == "cpu" and choose_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert choose_device("cuda:1") == "cuda:1" and choose_device("auto") == "cuda"
+    for bad in ("cuda:2", "cuda:x"):
+        with pytest.raises(ValueError, match="torch sees 2 CUDA device"):
+            check_cuda_device(bad, torch, "--device")
+
+
 def test_unknown_model_fails_fast_without_loading_torch():
     code = ("import sys; from benchmark.cli.main import main; rc = main(['run', '--models', 'nosuchmodel', "
             "'--datasets', 'demo']); print('RC', rc, 'TORCH', 'torch' in sys.modules)")

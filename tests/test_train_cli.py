@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from afloc.train_task import TRAIN_TASKS, get_task
+from benchmark.cli.main import main
 from benchmark.cli.train import TRAIN_TARGETS, resolve_target
 
 
@@ -27,3 +28,13 @@ def test_unknown_target_and_task_are_named():
         resolve_target("glorai")
     with pytest.raises(ValueError, match="unknown training task 'nope'"):
         get_task("nope")
+
+
+def test_a_cuda_device_torch_cannot_see_is_named_before_anything_is_built(tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    rc = main(["train", "afloc", "--dataset", "demo_mimic", "--device", "cuda", "-q", "-o", str(tmp_path / "run")])
+    assert rc == 1
+    assert "--device cuda: torch sees no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "last").exists()
