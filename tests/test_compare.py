@@ -125,3 +125,13 @@ def test_without_replicates_the_differences_stand_and_intervals_are_empty(tmp_pa
     none = compare_runs(a, b, n_boot=0)
     assert np.allclose(none["diff"], with_ci["diff"], rtol=0, atol=1e-15)
     assert none[["lo", "hi", "p_value"]].isna().all().all()
+
+
+@pytest.mark.parametrize("command", ["compare", "score", "run"])
+def test_a_negative_replicate_count_is_refused_by_every_command(command, capsys):
+    argv = {"compare": ["compare", "a", "b"], "score": ["score", "--input", "x.npz", "--protocol", "canonical@1"],
+            "run": ["run", "--models", "uniform"]}[command]
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--n-boot", "-1"])
+    assert exc.value.code == 2
+    assert "--n-boot: expected a whole number >= 0" in capsys.readouterr().err

@@ -8,6 +8,8 @@ import math
 import sys
 from pathlib import Path
 
+from . import n_boot_arg
+
 HELP = "paired bootstrap comparison of two runs (difference, CI, p-value per dataset and metric)"
 
 DESCRIPTION = """\
@@ -28,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_b", help="run folder B")
     parser.add_argument("--metric", action="append", help="per-sample metric column to compare (repeatable); default all")
     parser.add_argument("--dataset", help="only this dataset")
-    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default 1000)")
+    parser.add_argument("--n-boot", type=n_boot_arg, default=1000,
+                        help="bootstrap replicates (default 1000; 0 = differences only, no CI or p-value)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the shared resampling (default 0)")
     parser.add_argument("--unit", choices=("image", "patient"), default="image", help="resampling unit")
     parser.add_argument("--all-categories", action="store_true", help="print per-category rows too")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import n_boot_arg
+
 HELP = "run models on datasets under a protocol and write a run record"
 DESCRIPTION = """\
 Run models on datasets and write a run folder (results.json, env.json, per-sample parquet).
@@ -31,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--split", default=None, help="dataset split to evaluate (default: each card's default, test)")
     g.add_argument("--prompt-set", default=None, help="prompt set: simple (default) or precise")
     s = parser.add_argument_group("statistics")
-    s.add_argument("--n-boot", type=int, default=None, help="bootstrap resamples (default 1000; 0 = none)")
+    s.add_argument("--n-boot", type=n_boot_arg, default=None,
+                   help="bootstrap resamples (default 1000; 0 = points only, no intervals)")
     s.add_argument("--seed", type=int, default=None, help="seed of the bootstrap and of seeded models (default 0)")
     w = parser.add_argument_group("weights and data")
     w.add_argument("--ckpt", action="append", default=None, metavar="MODEL=PATH",

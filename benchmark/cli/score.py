@@ -12,6 +12,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from . import n_boot_arg
+
 HELP = "score bring-your-own heatmaps (preds.npz) under a protocol"
 
 DESCRIPTION = """\
@@ -55,7 +57,8 @@ GROUNDING_KEYS = ("heatmaps", "masks", "categories")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", "-i", required=True, help="preds.npz (format above)")
     parser.add_argument("--protocol", "-p", default="afloc-compat@1", help="protocol id (default: afloc-compat@1)")
-    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default 1000)")
+    parser.add_argument("--n-boot", type=n_boot_arg, default=1000,
+                        help="bootstrap replicates (default 1000; 0 = points only, no intervals)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0, the official one)")
     parser.add_argument("--json", help="write the results to this JSON file")
     parser.add_argument("--unit", choices=("image", "patient"), default="image",
@@ -135,7 +138,7 @@ def read_inputs(path: str) -> dict[str, Any]:
     """Validate the npz and return its small arrays plus heatmap/mask shapes."""
     p = Path(path)
     if not p.is_file():
-        raise _error(path, "an existing .npz file")
+        raise _error(path, "file not found (expected an .npz file of heatmaps, masks and categories)")
     try:
         with zipfile.ZipFile(path) as zf:
             names = {n[:-4] for n in zf.namelist() if n.endswith(".npy")}
