@@ -40,6 +40,12 @@ class AFLocAdapter(Adapter):
     preprocessing_id = PREPROCESSING_IDS["letterbox"]
     color = "gray"
 
+    @classmethod
+    def default_weights_id(cls, options: dict[str, Any]) -> str | None:
+        from .demo import DEMO_MODEL_VERSION
+
+        return f"afloc-demo-{DEMO_MODEL_VERSION}"
+
     def load(self, checkpoint: str | None, device: str) -> None:
         from .checkpoint import load_model
         from .inference import GEOMETRIES, InferenceEngine
@@ -87,6 +93,12 @@ class UntrainedAFLocAdapter(AFLocAdapter):
     """The demo recipe's model at its seed weights (same preset, vocabulary and seed), before any
     training step, masked-LM or contrastive, so the demo checkpoint's gain over random features is
     measured, not assumed."""
+
+    @classmethod
+    def default_weights_id(cls, options: dict[str, Any]) -> str | None:
+        from .demo import DEMO_MODEL_VERSION
+
+        return f"afloc-demo-{DEMO_MODEL_VERSION}-seed-weights"  # the version follows configs/demo.yaml
 
     def load(self, checkpoint: str | None, device: str) -> None:
         from benchmark.cache import state_dict_sha256

@@ -25,6 +25,7 @@ class BaselineAdapter(Adapter):
     """
 
     needs_checkpoint = True
+    demo_task: str = ""  # the training task whose demo model stands in when no checkpoint is given
     checkpoint_name: str = ""  # the official file name
     checkpoint_url: str = ""  # where it is published
 
@@ -55,6 +56,14 @@ class BaselineAdapter(Adapter):
         return v
 
     # -- loading --------------------------------------------------------------------------
+    @classmethod
+    def default_weights_id(cls, options: dict[str, Any]) -> str | None:
+        if not cls.demo_task or str(options.get("random_init", "")).strip().lower() in _TRUE:
+            return None
+        from ._demo_trained import DEMO_VERSIONS
+
+        return f"{cls.demo_task}-demo-{DEMO_VERSIONS[cls.demo_task]}"
+
     def wants_random_init(self, checkpoint: str | None) -> bool:
         """True when the model is to be built without weights; otherwise the checkpoint must exist."""
         from ._checkpoints import need_file

@@ -56,6 +56,7 @@ class BioVilAdapter(BaselineAdapter):
     """
 
     capabilities = (GROUNDING, ZEROSHOT_CLS)
+    demo_task = "biovil"
     needs_checkpoint = False  # no --ckpt: the demo model
     input_geometry = f"resize_crop:{RESIZE}:{CROP}"
     preprocessing_id = preprocessing_id_for(RESIZE, CROP)
@@ -72,7 +73,7 @@ class BioVilAdapter(BaselineAdapter):
         if checkpoint is None and not self.opt_bool("random_init"):
             from ._demo_trained import ensure_demo_model
 
-            checkpoint = str(ensure_demo_model("biovil"))
+            checkpoint = str(ensure_demo_model(self.demo_task))
             log.info("%s: no checkpoint given, using the demo model %s", self.name or "biovil", checkpoint)
         self.checkpoint = checkpoint
         random_init = self.wants_random_init(checkpoint)

@@ -51,6 +51,7 @@ class ConvirtAdapter(BaselineAdapter):
     """
 
     capabilities = (GROUNDING, ZEROSHOT_CLS)
+    demo_task = "convirt"
     needs_checkpoint = False  # no --ckpt: the demo model
     input_geometry = "resize:224x224"
     preprocessing_id = "convirt-pilbilinear-resize224x224-imagenet-v1"
@@ -66,7 +67,7 @@ class ConvirtAdapter(BaselineAdapter):
         if checkpoint is None and not self.opt_bool("random_init"):
             from ._demo_trained import ensure_demo_model
 
-            checkpoint = str(ensure_demo_model("convirt"))
+            checkpoint = str(ensure_demo_model(self.demo_task))
             log.info("%s: no checkpoint given, using the demo model %s", self.name or "convirt", checkpoint)
         self.checkpoint = checkpoint
         random_init = self.wants_random_init(checkpoint)

@@ -50,6 +50,7 @@ class GloriaAdapter(BaselineAdapter):
     """
 
     capabilities = (GROUNDING, ZEROSHOT_CLS)
+    demo_task = "gloria"
     needs_checkpoint = False  # no --ckpt: the demo model
     input_geometry = "letterbox_crop:256:224"
     preprocessing_id = "gloria-cv2area-letterbox256-crop224-half-v1"
@@ -65,7 +66,7 @@ class GloriaAdapter(BaselineAdapter):
         if checkpoint is None and not self.opt_bool("random_init"):
             from ._demo_trained import ensure_demo_model
 
-            checkpoint = str(ensure_demo_model("gloria"))
+            checkpoint = str(ensure_demo_model(self.demo_task))
             log.info("%s: no checkpoint given, using the demo model %s", self.name or "gloria", checkpoint)
         self.checkpoint = checkpoint
         path = None if checkpoint is None else Path(checkpoint).expanduser()

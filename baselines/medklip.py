@@ -91,6 +91,7 @@ class MedKlipAdapter(BaselineAdapter):
     """
 
     capabilities = (GROUNDING, ZEROSHOT_CLS)
+    demo_task = "medklip"
     input_geometry = "resize:224x224"
     preprocessing_id = "medklip-pilbilinear-resize224x224-imagenet-v1"
     color = "gray"
@@ -108,7 +109,7 @@ class MedKlipAdapter(BaselineAdapter):
                 not any(self.opt(k) for k in OFFICIAL_FILE_OPTIONS):
             from ._demo_trained import ensure_demo_model
 
-            checkpoint = str(ensure_demo_model("medklip"))
+            checkpoint = str(ensure_demo_model(self.demo_task))
             logging.getLogger(__name__).info("medklip: no checkpoint given, using the demo model %s", checkpoint)
         folder = _project_folder(checkpoint) if checkpoint is not None and not self.opt_bool("random_init") else None
         if folder is not None:

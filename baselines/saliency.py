@@ -76,6 +76,14 @@ class _SaliencyAdapter(Adapter):
         self.n_empty_maps = 0
 
     # -- lifecycle ----------------------------------------------------------
+    @classmethod
+    def default_weights_id(cls, options: dict[str, Any]) -> str | None:
+        if option_flag(options.get("random_init", False)):
+            return None
+        from ._demo_classifier import DEMO_CLASSIFIER_VERSION
+
+        return f"classifier-demo-{DEMO_CLASSIFIER_VERSION}"
+
     def load(self, checkpoint: str | None, device: str) -> None:
         import torch
 

@@ -55,6 +55,13 @@ class Adapter:
         """Build the model and load ``checkpoint`` (a local path) onto ``device``."""
         self.checkpoint, self.device = checkpoint, device
 
+    @classmethod
+    def default_weights_id(cls, options: dict[str, Any]) -> str | None:
+        """Name and version of the weights ``load(None, ...)`` falls back to (a demo model), known
+        without loading anything. It is part of the ``--skip-existing`` fingerprint, so a resumed
+        run redoes a pair whose fallback weights changed. ``None``: no such fallback."""
+        return None
+
     def weights_fingerprint(self) -> str | None:
         """Identity of weights that no checkpoint file names (built in ``load``, e.g. seeded random
         weights from a config); part of the cache keys in place of the checkpoint hash, so that

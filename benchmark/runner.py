@@ -313,11 +313,14 @@ class Runner:
 
     def _pair_fingerprint(self, plan: PairPlan, ds_rec: dict[str, Any]) -> str:
         entry = model_registry.entry(plan.model)
+        ckpt = self.cfg.ckpt.get(plan.model)
+        options = {**entry.options, **self.cfg.model_options.get(plan.model, {})}
         payload = {"protocol": self.protocol.id, "n_boot": self.cfg.n_boot, "seed": self.cfg.seed,
                    "limit": self.cfg.limit, "ckpt": self.cfg.ckpt.get(plan.model),
                    "model_options": self.cfg.model_options.get(plan.model, {}), "registered": entry.options,
                    "sample_hash": ds_rec["sample_hash"], "prompt_hash": ds_rec["prompt_hash"],
-                   "harness": __version__, "tasks": plan.tasks}
+                   "harness": __version__, "tasks": plan.tasks,
+                   "default_weights": None if ckpt else entry.obj.default_weights_id(options)}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
     def _run_pair(self, plan: PairPlan, state: dict[str, Any]) -> dict[str, Any]:

@@ -118,6 +118,49 @@ def test_skip_existing_resumes_without_recomputing(tmp_path, toy_root, monkeypat
         _run(tmp_path, toy_root, "--skip-existing", "--n-boot", "20")
 
 
+def test_skip_existing_redoes_a_pair_whose_fallback_weights_changed(tmp_path, toy_root, monkeypatch):
+    """Without --ckpt a model may fall back to versioned weights (the demo models); a new version
+    must invalidate the finished pairs although no flag changed."""
+    from baselines.sanity import CenterPriorModel
+
+    monkeypatch.setattr(CenterPriorModel, "default_weights_id", classmethod(lambda cls, options: "demo-1"))
+    assert _run(tmp_path, toy_root)[0] == 0
+    redone = []
+    real = Runner._records
+
+    def spy(self, *a, **k):
+        redone.append(1)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Runner, "_records", spy)
+    assert _run(tmp_path, toy_root, "--skip-existing")[0] == 0
+    assert not redone
+    monkeypatch.setattr(CenterPriorModel, "default_weights_id", classmethod(lambda cls, options: "demo-2"))
+    assert _run(tmp_path, toy_root, "--skip-existing")[0] == 0
+    assert redone
+
+
+def test_demo_backed_models_name_their_fallback_weights_and_only_without_random_init():
+    from afloc.demo import DEMO_MODEL_VERSION
+    from baselines._demo_classifier import DEMO_CLASSIFIER_VERSION
+    from baselines._demo_trained import DEMO_VERSIONS
+    from benchmark.registry import models
+
+    def wid(name, **options):
+        entry = models.entry(name)
+        return entry.obj.default_weights_id({**entry.options, **options})
+
+    assert wid("afloc") == f"afloc-demo-{DEMO_MODEL_VERSION}"
+    assert wid("afloc_untrained") != wid("afloc")
+    for name, task in (("gloria", "gloria"), ("gloria_dot", "gloria"), ("convirt", "convirt"), ("biovil", "biovil"),
+                       ("medklip", "medklip")):
+        assert wid(name) == f"{task}-demo-{DEMO_VERSIONS[task]}"
+        assert wid(name, random_init="true") is None
+    assert wid("gradcam:densenet121") == f"classifier-demo-{DEMO_CLASSIFIER_VERSION}"
+    assert wid("gradcam:densenet121", random_init="1") is None
+    assert wid("center_prior") is None
+
+
 def test_interrupted_run_resumes(tmp_path, toy_root, monkeypatch):
     calls = {"n": 0}
     real = Runner._run_pair
