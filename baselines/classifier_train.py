@@ -298,7 +298,11 @@ def train_classifier(dataset_name: str, data_root: str | os.PathLike | None, out
         "images_skipped": skipped[:100], "n_images_skipped": len(skipped), "history": history,
         "input_geometry": spec.input_geometry,
     }
-    ckpt = C.save_classifier(model.cpu(), out / "classifier.pt", training=summary)
+    # the checkpoint's copy leaves out what differs between builds of the same weights (the data's
+    # location on this machine, epoch timings), so that its hash names the weights; summary.json keeps them
+    portable = {k: v for k, v in summary.items() if k != "root"}
+    portable["history"] = [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+    ckpt = C.save_classifier(model.cpu(), out / "classifier.pt", training=portable)
     summary["checkpoint"] = str(ckpt)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary

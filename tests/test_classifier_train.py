@@ -114,6 +114,22 @@ def test_train_save_resume_and_load_into_gradcam(blob_root, tmp_path):
     assert 0.0 <= float(a.score(emb, txt, txt)[0]) <= 1.0
 
 
+def test_two_builds_of_the_same_weights_give_one_checkpoint_file(blob_root, tmp_path):
+    # another copy of the data (another root) and other timings: the same bytes, hence one hash
+    import shutil
+
+    from benchmark.cache import file_sha256
+
+    other = tmp_path / "elsewhere"
+    shutil.copytree(blob_root, other, ignore=shutil.ignore_patterns("run*", "elsewhere"))
+    common = dict(labels=LABELS, arch="tiny", input_geometry="resize:32x32", batch_size=8, lr=3e-3,
+                  val_fraction=0.25, seed=0, progress=False)
+    a = T.train_classifier("test_blobs", str(blob_root), tmp_path / "run_a", 1, **common)
+    b = T.train_classifier("test_blobs", str(other), tmp_path / "run_b", 1, **common)
+    assert a["root"] != b["root"]  # the summary keeps where the data was
+    assert file_sha256(tmp_path / "run_a" / "classifier.pt") == file_sha256(tmp_path / "run_b" / "classifier.pt")
+
+
 def test_cli_main(blob_root, tmp_path, capsys):
     rc = T.cli_main(["test_blobs", "--data-root", str(blob_root), "--out", str(tmp_path / "cli"), "--epochs", "1",
                      "--arch", "tiny", "--input-geometry", "resize:32x32", "--labels", ",".join(LABELS),
