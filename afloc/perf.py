@@ -1,6 +1,7 @@
 """Throughput of AFLoc on this machine: ``python -m afloc.perf``.
 
-Prints, for the demo and the paper configuration (random weights; the demo vocabulary):
+Prints, for the demo and the paper configuration (random weights; the demo vocabulary; ``demo`` is
+the architecture the demo recipe ``configs/demo.yaml`` trains, ``demo-preset`` the bare preset):
   * training samples/s (forward + the three losses + backward + clipped Adam step, in memory);
   * inference heatmaps/s through the adapter path (``preprocess`` of 512×480 uint8 images →
     ``encode_images`` → ``encode_texts`` → ``similarity_map``) and through a bare model forward
@@ -26,12 +27,25 @@ CAPTION = ("there is a small left pleural effusion. the heart size is normal. "
 PROMPTS = ["Findings suggesting pneumonia.", "small left pleural effusion", "right lower lobe opacity"]
 
 
-def _model(preset: str):
+def _model(name: str):
+    """``demo``: the demo recipe's model (its preset with the recipe's overrides: 192 input, 4 text
+    layers); ``paper``; ``<preset>-preset`` or a preset name: the bare preset."""
     from . import config
     from .model import AFLoc
     from .tokenizer import Tokenizer
     from .vocab import ensure_demo_vocab
 
+    if name == "demo":
+        from .train import load_train_config
+        from .train_task import get_task
+
+        cfg = load_train_config("demo")
+        cfg.seed = 0
+        return get_task(cfg.task).build(cfg)[0]
+    preset = name.removesuffix("-preset")
+    if preset not in config.PRESETS:
+        raise ValueError(f"unknown configuration {name!r}; expected demo, paper or one of "
+                         f"{', '.join(p + '-preset' for p in config.PRESETS)}")
     tok = Tokenizer.from_path(ensure_demo_vocab())
     cfg = config.paper() if preset == "paper" else config.PRESETS[preset](vocab_size=len(tok))
     torch.manual_seed(0)
@@ -149,7 +163,8 @@ def inference_throughput(preset: str, batch: int, repeats: int) -> dict[str, flo
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m afloc.perf", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configs", default="demo,paper")
+    p.add_argument("--configs", default="demo,paper",
+                   help="comma-separated: demo (the demo model's architecture), paper, demo-preset, tiny-preset")
     p.add_argument("--train-batch", type=int, default=16)
     p.add_argument("--infer-batch", type=int, default=16)
     p.add_argument("--repeats", type=int, default=5)
@@ -160,22 +175,22 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads)
     rows = []
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU")
-    print(f"{'config':<8}{'train samples/s':>17}{'adapter maps/s':>16}{'bare maps/s':>13}{'overhead':>10}"
+    print(f"{'config':<12}{'train samples/s':>17}{'adapter maps/s':>16}{'bare maps/s':>13}{'overhead':>10}"
           f"{'w/o preprocess':>16}")
     for preset in a.configs.split(","):
         tr = train_throughput(preset, a.train_batch, a.repeats)
         inf = inference_throughput(preset, a.infer_batch, a.repeats)
         rows.append({"config": preset, "train_samples_per_s": tr, **inf,
                      "train_batch": a.train_batch, "infer_batch": a.infer_batch, "threads": torch.get_num_threads()})
-        print(f"{preset:<8}{tr:>17.2f}{inf['adapter_maps_per_s']:>16.2f}{inf['bare_maps_per_s']:>13.2f}"
+        print(f"{preset:<12}{tr:>17.2f}{inf['adapter_maps_per_s']:>16.2f}{inf['bare_maps_per_s']:>13.2f}"
               f"{inf['overhead_pct']:>9.1f}%{inf['overhead_without_preprocess_pct']:>15.1f}%")
     print(f"\nword-level loss, forward + backward, {len(RAGGED_WORDS)} texts of "
           f"{min(RAGGED_WORDS)}-{max(RAGGED_WORDS)} words:")
-    print(f"{'config':<8}{'grid':>7}{'grouped ms':>12}{'padded ms':>11}{'speed-up':>10}{'|loss diff|':>13}")
+    print(f"{'config':<12}{'grid':>7}{'grouped ms':>12}{'padded ms':>11}{'speed-up':>10}{'|loss diff|':>13}")
     for row in rows:
         w = word_loss_grouping(row["config"], a.repeats)
         row.update(w)
-        print(f"{row['config']:<8}{w['grid']:>7}{w['word_loss_grouped_ms']:>12.1f}{w['word_loss_padded_ms']:>11.1f}"
+        print(f"{row['config']:<12}{w['grid']:>7}{w['word_loss_grouped_ms']:>12.1f}{w['word_loss_padded_ms']:>11.1f}"
               f"{w['word_loss_speedup']:>9.2f}x{w['word_loss_abs_diff']:>13.2e}")
     if a.json:
         with open(a.json, "w") as f:
