@@ -54,22 +54,50 @@ def build_once(final: str | os.PathLike, complete: Any, build: Any) -> Path:
     return final
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes, memoised on (path, size, mtime) so large files hash once."""
+def file_sha256(path: str | os.PathLike, *, canonical_safetensors: bool = False) -> str:
+    """sha256 of a file's bytes, memoised on (path, size, mtime) so large files hash once.
+
+    ``canonical_safetensors``: for a ``.safetensors`` file, hash its header with sorted keys
+    (and no padding) followed by the tensor bytes. The writer stores ``__metadata__`` in hash-map
+    order, which changes from process to process, so identical tensors and metadata can be
+    different bytes."""
     p = Path(path)
     st = p.stat()
-    memo_key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    canonical = canonical_safetensors and p.suffix == ".safetensors"
+    memo_key = (str(p.resolve()), st.st_size, st.st_mtime_ns, canonical)
     with _memo_lock:
         if memo_key in _sha_memo:
             return _sha_memo[memo_key]
     h = hashlib.sha256()
     with open(p, "rb") as f:
+        if canonical:
+            header = _safetensors_header(f)
+            if header is None:  # not a readable safetensors file: its bytes (the loader says what is wrong)
+                f.seek(0)
+            else:
+                h.update(b"safetensors-canonical\0")
+                h.update(json.dumps(header, sort_keys=True, separators=(",", ":")).encode())
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             h.update(chunk)
     digest = h.hexdigest()
     with _memo_lock:
         _sha_memo[memo_key] = digest
     return digest
+
+
+def _safetensors_header(f) -> dict | None:
+    """The JSON header of an open safetensors file (position left at the tensor bytes), or None."""
+    raw = f.read(8)
+    if len(raw) < 8:
+        return None
+    n = int.from_bytes(raw, "little")
+    if n <= 0 or n > 100_000_000:
+        return None
+    try:
+        header = json.loads(f.read(n))
+    except ValueError:
+        return None
+    return header if isinstance(header, dict) else None
 
 
 # What a training run leaves beside its weights: logs with timestamps, the optimiser's state, the
@@ -81,19 +109,20 @@ TRAINING_RECORD_DIRS = frozenset({"tensorboard"})
 def checkpoint_sha256(path: str | os.PathLike | None) -> str:
     """sha256 of a checkpoint file, or of a folder (hash of sorted relative names and file hashes).
 
-    A folder's training record (``TRAINING_RECORD_FILES``/``_DIRS``) is left out, so that two builds
-    of bitwise-identical weights have one hash, the one that run records and cache keys carry.
+    A folder's training record (``TRAINING_RECORD_FILES``/``_DIRS``) is left out, and safetensors
+    files are hashed in canonical form (``file_sha256``), so that two builds of bitwise-identical
+    weights have one hash, the one that run records and cache keys carry.
     """
     if path is None:
         return "none"
     p = Path(path)
     if p.is_file():
-        return file_sha256(p)
+        return file_sha256(p, canonical_safetensors=True)
     if p.is_dir():
         h = hashlib.sha256()
         for f in sorted(q for q in p.rglob("*") if q.is_file() and not _training_record(q.relative_to(p))):
             h.update(str(f.relative_to(p)).encode())
-            h.update(file_sha256(f).encode())
+            h.update(file_sha256(f, canonical_safetensors=True).encode())
         return h.hexdigest()
     raise FileNotFoundError(f"{p}: checkpoint not found (expected a file or a folder)")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -88,6 +89,44 @@ def test_checkpoint_hash_of_folder_leaves_the_training_record_out(tmp_path):
     assert checkpoint_sha256(d) == h
     (d / "tokenizer" / "vocab.txt").write_text("[PAD]\n[UNK]\n")  # what the model reads still counts
     assert checkpoint_sha256(d) != h
+
+
+def _safetensors_bytes(tensors, metadata_items, pad=0):
+    """A safetensors file with its ``__metadata__`` keys in the given order (the writer's order
+    varies from process to process) and ``pad`` extra spaces after the header."""
+    import torch
+    from safetensors.torch import save
+
+    raw = save({k: v.contiguous() for k, v in tensors.items()}, metadata=dict(metadata_items))
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    header.pop("__metadata__", None)
+    header = {"__metadata__": dict(metadata_items), **header}
+    text = json.dumps(header).encode() + b" " * pad
+    return len(text).to_bytes(8, "little") + text + raw[8 + n:]
+
+
+def test_checkpoint_hash_of_safetensors_ignores_metadata_order_and_padding(tmp_path):
+    import torch
+
+    t = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(2)}
+    a, b, c = tmp_path / "a.safetensors", tmp_path / "b" / "model.safetensors", tmp_path / "c.safetensors"
+    b.parent.mkdir()
+    a.write_bytes(_safetensors_bytes(t, [("format", "x"), ("format_version", "1")]))
+    b.write_bytes(_safetensors_bytes(t, [("format_version", "1"), ("format", "x")], pad=8))
+    assert a.read_bytes() != b.read_bytes()
+    assert checkpoint_sha256(a) == checkpoint_sha256(b)
+    other = dict(t, b=torch.tensor([1.0, 2.0]))
+    c.write_bytes(_safetensors_bytes(other, [("format", "x"), ("format_version", "1")]))
+    assert checkpoint_sha256(c) != checkpoint_sha256(a)
+    c.write_bytes(_safetensors_bytes(t, [("format", "y"), ("format_version", "1")]))
+    assert checkpoint_sha256(c) != checkpoint_sha256(a)  # metadata values count, their order does not
+    (tmp_path / "a2").mkdir()
+    (tmp_path / "a2" / "model.safetensors").write_bytes(a.read_bytes())
+    assert checkpoint_sha256(tmp_path / "a2") == checkpoint_sha256(b.parent)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    assert checkpoint_sha256(bad) == file_sha256(bad)  # unreadable: its bytes; the loader reports it
 
 
 def test_state_dict_hash_sees_values_names_dtypes_and_shapes():
