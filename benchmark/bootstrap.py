@@ -18,6 +18,7 @@ Two ways to draw:
 
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Iterator, Sequence
 
@@ -232,6 +233,21 @@ def official_ci(reps: np.ndarray, level: float = 0.95):
         mean = np.nanmean(reps, axis=0)
     lo, hi = srt[lo_i], srt[hi_i]
     return (mean[0], lo[0], hi[0]) if one else (mean, lo, hi)
+
+
+OFFICIAL_CI_MIN_REPLICATES = 40  # below, int(0.025 * R) - 1 = -1: the "lower" bound is the largest replicate
+_warned_few: set[str] = set()
+
+
+def warn_few_official_replicates(n_boot: int, protocol: str) -> None:
+    """Once per protocol and process: the official index rule needs R >= 40 replicates."""
+    if 0 < n_boot < OFFICIAL_CI_MIN_REPLICATES and protocol not in _warned_few:
+        _warned_few.add(protocol)
+        logging.getLogger("afloc_bench.bootstrap").warning(
+            "%s with --n-boot %d: the official interval takes sorted replicates int(0.025 R) - 1 and "
+            "int(0.975 R) - 1, which below %d replicates makes the lower bound the largest replicate; "
+            "use --n-boot >= %d (1000 as published) or 0 for points only",
+            protocol, n_boot, OFFICIAL_CI_MIN_REPLICATES, OFFICIAL_CI_MIN_REPLICATES)
 
 
 def percentile_ci(reps: np.ndarray, level: float = 0.95):

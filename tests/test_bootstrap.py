@@ -106,3 +106,19 @@ def test_p_value_and_fdr():
     assert bootstrap_p_value(np.zeros(100)) == 1.0
     assert bootstrap_p_value(np.r_[np.ones(99), -1.0]) == pytest.approx(0.02)
     np.testing.assert_allclose(bh_fdr([0.01, 0.04, 0.03, np.nan]), [0.03, 0.04, 0.04, np.nan])
+
+
+def test_official_intervals_with_too_few_replicates_are_flagged_once(caplog):
+    from benchmark import bootstrap as B
+
+    B._warned_few.discard("proto@1")
+    with caplog.at_level("WARNING", logger="afloc_bench.bootstrap"):
+        for n in (0, 1000):
+            B.warn_few_official_replicates(n, "proto@1")
+        assert not caplog.records
+        B.warn_few_official_replicates(20, "proto@1")
+        B.warn_few_official_replicates(10, "proto@1")
+    assert len(caplog.records) == 1 and "--n-boot 20" in caplog.text and ">= 40" in caplog.text
+    # what it warns about: the official index rule at R = 20 gives the largest replicate as "lower"
+    mean, lo, hi = B.official_ci(np.arange(20.0))
+    assert lo == 19.0 and hi == 18.0

@@ -252,8 +252,9 @@ class AflocCompat(Protocol):
                   unit: str = "image", params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Official aggregates and CIs. ``unit`` is ignored: the official bootstrap resamples
         pooled rows (grounding) or images (classification)."""
-        from ..bootstrap import blas_single_thread
+        from ..bootstrap import blas_single_thread, warn_few_official_replicates
 
+        warn_few_official_replicates(n_boot, self.id)
         with blas_single_thread():
             return self._summarize(records, task, n_boot=n_boot, seed=seed, params=dict(params or {}))
 

@@ -214,8 +214,9 @@ class CheXlocalize(Protocol):
             raise ValueError(f"chexlocalize@1 has no task {task!r}")
         if len(records) == 0:
             return []
-        from ..bootstrap import blas_single_thread
+        from ..bootstrap import blas_single_thread, warn_few_official_replicates
 
+        warn_few_official_replicates(n_boot, self.id)
         with blas_single_thread():
             return self._summarize(records, n_boot=n_boot, seed=seed, params=dict(params or {}))
 
