@@ -316,7 +316,7 @@ class Runner:
         ckpt = self.cfg.ckpt.get(plan.model)
         options = {**entry.options, **self.cfg.model_options.get(plan.model, {})}
         payload = {"protocol": self.protocol.id, "n_boot": self.cfg.n_boot, "seed": self.cfg.seed,
-                   "limit": self.cfg.limit, "ckpt": self.cfg.ckpt.get(plan.model),
+                   "limit": self.cfg.limit, "ckpt": ckpt,
                    "model_options": self.cfg.model_options.get(plan.model, {}), "registered": entry.options,
                    "sample_hash": ds_rec["sample_hash"], "prompt_hash": ds_rec["prompt_hash"],
                    "harness": __version__, "tasks": plan.tasks,
