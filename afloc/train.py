@@ -185,10 +185,9 @@ class Distributed:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if device_pref.startswith("cuda"):
-            from benchmark.runner import check_cuda_device
+        from benchmark.runner import choose_device
 
-            check_cuda_device(device_pref, torch, "--device")
+        choose_device(device_pref)  # the same names and GPU check as `run`, before anything is built
         cuda = torch.cuda.is_available() and device_pref in ("auto", "cuda") or device_pref.startswith("cuda")
         if device_pref.startswith("cuda:"):
             self.device = device_pref

@@ -131,6 +131,8 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def choose_device(device: str) -> str:
+    """``auto`` → cuda when torch sees a GPU, else cpu. A named ``cuda[:N]`` that torch cannot see
+    is an error here, before any model loads."""
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise ValueError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
     if device == "cpu":
@@ -141,19 +143,14 @@ def choose_device(device: str) -> str:
         torch = None
     if device == "auto":
         return "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
-    check_cuda_device(device, torch, "--device")
-    return device
-
-
-def check_cuda_device(device: str, torch: Any, flag: str) -> None:
-    """A clear error, before any model loads, when ``cuda[:N]`` names no visible GPU."""
     n = torch.cuda.device_count() if torch is not None and torch.cuda.is_available() else 0
     index = device.partition(":")[2]
     if n == 0:
-        raise ValueError(f"{flag} {device}: torch sees no CUDA device (torch.cuda.is_available() is False); "
+        raise ValueError(f"--device {device}: torch sees no CUDA device (torch.cuda.is_available() is False); "
                          "use cpu or auto")
     if index and (not index.isdigit() or int(index) >= n):
-        raise ValueError(f"{flag} {device}: torch sees {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
+        raise ValueError(f"--device {device}: torch sees {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
+    return device
 
 
 def default_workers() -> int:

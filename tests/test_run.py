@@ -238,7 +238,7 @@ def test_bad_execution_flags_are_named(tmp_path, toy_root, capsys, flag, value, 
 def test_a_cuda_device_torch_cannot_see_is_an_error_before_any_model_loads(monkeypatch):
     import torch
 
-    from benchmark.runner import check_cuda_device, choose_device
+    from benchmark.runner import choose_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="--device cuda: torch sees no CUDA device"):
@@ -249,7 +249,7 @@ def test_a_cuda_device_torch_cannot_see_is_an_error_before_any_model_loads(monke
     assert choose_device("cuda:1") == "cuda:1" and choose_device("auto") == "cuda"
     for bad in ("cuda:2", "cuda:x"):
         with pytest.raises(ValueError, match="torch sees 2 CUDA device"):
-            check_cuda_device(bad, torch, "--device")
+            choose_device(bad)
 
 
 def test_unknown_model_fails_fast_without_loading_torch():

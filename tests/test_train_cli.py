@@ -38,3 +38,5 @@ def test_a_cuda_device_torch_cannot_see_is_named_before_anything_is_built(tmp_pa
     assert rc == 1
     assert "--device cuda: torch sees no CUDA device" in capsys.readouterr().err
     assert not (tmp_path / "run" / "last").exists()
+    rc = main(["train", "afloc", "--dataset", "demo_mimic", "--device", "gpu", "-q", "-o", str(tmp_path / "run")])
+    assert rc == 1 and "--device must be auto, cpu or cuda" in capsys.readouterr().err
