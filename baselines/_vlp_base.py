@@ -9,10 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmark.adapter import Adapter
-
-_TRUE = {"1", "true", "yes", "on", "y", "t"}
-_FALSE = {"0", "false", "no", "off", "n", "f", ""}
+from benchmark.adapter import Adapter, flag_option
 
 
 class BaselineAdapter(Adapter):
@@ -39,15 +36,7 @@ class BaselineAdapter(Adapter):
         return self.options.get(key, default)
 
     def opt_bool(self, key: str, default: bool = False) -> bool:
-        v = self.options.get(key, default)
-        if isinstance(v, bool):
-            return v
-        s = str(v).strip().lower()
-        if s in _TRUE:
-            return True
-        if s in _FALSE:
-            return False
-        raise ValueError(f"model option {key}={v!r}: expected true or false")
+        return flag_option(self.options, key, default)
 
     def opt_choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
         v = str(self.options.get(key, default))
@@ -58,7 +47,7 @@ class BaselineAdapter(Adapter):
     # -- loading --------------------------------------------------------------------------
     @classmethod
     def default_weights_id(cls, options: dict[str, Any]) -> str | None:
-        if not cls.demo_task or str(options.get("random_init", "")).strip().lower() in _TRUE:
+        if not cls.demo_task or flag_option(options, "random_init"):
             return None
         from ._demo_trained import DEMO_VERSIONS
 

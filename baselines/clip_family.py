@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Adapter, register_model
+from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Adapter, flag_option, register_model
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +133,8 @@ class _ClipAdapter(Adapter):
         x = image_emb["x"]
         self._sim.text = text_emb.detach().to(x.device)
         try:
-            from .saliency import option_flag
-
             return _cam.compute_cams(method, self._sim, self._layer, x, list(range(len(x))), output=output,
-                                     relu=option_flag(self.options.get("cam_relu", True)),
+                                     relu=flag_option(self.options, "cam_relu", True),
                                      reshape_transform=self._reshape)
         finally:
             self._sim.text = None

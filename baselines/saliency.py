@@ -37,16 +37,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Adapter, register_model
+from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Adapter, flag_option, register_model
 
 log = logging.getLogger(__name__)
-
-
-def option_flag(value: Any) -> bool:
-    """Model options arrive as strings from the command line: 'false', '0', 'no' are False."""
-    if isinstance(value, str):
-        return value.strip().lower() not in ("false", "0", "no", "off", "")
-    return bool(value)
 
 
 def frame(image: np.ndarray, geometry: str) -> np.ndarray:
@@ -78,7 +71,7 @@ class _SaliencyAdapter(Adapter):
     # -- lifecycle ----------------------------------------------------------
     @classmethod
     def default_weights_id(cls, options: dict[str, Any]) -> str | None:
-        if option_flag(options.get("random_init", False)):
+        if flag_option(options, "random_init"):
             return None
         from ._demo_classifier import DEMO_CLASSIFIER_VERSION
 
@@ -89,7 +82,7 @@ class _SaliencyAdapter(Adapter):
 
         from . import _classifiers as C
 
-        if not checkpoint and not option_flag(self.options.get("random_init", False)):
+        if not checkpoint and not flag_option(self.options, "random_init"):
             from ._demo_classifier import ensure_demo_classifier
 
             checkpoint = str(ensure_demo_classifier())
@@ -168,7 +161,7 @@ class _SaliencyAdapter(Adapter):
         output = str(self.options.get("cam_output", "raw"))
         cls = [int(k) for k in text_emb.tolist()]
         maps = _cam.compute_cams(self.method, self.model, self.model.cam_layer, image_emb["x"], cls, output=output,
-                                 relu=option_flag(self.options.get("cam_relu", True)))
+                                 relu=flag_option(self.options, "cam_relu", True))
         self.n_maps += len(maps)
         empty = _cam.count_empty(maps)
         if empty:
@@ -187,7 +180,7 @@ class _SaliencyAdapter(Adapter):
         d = super().describe()
         d["cam_method"] = self.method
         d["cam_layer"] = "final_relu (non-inplace ReLU after features)"
-        d["cam_relu"] = option_flag(self.options.get("cam_relu", True))
+        d["cam_relu"] = flag_option(self.options, "cam_relu", True)
         d["maps"] = {"total": self.n_maps, "all_zero": self.n_empty_maps}
         if self.load_report is not None:
             d["load_report"] = self.load_report.summary()

@@ -26,6 +26,25 @@ ZEROSHOT_CLS = "zeroshot_cls"
 CAPABILITIES = (GROUNDING, ZEROSHOT_CLS)
 
 
+TRUE_WORDS = frozenset({"1", "true", "yes", "on", "y", "t"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off", "n", "f", ""})
+
+
+def flag_option(options: dict[str, Any], key: str, default: bool = False) -> bool:
+    """A yes/no model option. Options arrive as strings from the command line
+    (``--model-option NAME.KEY=VALUE``), so 'false', '0', 'no' must read as False; a word that is
+    neither yes nor no is an error rather than a silent True."""
+    v = options.get(key, default)
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in TRUE_WORDS:
+        return True
+    if s in FALSE_WORDS:
+        return False
+    raise ValueError(f"model option {key}={v!r}: expected true or false (1/0, yes/no, on/off)")
+
+
 class Adapter:
     """Base class of every model adapter.
 

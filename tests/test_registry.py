@@ -101,3 +101,28 @@ def test_listing_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "TORCH False TRANSFORMERS False" in out.stdout
+
+
+def test_flag_option_reads_command_line_words_and_rejects_others():
+    from benchmark.adapter import flag_option
+
+    for word in ("true", "1", "Yes", " on ", "y", "T"):
+        assert flag_option({"k": word}, "k") is True
+    for word in ("false", "0", "No", "off", "n", "", "F"):
+        assert flag_option({"k": word}, "k") is False
+    assert flag_option({}, "k") is False and flag_option({}, "k", True) is True
+    assert flag_option({"k": False}, "k", True) is False
+    with pytest.raises(ValueError, match=r"cam_relu='maybe'.*true or false"):
+        flag_option({"cam_relu": "maybe"}, "cam_relu", True)
+
+
+def test_every_yes_no_model_option_is_strict():
+    """The saliency, CLIP-family and checkpoint-backed adapters read yes/no options one way: an
+    unknown word is an error (it used to read as True for the saliency models)."""
+    from benchmark.registry import models
+
+    with pytest.raises(ValueError, match="random_init='sure'"):
+        models.entry("gradcam:densenet121").obj.default_weights_id({"random_init": "sure"})
+    with pytest.raises(ValueError, match="random_init='sure'"):
+        models.entry("gloria").obj.default_weights_id({"random_init": "sure"})
+    assert models.entry("gradcam:densenet121").obj.default_weights_id({"random_init": "off"}) is not None
