@@ -118,7 +118,10 @@ def test_golden_outputs_match(model_and_outputs):
     ref = np.load(GOLDEN / f"{name}.npz")
     assert sorted(ref.files) == sorted(out)
     for k in ref.files:
-        np.testing.assert_allclose(out[k], ref[k], rtol=1e-4, atol=1e-6, err_msg=f"{name}: {k}")
+        # atol on the array's own scale: other CPUs (AVX2 against AVX-512 kernels) move values
+        # near zero by a few units of 1e-6 of the largest one, not by 1e-4 of themselves
+        atol = 1e-5 * max(1e-3, float(np.abs(ref[k]).max())) if ref[k].size and ref[k].dtype.kind == "f" else 0
+        np.testing.assert_allclose(out[k], ref[k], rtol=1e-4, atol=atol, err_msg=f"{name}: {k}")
 
 
 def test_shapes_and_ranges(model_and_outputs):

@@ -14,17 +14,34 @@ import pytest
 
 from benchmark.cli.main import main
 from benchmark.golden import GOLDEN_DIR, resummarize, small_run
-from benchmark.regress import Cell, compare_cells, run_cells
+from benchmark.regress import Cell, compare_cells, diff_table, run_cells
 
 
-def test_small_demo_run_matches_golden(tmp_path, capsys):
-    golden = GOLDEN_DIR / "golden-small"
-    assert (golden / "results.json").is_file(), "run `python -m benchmark.golden small` to create it"
+# The demo images are rendered with numpy and OpenCV, whose SIMD code paths round differently on
+# different instruction sets (measured: the same generation on an AVX2 machine and with numpy
+# held to its baseline code gave different bytes in 109 of 206 files; so did OpenCV with its
+# optimised paths off). ``random`` keys its noise on the image bytes, so its numbers are
+# specific to the machine that rendered the images; the other sanity models read no pixels.
+PIXEL_KEYED = {"random"}
+
+
+def _sample_counts(state: dict, model: str) -> dict:
+    return {(ds, r["task"], r["metric"], r["category"]): r["n"]
+            for ds, by_model in state["results"].items() for r in by_model.get(model, [])}
+
+
+def test_small_demo_run_matches_golden(tmp_path):
+    golden_dir = GOLDEN_DIR / "golden-small"
+    assert (golden_dir / "results.json").is_file(), "run `python -m benchmark.golden small` to create it"
     run = small_run(tmp_path)
-    rc = main(["regress", str(run), "--against", str(golden), "--tolerance", "1e-9"])
-    out = capsys.readouterr().out
-    assert rc == 0, out
     res = json.loads((run / "results.json").read_text())
+    golden = json.loads((golden_dir / "results.json").read_text())
+    diffs = compare_cells([c for c in run_cells(res) if c.model not in PIXEL_KEYED],
+                          [c for c in run_cells(golden) if c.model not in PIXEL_KEYED], 1e-9)
+    bad = [d for d in diffs if d.status != "ok"]
+    assert diffs and not bad, diff_table(bad)
+    for model in PIXEL_KEYED:  # the same cells (not the same counts: CheXlocalize keeps a sample by its prediction)
+        assert set(_sample_counts(res, model)) == set(_sample_counts(golden, model)) != set()
     # the reference really covers every demo evaluation set and every sanity model
     assert len(res["results"]) == 7 and all(len(m) == 3 for m in res["results"].values())
 
