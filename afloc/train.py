@@ -351,7 +351,10 @@ class Trainer:
             self._load_state(self.out / "last")
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
+            from benchmark.records import environment
+
             doc = {"train": cfg.to_dict(), "model": self.task.model_config(self.model), "world_size": self.dist.world,
+                   "environment": environment(self.device),  # threads and SIMD paths decide the weights' last bits
                    "train_data": {**self.train_info, "n_pairs": len(self.train_data),
                                   "n_skipped": len(self.train_data.skipped)},
                    "val_data": {**self.val_info, "n_pairs": len(self.val_data),

@@ -134,8 +134,34 @@ ENV_PACKAGES = ("afloc-bench", "numpy", "scipy", "pandas", "scikit-learn", "torc
                 "pyarrow", "safetensors", "torchxrayvision")
 
 
+def cpu_simd() -> dict[str, Any]:
+    """The SIMD code paths numpy, OpenCV and torch take on this CPU. They decide the last bits of
+    the rendered demo data and of CPU training (AVX2 and AVX-512 paths round differently), so a
+    run compared against a golden file made on another kind of CPU drifts a little."""
+    out: dict[str, Any] = {}
+    try:
+        from numpy._core._multiarray_umath import __cpu_baseline__, __cpu_dispatch__, __cpu_features__
+
+        out["numpy"] = list(__cpu_baseline__) + [f for f in __cpu_dispatch__ if __cpu_features__.get(f)]
+    except Exception:  # noqa: BLE001 - a private numpy table; absent in other numpy versions
+        out["numpy"] = None
+    try:
+        import cv2
+
+        out["opencv"] = [f.lstrip("*") for f in cv2.getCPUFeaturesLine().split() if not f.endswith("?")]
+    except Exception:  # noqa: BLE001 - OpenCV is optional here
+        out["opencv"] = None
+    try:
+        import torch
+
+        out["torch"] = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # noqa: BLE001
+        out["torch"] = None
+    return out
+
+
 def environment(device: str | None = None) -> dict[str, Any]:
-    """What env.json records: interpreter, platform, package versions, device."""
+    """What env.json records: interpreter, platform, CPU code paths, package versions, device."""
     versions = {}
     for name in ENV_PACKAGES:
         try:
@@ -149,6 +175,7 @@ def environment(device: str | None = None) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "packages": versions,
         "device": device,
+        "cpu_simd": cpu_simd(),
     }
     try:
         import torch

@@ -251,7 +251,11 @@ def test_augment_applies_to_training_batches_only(tmp_path):
     assert state["history"][0]["val_loss"] > 0
     import json
 
-    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["train"]["augment"] == {"translate": 0.1}
+    record = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert record["train"]["augment"] == {"translate": 0.1}
+    # what decides the last bits of from-scratch weights is on record: threads and SIMD code paths
+    assert record["environment"]["torch"]["num_threads"] == torch.get_num_threads()
+    assert record["environment"]["cpu_simd"]["torch"] == torch.backends.cpu.get_cpu_capability()
 
 
 def test_ema_decay_saves_the_average_of_the_trajectory_and_leaves_training_unchanged(tmp_path):

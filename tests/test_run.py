@@ -51,6 +51,11 @@ def test_run_writes_complete_versioned_record(tmp_path, toy_root, capsys):
     assert peak["lo"] - 1e-12 <= peak["boot_mean"] <= peak["hi"] + 1e-12
     env = json.loads((out / "env.json").read_text())
     assert env["packages"]["numpy"] and env["device"] == "cpu"
+    # the SIMD paths that decide the last bits of demo data and CPU training are on record
+    import torch
+
+    assert env["cpu_simd"]["torch"] == torch.backends.cpu.get_cpu_capability()
+    assert env["cpu_simd"]["numpy"] and env["cpu_simd"]["opencv"]
     samples = pd.read_parquet(out / "samples" / "toy_test__random.parquet")
     assert {"sample_id", "image_id", "patient_id", "category", "label", "split", "task"} <= set(samples.columns)
     assert len(samples[samples.task == "grounding"]) == 3 and len(samples[samples.task == "classification"]) == 6
