@@ -272,7 +272,8 @@ class Runner:
         for s in samples:
             h.update(json.dumps([s.sample_id, s.category, s.label, s.boxes, s.polygons,
                                  [r.get("counts") if isinstance(r.get("counts"), str) else str(r.get("counts"))
-                                  for r in s.rles], s.mask_paths], default=str).encode())
+                                  for r in s.rles], [_under_root(m, ds.root) for m in s.mask_paths]],
+                                default=str).encode())
             p.update(s.prompt(self.cfg.prompt_set).encode() + b"\0")
         card = ds.card
         return {
@@ -665,6 +666,15 @@ class Runner:
         if ckpt:
             return checkpoint_sha256(ckpt)
         return adapter.weights_fingerprint() or "none"
+
+
+def _under_root(path: str | os.PathLike, root: str | os.PathLike) -> str:
+    """A ground-truth file as the sample hash sees it: relative to the dataset root when inside it,
+    so the same dataset in another folder (another cache, another machine) hashes the same."""
+    try:
+        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def _io_reason(exc: OSError) -> str:

@@ -360,3 +360,26 @@ def test_record_file_stems_are_portable_and_reversible():
     assert parse_stem("demo_rsna__clip:openai") == ("demo_rsna", "clip:openai")  # runs written before
     with pytest.raises(ValueError, match="not <dataset>__<model>"):
         parse_stem("results")
+
+
+def test_sample_hash_does_not_depend_on_where_the_dataset_lives(tmp_path, monkeypatch):
+    """COVID Rural's ground truth is mask files: the hash takes them relative to the dataset root,
+    so the same collection in two folders (two caches, two machines) is recognised as the same."""
+    import shutil
+
+    from benchmark.demo import generate
+
+    first = tmp_path / "a" / "demo"
+    generate(first, n_train=8, n_test=6, datasets=["covid_rural"], progress=False, workers=1)
+    moved = tmp_path / "b" / "elsewhere"
+    shutil.copytree(first, moved)
+    hashes = []
+    for root in (first, moved):
+        monkeypatch.setenv("AFLOC_BENCH_DEMO", str(root))
+        out = tmp_path / f"run-{root.name}-{len(hashes)}"
+        assert main(["-q", "run", "--models", "uniform", "--datasets", "demo_covid_rural", "--n-boot", "0",
+                     "--no-cache", "--num-workers", "0", "-o", str(out)]) == 0
+        ds = json.loads((out / "results.json").read_text())["datasets"]["demo_covid_rural"]
+        assert ds["root"].startswith(str(root)) and ds["n_samples_used"] > 0
+        hashes.append(ds["sample_hash"])
+    assert hashes[0] == hashes[1]
