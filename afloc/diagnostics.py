@@ -17,6 +17,10 @@ separate lesions" apart from "the report embedding does not read them out".
 one image, between the official heatmaps of different prompts. A model whose maps correlate near 1
 draws one map per image whatever the finding, so it cannot point at the heart for cardiomegaly and
 at the lung for pneumonia on the same image.
+
+``python -m afloc.diagnostics CKPT... [untrained]`` prints both for checkpoints on the demo sets (or
+any box dataset): the readout contrast on the images of ``--boxes`` whose box holds a cell centre of
+the deep grid, and the prompt dependence of eight finding prompts on ``--prompt-images``.
 """
 
 from __future__ import annotations
@@ -109,3 +113,93 @@ def prompt_dependence(model: AFLoc, images: torch.Tensor, prompts: list[str]) ->
     cos = unit @ unit.T
     off = ~torch.eye(len(prompts), dtype=torch.bool, device=cos.device)
     return {"map_correlation": float(map_correlation(maps).mean()), "embedding_cosine": float(cos[off].mean())}
+
+
+def box_grid_masks(frame_boxes: list[np.ndarray], grid: tuple[int, int], frame: tuple[int, int]) -> np.ndarray:
+    """Boolean [N, gh, gw] masks: a grid cell is lesion when its centre lies inside one of the
+    image's boxes (``[x, y, w, h]`` in frame pixels, as ``Geometry.boxes_to_frame`` gives them)."""
+    gh, gw = grid
+    fh, fw = frame
+    cy = (np.arange(gh) + 0.5) * fh / gh
+    cx = (np.arange(gw) + 0.5) * fw / gw
+    out = np.zeros((len(frame_boxes), gh, gw), dtype=bool)
+    for i, boxes in enumerate(frame_boxes):
+        for x, y, w, h in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
+            out[i] |= ((cy >= y) & (cy <= y + h))[:, None] & ((cx >= x) & (cx <= x + w))[None, :]
+    return out
+
+
+def _box_images(dataset: str, data_root: str | None, limit: int | None):
+    """Letterboxed model inputs and frame boxes of a box dataset's samples that have boxes."""
+    from benchmark.dataset import build_dataset
+    from benchmark.geometry import parse_geometry
+    from benchmark.imageio import read_image
+
+    from .inference import preprocess_image
+
+    geo = parse_geometry("letterbox:224")
+    ds = build_dataset(dataset, data_root)
+    samples = [s for s in ds.samples() if s.boxes][:limit]
+    if not samples:
+        raise ValueError(f"{dataset} ({ds.root}): no sample with a box; readout contrast needs box ground truth")
+    images, boxes = [], []
+    for s in samples:
+        img = read_image(s.image_path)
+        images.append(preprocess_image(img))
+        boxes.append(geo.boxes_to_frame(s.boxes, img.shape[:2]))
+    return torch.stack(images), boxes
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m afloc.diagnostics CKPT...``: readout contrast on a box set and prompt dependence,
+    one line per checkpoint folder (``untrained`` = the demo recipe's seed weights)."""
+    import argparse
+    import json
+
+    from benchmark.registry import load_plugins
+
+    ap = argparse.ArgumentParser(prog="python -m afloc.diagnostics", description=main.__doc__)
+    ap.add_argument("checkpoints", nargs="+", help="checkpoint folders or files (or 'untrained')")
+    ap.add_argument("--boxes", default="demo_rsna", help="box dataset for the readout contrast (default demo_rsna)")
+    ap.add_argument("--prompt", default="Findings suggesting pneumonia.", help="prompt for the readout contrast")
+    ap.add_argument("--prompt-images", default="demo_ms_cxr", help="images for prompt dependence (default demo_ms_cxr)")
+    ap.add_argument("--findings", default="atelectasis,cardiomegaly,consolidation,edema,lung opacity,"
+                    "pleural effusion,pneumonia,pneumothorax",
+                    help="comma-separated findings, prompted as 'Findings suggesting {finding}.'")
+    ap.add_argument("--data-root", default=None, help="dataset root template (demo sets live in the cache)")
+    ap.add_argument("--limit", type=int, default=200, help="images per dataset (default 200)")
+    args = ap.parse_args(argv)
+    load_plugins()
+    x_box, frame_boxes = _box_images(args.boxes, args.data_root, args.limit)
+    x_prompt, _ = _box_images(args.prompt_images, args.data_root, args.limit)
+    prompts = [f"Findings suggesting {f.strip()}." for f in args.findings.split(",") if f.strip()]
+    for ck in args.checkpoints:
+        if ck == "untrained":
+            from .train import load_train_config
+            from .train_task import get_task
+
+            cfg = load_train_config("demo")
+            model, _ = get_task(cfg.task).build(cfg)
+        else:
+            from .checkpoint import load_model
+
+            model = load_model(ck)
+        model.eval()
+        with torch.no_grad():
+            grid = tuple(model.encode_image(x_box[:1], shallow=False).deep.shape[-2:])
+        masks = box_grid_masks(frame_boxes, grid, tuple(x_box.shape[-2:]))
+        keep = np.flatnonzero(masks.any((1, 2)) & ~masks.all((1, 2)))
+        if len(keep) == 0:
+            raise ValueError(f"no {args.boxes} box covers a cell centre of the {grid[0]}x{grid[1]} grid")
+        idx = torch.from_numpy(keep)
+        readout = readout_contrast(model, x_box[idx], [args.prompt] * len(keep), torch.from_numpy(masks[keep]))
+        dep = prompt_dependence(model, x_prompt, prompts)
+        print(json.dumps({"checkpoint": ck, "grid": list(grid), "box_images": len(keep),
+                          "box_images_without_a_covered_cell": len(masks) - len(keep),
+                          "readout_cnr": {k: round(v, 4) for k, v in readout.items()},
+                          "prompt_dependence": {k: round(v, 4) for k, v in dep.items()}}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -98,3 +99,36 @@ def test_prompt_dependence_measures_the_official_heatmaps(tmp_path):
         {"map_correlation": 1.0, "embedding_cosine": 1.0}, rel=1e-5)
     with pytest.raises(ValueError, match="two prompts"):
         prompt_dependence(model, images, prompts[:1])
+
+
+def test_box_grid_masks_mark_the_cells_whose_centre_is_in_a_box():
+    from afloc.diagnostics import box_grid_masks
+
+    # a 4x4 grid over a 224 frame: cell centres at 28, 84, 140, 196
+    m = box_grid_masks([np.array([[20.0, 80.0, 70.0, 10.0]]), np.zeros((0, 4)),
+                        np.array([[0.0, 0.0, 30.0, 30.0], [190.0, 190.0, 34.0, 34.0]])], (4, 4), (224, 224))
+    want = np.zeros((3, 4, 4), dtype=bool)
+    want[0, 1, 0:2] = True  # y 80..90 holds the centre 84; x 20..90 holds 28 and 84
+    want[2, 0, 0] = want[2, 3, 3] = True
+    np.testing.assert_array_equal(m, want)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_diagnostics_command_reports_a_checkpoint(tmp_path, monkeypatch, capsys):
+    import json
+
+    from afloc.checkpoint import save_checkpoint
+    from afloc.diagnostics import main
+    from benchmark.demo import generate
+
+    demo = tmp_path / "demo"
+    generate(demo, n_train=8, n_test=8, datasets=["rsna_pneumonia", "ms_cxr"], progress=False, workers=1)
+    monkeypatch.setenv("AFLOC_BENCH_DEMO", str(demo))
+    ck = save_checkpoint(tmp_path / "ck", tiny_model(tmp_path / "tok", upsample=None))
+    assert main([str(ck), "--findings", "pneumonia,cardiomegaly", "--limit", "8"]) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert got["checkpoint"] == str(ck) and got["box_images"] > 0
+    assert set(got["readout_cnr"]) == {"report", "cls", "sentence", "feature_norm"}
+    assert -1.0 <= got["prompt_dependence"]["map_correlation"] <= 1.0
+    with pytest.raises(ValueError, match="no sample with a box"):
+        main([str(ck), "--boxes", "demo_ms_cxr", "--prompt-images", "demo_ms_cxr", "--limit", "0"])
