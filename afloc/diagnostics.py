@@ -19,8 +19,8 @@ draws one map per image whatever the finding, so it cannot point at the heart fo
 at the lung for pneumonia on the same image.
 
 ``python -m afloc.diagnostics CKPT... [untrained]`` prints both for checkpoints on the demo sets (or
-any box dataset): the readout contrast on the images of ``--boxes`` whose box holds a cell centre of
-the deep grid, and the prompt dependence of eight finding prompts on ``--prompt-images``.
+any box dataset): the readout contrast on the images of ``--boxes`` whose official box mask covers a cell
+centre of the deep grid, and the prompt dependence of eight finding prompts on ``--prompt-images``.
 """
 
 from __future__ import annotations
@@ -115,39 +115,36 @@ def prompt_dependence(model: AFLoc, images: torch.Tensor, prompts: list[str]) ->
     return {"map_correlation": float(map_correlation(maps).mean()), "embedding_cosine": float(cos[off].mean())}
 
 
-def box_grid_masks(frame_boxes: list[np.ndarray], grid: tuple[int, int], frame: tuple[int, int]) -> np.ndarray:
-    """Boolean [N, gh, gw] masks: a grid cell is lesion when its centre lies inside one of the
-    image's boxes (``[x, y, w, h]`` in frame pixels, as ``Geometry.boxes_to_frame`` gives them)."""
+def grid_cells(frame_masks: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Boolean [N, gh, gw]: the frame masks ([N, fh, fw], nonzero = lesion) read at the centre
+    pixel of each cell of the model's grid, so readouts are compared on the grid they live on."""
+    n, fh, fw = frame_masks.shape
     gh, gw = grid
-    fh, fw = frame
-    cy = (np.arange(gh) + 0.5) * fh / gh
-    cx = (np.arange(gw) + 0.5) * fw / gw
-    out = np.zeros((len(frame_boxes), gh, gw), dtype=bool)
-    for i, boxes in enumerate(frame_boxes):
-        for x, y, w, h in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
-            out[i] |= ((cy >= y) & (cy <= y + h))[:, None] & ((cx >= x) & (cx <= x + w))[None, :]
-    return out
+    rows = ((np.arange(gh) + 0.5) * fh / gh).astype(int)
+    cols = ((np.arange(gw) + 0.5) * fw / gw).astype(int)
+    return frame_masks[:, rows[:, None], cols[None, :]] > 0
 
 
 def _box_images(dataset: str, data_root: str | None, limit: int | None):
-    """Letterboxed model inputs and frame boxes of a box dataset's samples that have boxes."""
+    """Letterboxed model inputs of a box dataset's samples that have boxes, with their official
+    box ground truth in the same 224 frame (``benchmark.geometry.afloc_boxes_mask``)."""
     from benchmark.dataset import build_dataset
-    from benchmark.geometry import parse_geometry
+    from benchmark.geometry import afloc_boxes_mask
     from benchmark.imageio import read_image
 
     from .inference import preprocess_image
 
-    geo = parse_geometry("letterbox:224")
     ds = build_dataset(dataset, data_root)
     samples = [s for s in ds.samples() if s.boxes][:limit]
     if not samples:
         raise ValueError(f"{dataset} ({ds.root}): no sample with a box; readout contrast needs box ground truth")
-    images, boxes = [], []
+    images, masks = [], []
     for s in samples:
         img = read_image(s.image_path)
-        images.append(preprocess_image(img))
-        boxes.append(geo.boxes_to_frame(s.boxes, img.shape[:2]))
-    return torch.stack(images), boxes
+        x = preprocess_image(img)
+        images.append(x)
+        masks.append(afloc_boxes_mask(s.boxes, img.shape[:2], x.shape[-1]))
+    return torch.stack(images), np.stack(masks)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=200, help="images per dataset (default 200)")
     args = ap.parse_args(argv)
     load_plugins()
-    x_box, frame_boxes = _box_images(args.boxes, args.data_root, args.limit)
+    x_box, frame_masks = _box_images(args.boxes, args.data_root, args.limit)
     x_prompt, _ = _box_images(args.prompt_images, args.data_root, args.limit)
     prompts = [f"Findings suggesting {f.strip()}." for f in args.findings.split(",") if f.strip()]
     for ck in args.checkpoints:
@@ -187,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         model.eval()
         with torch.no_grad():
             grid = tuple(model.encode_image(x_box[:1], shallow=False).deep.shape[-2:])
-        masks = box_grid_masks(frame_boxes, grid, tuple(x_box.shape[-2:]))
+        masks = grid_cells(frame_masks, grid)
         keep = np.flatnonzero(masks.any((1, 2)) & ~masks.all((1, 2)))
         if len(keep) == 0:
             raise ValueError(f"no {args.boxes} box covers a cell centre of the {grid[0]}x{grid[1]} grid")

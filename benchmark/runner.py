@@ -269,10 +269,11 @@ class Runner:
     def _dataset_record(self, name: str, ds: Dataset, samples: list[Sample]) -> dict[str, Any]:
         h = hashlib.sha256()
         p = hashlib.sha256()
+        root = Path(ds.root).resolve()
         for s in samples:
             h.update(json.dumps([s.sample_id, s.category, s.label, s.boxes, s.polygons,
                                  [r.get("counts") if isinstance(r.get("counts"), str) else str(r.get("counts"))
-                                  for r in s.rles], [_under_root(m, ds.root) for m in s.mask_paths]],
+                                  for r in s.rles], [_under_root(m, root) for m in s.mask_paths]],
                                 default=str).encode())
             p.update(s.prompt(self.cfg.prompt_set).encode() + b"\0")
         card = ds.card
@@ -668,11 +669,11 @@ class Runner:
         return adapter.weights_fingerprint() or "none"
 
 
-def _under_root(path: str | os.PathLike, root: str | os.PathLike) -> str:
-    """A ground-truth file as the sample hash sees it: relative to the dataset root when inside it,
-    so the same dataset in another folder (another cache, another machine) hashes the same."""
+def _under_root(path: str | os.PathLike, root: Path) -> str:
+    """A ground-truth file as the sample hash sees it: relative to the (resolved) dataset root when
+    inside it, so the same dataset in another folder (another cache, another machine) hashes the same."""
     try:
-        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+        return Path(path).resolve().relative_to(root).as_posix()
     except ValueError:
         return str(path)
 

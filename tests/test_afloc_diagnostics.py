@@ -101,16 +101,18 @@ def test_prompt_dependence_measures_the_official_heatmaps(tmp_path):
         prompt_dependence(model, images, prompts[:1])
 
 
-def test_box_grid_masks_mark_the_cells_whose_centre_is_in_a_box():
-    from afloc.diagnostics import box_grid_masks
+def test_grid_cells_read_the_frame_mask_at_each_cell_centre():
+    from afloc.diagnostics import grid_cells
+    from benchmark.geometry import afloc_boxes_mask
 
-    # a 4x4 grid over a 224 frame: cell centres at 28, 84, 140, 196
-    m = box_grid_masks([np.array([[20.0, 80.0, 70.0, 10.0]]), np.zeros((0, 4)),
-                        np.array([[0.0, 0.0, 30.0, 30.0], [190.0, 190.0, 34.0, 34.0]])], (4, 4), (224, 224))
+    # a 4x4 grid over a 224 frame: cell centres at pixels 28, 84, 140, 196
+    frames = np.stack([afloc_boxes_mask([[20, 80, 70, 10]], (224, 224), 224),
+                       np.zeros((224, 224), np.uint8),
+                       afloc_boxes_mask([[0, 0, 30, 30], [190, 190, 34, 34]], (224, 224), 224)])
     want = np.zeros((3, 4, 4), dtype=bool)
-    want[0, 1, 0:2] = True  # y 80..90 holds the centre 84; x 20..90 holds 28 and 84
+    want[0, 1, 0:2] = True  # rows 80..89 hold the centre 84; columns 20..89 hold 28 and 84
     want[2, 0, 0] = want[2, 3, 3] = True
-    np.testing.assert_array_equal(m, want)
+    np.testing.assert_array_equal(grid_cells(frames, (4, 4)), want)
 
 
 @pytest.mark.usefixtures("one_thread")
