@@ -10,7 +10,8 @@ Presets:
   ``demo``: a narrow ResNet-18 that resizes its 224 input to 128 (8x8 deep grid) + a 2-layer,
     64-wide BERT without dropout over the demo WordPiece vocabulary; trains on two CPU cores in
     minutes. (The demo AFLoc recipe, ``configs/demo.yaml``, deepens the text encoder to 4 layers
-    and resizes to 192, a 12x12 deep grid; the demo baselines use the preset as is.)
+    and resizes to 192, a 12x12 deep grid, and trains without the word-level loss; the demo
+    baselines use the preset as is.)
   ``tiny``: the smallest network the tests build (seconds on CPU).
 """
 
