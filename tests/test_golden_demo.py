@@ -100,7 +100,7 @@ def test_full_demo_run_has_the_demo_trained_baselines_and_their_measured_wins():
     """The four baselines run from their demo-trained models in the main job; where each beats the
     centre prior beyond the CIs is what docs/models.md reports. ``gloria``'s word-attention maps beat
     it nowhere: the [CLS] slot takes nearly all of the word softmax in this from-scratch model, and
-    its near-flat maps have a negative CNR on every set."""
+    its near-flat maps have a negative CNR on every box/mask set."""
     state = json.loads((GOLDEN_DIR / "golden-full" / "results.json").read_text())
     models = {m for per in state["results"].values() for m in per}
     assert {"gloria", "gloria_dot", "convirt", "biovil", "medklip"} <= models
@@ -153,8 +153,6 @@ def _paired(tmp_path, model_b: str):
     df = df[(df["category"] == "all") & (df["n"] > 0)].set_index(["dataset", "metric"])
     assert set(df["model_a"]) == {"afloc"} and set(df["model_b"]) == {model_b}
     return df
-
-
 
 
 def test_full_demo_run_afloc_against_the_centre_prior_paired_on_the_same_images(tmp_path):
