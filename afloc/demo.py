@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 log = logging.getLogger("afloc.demo")
-DEMO_MODEL_VERSION = "8"  # bump when the demo recipe, data or model changes
+DEMO_MODEL_VERSION = "7"  # bump when the demo recipe, data or model changes
 
 
 def demo_checkpoint_dir() -> Path:

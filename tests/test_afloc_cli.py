@@ -38,8 +38,8 @@ def test_shipped_configs_hold_the_paper_recipe():
     assert p.preset == "paper" and p.dataset == "mimic_cxr" and p.compat and p.negatives == "local"
     d = load_train_config("demo")
     assert d.preset == "demo" and d.dataset == "demo_mimic"
-    # the demo recipe (version 8, docs/afloc.md): sentence- and report-level losses, one learning rate decayed per epoch
-    assert d.model["loss"]["use_word"] is False and d.lr == 1e-3 and not d.lr_by_prefix and d.lr_gamma == 0.95
+    # the demo recipe (version 7, docs/afloc.md): sentence- and report-level losses, one learning rate
+    assert d.model["loss"]["use_word"] is False and d.lr == 1e-3 and not d.lr_by_prefix
     assert (d.epochs, d.batch_size, d.text_pretrain["steps"]) == (24, 32, 800)
 
 
