@@ -42,13 +42,13 @@ class AFLocAdapter(Adapter):
 
     @classmethod
     def default_weights_id(cls, options: dict[str, Any]) -> str | None:
-        from .demo import DEMO_MODEL_VERSION
+        from afloc.demo import DEMO_MODEL_VERSION
 
         return f"afloc-demo-{DEMO_MODEL_VERSION}"
 
     def load(self, checkpoint: str | None, device: str) -> None:
-        from .checkpoint import load_model
-        from .inference import GEOMETRIES, InferenceEngine
+        from afloc.checkpoint import load_model
+        from afloc.inference import GEOMETRIES, InferenceEngine
 
         geometry = str(self.options.get("geometry", "letterbox"))
         if geometry not in GEOMETRIES:
@@ -57,7 +57,7 @@ class AFLocAdapter(Adapter):
         self.input_geometry = GEOMETRIES[geometry]
         self.preprocessing_id = PREPROCESSING_IDS[geometry]
         if checkpoint is None:
-            from .demo import ensure_demo_checkpoint
+            from afloc.demo import ensure_demo_checkpoint
 
             checkpoint = str(ensure_demo_checkpoint())
         model = load_model(checkpoint, text_encoder=self.options.get("text_encoder"), device="cpu")
@@ -70,7 +70,7 @@ class AFLocAdapter(Adapter):
         self.checkpoint, self.device = str(checkpoint), device
 
     def preprocess(self, image: np.ndarray) -> Any:
-        from .inference import preprocess_image
+        from afloc.inference import preprocess_image
 
         return preprocess_image(image, self.geometry)
 
@@ -96,16 +96,15 @@ class UntrainedAFLocAdapter(AFLocAdapter):
 
     @classmethod
     def default_weights_id(cls, options: dict[str, Any]) -> str | None:
-        from .demo import DEMO_MODEL_VERSION
+        from afloc.demo import DEMO_MODEL_VERSION
 
         return f"afloc-demo-{DEMO_MODEL_VERSION}-seed-weights"  # the version follows configs/demo.yaml
 
     def load(self, checkpoint: str | None, device: str) -> None:
+        from afloc.inference import GEOMETRIES, InferenceEngine
+        from afloc.train import load_train_config
+        from afloc.train_task import get_task
         from benchmark.cache import state_dict_sha256
-
-        from .inference import GEOMETRIES, InferenceEngine
-        from .train import load_train_config
-        from .train_task import get_task
 
         if checkpoint is not None:
             raise ValueError("afloc_untrained takes no checkpoint (it is the demo model before training); "

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .tokenizer import TokenTables
+from afloc.tokenizer import TokenTables
 
 
 @dataclass

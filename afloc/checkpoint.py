@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .config import ModelConfig, TextConfig, VisionConfig
+from afloc.config import ModelConfig, TextConfig, VisionConfig
 
 OFFICIAL_PREFIX = "afloc."
 DROPPED_OFFICIAL_KEYS = ("text_encoder.model.embeddings.position_ids",)
@@ -302,8 +302,8 @@ def load_official(path: str | os.PathLike, text_encoder: str | os.PathLike | Non
     ``local_f_embedder`` of an old configuration, are reported and ignored, as in the official
     non-strict loader).
     """
-    from .model import AFLoc
-    from .tokenizer import Tokenizer
+    from afloc.model import AFLoc
+    from afloc.tokenizer import Tokenizer
 
     ck = read_lightning_checkpoint(path)
     sd, dropped = official_to_model_keys(ck.state_dict)
@@ -356,8 +356,8 @@ def load_checkpoint(folder: str | os.PathLike, device: str = "cpu"):
     """Model from a folder written by ``save_checkpoint`` (weights via safetensors, config via JSON)."""
     from safetensors.torch import load_file
 
-    from .model import AFLoc
-    from .tokenizer import Tokenizer
+    from afloc.model import AFLoc
+    from afloc.tokenizer import Tokenizer
 
     folder = Path(folder)
     if folder.is_file() and folder.name in (MODEL_FILE, CONFIG_FILE):

@@ -36,7 +36,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from .text import report_sentences, sample_caption
+from afloc.text import report_sentences, sample_caption
 
 
 @dataclass
@@ -115,7 +115,7 @@ class PretrainingData:
 
     # -- images --------------------------------------------------------------
     def image(self, i: int) -> torch.Tensor:
-        from .inference import to_model_input
+        from afloc.inference import to_model_input
 
         if self.image_fn is None:  # AFLoc input: the uint8 frame is what is kept (50 kB, not 600 kB)
             frame = self._memo.get(i)

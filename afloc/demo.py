@@ -32,7 +32,7 @@ def ensure_demo_checkpoint(quiet: bool = True) -> Path:
     from benchmark.cache import build_once, fixed_threads
 
     def build(work: Path) -> Path:
-        from .train import load_train_config, train
+        from afloc.train import load_train_config, train
 
         log.info("training the demo AFLoc model into %s (once; a few minutes on CPU)", demo_checkpoint_dir())
         run = work / "run"

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .model import AFLoc
+from afloc.model import AFLoc
 
 
 def unit_saturation(deep: torch.Tensor, units: torch.Tensor, lens: torch.Tensor, threshold: float = 0.99) -> float:
@@ -101,7 +101,7 @@ def prompt_dependence(model: AFLoc, images: torch.Tensor, prompts: list[str]) ->
     ``map_correlation``: mean within-image correlation of the heatmaps (raw deep-grid dot products
     with the report embedding) of every pair of ``prompts``; ``embedding_cosine``: mean cosine
     between the prompts' report embeddings."""
-    from .model import similarity_grid
+    from afloc.model import similarity_grid
 
     if len(prompts) < 2:
         raise ValueError("prompt_dependence needs at least two prompts")
@@ -128,11 +128,10 @@ def grid_cells(frame_masks: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
 def _box_images(dataset: str, data_root: str | None, limit: int | None):
     """Letterboxed model inputs of a box dataset's samples that have boxes, with their official
     box ground truth in the same 224 frame (``benchmark.geometry.afloc_boxes_mask``)."""
+    from afloc.inference import preprocess_image
     from benchmark.dataset import build_dataset
     from benchmark.geometry import afloc_boxes_mask
     from benchmark.imageio import read_image
-
-    from .inference import preprocess_image
 
     ds = build_dataset(dataset, data_root)
     samples = [s for s in ds.samples() if s.boxes][:limit]
@@ -172,13 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     prompts = [f"Findings suggesting {f.strip()}." for f in args.findings.split(",") if f.strip()]
     for ck in args.checkpoints:
         if ck == "untrained":
-            from .train import load_train_config
-            from .train_task import get_task
+            from afloc.train import load_train_config
+            from afloc.train_task import get_task
 
             cfg = load_train_config("demo")
             model, _ = get_task(cfg.task).build(cfg)
         else:
-            from .checkpoint import load_model
+            from afloc.checkpoint import load_model
 
             model = load_model(ck)
         model.eval()

@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .model import AFLoc, similarity_grid, zero_shot_probability
+from afloc.model import AFLoc, similarity_grid, zero_shot_probability
 
 GEOMETRIES = {"letterbox": "letterbox:224", "resize_crop": "resize_crop:224:224"}
 

@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .aggregate import TextLevels, aggregate, reduce_layers
-from .backbones import ResNetBackbone, load_pretrained
-from .config import ModelConfig, TextConfig, VisionConfig
-from .losses import global_loss, local_loss
-from .text import clean_prompt
-from .tokenizer import TokenTables, Tokenizer
+from afloc.aggregate import TextLevels, aggregate, reduce_layers
+from afloc.backbones import ResNetBackbone, load_pretrained
+from afloc.config import ModelConfig, TextConfig, VisionConfig
+from afloc.losses import global_loss, local_loss
+from afloc.text import clean_prompt
+from afloc.tokenizer import Tokenizer, TokenTables
 
 
 @dataclass

@@ -30,14 +30,14 @@ PROMPTS = ["Findings suggesting pneumonia.", "small left pleural effusion", "rig
 def _model(name: str):
     """``demo``: the demo recipe's model (its preset with the recipe's overrides: 192 input, 4 text
     layers); ``paper``; ``<preset>-preset`` or a preset name: the bare preset."""
-    from . import config
-    from .model import AFLoc
-    from .tokenizer import Tokenizer
-    from .vocab import ensure_demo_vocab
+    from afloc import config
+    from afloc.model import AFLoc
+    from afloc.tokenizer import Tokenizer
+    from afloc.vocab import ensure_demo_vocab
 
     if name == "demo":
-        from .train import load_train_config
-        from .train_task import get_task
+        from afloc.train import load_train_config
+        from afloc.train_task import get_task
 
         cfg = load_train_config("demo")
         cfg.seed = 0
@@ -100,7 +100,7 @@ RAGGED_WORDS = [93, 61, 67, 41, 48, 46, 39, 44, 37, 31, 28, 23, 20, 18, 17, 12, 
 
 def word_loss_grouping(preset: str, repeats: int) -> dict[str, float]:
     """Word-level local loss, grouped by length vs one padded group, on the preset's shallow grid."""
-    from .losses import local_loss
+    from afloc.losses import local_loss
 
     m = _model(preset).eval()
     with torch.no_grad():
@@ -125,8 +125,8 @@ def word_loss_grouping(preset: str, repeats: int) -> dict[str, float]:
 
 
 def inference_throughput(preset: str, batch: int, repeats: int) -> dict[str, float]:
-    from .inference import InferenceEngine, preprocess_image
-    from .model import similarity_grid
+    from afloc.inference import InferenceEngine, preprocess_image
+    from afloc.model import similarity_grid
 
     m = _model(preset).eval()
     eng = InferenceEngine(m, "cpu")

@@ -117,7 +117,7 @@ class TrainConfig:
         if "betas" in d and d["betas"] is not None:
             d["betas"] = tuple(float(b) for b in d["betas"])
         if d.get("text_pretrain") is not None:  # checked, and recorded with every option it runs with
-            from .text_pretrain import TextPretrainConfig
+            from afloc.text_pretrain import TextPretrainConfig
 
             d["text_pretrain"] = dataclasses.asdict(
                 TextPretrainConfig.from_mapping(d["text_pretrain"], f"{source}: text_pretrain"))
@@ -160,7 +160,7 @@ def load_train_config(spec: str | None, task: str = "afloc") -> TrainConfig:
     """``paper`` / ``demo`` (the task's shipped YAML) or the path of a YAML file."""
     import yaml
 
-    from .train_task import get_task
+    from afloc.train_task import get_task
 
     spec = spec or "paper"
     path = get_task(task).config_path(spec) if not spec.endswith((".yaml", ".yml")) else Path(spec)
@@ -265,7 +265,7 @@ def _gather_nograd(x, dist_on: bool):
 class Trainer:
     def __init__(self, cfg: TrainConfig, out_dir: str | os.PathLike, *, quiet: bool = False, resume: bool = False,
                  train_pairs=None, val_pairs=None, tokenizer=None):
-        from .train_task import get_task
+        from afloc.train_task import get_task
 
         self.cfg = cfg
         self.task = get_task(cfg.task)
@@ -288,7 +288,7 @@ class Trainer:
         given = self._train_pairs if split == self.cfg.train_split else self._val_pairs
         if given is not None:
             return list(given), {"source": "pairs", "n_samples": len(given)}
-        from .data import pairs_from_dataset
+        from afloc.data import pairs_from_dataset
 
         if self.cfg.dataset.startswith("demo"):
             from benchmark.dataset import demo_root, is_demo
@@ -327,7 +327,7 @@ class Trainer:
 
             for t in self.model.state_dict().values():
                 dist.broadcast(t, 0)
-        from .data import PretrainingData
+        from afloc.data import PretrainingData
 
         tr_pairs, self.train_info = self._pairs(cfg.train_split)
         va_pairs, self.val_info = self._pairs(cfg.val_split)
@@ -482,7 +482,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float] | None:
         import torch
 
-        from .data import epoch_batches
+        from afloc.data import epoch_batches
 
         if len(self.val_data) < self.cfg.batch_size:
             return None
@@ -502,7 +502,7 @@ class Trainer:
         """Yield, per global batch, this rank's collated groups (DataLoader workers prefetch)."""
         import torch
 
-        from .data import GroupLoader
+        from afloc.data import GroupLoader
 
         cfg, w, r = self.cfg, self.dist.world, self.dist.rank
         mine = range(r * cfg.forward_chunks, (r + 1) * cfg.forward_chunks)
@@ -522,7 +522,7 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
-        from .data import epoch_batches
+        from afloc.data import epoch_batches
 
         cfg, st = self.cfg, self.state
         t_start = time.time()
@@ -586,9 +586,9 @@ class Trainer:
     # -- records ----------------------------------------------------------------------------------
     def _pretrain_text(self, pairs) -> None:
         """Masked-LM steps on the training reports (main process; the result is broadcast)."""
-        from .data import Pair
-        from .text import report_sentences
-        from .text_pretrain import TextPretrainConfig, pretrain_text_encoder
+        from afloc.data import Pair
+        from afloc.text import report_sentences
+        from afloc.text_pretrain import TextPretrainConfig, pretrain_text_encoder
 
         cfg = self.cfg
         mlm = TextPretrainConfig.from_mapping(cfg.text_pretrain)
@@ -683,7 +683,7 @@ class Trainer:
 
     def _check_resumable(self, folder: Path) -> None:
         """Before anything is built: the folder holds a run of this task."""
-        from .checkpoint import CheckpointError
+        from afloc.checkpoint import CheckpointError
 
         if not (folder / STATE_FILE).is_file():
             raise CheckpointError(folder, f"nothing to resume (expected {STATE_FILE} from an earlier run)")
@@ -695,7 +695,7 @@ class Trainer:
         import torch
         from safetensors.torch import load_file
 
-        from .checkpoint import CheckpointError
+        from afloc.checkpoint import CheckpointError
 
         if not (folder / STATE_FILE).is_file():
             raise CheckpointError(folder, f"nothing to resume (expected {STATE_FILE} from an earlier run)")
@@ -830,9 +830,8 @@ def cli_main(argv: Sequence[str], task: str = "afloc") -> int:
     if out.exists() and (out / "last").exists() and not args.resume:
         print(f"{prog}: error: {out} already holds a run; use --resume or another -o", file=sys.stderr)
         return 2
+    from afloc.checkpoint import CheckpointError
     from benchmark.dataset import DataError
-
-    from .checkpoint import CheckpointError
 
     try:
         state = train(cfg, out, quiet=args.quiet, resume=args.resume)

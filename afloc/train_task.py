@@ -106,10 +106,10 @@ class AFLocTask(TrainTask):
     def build(self, cfg: Any, tokenizer: Any = None) -> tuple[Any, Any]:
         import torch
 
-        from . import config as C
-        from .model import AFLoc
-        from .tokenizer import Tokenizer
-        from .train import _deep_merge
+        from afloc import config as C
+        from afloc.model import AFLoc
+        from afloc.tokenizer import Tokenizer
+        from afloc.train import _deep_merge
 
         if cfg.preset not in C.PRESETS:
             raise ValueError(f"unknown preset {cfg.preset!r}; expected one of {sorted(C.PRESETS)}")
@@ -120,7 +120,7 @@ class AFLocTask(TrainTask):
         elif cfg.vocab:
             tok = Tokenizer.from_path(cfg.vocab)
         elif cfg.preset == "demo":
-            from .vocab import ensure_demo_vocab
+            from afloc.vocab import ensure_demo_vocab
 
             tok = Tokenizer.from_path(ensure_demo_vocab())
         else:
@@ -152,9 +152,9 @@ class AFLocTask(TrainTask):
         """Features of this rank's chunks, all-gathered with gradients, scored as one global batch."""
         import torch
 
-        from .aggregate import TextLevels
-        from .model import ImageFeatures
-        from .train import _gather_cat, _gather_nograd
+        from afloc.aggregate import TextLevels
+        from afloc.model import ImageFeatures
+        from afloc.train import _gather_cat, _gather_nograd
 
         use_word = model.cfg.loss.use_word
         imgs, txts = [], []
@@ -181,6 +181,6 @@ class AFLocTask(TrainTask):
         return {c: pair_sum(terms, c) for c in self.metric_columns}
 
     def save(self, model: Any, folder: Path, extra: dict[str, Any]) -> None:
-        from .checkpoint import save_checkpoint
+        from afloc.checkpoint import save_checkpoint
 
         save_checkpoint(folder, model, extra=extra)

@@ -60,7 +60,7 @@ class BiovilConfig:
     @classmethod
     def from_json(cls, data: dict[str, Any], source: Any = None) -> "BiovilConfig":
         """The config of a ``config.json``; a file of another format or with unknown fields is refused."""
-        from ._checkpoints import CheckpointError
+        from baselines._checkpoints import CheckpointError
 
         if data.get("format") != FORMAT:
             raise CheckpointError(source, f"expected a BioViL checkpoint config (format {FORMAT!r}), "
@@ -157,8 +157,8 @@ class CXRBert(nn.Module):
         super().__init__()
         from transformers import BertModel
 
-        from ._checkpoints import call_quietly
-        from ._text_folder import bert_config
+        from baselines._checkpoints import call_quietly
+        from baselines._text_folder import bert_config
 
         cfg = {k: v for k, v in config.items() if k != "projection_size"}
         self.config = bert_config(cfg)
@@ -201,7 +201,7 @@ def image_input(image: Any, resize: int = RESIZE, crop: int = CROP, *, share_cha
 
     ``share_channels``: the three channels are one tensor expanded (a third of the memory; the
     training data keeps every input in memory), with the same values."""
-    from ._image_prep import center_crop, pil_resize_shorter, to_gray, to_tensor
+    from baselines._image_prep import center_crop, pil_resize_shorter, to_gray, to_tensor
 
     x = center_crop(pil_resize_shorter(remap_to_uint8(to_gray(image)), resize), crop)
     if share_channels:

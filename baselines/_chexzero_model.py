@@ -42,12 +42,12 @@ def build_clip(arch: dict[str, Any] | None = None) -> Any:
 
 def read_arch(path: str | Path) -> dict[str, Any]:
     """An open_clip-format model config (JSON) for non-standard architectures (tests use a tiny one)."""
-    from ._text_folder import read_json
+    from baselines._text_folder import read_json
 
     data = read_json(Path(path))
     for key in ("embed_dim", "vision_cfg", "text_cfg"):
         if key not in data:
-            from ._checkpoints import CheckpointError
+            from baselines._checkpoints import CheckpointError
 
             raise CheckpointError(path, f"expected an open_clip model config with {key!r}")
     return data

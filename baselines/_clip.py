@@ -346,7 +346,7 @@ def load_clip(source: str | os.PathLike, *, arch: str | None = None, family: str
     """Load a CLIP-family model from a local folder or file (see module docstring)."""
     path = Path(source)
     if family == "conch":
-        from ._clip_conch import load_conch
+        from baselines._clip_conch import load_conch
 
         return load_conch(path)
     if path.is_dir():
@@ -388,7 +388,7 @@ def cam_target(visual: nn.Module) -> tuple[nn.Module, Callable | None, str]:
     ViTs: the input LayerNorm of the last transformer block (patch tokens, CLS dropped);
     ResNets: the last bottleneck of ``layer4``.
     """
-    from ._cam import vit_reshape
+    from baselines._cam import vit_reshape
 
     trunk = getattr(visual, "trunk", None)
     if trunk is not None and hasattr(trunk, "blocks"):  # timm ViT (BiomedCLIP, CONCH)

@@ -30,9 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from baselines._clip import ClipLoadReport, LoadedClip, find_weights
 from benchmark.dataset import DataError
-
-from ._clip import ClipLoadReport, LoadedClip, find_weights
 
 # conch_ViT-B-16 (the released model)
 DEFAULT_CONFIG: dict[str, Any] = {

@@ -103,8 +103,8 @@ class _BackboneVisual(nn.Module):
 class _Linguistic(nn.Module):
     def __init__(self, cfg: ConvirtConfig) -> None:
         super().__init__()
-        from ._checkpoints import call_quietly
-        from ._text_folder import bert_config, roberta_config
+        from baselines._checkpoints import call_quietly
+        from baselines._text_folder import bert_config, roberta_config
 
         if cfg.text_kind == "roberta":
             from transformers import RobertaModel
@@ -216,7 +216,7 @@ def r2gen_clean(text: str) -> str:
 def image_input(image: Any) -> torch.Tensor:
     """ViLMedic's evaluation transform (the adapter's input, and the training input of this project):
     gray, ``Resize((224, 224))`` (PIL bilinear, aspect ratio not kept), ToTensor, ImageNet normalisation."""
-    from ._image_prep import IMAGENET_MEAN, IMAGENET_STD, pil_resize_exact, to_gray, to_tensor
+    from baselines._image_prep import IMAGENET_MEAN, IMAGENET_STD, pil_resize_exact, to_gray, to_tensor
 
     return to_tensor(pil_resize_exact(to_gray(image), 224, 224), IMAGENET_MEAN, IMAGENET_STD)
 

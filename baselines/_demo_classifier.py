@@ -32,10 +32,9 @@ def ensure_demo_classifier(quiet: bool = True) -> Path:
     from benchmark.cache import build_once
 
     def build(work: Path) -> Path:
+        from baselines.classifier_train import train_classifier
         from benchmark.dataset import demo_root
         from benchmark.demo import ensure
-
-        from .classifier_train import train_classifier
 
         ensure(demo_root())
         log.info("training the demo saliency classifier into %s (once; a few minutes on CPU)", demo_classifier_dir())

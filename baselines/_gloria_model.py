@@ -160,8 +160,8 @@ class TextEncoder(nn.Module):
         super().__init__()
         from transformers import BertModel
 
-        from ._checkpoints import call_quietly
-        from ._text_folder import bert_config
+        from baselines._checkpoints import call_quietly
+        from baselines._text_folder import bert_config
 
         self.cfg = cfg
         self.model = call_quietly(lambda: BertModel(bert_config(cfg.bert)))
@@ -305,7 +305,15 @@ class CaptionTokenizer:
 def image_input(image: np.ndarray, cfg: GloriaConfig) -> torch.Tensor:
     """The official test transform: gray → letterbox to ``imsize`` (INTER_AREA) → centre crop
     ``crop_size`` → [-1, 1] ('half') or ImageNet normalisation; 3 equal channels."""
-    from ._image_prep import HALF, IMAGENET_MEAN, IMAGENET_STD, center_crop, gloria_letterbox, to_gray, to_tensor
+    from baselines._image_prep import (
+        HALF,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        center_crop,
+        gloria_letterbox,
+        to_gray,
+        to_tensor,
+    )
 
     x = gloria_letterbox(to_gray(image), cfg.imsize)
     if cfg.crop_size:

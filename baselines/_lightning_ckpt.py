@@ -15,7 +15,7 @@ import os
 from collections import OrderedDict
 from typing import Any
 
-from ._checkpoints import CheckpointError, safe_torch_load
+from baselines._checkpoints import CheckpointError, safe_torch_load
 
 
 class Placeholder:

@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ._gloria_model import attention_fn, cosine
+from baselines._gloria_model import attention_fn, cosine
 
 
 def gloria_global_loss(img_g: torch.Tensor, text_g: torch.Tensor, temp3: float = 10.0,

@@ -217,7 +217,7 @@ def load_trunk_weights(model: MedKLIP, source: str) -> None:
 def preprocess_image(image: Any) -> torch.Tensor:
     """The official test transform: resize to 224×224 (PIL bilinear, aspect ratio not kept), ToTensor,
     ImageNet normalisation; gray input is replicated to 3 channels."""
-    from ._image_prep import IMAGENET_MEAN, IMAGENET_STD, pil_resize_exact, to_gray, to_tensor
+    from baselines._image_prep import IMAGENET_MEAN, IMAGENET_STD, pil_resize_exact, to_gray, to_tensor
 
     return to_tensor(pil_resize_exact(to_gray(image), 224, 224), IMAGENET_MEAN, IMAGENET_STD)
 
@@ -225,8 +225,8 @@ def preprocess_image(image: Any) -> torch.Tensor:
 # -- entity descriptions -------------------------------------------------------------------
 def read_descriptions(path: Any) -> list[str]:
     """The 75 descriptions of ``observation explanation.json`` in file order (checked against the entity names)."""
-    from ._checkpoints import CheckpointError
-    from ._text_folder import read_json
+    from baselines._checkpoints import CheckpointError
+    from baselines._text_folder import read_json
 
     data = read_json(path)
     if len(data) != N_ENTITIES or not all(isinstance(v, str) for v in data.values()):

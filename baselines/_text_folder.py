@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ._checkpoints import CheckpointError, need_file, read_tensors
+from baselines._checkpoints import CheckpointError, need_file, read_tensors
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 

@@ -49,13 +49,13 @@ class BaselineAdapter(Adapter):
     def default_weights_id(cls, options: dict[str, Any]) -> str | None:
         if not cls.demo_task or flag_option(options, "random_init"):
             return None
-        from ._demo_trained import DEMO_VERSIONS
+        from baselines._demo_trained import DEMO_VERSIONS
 
         return f"{cls.demo_task}-demo-{DEMO_VERSIONS[cls.demo_task]}"
 
     def wants_random_init(self, checkpoint: str | None) -> bool:
         """True when the model is to be built without weights; otherwise the checkpoint must exist."""
-        from ._checkpoints import need_file
+        from baselines._checkpoints import need_file
 
         if self.opt_bool("random_init"):
             return True

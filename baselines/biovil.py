@@ -29,9 +29,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from baselines._vlp_base import BaselineAdapter, softmax_pair
 from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, register_model
-
-from ._vlp_base import BaselineAdapter, softmax_pair
 
 IMAGE_PUBLISHED = ("https://huggingface.co/microsoft/BiomedVLP-CXR-BERT-specialized (revision v1.1, file "
                    "biovil_image_resnet50_proj_size_128.pt)")
@@ -66,12 +65,12 @@ class BioVilAdapter(BaselineAdapter):
     checkpoint_url = IMAGE_PUBLISHED
 
     def load(self, checkpoint: str | None, device: str) -> None:
-        from ._biovil_model import BioVilImageModel, CXRBert
-        from ._checkpoints import load_checked, read_tensors, state_dict_from
-        from ._text_folder import folder_weights, read_json, text_folder, wordpiece_tokenizer
+        from baselines._biovil_model import BioVilImageModel, CXRBert
+        from baselines._checkpoints import load_checked, read_tensors, state_dict_from
+        from baselines._text_folder import folder_weights, read_json, text_folder, wordpiece_tokenizer
 
         if checkpoint is None and not self.opt_bool("random_init"):
-            from ._demo_trained import ensure_demo_model
+            from baselines._demo_trained import ensure_demo_model
 
             checkpoint = str(ensure_demo_model(self.demo_task))
             log.info("%s: no checkpoint given, using the demo model %s", self.name or "biovil", checkpoint)
@@ -108,9 +107,9 @@ class BioVilAdapter(BaselineAdapter):
 
     def _load_project(self, folder: Path, device: str) -> None:
         """A checkpoint folder written by ``afloc-bench train biovil`` (``BiovilConfig`` + weights)."""
-        from ._biovil_model import BioViL, BiovilConfig
-        from ._checkpoints import CheckpointError, load_checked, read_tensors
-        from ._text_folder import read_json, text_folder, wordpiece_tokenizer
+        from baselines._biovil_model import BioViL, BiovilConfig
+        from baselines._checkpoints import CheckpointError, load_checked, read_tensors
+        from baselines._text_folder import read_json, text_folder, wordpiece_tokenizer
 
         weights = folder / "model.safetensors"
         if not weights.is_file():
@@ -158,7 +157,7 @@ class BioVilAdapter(BaselineAdapter):
         """hi-ml inference transform: min–max to uint8, Resize(512) (shorter side, PIL bilinear),
         CenterCrop(480), ToTensor, 3 channels; no mean/std normalisation. A checkpoint trained here
         sets its own sizes (the demo: 183 / 160), the ones it was trained on."""
-        from ._biovil_model import image_input
+        from baselines._biovil_model import image_input
 
         return image_input(image, self.resize, self.crop)
 
@@ -173,7 +172,7 @@ class BioVilAdapter(BaselineAdapter):
     def tokenize(self, prompts: Sequence[str]) -> dict[str, Any]:
         """hi-ml ``TextInput``: no special tokens but [MASK], trailing ``!?.`` stripped, padded to the longest
         (``_biovil_model.encode_text_input``, also the training encoding)."""
-        from ._biovil_model import encode_text_input
+        from baselines._biovil_model import encode_text_input
 
         return encode_text_input(self.tokenizer, prompts, self.max_length)
 
@@ -209,7 +208,7 @@ class BioVilAdapter(BaselineAdapter):
 
 def _project_folder(path: Path) -> Path | None:
     """The folder of a checkpoint written by this project (``config.json`` beside the weights), else None."""
-    from ._checkpoints import CheckpointError
+    from baselines._checkpoints import CheckpointError
 
     folder = path if path.is_dir() else path.parent
     if (folder / "config.json").is_file() and (path.is_dir() or path.suffix == ".safetensors"):

@@ -62,9 +62,8 @@ class BiovilTask(TrainTask):
         import torch
 
         from afloc.train import _deep_merge
-
-        from ._biovil_model import BioViL, BiovilConfig, CaptionTokenizer
-        from ._text_folder import read_json, text_folder, wordpiece_tokenizer
+        from baselines._biovil_model import BioViL, BiovilConfig, CaptionTokenizer
+        from baselines._text_folder import read_json, text_folder, wordpiece_tokenizer
 
         text_weights = None
         if cfg.preset == "paper":
@@ -106,9 +105,8 @@ class BiovilTask(TrainTask):
 
     def image_fn(self, path: str) -> Any:
         """The adapter's input (``_biovil_model.image_input``) at the model's sizes."""
+        from baselines._biovil_model import image_input
         from benchmark.imageio import read_image
-
-        from ._biovil_model import image_input
 
         if self._sizes is None:
             raise RuntimeError("BiovilTask.image_fn before build(): the input sizes come from the model config")
@@ -118,7 +116,7 @@ class BiovilTask(TrainTask):
     def loss_terms(self, model: Any, batch: dict[str, Any], autocast: Any) -> dict[str, Any]:
         import torch
 
-        from ._losses import biovil_global_loss
+        from baselines._losses import biovil_global_loss
 
         with autocast:
             _, v = model.image(batch["images"])
@@ -132,13 +130,13 @@ class BiovilTask(TrainTask):
 
     # -- checkpoints -----------------------------------------------------------------------
     def save(self, model: Any, folder: Path, extra: dict[str, Any]) -> None:
-        from ._biovil_model import save_checkpoint
+        from baselines._biovil_model import save_checkpoint
 
         folder = Path(folder)
         vocab = getattr(model, "tokenizer_folder", None)
         save_checkpoint(model, folder, tokenizer_folder=vocab, extra=extra)
         if vocab is None and getattr(model, "wordpiece", None) is not None:  # a tokenizer handed to the trainer
-            from ._text_folder import save_wordpiece
+            from baselines._text_folder import save_wordpiece
 
             save_wordpiece(model.wordpiece, folder)
 
@@ -146,8 +144,8 @@ class BiovilTask(TrainTask):
 def _load_text(model: Any, folder: Path) -> None:
     """CXR-BERT's weights into the text tower; the MLM head is not built, and a folder without the
     projection head (CXR-BERT-general) leaves it at its random initialisation."""
-    from ._checkpoints import load_checked
-    from ._text_folder import folder_weights
+    from baselines._checkpoints import load_checked
+    from baselines._text_folder import folder_weights
 
     load_checked(model.text, folder_weights(folder, "the CXR-BERT weights"), source=folder,
                  expected="CXR-BERT weights for BioViL's text tower",
@@ -178,6 +176,6 @@ def _load_vision(model: Any, source: str) -> None:
         from afloc.checkpoint import read_state_dict
 
         state = read_state_dict(source)
-    from ._checkpoints import load_checked
+    from baselines._checkpoints import load_checked
 
     load_checked(trunk, state, source=source, expected="a torchvision ResNet-50 state dict")

@@ -15,9 +15,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from baselines._vlp_base import BaselineAdapter, softmax_pair
 from benchmark.adapter import ZEROSHOT_CLS, register_model
-
-from ._vlp_base import BaselineAdapter, softmax_pair
 
 PUBLISHED = ("https://github.com/rajpurkarlab/CheXzero (README: Google Drive folder "
              "1makFLiEMbSleYltaRxw81aBhEDMpVwno, e.g. best_64_5e-05_original_22000_0.864.pt)")
@@ -40,8 +39,8 @@ class ChexzeroAdapter(BaselineAdapter):
     def load(self, checkpoint: str | None, device: str) -> None:
         import open_clip
 
-        from ._checkpoints import load_checked, read_tensors, state_dict_from
-        from ._chexzero_model import build_clip, openai_to_open_clip, read_arch
+        from baselines._checkpoints import load_checked, read_tensors, state_dict_from
+        from baselines._chexzero_model import build_clip, openai_to_open_clip, read_arch
 
         self.checkpoint = checkpoint
         self.style = self.opt_choice("prompt_style", "chexzero", ("chexzero", "given"))
@@ -61,8 +60,8 @@ class ChexzeroAdapter(BaselineAdapter):
 
     # -- images -----------------------------------------------------------------------------
     def preprocess(self, image: np.ndarray) -> Any:
-        from ._chexzero_model import letterbox_320, to_model_input
-        from ._image_prep import to_gray
+        from baselines._chexzero_model import letterbox_320, to_model_input
+        from baselines._image_prep import to_gray
 
         return to_model_input(letterbox_320(to_gray(image)))
 

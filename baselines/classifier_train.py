@@ -99,7 +99,7 @@ def collect_labels(samples: Sequence[Any], labels: Sequence[str], *, uncertain: 
     Returns ``(image_paths, matrix, counts)``; ``counts`` reports what was used and ignored so
     nothing is dropped silently.
     """
-    from ._classifiers import normalise_label
+    from baselines._classifiers import normalise_label
 
     if uncertain not in ("ignore", "ones", "zeros"):
         raise ValueError(f"uncertain must be ignore, ones or zeros, not {uncertain!r}")
@@ -176,12 +176,11 @@ def train_classifier(dataset_name: str, data_root: str | os.PathLike | None, out
     """
     import torch
 
+    from baselines import _classifiers as C
+    from baselines.saliency import frame
     from benchmark.dataset import DataError, build_dataset
     from benchmark.imageio import read_image
     from benchmark.runner import choose_device
-
-    from . import _classifiers as C
-    from .saliency import frame
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

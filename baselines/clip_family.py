@@ -65,7 +65,7 @@ class _ClipAdapter(Adapter):
     def load(self, checkpoint: str | None, device: str) -> None:
         import torch
 
-        from . import _clip
+        from baselines import _clip
 
         super().load(checkpoint, device)
         if not checkpoint:
@@ -125,7 +125,7 @@ class _ClipAdapter(Adapter):
         return torch.nn.functional.normalize(emb, dim=-1)
 
     def similarity_map(self, image_emb: dict[str, Any], text_emb) -> np.ndarray:
-        from . import _cam
+        from baselines import _cam
 
         self._require()
         method = str(self.options.get("cam_method", "gradcam"))

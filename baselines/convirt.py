@@ -29,9 +29,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from baselines._vlp_base import BaselineAdapter, softmax_pair
 from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, register_model
-
-from ._vlp_base import BaselineAdapter, softmax_pair
 
 PUBLISHED = ("no official weights exist; ViLMedic model zoo `selfsup/convirt-mimic` (Google Drive id "
              "1py2k6kFO1tbSlHroAKmHjOnayIakOtMm, listed in jbdel/vilmedic vilmedic/zoo/modeling_auto.py), or a "
@@ -60,12 +59,12 @@ class ConvirtAdapter(BaselineAdapter):
     checkpoint_url = PUBLISHED
 
     def load(self, checkpoint: str | None, device: str) -> None:
-        from ._checkpoints import apply_rename, load_checked, read_tensors, state_dict_from
-        from ._convirt_model import VILMEDIC_RENAMES, CaptionTokenizer, ConVIRT, ConvirtConfig
-        from ._text_folder import bpe_tokenizer, read_json, text_folder, wordpiece_tokenizer
+        from baselines._checkpoints import apply_rename, load_checked, read_tensors, state_dict_from
+        from baselines._convirt_model import VILMEDIC_RENAMES, CaptionTokenizer, ConVIRT, ConvirtConfig
+        from baselines._text_folder import bpe_tokenizer, read_json, text_folder, wordpiece_tokenizer
 
         if checkpoint is None and not self.opt_bool("random_init"):
-            from ._demo_trained import ensure_demo_model
+            from baselines._demo_trained import ensure_demo_model
 
             checkpoint = str(ensure_demo_model(self.demo_task))
             log.info("%s: no checkpoint given, using the demo model %s", self.name or "convirt", checkpoint)
@@ -98,7 +97,7 @@ class ConvirtAdapter(BaselineAdapter):
         except (TypeError, ValueError) as exc:
             if own is None:
                 raise
-            from ._checkpoints import CheckpointError
+            from baselines._checkpoints import CheckpointError
 
             raise CheckpointError(own / "config.json", f"cannot build ConVIRT from this config ({exc})") from None
         if weights_path is not None:
@@ -115,7 +114,7 @@ class ConvirtAdapter(BaselineAdapter):
     # -- images -----------------------------------------------------------------------------
     def preprocess(self, image: np.ndarray) -> Any:
         """ViLMedic evaluation transform: Resize((224, 224)) (PIL bilinear), ToTensor, ImageNet normalisation."""
-        from ._convirt_model import image_input
+        from baselines._convirt_model import image_input
 
         return image_input(image)
 
@@ -171,9 +170,9 @@ def _project_folder(path: Path) -> Path | None:
 
 def _resolve(path: Path, kind: str, text_cfg: dict[str, Any]) -> tuple[Path, Any, str]:
     """(weights file, ConvirtConfig, format name) for a project folder/file or a ViLMedic ``.pth``."""
-    from ._checkpoints import CheckpointError
-    from ._convirt_model import FORMAT, ConvirtConfig
-    from ._text_folder import read_json
+    from baselines._checkpoints import CheckpointError
+    from baselines._convirt_model import FORMAT, ConvirtConfig
+    from baselines._text_folder import read_json
 
     folder = path if path.is_dir() else path.parent
     if (folder / "config.json").is_file() and (path.is_dir() or path.suffix == ".safetensors"):
@@ -203,7 +202,7 @@ def _apply_vilmedic_yaml(cfg: Any, path: Path) -> None:
     """Projection size, tokenizer length and report cleaning from a ViLMedic ``config.yml`` (safe YAML)."""
     import yaml
 
-    from ._checkpoints import CheckpointError
+    from baselines._checkpoints import CheckpointError
 
     try:
         data = yaml.safe_load(path.read_text()) or {}

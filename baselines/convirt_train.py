@@ -69,9 +69,8 @@ class ConvirtTask(TrainTask):
         import torch
 
         from afloc.train import _deep_merge
-
-        from ._convirt_model import CaptionTokenizer, ConVIRT, ConvirtConfig
-        from ._text_folder import read_json, text_folder, wordpiece_tokenizer
+        from baselines._convirt_model import CaptionTokenizer, ConVIRT, ConvirtConfig
+        from baselines._text_folder import read_json, text_folder, wordpiece_tokenizer
 
         bert_weights = None
         if cfg.preset == "paper":
@@ -114,15 +113,14 @@ class ConvirtTask(TrainTask):
 
     def image_fn(self, path: str) -> Any:
         """The adapter's input (``_convirt_model.image_input``) of the image file."""
+        from baselines._convirt_model import image_input
         from benchmark.imageio import read_image
-
-        from ._convirt_model import image_input
 
         return image_input(read_image(path, "gray"))
 
     # -- objective -------------------------------------------------------------------------
     def loss_terms(self, model: Any, batch: dict[str, Any], autocast: Any) -> dict[str, Any]:
-        from ._losses import convirt_loss
+        from baselines._losses import convirt_loss
 
         c = model.cfg
         with autocast:
@@ -136,21 +134,21 @@ class ConvirtTask(TrainTask):
 
     # -- checkpoints -----------------------------------------------------------------------
     def save(self, model: Any, folder: Path, extra: dict[str, Any]) -> None:
-        from ._convirt_model import save_checkpoint
+        from baselines._convirt_model import save_checkpoint
 
         folder = Path(folder)
         vocab = getattr(model, "tokenizer_folder", None)
         save_checkpoint(model, folder, tokenizer_folder=vocab, extra=extra)
         if vocab is None and getattr(model, "wordpiece", None) is not None:  # a tokenizer handed to the trainer
-            from ._text_folder import save_wordpiece
+            from baselines._text_folder import save_wordpiece
 
             save_wordpiece(model.wordpiece, folder)
 
 
 def _load_bert(model: Any, folder: Path) -> None:
     """Bio_ClinicalBERT's weights into the text encoder (``bert.`` prefix and MLM heads as published)."""
-    from ._checkpoints import load_checked, strip_prefix
-    from ._text_folder import folder_weights
+    from baselines._checkpoints import load_checked, strip_prefix
+    from baselines._text_folder import folder_weights
 
     sd = strip_prefix(folder_weights(folder, "BERT weights"), "bert.")
     load_checked(model.linguistic.encoder, sd, source=folder, expected="BERT weights for ConVIRT's text encoder",
@@ -164,8 +162,7 @@ _SEQUENTIAL_INDEX = {"conv1": "0", "bn1": "1", "layer1": "4", "layer2": "5", "la
 def _load_vision(model: Any, source: str) -> None:
     """ImageNet (``imagenet``: torchvision's file from the local cache) or a local state-dict file."""
     from afloc.backbones import ResNetBackbone, load_pretrained
-
-    from ._convirt_model import _BackboneVisual
+    from baselines._convirt_model import _BackboneVisual
 
     visual = model.visual
     if isinstance(visual, _BackboneVisual):

@@ -25,9 +25,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from baselines._vlp_base import BaselineAdapter, softmax_pair
 from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, register_model
-
-from ._vlp_base import BaselineAdapter, softmax_pair
 
 PUBLISHED = "https://stanfordmedicine.box.com/s/j5h7q99f3pfi7enc0dom73m4nsm6yzvh (GLoRIA README)"
 TEXT_PUBLISHED = "https://huggingface.co/emilyalsentzer/Bio_ClinicalBERT (config.json and vocab.txt)"
@@ -59,12 +58,12 @@ class GloriaAdapter(BaselineAdapter):
     checkpoint_url = PUBLISHED
 
     def load(self, checkpoint: str | None, device: str) -> None:
-        from ._gloria_model import TokenTables
+        from baselines._gloria_model import TokenTables
 
         self.heatmap = self.opt_choice("heatmap", "attention", ("attention", "dot"))
         self.keep_short = self.opt_bool("keep_short_sentences", False)
         if checkpoint is None and not self.opt_bool("random_init"):
-            from ._demo_trained import ensure_demo_model
+            from baselines._demo_trained import ensure_demo_model
 
             checkpoint = str(ensure_demo_model(self.demo_task))
             log.info("%s: no checkpoint given, using the demo model %s", self.name or "gloria", checkpoint)
@@ -87,10 +86,10 @@ class GloriaAdapter(BaselineAdapter):
 
     def _load_official(self, checkpoint: str | None) -> tuple[Any, Any]:
         """The official Lightning file (or random weights) with the Bio_ClinicalBERT folder."""
-        from ._checkpoints import load_checked
-        from ._gloria_model import Gloria, GloriaConfig
-        from ._lightning_ckpt import load_lightning_checkpoint
-        from ._text_folder import read_json, text_folder, wordpiece_tokenizer
+        from baselines._checkpoints import load_checked
+        from baselines._gloria_model import Gloria, GloriaConfig
+        from baselines._lightning_ckpt import load_lightning_checkpoint
+        from baselines._text_folder import read_json, text_folder, wordpiece_tokenizer
 
         folder = text_folder(self.opt("text_encoder"), "Bio_ClinicalBERT", TEXT_PUBLISHED,
                              files=("config.json", "vocab.txt"))
@@ -119,7 +118,7 @@ class GloriaAdapter(BaselineAdapter):
     # -- images -----------------------------------------------------------------------------
     def preprocess(self, image: np.ndarray) -> Any:
         """cv2 gray → letterbox to 256 (INTER_AREA) → centre crop 224 → [-1, 1] ('half' normalisation)."""
-        from ._gloria_model import image_input
+        from baselines._gloria_model import image_input
 
         return image_input(image, self.cfg)
 
@@ -134,7 +133,7 @@ class GloriaAdapter(BaselineAdapter):
     def tokenize(self, prompts: Sequence[str]) -> dict[str, Any]:
         import torch
 
-        from ._gloria_model import char_cap_len, encode_captions
+        from baselines._gloria_model import char_cap_len, encode_captions
 
         out = encode_captions(self.tokenizer, self.tables, list(prompts), self.cfg.word_num, self.keep_short)
         out["char_len"] = torch.tensor([char_cap_len(p) for p in prompts], dtype=torch.long)
@@ -179,7 +178,7 @@ class GloriaAdapter(BaselineAdapter):
     def similarity_map(self, image_emb: dict[str, Any], text_emb: dict[str, Any]) -> np.ndarray:
         import torch
 
-        from ._gloria_model import local_feature_map, word_attention_map
+        from baselines._gloria_model import local_feature_map, word_attention_map
 
         loc = image_emb["local"]
         with torch.no_grad():
@@ -194,7 +193,7 @@ class GloriaAdapter(BaselineAdapter):
         """Official combined similarity (local + global) / 2 per paired row and prompt: [B, K]."""
         import torch
 
-        from ._gloria_model import global_similarity, local_similarity
+        from baselines._gloria_model import global_similarity, local_similarity
 
         loc, g = image_emb["local"], image_emb["global"]
         B, K = text_emb["valid"].shape
@@ -220,9 +219,9 @@ class GloriaAdapter(BaselineAdapter):
 
 def load_folder(folder: Path) -> tuple[Any, Any, Any]:
     """(model, WordPiece tokenizer, key report) of a checkpoint folder written by ``GloriaTask.save``."""
-    from ._checkpoints import CheckpointError, load_checked, read_tensors
-    from ._gloria_model import Gloria, GloriaConfig
-    from ._text_folder import read_json, wordpiece_tokenizer
+    from baselines._checkpoints import CheckpointError, load_checked, read_tensors
+    from baselines._gloria_model import Gloria, GloriaConfig
+    from baselines._text_folder import read_json, wordpiece_tokenizer
 
     expected = f"a GLoRIA checkpoint folder (config.json of format {FOLDER_FORMAT!r}, model.safetensors, vocab.txt)"
     cfg_path = folder / "config.json"

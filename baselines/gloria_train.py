@@ -57,9 +57,8 @@ class GloriaTask(TrainTask):
         import torch
 
         from afloc.train import _deep_merge
-
-        from ._gloria_model import CaptionTokenizer, Gloria, GloriaConfig
-        from ._text_folder import read_json, text_folder, wordpiece_tokenizer
+        from baselines._gloria_model import CaptionTokenizer, Gloria, GloriaConfig
+        from baselines._text_folder import read_json, text_folder, wordpiece_tokenizer
 
         bert_weights = None
         if cfg.preset == "paper":
@@ -99,15 +98,14 @@ class GloriaTask(TrainTask):
 
     def image_fn(self, path: str) -> Any:
         """The adapter's input for this model's config (``_gloria_model.image_input``)."""
+        from baselines._gloria_model import GloriaConfig, image_input
         from benchmark.imageio import read_image
-
-        from ._gloria_model import GloriaConfig, image_input
 
         return image_input(read_image(path, "gray"), self._input_cfg or GloriaConfig())
 
     # -- objective -------------------------------------------------------------------------
     def loss_terms(self, model: Any, batch: dict[str, Any], autocast: Any) -> dict[str, Any]:
-        from ._losses import gloria_loss
+        from baselines._losses import gloria_loss
 
         c = model.cfg
         with autocast:
@@ -126,7 +124,7 @@ class GloriaTask(TrainTask):
     def save(self, model: Any, folder: Path, extra: dict[str, Any]) -> None:
         from safetensors.torch import save_file
 
-        from .gloria import FOLDER_FORMAT
+        from baselines.gloria import FOLDER_FORMAT
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -140,15 +138,15 @@ class GloriaTask(TrainTask):
                 if (Path(vocab) / name).is_file():
                     shutil.copy2(Path(vocab) / name, folder / name)
         elif getattr(model, "wordpiece", None) is not None:  # a tokenizer handed to the trainer
-            from ._text_folder import save_wordpiece
+            from baselines._text_folder import save_wordpiece
 
             save_wordpiece(model.wordpiece, folder)
 
 
 def _load_bert(model: Any, folder: Path) -> None:
     """Bio_ClinicalBERT's weights into the text encoder (``bert.`` prefix and MLM heads as published)."""
-    from ._checkpoints import load_checked, strip_prefix
-    from ._text_folder import folder_weights
+    from baselines._checkpoints import load_checked, strip_prefix
+    from baselines._text_folder import folder_weights
 
     sd = strip_prefix(folder_weights(folder, "BERT weights"), "bert.")
     load_checked(model.text_encoder.model, sd, source=folder, expected="BERT weights for GLoRIA's text encoder",

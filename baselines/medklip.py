@@ -33,9 +33,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from baselines._vlp_base import BaselineAdapter
 from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, register_model
-
-from ._vlp_base import BaselineAdapter
 
 PUBLISHED = ("https://github.com/MediaBrain-SJTU/MedKLIP (checkpoints/README.md: Google Drive folder "
              "1HBShH7J_pO8onkzuweDgDq2QPqj6zjG_, file checkpoint_final.pth)")
@@ -107,7 +106,7 @@ class MedKlipAdapter(BaselineAdapter):
         self.checkpoint_kind = "official"
         if checkpoint is None and not self.opt_bool("random_init") and \
                 not any(self.opt(k) for k in OFFICIAL_FILE_OPTIONS):
-            from ._demo_trained import ensure_demo_model
+            from baselines._demo_trained import ensure_demo_model
 
             checkpoint = str(ensure_demo_model(self.demo_task))
             logging.getLogger(__name__).info("medklip: no checkpoint given, using the demo model %s", checkpoint)
@@ -120,9 +119,16 @@ class MedKlipAdapter(BaselineAdapter):
     def _load_official(self, checkpoint: str | None, device: str) -> None:
         from transformers import BertModel
 
-        from ._checkpoints import call_quietly, load_checked, need_file, read_tensors, state_dict_from, strip_prefix
-        from ._medklip_model import MedKLIP, cls_embeddings, read_descriptions, tokenize_cls_only
-        from ._text_folder import bert_config, folder_weights, read_json, text_folder, wordpiece_tokenizer
+        from baselines._checkpoints import (
+            call_quietly,
+            load_checked,
+            need_file,
+            read_tensors,
+            state_dict_from,
+            strip_prefix,
+        )
+        from baselines._medklip_model import MedKLIP, cls_embeddings, read_descriptions, tokenize_cls_only
+        from baselines._text_folder import bert_config, folder_weights, read_json, text_folder, wordpiece_tokenizer
 
         self.checkpoint = checkpoint
         random_init = self.wants_random_init(checkpoint)
@@ -160,9 +166,9 @@ class MedKlipAdapter(BaselineAdapter):
         """A checkpoint folder of this project: config.json + model.safetensors (+ text_encoder/)."""
         import logging
 
-        from ._checkpoints import CheckpointError, load_checked, read_tensors
-        from ._medklip_model import MedKLIP, MedKLIPConfig
-        from ._text_folder import read_json
+        from baselines._checkpoints import CheckpointError, load_checked, read_tensors
+        from baselines._medklip_model import MedKLIP, MedKLIPConfig
+        from baselines._text_folder import read_json
 
         doc = read_json(folder / "config.json")
         if doc.get("format") != FOLDER_FORMAT:
@@ -200,8 +206,8 @@ class MedKlipAdapter(BaselineAdapter):
 
         from transformers import BertModel
 
-        from ._checkpoints import CheckpointError, call_quietly, load_checked, strip_prefix
-        from ._text_folder import bert_config, folder_weights, read_json, wordpiece_tokenizer
+        from baselines._checkpoints import CheckpointError, call_quietly, load_checked, strip_prefix
+        from baselines._text_folder import bert_config, folder_weights, read_json, wordpiece_tokenizer
 
         where = None
         if text.get("folder"):
@@ -235,7 +241,7 @@ class MedKlipAdapter(BaselineAdapter):
     def preprocess(self, image: np.ndarray) -> Any:
         """Resize to 224×224 (PIL bilinear, aspect ratio not kept), ToTensor, ImageNet normalisation
         (the training input of ``afloc-bench train medklip`` too)."""
-        from ._medklip_model import preprocess_image
+        from baselines._medklip_model import preprocess_image
 
         return preprocess_image(image)
 
@@ -250,7 +256,7 @@ class MedKlipAdapter(BaselineAdapter):
         """Per prompt: ``weights`` [P, 76] over the 75 entities plus the extra query, ``extra`` [P, 768]."""
         import torch
 
-        from ._medklip_model import ENTITIES, cls_embeddings, tokenize_cls_only
+        from baselines._medklip_model import ENTITIES, cls_embeddings, tokenize_cls_only
 
         P = len(prompts)
         weights = torch.zeros(P, EXTRA + 1, dtype=torch.float64)
@@ -330,7 +336,7 @@ def _project_folder(checkpoint: str) -> Any:
     if not p.is_dir():
         return None
     if not (p / "config.json").is_file() or not (p / "model.safetensors").is_file():
-        from ._checkpoints import CheckpointError
+        from baselines._checkpoints import CheckpointError
 
         raise CheckpointError(p, "expected a MedKLIP checkpoint folder written by `afloc-bench train medklip` "
                                  "(config.json + model.safetensors) or the official checkpoint_final.pth file")

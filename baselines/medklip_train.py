@@ -93,7 +93,7 @@ TASK_OPTIONS = ("entity_descriptions", "description_max_length", "description_po
 
 def entity_labels(labels: dict | None) -> list[int]:
     """One study's CheXpert labels → 75 entity labels (1 present, 0 absent, -1 unknown)."""
-    from ._medklip_model import ENTITIES
+    from baselines._medklip_model import ENTITIES
 
     out = [UNKNOWN] * len(ENTITIES)
     for col, value in (labels or {}).items():
@@ -128,9 +128,8 @@ def labels_tensor(batch_labels: Sequence[dict | None]):
 
 def read_input(path: str):
     """The trainer's ``image_fn``: image file → the adapter's input tensor (3×224×224)."""
+    from baselines._medklip_model import preprocess_image
     from benchmark.imageio import read_image
-
-    from ._medklip_model import preprocess_image
 
     return preprocess_image(read_image(path, "gray"))
 
@@ -142,7 +141,7 @@ class CaptionTokenizer:
         self.hf, self.max_length = hf_tokenizer, int(max_length)
 
     def __call__(self, texts: Sequence[str]) -> dict[str, Any]:
-        from ._medklip_model import tokenize_cls_only
+        from baselines._medklip_model import tokenize_cls_only
 
         return tokenize_cls_only(self.hf, texts, self.max_length)
 
@@ -167,10 +166,18 @@ class MedklipTask(TrainTask):
         import torch
         from transformers import BertModel
 
-        from ._checkpoints import call_quietly, load_checked, strip_prefix
-        from ._medklip_model import (ENTITIES, MedKLIP, MedKLIPConfig, cls_embeddings, load_trunk_weights,
-                                     official_init, read_descriptions, tokenize_cls_only)
-        from ._text_folder import bert_config, folder_weights, read_json, text_folder, wordpiece_tokenizer
+        from baselines._checkpoints import call_quietly, load_checked, strip_prefix
+        from baselines._medklip_model import (
+            ENTITIES,
+            MedKLIP,
+            MedKLIPConfig,
+            cls_embeddings,
+            load_trunk_weights,
+            official_init,
+            read_descriptions,
+            tokenize_cls_only,
+        )
+        from baselines._text_folder import bert_config, folder_weights, read_json, text_folder, wordpiece_tokenizer
 
         overrides = dict(cfg.model or {})
         text_opts = {k: overrides.pop(k) for k in TASK_OPTIONS if k in overrides}
@@ -242,7 +249,7 @@ class MedklipTask(TrainTask):
         return ensure_demo_vocab()
 
     def loss_terms(self, model: Any, batch: dict[str, Any], autocast: Any) -> dict[str, Any]:
-        from ._medklip_model import entity_ce_loss
+        from baselines._medklip_model import entity_ce_loss
 
         with autocast:
             logits, _ = model.decode(model.image_features(batch["images"]))
@@ -256,7 +263,7 @@ class MedklipTask(TrainTask):
         text encoder was randomly initialised: weights, config and vocabulary)."""
         from safetensors.torch import save_file
 
-        from .medklip import FOLDER_FORMAT, FOLDER_FORMAT_VERSION
+        from baselines.medklip import FOLDER_FORMAT, FOLDER_FORMAT_VERSION
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

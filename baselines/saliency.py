@@ -73,17 +73,17 @@ class _SaliencyAdapter(Adapter):
     def default_weights_id(cls, options: dict[str, Any]) -> str | None:
         if flag_option(options, "random_init"):
             return None
-        from ._demo_classifier import DEMO_CLASSIFIER_VERSION
+        from baselines._demo_classifier import DEMO_CLASSIFIER_VERSION
 
         return f"classifier-demo-{DEMO_CLASSIFIER_VERSION}"
 
     def load(self, checkpoint: str | None, device: str) -> None:
         import torch
 
-        from . import _classifiers as C
+        from baselines import _classifiers as C
 
         if not checkpoint and not flag_option(self.options, "random_init"):
-            from ._demo_classifier import ensure_demo_classifier
+            from baselines._demo_classifier import ensure_demo_classifier
 
             checkpoint = str(ensure_demo_classifier())
             log.info("%s: no checkpoint given, using the demo classifier %s", self.name or self.method, checkpoint)
@@ -111,7 +111,7 @@ class _SaliencyAdapter(Adapter):
 
     # -- the contract -------------------------------------------------------
     def preprocess(self, image: np.ndarray):
-        from . import _classifiers as C
+        from baselines import _classifiers as C
 
         self._require()
         return C.to_input_tensor(frame(image, self.input_geometry), self.spec)
@@ -130,7 +130,7 @@ class _SaliencyAdapter(Adapter):
         """Prompt → index of the classifier output it names (see module docstring)."""
         import torch
 
-        from . import _classifiers as C
+        from baselines import _classifiers as C
 
         self._require()
         return torch.tensor([C.label_index(p, self.spec.labels) for p in prompts], dtype=torch.long)
@@ -138,7 +138,7 @@ class _SaliencyAdapter(Adapter):
     def unsupported_prompt(self, prompt: str) -> str | None:
         """Why this classifier cannot score ``prompt`` (it names none of its outputs), else None.
         The runner skips such samples and counts them instead of stopping."""
-        from . import _classifiers as C
+        from baselines import _classifiers as C
 
         self._require()
         try:
@@ -155,7 +155,7 @@ class _SaliencyAdapter(Adapter):
         return idx[:1]
 
     def similarity_map(self, image_emb: dict[str, Any], text_emb) -> np.ndarray:
-        from . import _cam
+        from baselines import _cam
 
         self._require()
         output = str(self.options.get("cam_output", "raw"))

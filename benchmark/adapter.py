@@ -19,7 +19,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .registry import models
+from benchmark.registry import models
 
 GROUNDING = "grounding"
 ZEROSHOT_CLS = "zeroshot_cls"

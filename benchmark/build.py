@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .regress import Cell, load_results, run_cells
+from benchmark.regress import Cell, load_results, run_cells
 
 SANITY = {"random", "uniform", "center_prior"}
 OUTSIDE_CI = "†"
@@ -38,7 +38,7 @@ def _ci(lo: float | None, hi: float | None, digits: int) -> str:
 def paper_reference(version: str | None) -> dict[tuple, Cell]:
     """Paper cells keyed by (dataset, model, metric, category); empty when the tables are absent."""
     try:
-        from .regress import paper_cells_as_reference
+        from benchmark.regress import paper_cells_as_reference
 
         cells = paper_cells_as_reference("paper:")
     except (ImportError, ValueError, FileNotFoundError):

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .records import atomic_write_bytes
+from benchmark.records import atomic_write_bytes
 
 _CHUNK = 1 << 20
 _sha_memo: dict[tuple[str, int, int], str] = {}

@@ -25,10 +25,10 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .bootstrap import DEFAULT_N_BOOT, bh_fdr, bootstrap_p_value, percentile_ci, unit_weights
-from .metrics import auroc_weighted
-from .protocols import _common as C
-from .records import parse_stem
+from benchmark.bootstrap import DEFAULT_N_BOOT, bh_fdr, bootstrap_p_value, percentile_ci, unit_weights
+from benchmark.metrics import auroc_weighted
+from benchmark.protocols import _common as C
+from benchmark.records import parse_stem
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ RESULT_COLUMNS = ("dataset", "model_a", "model_b", "metric", "category", "a", "b
 
 
 def _error(path: Any, expected: str) -> Exception:
-    from .dataset import DataError
+    from benchmark.dataset import DataError
 
     return DataError(path, expected)
 
@@ -113,7 +113,7 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame, *, metrics: Sequence[str] |
                    n_boot: int = DEFAULT_N_BOOT, seed: int = 0, unit: str = "image",
                    level: float = 0.95) -> list[dict[str, Any]]:
     """Paired bootstrap of ``A − B`` for each metric (overall and per category)."""
-    from .bootstrap import blas_single_thread
+    from benchmark.bootstrap import blas_single_thread
 
     with blas_single_thread():
         return _compare_frames(a, b, metrics=metrics, n_boot=n_boot, seed=seed, unit=unit, level=level)

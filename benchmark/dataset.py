@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .registry import datasets
-from .sample import Sample
+from benchmark.registry import datasets
+from benchmark.sample import Sample
 
 DEMO_SCHEME = "demo://"
 DEFAULT_DATA_ROOT = "~/data/{dataset}"

@@ -128,7 +128,7 @@ def category_bars(state: dict[str, Any], dataset: str, metric: str, path: str | 
 
 def _load_saved(run_dir: Path) -> dict[tuple[str, str], dict[str, Any]]:
     """``heatmaps/<dataset>__<model>.npz`` of a run → {(dataset, model): arrays}."""
-    from .records import parse_stem
+    from benchmark.records import parse_stem
 
     out = {}
     for p in sorted((Path(run_dir) / "heatmaps").glob("*.npz")):
@@ -147,9 +147,9 @@ def overlays(run_dir: str | Path, dataset: str, path: str | Path, n_samples: int
     """
     import json
 
-    from .geometry import parse_geometry, sample_mask, smooth_grid
-    from .imageio import read_image
-    from .sample import Sample
+    from benchmark.geometry import parse_geometry, sample_mask, smooth_grid
+    from benchmark.imageio import read_image
+    from benchmark.sample import Sample
 
     saved = {key: d for key, d in _load_saved(Path(run_dir)).items() if key[0] == dataset}
     if not saved:

@@ -45,7 +45,7 @@ AFLOC_MASK_EPS = 1e-5
 # Errors
 # --------------------------------------------------------------------------------------
 def _data_error(path: Any, expected: str) -> Exception:
-    from .dataset import DataError  # local import: geometry stays importable on its own
+    from benchmark.dataset import DataError  # local import: geometry stays importable on its own
 
     return DataError(path, expected)
 

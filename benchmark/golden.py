@@ -22,7 +22,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .records import record_stem
+from benchmark.records import record_stem
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN_DIR = ROOT / "results" / "demo"
@@ -33,8 +33,8 @@ SMALL_ARGS = ["--models", "sanity", "--datasets", "demo", "--protocol", "afloc-c
 
 def small_run(workdir: str | Path) -> Path:
     """Generate the small demo collection under ``workdir`` and run the sanity models on it."""
-    from .cli.main import main
-    from .demo import generate
+    from benchmark.cli.main import main
+    from benchmark.demo import generate
 
     workdir = Path(workdir)
     demo = workdir / "demo"
@@ -59,7 +59,7 @@ def resummarize(run_dir: str | Path) -> dict:
     """Recompute every (dataset, model) summary of a run from its stored per-sample records."""
     import pandas as pd
 
-    from .protocols.base import resolve_protocol
+    from benchmark.protocols.base import resolve_protocol
 
     run_dir = Path(run_dir)
     state = json.loads((run_dir / "results.json").read_text())
@@ -102,7 +102,7 @@ def _store(run_dir: Path, dest: Path, with_records: bool, workdir: Path | None =
     """Copy a run into ``dest`` with the machine's paths (the run folder, the cache, the small
     run's work folder) written as ``<run>``, ``<cache>`` and ``<workdir>``, so the committed
     references name no one's disk."""
-    from .dataset import cache_home
+    from benchmark.dataset import cache_home
 
     places = [(Path(run_dir), "<run>"), (cache_home(), "<cache>")] + ([(Path(workdir), "<workdir>")] if workdir else [])
     prefixes = sorted({(str(p), name) for path, name in places for p in (path, path.resolve())},

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import DataError
+from benchmark.dataset import DataError
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .registry import metrics as _registry
+from benchmark.registry import metrics as _registry
 
 # Official AFLoc thresholds on the [-1, 1] map, float noise included (0.30000000000000004).
 AFLOC_THRESHOLDS = tuple(float(t) for t in np.arange(0.1, 0.6, 0.1))

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import pandas as pd
 import yaml
 
-from .dataset import DataError
+from benchmark.dataset import DataError
 
 COLUMNS = ("paper_version", "table", "dataset", "model", "metric", "category", "protocol",
            "value", "ci_low", "ci_high", "unit", "note")

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from .dataset import DataError
+from benchmark.dataset import DataError
 
 CHEST = "chest"
 PATHOLOGY = "pathology"

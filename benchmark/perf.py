@@ -38,7 +38,7 @@ FRAME = 224
 # --------------------------------------------------------------------------------------
 def synthetic_chunks(n: int, chunk: int, seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(heatmaps float32 [B,224,224], masks uint8 (boxes summed), categories) chunks."""
-    from .geometry import bilinear_resize
+    from benchmark.geometry import bilinear_resize
 
     cats = np.array(["Atelectasis", "Cardiomegaly", "Pneumonia"])
     for c, start in enumerate(range(0, n, chunk)):
@@ -139,9 +139,9 @@ class Timer:
 
 def stream_metrics(n: int, chunk: int, seed: int = 0, *, timed: bool = True):
     """Score N synthetic maps chunk by chunk; returns (records dict, Timer of the metric code)."""
-    from .geometry import afloc_margin_valid
-    from .metrics import AFLOC_THRESHOLDS
-    from .protocols.afloc_compat import afloc_scores
+    from benchmark.geometry import afloc_margin_valid
+    from benchmark.metrics import AFLOC_THRESHOLDS
+    from benchmark.protocols.afloc_compat import afloc_scores
 
     valid = afloc_margin_valid((FRAME, FRAME))
     parts, cats, spent = [], [], Timer()
@@ -173,7 +173,7 @@ def _record_metrics(rec: dict) -> dict[str, np.ndarray]:
 def vector_bootstrap(rec: dict, n_boot: int, seed: int = 0) -> float:
     """The harness bootstrap: one index matrix per chunk of replicates applied to every metric
     and category at once (what ``canonical@1`` runs); returns seconds."""
-    from .protocols._common import category_codes, grouped_replicates
+    from benchmark.protocols._common import category_codes, grouped_replicates
 
     codes, cats = category_codes(list(rec["category"]))
     values = _record_metrics(rec)
@@ -185,8 +185,8 @@ def vector_bootstrap(rec: dict, n_boot: int, seed: int = 0) -> float:
 
 def official_draw_bootstrap(rec: dict, n_boot: int, seed: int = 0) -> float:
     """``afloc-compat@1``: the official seed-0 stream, one ``bootci`` call per metric; seconds."""
-    from .bootstrap import LegacyStream, blas_single_thread, weighted_nanmean
-    from .protocols._common import category_codes, one_hot_values
+    from benchmark.bootstrap import LegacyStream, blas_single_thread, weighted_nanmean
+    from benchmark.protocols._common import category_codes, one_hot_values
 
     codes, cats = category_codes(list(rec["category"]))
     values = _record_metrics(rec)
@@ -203,7 +203,7 @@ def official_draw_bootstrap(rec: dict, n_boot: int, seed: int = 0) -> float:
 def _frames(rec: dict):
     import pandas as pd
 
-    from .protocols._common import category_codes, one_hot_values
+    from benchmark.protocols._common import category_codes, one_hot_values
 
     codes, cats = category_codes(list(rec["category"]))
     return [pd.DataFrame(one_hot_values(v, codes, len(cats)), columns=cats) for v in _record_metrics(rec).values()]
@@ -220,8 +220,8 @@ def peak_memory(fn, *args, **kwargs) -> tuple[float, object]:
 
 
 def run_metrics(n: int, loop_n: int, chunk: int, n_boot: int, loop_boot: int, seed: int) -> dict:
-    from .geometry import afloc_margin_valid
-    from .metrics import AFLOC_THRESHOLDS
+    from benchmark.geometry import afloc_margin_valid
+    from benchmark.metrics import AFLOC_THRESHOLDS
 
     loop_n = min(loop_n, n)
     print(f"afloc-bench metric pipeline benchmark: N={n} heatmaps {FRAME}x{FRAME}, 5 thresholds, chunk={chunk}")

@@ -65,7 +65,7 @@ def paper_cells_as_reference(spec: str) -> list[Cell]:
 
     Paper values printed as percentages are converted to fractions, the run's unit.
     """
-    from . import paper
+    from benchmark import paper
 
     parts = spec.split(":")
     table = parts[1] if len(parts) > 1 and parts[1] else None

@@ -5,10 +5,10 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from .build import build_tables, render
-from .figures import category_bars, metric_bars, overlays
-from .records import atomic_write_text
-from .regress import load_results
+from benchmark.build import build_tables, render
+from benchmark.figures import category_bars, metric_bars, overlays
+from benchmark.records import atomic_write_text
+from benchmark.regress import load_results
 
 MAIN_METRICS = ("iou", "dice", "cnr", "hit", "auroc", "balanced_accuracy")
 

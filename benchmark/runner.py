@@ -23,15 +23,26 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from . import __version__
-from .adapter import GROUNDING, ZEROSHOT_CLS, Adapter, build_adapter
-from .cache import ArrayCache, cache_key, checkpoint_sha256, file_sha256
-from .dataset import DataError, Dataset, build_dataset, cache_home, demo_root, is_demo
-from .protocols.base import Protocol, resolve_protocol
-from .records import (SCHEMA_VERSION, atomic_write_json, atomic_write_text, environment, git_commit, nan_to_none,
-                      now_iso, record_stem, write_parquet_atomic)
-from .registry import RegistryError, datasets as dataset_registry, models as model_registry
-from .sample import Sample
+from benchmark import __version__
+from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Adapter, build_adapter
+from benchmark.cache import ArrayCache, cache_key, checkpoint_sha256, file_sha256
+from benchmark.dataset import DataError, Dataset, build_dataset, cache_home, demo_root, is_demo
+from benchmark.protocols.base import Protocol, resolve_protocol
+from benchmark.records import (
+    SCHEMA_VERSION,
+    atomic_write_json,
+    atomic_write_text,
+    environment,
+    git_commit,
+    nan_to_none,
+    now_iso,
+    record_stem,
+    write_parquet_atomic,
+)
+from benchmark.registry import RegistryError
+from benchmark.registry import datasets as dataset_registry
+from benchmark.registry import models as model_registry
+from benchmark.sample import Sample
 
 log = logging.getLogger("afloc_bench.runner")
 
@@ -466,7 +477,7 @@ class Runner:
 
     def _grounding_per_sample(self, adapter: Adapter, samples: list[Sample], plan: PairPlan):
         """Adapters whose map depends on the sample itself (e.g. the human benchmark)."""
-        from .imageio import image_size
+        from benchmark.imageio import image_size
 
         out, skipped, sizes = [], [], []
         for s in samples:
@@ -574,7 +585,7 @@ class Runner:
             return
         import io
 
-        from .records import atomic_write_bytes
+        from benchmark.records import atomic_write_bytes
 
         prompts = [s.prompt(self.cfg.prompt_set) for s in keep]
         buf = io.BytesIO()
@@ -686,7 +697,7 @@ def _io_reason(exc: OSError) -> str:
 
 def classification_prompts(dataset: str, category: str | None) -> tuple[list[str], list[str]]:
     """Positive and negative prompt ensembles for zero-shot classification of ``category``."""
-    from .prompts import classification_prompts as table
+    from benchmark.prompts import classification_prompts as table
 
     return table(dataset, category)
 
@@ -701,7 +712,7 @@ class _ImageSet:
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        from .imageio import read_image
+        from benchmark.imageio import read_image
 
         path = self.paths[i]
         try:
@@ -720,7 +731,7 @@ def ensure_demo_data() -> Path:
     """Generate the demo datasets into the cache folder on first use."""
     root = demo_root()
     try:
-        from . import demo
+        from benchmark import demo
     except ImportError as exc:  # pragma: no cover - the generator ships with the package
         raise DataError(root, f"demo data generator unavailable: {exc}") from exc
     return Path(demo.ensure(root, seed=0))

@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_afloc_kit import (
+    one_thread,  # noqa: F401  (fixture)
+    tiny_model,
+)
 
 from afloc.checkpoint import save_checkpoint
-from test_afloc_kit import tiny_model
-from test_afloc_kit import one_thread  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -125,12 +127,13 @@ def test_afloc_untrained_is_the_demo_training_start(tmp_path, monkeypatch):
     """The control holds exactly the seed weights the demo trainer builds (same preset, vocabulary,
     seed and build path) before any step, its masked-LM steps included, gives the demo model's
     12x12 grid, has a cache identity of its own, and refuses a checkpoint."""
+    from test_afloc_kit import synthetic_pairs
+
     from afloc.adapter import UntrainedAFLocAdapter
     from afloc.tokenizer import Tokenizer
     from afloc.train import Trainer, load_train_config
     from afloc.vocab import ensure_demo_vocab
     from benchmark.registry import models
-    from test_afloc_kit import synthetic_pairs
 
     monkeypatch.setenv("AFLOC_BENCH_CACHE", str(tmp_path / "cache"))
     assert "control" in models.entry("afloc_untrained").tags and "afloc_untrained" not in models.resolve("sanity")

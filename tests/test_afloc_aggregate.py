@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_afloc_kit import (
+    ID,
+    one_thread,  # noqa: F401  (fixture)
+)
 
 from afloc.aggregate import aggregate, reduce_layers
 from afloc.tokenizer import TokenTables
-from test_afloc_kit import ID
-from test_afloc_kit import one_thread  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

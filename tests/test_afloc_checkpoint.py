@@ -9,11 +9,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_afloc_kit import (
+    one_thread,  # noqa: F401  (fixture)
+    tiny_model,
+    write_vocab,
+)
 
-from afloc.checkpoint import (CheckpointError, load_checkpoint, load_official, official_to_model_keys,
-                              read_lightning_checkpoint, safe_torch_load, save_checkpoint)
-from test_afloc_kit import tiny_model, write_vocab
-from test_afloc_kit import one_thread  # noqa: F401  (fixture)
+from afloc.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_official,
+    official_to_model_keys,
+    read_lightning_checkpoint,
+    safe_torch_load,
+    save_checkpoint,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

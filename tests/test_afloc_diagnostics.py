@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_afloc_kit import (
+    one_thread,  # noqa: F401  (fixture)
+    tiny_model,
+)
 
-from afloc.diagnostics import (contrast_to_noise, map_correlation, prompt_dependence, readout_contrast,
-                               unit_saturation)
-from test_afloc_kit import tiny_model
-from test_afloc_kit import one_thread  # noqa: F401  (fixture)
+from afloc.diagnostics import contrast_to_noise, map_correlation, prompt_dependence, readout_contrast, unit_saturation
 
 
 def test_unit_saturation_sees_a_dominant_unit_and_ignores_padding():

@@ -63,10 +63,11 @@ def compute(model_dir: Path) -> dict:
 
 
 def _regenerate() -> None:
-    from afloc.checkpoint import save_checkpoint
+    import tempfile
+
     from test_afloc_kit import tiny_model
 
-    import tempfile
+    from afloc.checkpoint import save_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         model = tiny_model(Path(tmp), seed=0)

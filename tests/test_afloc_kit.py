@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+
 @pytest.fixture
 def one_thread():
     """Tiny models run fastest on one thread (and do not spin against other work on a shared CPU)."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_afloc_kit import one_thread  # noqa: F401  (fixture)
 
 from afloc.losses import global_loss, length_chunks, local_loss, local_similarity
-from test_afloc_kit import one_thread  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

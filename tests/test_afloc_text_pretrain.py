@@ -7,12 +7,16 @@ import csv
 import numpy as np
 import pytest
 import torch
+from test_afloc_kit import (
+    one_thread,  # noqa: F401  (fixture)
+    synthetic_pairs,
+    tiny_config,
+    tokenizer,
+)
+from test_afloc_train import tiny_cfg
 
 from afloc.text_pretrain import MaskedLMHead, TextPretrainConfig, mask_tokens, pretrain_text_encoder
 from afloc.train import TrainConfig, Trainer, train
-from test_afloc_kit import synthetic_pairs, tiny_config, tokenizer
-from test_afloc_kit import one_thread  # noqa: F401  (fixture)
-from test_afloc_train import tiny_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,11 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_afloc_kit import (
+    one_thread,  # noqa: F401  (fixture)
+    synthetic_pairs,
+    tokenizer,
+)
 
 from afloc.data import PretrainingData, epoch_batches, split_groups
 from afloc.train import TrainConfig, train
-from test_afloc_kit import synthetic_pairs, tokenizer
-from test_afloc_kit import one_thread  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

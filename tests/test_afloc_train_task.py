@@ -7,12 +7,14 @@ import json
 
 import pytest
 import torch
+from test_afloc_kit import (
+    one_thread,  # noqa: F401  (fixture)
+    synthetic_pairs,
+)
 
 from afloc import train_task
 from afloc.data import Pair
 from afloc.train import TrainConfig, load_train_config, train
-from test_afloc_kit import synthetic_pairs
-from test_afloc_kit import one_thread  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SEEN: dict[str, list] = {"labels": [], "images": []}
@@ -32,8 +34,9 @@ class ToyTask(train_task.TrainTask):
 
     @staticmethod
     def image_fn(path):  # its own input: a 4x4 thumbnail of the file
-        from benchmark.imageio import read_image
         import cv2
+
+        from benchmark.imageio import read_image
 
         return torch.from_numpy(cv2.resize(read_image(path, "gray"), (4, 4))).float().flatten() / 255
 

@@ -12,9 +12,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from test_afloc_kit import one_thread, synthetic_pairs, write_vocab  # noqa: E402,F401
+
 from afloc.data import Pair  # noqa: E402
 from afloc.train import TrainConfig, load_train_config, train  # noqa: E402
-from test_afloc_kit import one_thread, synthetic_pairs, write_vocab  # noqa: E402,F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SMALL = {"upsample": 64}  # the demo architecture on a smaller input: fast tests (4x4 local grid)
@@ -119,8 +120,8 @@ def test_text_norm_leaves_zero_word_slots_zero_with_finite_gradients(tmp_path):
 
 def test_training_input_and_tokens_are_the_adapters(trained):
     from baselines.gloria import GloriaAdapter
-    from benchmark.imageio import read_image
     from baselines.gloria_train import GloriaTask
+    from benchmark.imageio import read_image
 
     a = GloriaAdapter()
     a.load(str(trained["dir"] / "best"), "cpu")

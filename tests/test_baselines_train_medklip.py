@@ -14,9 +14,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from test_afloc_kit import one_thread, synthetic_pairs  # noqa: E402,F401  (fixture)
+
 from afloc.data import Pair  # noqa: E402
 from afloc.train import TrainConfig, load_train_config, train  # noqa: E402
-from test_afloc_kit import one_thread, synthetic_pairs  # noqa: E402,F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 WORDPIECE = Path(__file__).parent / "fixtures" / "baselines" / "wordpiece"
@@ -87,8 +88,8 @@ def test_chexpert_columns_map_onto_entities_as_documented():
 
 def test_every_demo_label_column_is_understood():
     """The demo's CheXpert table (from OpenI MeSH tags) uses only columns the table maps or skips on purpose."""
-    from benchmark.demo.reports import CHEXPERT_COLUMNS, KIND_LABELS
     from baselines.medklip_train import CHEXPERT_TO_ENTITIES, UNMAPPED_COLUMNS
+    from benchmark.demo.reports import CHEXPERT_COLUMNS, KIND_LABELS
 
     assert set(CHEXPERT_COLUMNS) == set(CHEXPERT_TO_ENTITIES) | set(UNMAPPED_COLUMNS)
     assert {c for cols in KIND_LABELS.values() for c in cols} <= set(CHEXPERT_TO_ENTITIES)
@@ -205,9 +206,9 @@ def _adapter(**opts):
 def test_adapter_loads_the_trained_folder_and_matches_the_training_input(trained):
     from safetensors.torch import load_file
 
-    from benchmark.imageio import read_image
     from baselines.medklip import EXTRA
     from baselines.medklip_train import read_input
+    from benchmark.imageio import read_image
 
     a = _adapter()
     a.load(str(trained["run"] / "best"), "cpu")

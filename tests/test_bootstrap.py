@@ -6,9 +6,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.bootstrap import (LegacyStream, bh_fdr, bootstrap_p_value, counts_from_indices, official_ci,
-                                 percentile_ci, replicate_means, sklearn_resample_indices, unit_weights,
-                                 weighted_nanmean)
+from benchmark.bootstrap import (
+    LegacyStream,
+    bh_fdr,
+    bootstrap_p_value,
+    counts_from_indices,
+    official_ci,
+    percentile_ci,
+    replicate_means,
+    sklearn_resample_indices,
+    unit_weights,
+    weighted_nanmean,
+)
 
 
 def test_legacy_stream_equals_sequential_choice_calls_across_chunks_and_calls():

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 import toy
+
 from benchmark.build import build_tables, render
 from benchmark.cli.main import main
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from datasets_fixtures import write_dicom
 
 from benchmark import pathologies
 from benchmark.dataset import DatasetCard, datasets, is_demo
 from benchmark.datasets import _common as C
 from benchmark.datasets.rsna_pneumonia import RSNAPneumonia
-from datasets_fixtures import write_dicom
 
 REAL = ["rsna_pneumonia", "ms_cxr", "chexlocalize", "covid_rural", "siim_pneumothorax", "chestx_det10", "nih_bbox",
         "sicapv2", "mimic_cxr", "vindr_cxr"]

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from datasets_fixtures import write_dicom, write_json, write_png
 
 from benchmark.dataset import DataError
 from benchmark.datasets.chestx_det10 import ChestXDet10
@@ -15,7 +16,6 @@ from benchmark.datasets.nih_bbox import NIHBBox
 from benchmark.datasets.rsna_pneumonia import RSNAPneumonia
 from benchmark.datasets.siim_pneumothorax import SIIMPneumothorax
 from benchmark.pathologies import UnknownCategoryError
-from datasets_fixtures import write_dicom, write_json, write_png
 
 RSNA_CSV = ("patientId,x,y,width,height,Target\n"
             "aaa,,,,,0\n"

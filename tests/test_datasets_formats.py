@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from datasets_fixtures import write_json, write_png
 
 from benchmark.datasets._common import decode_rle
 from benchmark.datasets.chestx_det10 import ChestXDet10
@@ -16,7 +17,6 @@ from benchmark.datasets.covid_rural import CovidRural, afloc_rstrip_corruptions
 from benchmark.datasets.mimic_cxr import MIMICCXR, extract_report
 from benchmark.datasets.ms_cxr import MSCXR
 from benchmark.datasets.sicapv2 import SICAPv2
-from datasets_fixtures import write_json, write_png
 
 # --------------------------------------------------------------------------------------------- MS-CXR
 MS_ROWS = [
@@ -380,8 +380,9 @@ def test_mimic_frontal_reports_and_ms_cxr_exclusion(tmp_path):
 
 # --------------------------------------------------------------------------------------------- VinDr-CXR
 def test_vindr_physionet_layout_test_split(tmp_path):
-    from benchmark.datasets.vindr_cxr import VinDrCXR
     from datasets_fixtures import write_dicom
+
+    from benchmark.datasets.vindr_cxr import VinDrCXR
 
     (tmp_path / "annotations").mkdir()
     (tmp_path / "annotations" / "annotations_test.csv").write_text(

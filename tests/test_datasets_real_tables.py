@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from datasets_fixtures import txv_data, unpack_txv, write_dicom, write_png
 
 from benchmark.datasets._common import dataset_dir, decode_rle, kaggle_rle_runs, load_card
 from benchmark.datasets.chestx_det10 import ChestXDet10
@@ -21,7 +22,6 @@ from benchmark.datasets.nih_bbox import NIHBBox
 from benchmark.datasets.rsna_pneumonia import RSNAPneumonia
 from benchmark.datasets.siim_pneumothorax import SIIMPneumothorax
 from benchmark.datasets.vindr_cxr import VinDrCXR
-from datasets_fixtures import txv_data, unpack_txv, write_dicom, write_png
 
 
 def touch_all(folder: Path, names) -> None:

@@ -6,10 +6,28 @@ import numpy as np
 import pytest
 
 from benchmark.dataset import DataError
-from benchmark.geometry import (Letterbox, Native, Resize, ResizeCrop, afloc_box2mask, afloc_box_mapping,
-                                afloc_boxes_mask, afloc_margin_valid, afloc_mask_to_frame, afloc_sample_mask,
-                                bilinear_resize, letterbox_array, letterbox_params, parse_geometry, rasterize_boxes,
-                                rasterize_polygons, read_mask_file, sample_mask, smooth_grid, transfer_map)
+from benchmark.geometry import (
+    Letterbox,
+    Native,
+    Resize,
+    ResizeCrop,
+    afloc_box2mask,
+    afloc_box_mapping,
+    afloc_boxes_mask,
+    afloc_margin_valid,
+    afloc_mask_to_frame,
+    afloc_sample_mask,
+    bilinear_resize,
+    letterbox_array,
+    letterbox_params,
+    parse_geometry,
+    rasterize_boxes,
+    rasterize_polygons,
+    read_mask_file,
+    sample_mask,
+    smooth_grid,
+    transfer_map,
+)
 from benchmark.sample import Sample
 
 

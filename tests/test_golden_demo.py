@@ -17,7 +17,6 @@ from benchmark.cli.main import main
 from benchmark.golden import GOLDEN_DIR, resummarize, small_run
 from benchmark.regress import Cell, compare_cells, run_cells
 
-
 # The demo images are rendered with numpy and OpenCV, whose SIMD code paths round differently on
 # different instruction sets (measured: the same generation on an AVX2 machine and with numpy
 # held to its baseline code gave different bytes in 109 of 206 files; so did OpenCV with its

@@ -10,10 +10,28 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from benchmark.metrics import (AFLOC_THRESHOLDS, auroc, auroc_weighted, balanced_accuracy,
-                               balanced_accuracy_weighted, box_accuracy, box_iou, cnr, cnr_single, dice,
-                               dice_from_counts, iou, iou_from_counts, minmax_normalize, otsu_segmentation,
-                               pointing_hit, predicted_box, seg_dice, threshold_counts, threshold_label)
+from benchmark.metrics import (
+    AFLOC_THRESHOLDS,
+    auroc,
+    auroc_weighted,
+    balanced_accuracy,
+    balanced_accuracy_weighted,
+    box_accuracy,
+    box_iou,
+    cnr,
+    cnr_single,
+    dice,
+    dice_from_counts,
+    iou,
+    iou_from_counts,
+    minmax_normalize,
+    otsu_segmentation,
+    pointing_hit,
+    predicted_box,
+    seg_dice,
+    threshold_counts,
+    threshold_label,
+)
 from benchmark.protocols.afloc_compat import afloc_scores
 from benchmark.protocols.canonical import canonical_scores
 from benchmark.registry import metrics as metric_registry

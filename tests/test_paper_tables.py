@@ -16,9 +16,21 @@ import pytest
 
 from benchmark import pathologies
 from benchmark.dataset import DataError
-from benchmark.paper import (COLUMNS, _dim_values, UnknownTableError, default_root, format_cell, list_tables,
-                             load_cells, load_index, note_flags, paper_cells, paper_table,
-                             split_name, table_entry)
+from benchmark.paper import (
+    COLUMNS,
+    UnknownTableError,
+    _dim_values,
+    default_root,
+    format_cell,
+    list_tables,
+    load_cells,
+    load_index,
+    note_flags,
+    paper_cells,
+    paper_table,
+    split_name,
+    table_entry,
+)
 
 ROOT = default_root()
 INDEX = load_index()

@@ -71,7 +71,6 @@ def test_every_canonical_name_is_its_own_canonical_and_unique():
 def test_real_tables_categories_are_all_known():
     """Every category in the annotation tables torchxrayvision ships is in the table."""
     import pandas as pd
-
     from datasets_fixtures import txv_data
 
     bbox = pd.read_csv(txv_data("nih_bbox"), header=None, skiprows=1)[1].unique()

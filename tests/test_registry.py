@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from benchmark.adapter import Adapter, register_model
-from benchmark.registry import RegistryError, Registry, UnknownNameError, models, register_collection
+from benchmark.registry import Registry, RegistryError, UnknownNameError, models, register_collection
 
 
 def test_sanity_models_listed():

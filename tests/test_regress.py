@@ -6,8 +6,8 @@ import json
 import shutil
 
 import pytest
-
 import toy
+
 from benchmark.cli.main import main
 from benchmark.regress import Cell, compare_cells
 

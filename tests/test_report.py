@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import toy
+
 from benchmark.cli.main import main
 
 toy.register()

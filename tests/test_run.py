@@ -8,9 +8,9 @@ import sys
 
 import pandas as pd
 import pytest
+import toy
 import yaml
 
-import toy
 from benchmark.cli.main import main
 from benchmark.records import RESULTS_REQUIRED_KEYS, SCHEMA_VERSION, validate_results
 from benchmark.runner import RunConfig, Runner

@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from datasets_fixtures import write_dicom, write_json, write_png
 
 from benchmark.cli.main import main
 from benchmark.cli.validate import manifest_counts
-from datasets_fixtures import write_dicom, write_json, write_png
 
 
 def run(capsys, *argv):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.dataset import DatasetCard, Dataset, DataError
+from benchmark.dataset import DataError, Dataset, DatasetCard
 from benchmark.protocols.base import Protocol
 from benchmark.registry import datasets, protocols
 from benchmark.sample import Sample

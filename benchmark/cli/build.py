@@ -28,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..build import build_tables, render
-    from ..records import atomic_write_text
+    from benchmark.build import build_tables, render
+    from benchmark.records import atomic_write_text
 
     try:
         tables = build_tables(args.runs, digits=args.digits, paper_version=args.paper_version,

@@ -8,7 +8,7 @@ import math
 import sys
 from pathlib import Path
 
-from . import n_boot_arg
+from benchmark.cli import n_boot_arg
 
 HELP = "paired bootstrap comparison of two runs (difference, CI, p-value per dataset and metric)"
 
@@ -40,8 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..compare import compare_runs
-    from ..dataset import DataError
+    from benchmark.compare import compare_runs
+    from benchmark.dataset import DataError
 
     try:
         df = compare_runs(args.run_a, args.run_b, metric=args.metric, n_boot=args.n_boot, seed=args.seed,

@@ -22,7 +22,7 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..demo import DEFAULT_N_TEST, DEFAULT_N_TRAIN
+    from benchmark.demo import DEFAULT_N_TEST, DEFAULT_N_TRAIN
 
     parser.add_argument("--out", default=None, help="output folder (default: the demo data folder the runner uses)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -43,9 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..dataset import DataError, demo_root
-    from ..demo import DEMO_VERSION, generate
-    from ..demo.generator import available_sets, read_manifest
+    from benchmark.dataset import DataError, demo_root
+    from benchmark.demo import DEMO_VERSION, generate
+    from benchmark.demo.generator import available_sets, read_manifest
 
     out = Path(args.out).expanduser() if args.out else demo_root()
     names = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         for name, info in manifest["datasets"].items():
             print(f"  {name:18s} {json.dumps(info['counts'])}")
     if args.preview:
-        from ..demo.preview import contact_sheet
+        from benchmark.demo.preview import contact_sheet
 
         path = contact_sheet(out, args.preview, datasets=names)
         if not quiet:

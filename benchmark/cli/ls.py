@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..registry import REGISTRIES, collections_for
+    from benchmark.registry import REGISTRIES, collections_for
 
     if args.what == "collections":
         for c in collections_for():

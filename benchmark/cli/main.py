@@ -7,8 +7,8 @@ import importlib
 import logging
 import sys
 
-from .. import __version__
-from ..registry import RegistryError
+from benchmark import __version__
+from benchmark.registry import RegistryError
 
 # subcommand -> module under benchmark.cli
 COMMANDS = {

@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..regress import compare_cells, diff_table, filter_cells, load_reference, load_results, run_cells
+    from benchmark.regress import compare_cells, diff_table, filter_cells, load_reference, load_results, run_cells
 
     tol = args.tolerance
     if tol != "ci":

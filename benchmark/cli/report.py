@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..report import write_report
+    from benchmark.report import write_report
 
     try:
         path = write_report(args.run, args.output, n_overlay=args.overlays)

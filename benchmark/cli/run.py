@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import n_boot_arg
+from benchmark.cli import n_boot_arg
 
 HELP = "run models on datasets under a protocol and write a run record"
 DESCRIPTION = """\
@@ -72,7 +72,7 @@ def _model_options(items: list[str] | None) -> dict | None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from ..runner import RunConfig, load_config_file, parse_assignments
+    from benchmark.runner import RunConfig, load_config_file, parse_assignments
 
     cfg = RunConfig.from_mapping(load_config_file(args.config), args.config) if args.config else RunConfig()
     ckpt = parse_assignments(args.ckpt, "--ckpt") if args.ckpt else None
@@ -93,9 +93,9 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..dataset import DataError
-    from ..runner import Runner
-    from ..tables import summary_table
+    from benchmark.dataset import DataError
+    from benchmark.runner import Runner
+    from benchmark.tables import summary_table
 
     try:
         cfg = config_from_args(args)

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from . import n_boot_arg
+from benchmark.cli import n_boot_arg
 
 HELP = "score bring-your-own heatmaps (preds.npz) under a protocol"
 
@@ -84,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # Reading the npz without loading the heatmaps at once
 # --------------------------------------------------------------------------------------
 def _error(path: str, expected: str) -> Exception:
-    from ..dataset import DataError
+    from benchmark.dataset import DataError
 
     return DataError(path, expected)
 
@@ -181,7 +181,7 @@ def score_file(path: str, protocol_id: str, *, n_boot: int = 1000, seed: int = 0
     """Score ``path`` under ``protocol_id``; returns the JSON-ready result."""
     import pandas as pd
 
-    from ..protocols.base import resolve_protocol
+    from benchmark.protocols.base import resolve_protocol
 
     proto = resolve_protocol(protocol_id)
     pathology = pathology or official_dataset == "SICAPV2_GROUNDING"
@@ -273,7 +273,7 @@ def _print_table(result: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..dataset import DataError
+    from benchmark.dataset import DataError
 
     try:
         result = score_file(args.input, args.protocol, n_boot=args.n_boot, seed=args.seed, margin=args.margin,

@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..dataset import DataError, build_dataset, datasets, demo_root, is_demo
+    from benchmark.dataset import DataError, build_dataset, datasets, demo_root, is_demo
 
     names = datasets.resolve(args.datasets)
     options = parse_options(args.option)
@@ -93,7 +93,7 @@ def parse_options(items: list[str]) -> dict[str, Any]:
 def demo_expected(name: str, *, generate: bool) -> dict[str, dict[str, int]]:
     """Expected counts of a demo set per split, from ``<demo root>/manifest.json`` (generated data's own
     record); the real card's counts do not apply to synthetic data."""
-    from ..dataset import DataError, datasets, demo_root
+    from benchmark.dataset import DataError, datasets, demo_root
 
     root = demo_root()
     manifest = root / "manifest.json"
@@ -101,7 +101,7 @@ def demo_expected(name: str, *, generate: bool) -> dict[str, dict[str, int]]:
         if not generate:
             raise DataError(root, "demo data not generated (no manifest.json); run `afloc-bench demo-data` "
                                   "or pass --generate")
-        from .. import demo
+        from benchmark import demo
 
         demo.ensure(root, seed=0)
     try:

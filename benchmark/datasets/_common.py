@@ -18,9 +18,9 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..dataset import DataError, Dataset, DatasetCard, cache_home
-from ..pathologies import canonical_name
-from ..sample import Sample
+from benchmark.dataset import DataError, Dataset, DatasetCard, cache_home
+from benchmark.pathologies import canonical_name
+from benchmark.sample import Sample
 
 log = logging.getLogger("benchmark.datasets")
 
@@ -391,7 +391,7 @@ def read_dicom_header(path: Path) -> dict[str, Any]:
 
 def raster_size(path: Path) -> tuple[int, int]:
     """(height, width) of a PNG/JPG from its header; ``DataError`` naming the file otherwise."""
-    from ..imageio import image_size
+    from benchmark.imageio import image_size
 
     return image_size(path)
 
@@ -655,7 +655,7 @@ class Loader(Dataset):
     def validate(self, expected: dict[str, int] | None = None,  # type: ignore[override]
                  card_checks: bool = True) -> dict[str, Any]:
         """Files, counts (``expected`` or the card's), one mask, prompts; see ``_validation``."""
-        from ._validation import validate_loader
+        from benchmark.datasets._validation import validate_loader
 
         return validate_loader(self, expected, card_checks)
 

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..dataset import DataError
+from benchmark.dataset import DataError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ._common import Loader
+    from benchmark.datasets._common import Loader
 
 
 def validate_loader(ds: "Loader", expected: dict[str, int] | None = None, card_checks: bool = True) -> dict[str, Any]:
@@ -104,7 +104,7 @@ def _done(rep: dict[str, Any]) -> dict[str, Any]:
 
 def _check_one_mask(samples, problems: list[str], warnings: list[str]) -> str:
     """Decode the first localized sample's ground truth at its original size; bounds-check all boxes."""
-    from ._common import decode_rle
+    from benchmark.datasets._common import decode_rle
 
     out_of_bounds = []
     for s in samples:

@@ -14,9 +14,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..dataset import DataError, register_dataset, register_demo_variant
-from ..sample import Sample
-from ._common import Loader, load_card, progress, read_split, sha256_file
+from benchmark.dataset import DataError, register_dataset, register_demo_variant
+from benchmark.datasets._common import Loader, load_card, progress, read_split, sha256_file
+from benchmark.sample import Sample
 
 CATEGORIES = ("Atelectasis", "Calcification", "Consolidation", "Effusion", "Emphysema", "Fibrosis", "Fracture",
               "Mass", "Nodule", "Pneumothorax")

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from ..dataset import DataError, register_dataset, register_demo_variant
-from ..pathologies import canonical_name
-from ..sample import Sample
-from ._common import Loader, check_coco_rle, decode_rle, load_card, progress, read_csv, read_split
+from benchmark.dataset import DataError, register_dataset, register_demo_variant
+from benchmark.datasets._common import Loader, check_coco_rle, decode_rle, load_card, progress, read_csv, read_split
+from benchmark.pathologies import canonical_name
+from benchmark.sample import Sample
 
 LOCALIZATION_TASKS = ("Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Lesion", "Airspace Opacity", "Edema",
                       "Consolidation", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Support Devices")

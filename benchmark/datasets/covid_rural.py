@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from ..dataset import DataError, register_dataset, register_demo_variant
-from ..sample import Sample
-from ._common import Loader, load_card, mask_nonzero_count, progress, read_split
+
+from benchmark.dataset import DataError, register_dataset, register_demo_variant
+from benchmark.datasets._common import Loader, load_card, mask_nonzero_count, progress, read_split
+from benchmark.sample import Sample
 
 LUNG_LABELS = {"right_lung", "left_lung", "lung", "right lung", "left lung"}
 

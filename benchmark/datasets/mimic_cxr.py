@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from ..dataset import DataError, register_dataset, register_demo_variant
-from ..sample import Sample
-from ._common import Loader, first_existing, load_card, parse_views, progress, read_csv
+
+from benchmark.dataset import DataError, register_dataset, register_demo_variant
+from benchmark.datasets._common import Loader, first_existing, load_card, parse_views, progress, read_csv
+from benchmark.sample import Sample
 
 SPLIT_CSVS = ("mimic-cxr-2.0.0-split.csv", "mimic-cxr-2.0.0-split.csv.gz")
 META_CSVS = ("mimic-cxr-2.0.0-metadata.csv", "mimic-cxr-2.0.0-metadata.csv.gz")

@@ -18,9 +18,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..dataset import DataError, register_dataset, register_demo_variant
-from ..sample import Sample
-from ._common import Loader, load_card, progress, read_csv, read_split
+from benchmark.dataset import DataError, register_dataset, register_demo_variant
+from benchmark.datasets._common import Loader, load_card, progress, read_csv, read_split
+from benchmark.sample import Sample
 
 VERSIONS = ("1.1.0", "1.0.0")
 STEM = "MS_CXR_Local_Alignment_v{version}"

@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..dataset import DataError, register_dataset, register_demo_variant
-from ..sample import Sample
-from ._common import Loader, first_existing, load_card, parse_views, progress, read_csv, read_split
+from benchmark.dataset import DataError, register_dataset, register_demo_variant
+from benchmark.datasets._common import Loader, first_existing, load_card, parse_views, progress, read_csv, read_split
+from benchmark.sample import Sample
 
 BBOX_CSV = "BBox_List_2017.csv"
 ENTRY_CSVS = ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv")

@@ -17,10 +17,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..dataset import DataError, register_dataset, register_demo_variant
-from ..sample import Sample
-from ._common import (DicomHeaders, Loader, check_list_overlap, load_card, parse_views, progress, read_csv,
-                      read_split)
+from benchmark.dataset import DataError, register_dataset, register_demo_variant
+from benchmark.datasets._common import (
+    DicomHeaders,
+    Loader,
+    check_list_overlap,
+    load_card,
+    parse_views,
+    progress,
+    read_csv,
+    read_split,
+)
+from benchmark.sample import Sample
 
 LABELS_CSV = "stage_2_train_labels.csv"
 DETAIL_CSV = "stage_2_detailed_class_info.csv"
@@ -145,9 +153,8 @@ class RSNAPneumonia(Loader):
 
 def read_table(path: Path) -> dict[str, dict[str, Any]]:
     """``stage_2_train_labels.csv`` → ``{patientId: {label, boxes [[x,y,w,h]...], rows [csv line]}}``."""
-    import pandas as pd
-
     import numpy as np
+    import pandas as pd
 
     df = read_csv(path, ["patientId", "x", "y", "width", "height", "Target"], dtype={"patientId": str})
     out: dict[str, dict[str, Any]] = {}

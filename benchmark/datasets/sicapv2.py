@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..dataset import DataError, register_dataset
-from ..sample import Sample
-from ._common import Loader, load_card, mask_nonzero_count, progress, read_split
+from benchmark.dataset import DataError, register_dataset
+from benchmark.datasets._common import Loader, load_card, mask_nonzero_count, progress, read_split
+from benchmark.sample import Sample
 
 CLASSES = ("NC", "G3", "G4", "G5")
 PARTITIONS = {"test": "partition/Test/Test.xlsx", "train": "partition/Test/Train.xlsx"}

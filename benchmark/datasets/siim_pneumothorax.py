@@ -17,10 +17,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..dataset import DataError, register_dataset, register_demo_variant
-from ..sample import Sample
-from ._common import (DicomHeaders, Loader, check_list_overlap, coco_rle, index_files, kaggle_rle_runs, load_card,
-                      parse_views, progress, read_csv, read_split, runs_to_counts, runs_union)
+from benchmark.dataset import DataError, register_dataset, register_demo_variant
+from benchmark.datasets._common import (
+    DicomHeaders,
+    Loader,
+    check_list_overlap,
+    coco_rle,
+    index_files,
+    kaggle_rle_runs,
+    load_card,
+    parse_views,
+    progress,
+    read_csv,
+    read_split,
+    runs_to_counts,
+    runs_union,
+)
+from benchmark.sample import Sample
 
 RLE_CSV = "train-rle.csv"
 DICOM_DIR = "dicom-images-train"

@@ -17,9 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..dataset import DataError, register_dataset
-from ..sample import Sample
-from ._common import DicomHeaders, Loader, load_card, progress, read_csv, read_split
+from benchmark.dataset import DataError, register_dataset
+from benchmark.datasets._common import DicomHeaders, Loader, load_card, progress, read_csv, read_split
+from benchmark.sample import Sample
 
 NO_FINDING = "no finding"
 BOX_COLUMNS = ["image_id", "class_name", "x_min", "y_min", "x_max", "y_max"]  # plus rad_id where present

@@ -28,7 +28,7 @@ def generate(out_dir: str | os.PathLike, *, seed: int = 0, n_train: int = DEFAUL
     Deterministic: the same seed and sizes give byte-identical files. ``datasets`` picks a
     subset of the loader names (default: all); ``workers`` defaults to the available cores.
     """
-    from .generator import generate as _generate
+    from benchmark.demo.generator import generate as _generate
 
     return _generate(out_dir, seed=seed, n_train=n_train, n_test=n_test, datasets=datasets, progress=progress,
                      workers=workers)
@@ -37,14 +37,14 @@ def generate(out_dir: str | os.PathLike, *, seed: int = 0, n_train: int = DEFAUL
 def ensure(out_dir: str | os.PathLike, seed: int = 0, **options) -> Path:
     """``out_dir`` with a complete demo collection of this version and seed, generating it when
     needed (into a temporary sibling folder renamed into place). ``options`` go to ``generate``."""
-    from .generator import ensure as _ensure
+    from benchmark.demo.generator import ensure as _ensure
 
     return _ensure(out_dir, seed=seed, **options)
 
 
 def available() -> list[str]:
     """Names of the demo datasets (the loaders' registry names)."""
-    from .generator import available_sets
+    from benchmark.demo.generator import available_sets
 
     return available_sets()
 

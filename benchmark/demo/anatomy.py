@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .material import LungShape
+from benchmark.demo.material import LungShape
 
 WORK_SIDE = 384
 SMALL_WORK_SIDE = 320  # outputs up to 800 px
@@ -112,7 +112,7 @@ class Anatomy:
     def from_canonical(self, box) -> np.ndarray:
         """A box ``[x0, y0, x1, y1]`` of the canonical frame (real 1024² radiographs, normalised)
         → work pixels of this phantom, mapping the median real lung-pair box onto this one's."""
-        from .material import canonical_lung_frame
+        from benchmark.demo.material import canonical_lung_frame
 
         c = canonical_lung_frame()
         x0, y0, x1, y1 = self.lung_box

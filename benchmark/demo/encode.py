@@ -77,7 +77,7 @@ def write_dicom(path: Path, img: np.ndarray, *, photometric: str = "MONOCHROME2"
     """
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.encaps import encapsulate
-    from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage, PYDICOM_IMPLEMENTATION_UID
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, JPEGBaseline8Bit, SecondaryCaptureImageStorage
 
     u8 = to_uint8(img)
     if photometric == "MONOCHROME1":

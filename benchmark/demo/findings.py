@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
-from .anatomy import LEFT, RIGHT, Anatomy, Modifiers, blur, grid, smooth_field
+from benchmark.demo.anatomy import LEFT, RIGHT, Anatomy, Modifiers, blur, grid, smooth_field
 
 SIDES = (RIGHT, LEFT)
 # every kind the renderer knows
@@ -216,7 +216,7 @@ def table_box(kind: str, side: str, zone: str | None, severity: str,
               rng: np.random.Generator) -> tuple[float, float, float, float] | None:
     """A real box of ``kind`` whose centre lies in ``side`` and ``zone`` of the canonical lungs,
     scaled about its centre by the severity; ``None`` when the table has too few such boxes."""
-    from .material import boxes, canonical_lung_frame
+    from benchmark.demo.material import boxes, canonical_lung_frame
 
     key = TABLE_FOR_KIND.get(kind)
     if key is None:
@@ -364,7 +364,7 @@ def _effusion(an: Anatomy, f: Finding):
 
 def _pneumothorax(an: Anatomy, f: Finding):
     """Peripheral lucency without lung markings, bounded by a thin visceral pleural line."""
-    from .material import siim_mask
+    from benchmark.demo.material import siim_mask
 
     rng = an.frng  # type: ignore[attr-defined]
     out = []

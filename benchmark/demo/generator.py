@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Iterable
 
-from ..dataset import DataError
+from benchmark.dataset import DataError
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ PROVENANCE = "provenance"
 
 
 def available_sets() -> list[str]:
-    from .sets import SETS
+    from benchmark.demo.sets import SETS
 
     return list(SETS)
 
@@ -34,7 +34,7 @@ def _cpus() -> int:
 
 def _preload() -> dict:
     """Read the real material once in the parent, so forked workers share it."""
-    from . import anatomy, material
+    from benchmark.demo import anatomy, material
 
     reps = material.reports()
     shapes = material.lung_shapes()
@@ -53,7 +53,7 @@ def _preload() -> dict:
 
 def _render_task(task):
     seed, root, name, job = task
-    from .sets import SETS, job_rng
+    from benchmark.demo.sets import SETS, job_rng
 
     s = SETS[name]
     return s.render(job, job_rng(seed, s.code, job), Path(root) / name)
@@ -62,8 +62,8 @@ def _render_task(task):
 def generate(out_dir: str | os.PathLike, *, seed: int = 0, n_train: int | None = None, n_test: int | None = None,
              datasets: Iterable[str] | None = None, progress: bool = True, workers: int | None = None) -> dict:
     """Write the demo datasets under ``out_dir`` (one folder per loader name) and return the manifest."""
-    from . import DEFAULT_N_TEST, DEFAULT_N_TRAIN, DEMO_VERSION
-    from .sets import SETS, Context
+    from benchmark.demo import DEFAULT_N_TEST, DEFAULT_N_TRAIN, DEMO_VERSION
+    from benchmark.demo.sets import SETS, Context
 
     n_train = DEFAULT_N_TRAIN if n_train is None else int(n_train)
     n_test = DEFAULT_N_TEST if n_test is None else int(n_test)
@@ -100,7 +100,7 @@ def generate(out_dir: str | os.PathLike, *, seed: int = 0, n_train: int | None =
     manifest = {"generator": "afloc-bench demo", "version": DEMO_VERSION, "seed": int(seed), "n_train": n_train,
                 "n_test": n_test, "datasets": manifest_sets, "material": material,
                 "orientation": "radiological: image left = patient's right"}
-    from .encode import atomic_write_text
+    from benchmark.demo.encode import atomic_write_text
 
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
@@ -148,7 +148,7 @@ def ensure(out_dir: str | os.PathLike, seed: int = 0, **kwargs) -> Path:
     file serialises concurrent callers (e.g. the ranks of a distributed training run): the
     second one finds the collection complete and returns.
     """
-    from . import DEMO_VERSION
+    from benchmark.demo import DEMO_VERSION
 
     out = Path(out_dir).expanduser()
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dataset import DataError
+from benchmark.dataset import DataError
 
 LUNG_BANK_SIZE = 160  # side of the stored lung-pair masks (union bounding box, resampled)
 
@@ -146,7 +146,7 @@ _LUNG_SELECTION_VERSION = 1
 
 
 def _cache_dir() -> Path:
-    from ..dataset import cache_home
+    from benchmark.dataset import cache_home
 
     return cache_home() / "demo" / "material"
 

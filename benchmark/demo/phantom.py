@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import anatomy, findings as fnd
-from .material import lung_shapes
+from benchmark.demo import anatomy
+from benchmark.demo import findings as fnd
+from benchmark.demo.material import lung_shapes
 
 
 @dataclass

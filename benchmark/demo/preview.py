@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..imageio import read_image
+from benchmark.imageio import read_image
 
 
 def _boxes_rect(ax, boxes, color, labels=None):
@@ -103,7 +103,7 @@ def _covid(root: Path, k: int):
 
 
 def _siim(root: Path, k: int):
-    from .material import decode_relative_rle
+    from benchmark.demo.material import decode_relative_rle
 
     d = root / "siim_pneumothorax"
     lines = (d / "train-rle.csv").read_text().splitlines()[1:]

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 import textwrap
 
-from .findings import Finding
-from .material import Report
+from benchmark.demo.findings import Finding
+from benchmark.demo.material import Report
 
 # MeSH heading (lower case) -> finding kind
 MESH_KIND = {

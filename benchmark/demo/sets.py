@@ -21,10 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from . import encode as E
-from . import reports as R
-from .findings import RIGHT, LEFT, Finding
-from .material import boxes as real_boxes, reports as real_reports, rsna_box_sets, siim_positive_rles
+from benchmark.demo import encode as E
+from benchmark.demo import reports as R
+from benchmark.demo.findings import LEFT, RIGHT, Finding
+from benchmark.demo.material import boxes as real_boxes
+from benchmark.demo.material import reports as real_reports
+from benchmark.demo.material import rsna_box_sets, siim_positive_rles
 
 SPLIT_CODE = {"train": 1, "validate": 2, "val": 2, "test": 3}
 
@@ -161,7 +163,7 @@ class MimicCXR(DemoSet):
         return jobs
 
     def render(self, job, rng, root):
-        from .phantom import make
+        from benchmark.demo.phantom import make
 
         rep = _report_by_uid(job.ids["uid"])
         ph = make(rng, job.hw, job.findings, view=job.view, female=job.female)
@@ -258,7 +260,7 @@ class MSCXR(DemoSet):
         return jobs
 
     def render(self, job, rng, root):
-        from .phantom import make
+        from benchmark.demo.phantom import make
 
         ph = make(rng, job.hw, job.findings, view=job.view, attempts=8)
         E.write_jpg(root / job.ids["path"], ph.image)
@@ -333,7 +335,7 @@ class RSNAPneumonia(DemoSet):
         return jobs
 
     def render(self, job, rng, root):
-        from .phantom import make
+        from benchmark.demo.phantom import make
 
         ph = make(rng, job.hw, job.findings, view=job.view, female=job.female, attempts=8)
         pid = job.ids["patientId"]
@@ -402,7 +404,7 @@ class SIIMPneumothorax(DemoSet):
     def render(self, job, rng, root):
         import cv2
 
-        from .phantom import make
+        from benchmark.demo.phantom import make
 
         fs = list(job.findings)
         if len(fs) == 2:  # the second pneumothorax goes to the other lung, decided after the first is placed
@@ -501,7 +503,7 @@ class NIHBBox(DemoSet):
         return jobs
 
     def render(self, job, rng, root):
-        from .phantom import make
+        from benchmark.demo.phantom import make
 
         ph = make(rng, job.hw, job.findings, view=job.view, female=job.female, attempts=8)
         E.write_png(root / "images" / job.ids["image"], ph.image)
@@ -533,7 +535,7 @@ class NIHBBox(DemoSet):
 
 
 def _union_box(masks: list[np.ndarray]) -> list[int]:
-    from .phantom import mask_box
+    from benchmark.demo.phantom import mask_box
 
     return mask_box(np.logical_or.reduce(masks))
 
@@ -581,7 +583,7 @@ class ChestXDet10(DemoSet):
         return jobs
 
     def render(self, job, rng, root):
-        from .phantom import make
+        from benchmark.demo.phantom import make
 
         ph = make(rng, job.hw, job.findings, view=job.view, attempts=8)
         folder = "test_data" if job.split == "test" else "train_data"
@@ -607,7 +609,7 @@ class ChestXDet10(DemoSet):
 
 
 def _box_of(m: np.ndarray) -> list[int]:
-    from .phantom import mask_box
+    from benchmark.demo.phantom import mask_box
 
     return mask_box(m)
 
@@ -631,7 +633,7 @@ class COVIDRural(DemoSet):
         return jobs
 
     def render(self, job, rng, root):
-        from .phantom import make
+        from benchmark.demo.phantom import make
 
         ph = make(rng, job.hw, job.findings, view=job.view, with_lungs=True, attempts=8)
         stem = job.ids["stem"]
@@ -709,7 +711,7 @@ class CheXlocalize(DemoSet):
         return jobs
 
     def render(self, job, rng, root):
-        from .phantom import make
+        from benchmark.demo.phantom import make
 
         hb_rng = np.random.default_rng(int(rng.integers(0, 2 ** 63)))  # the second reader's own stream
         ph = make(rng, job.hw, job.findings, view=job.view, with_lungs=True, attempts=6)
@@ -776,7 +778,7 @@ def _salient_points(hb: dict[str, dict], rng: np.random.Generator) -> dict[str, 
     other files do not change. The reader's mask is shifted and resized from the truth, so
     some points miss; a task the reader left empty gets no entry (a miss on a positive).
     """
-    from ..geometry import decode_rle
+    from benchmark.geometry import decode_rle
 
     out: dict[str, list[list[float]]] = {}
     for task in CHEXLOCALIZE_TASKS:

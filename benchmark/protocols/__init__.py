@@ -3,6 +3,6 @@
 Every top-level module here is imported at registry load; keep them free of torch imports.
 """
 
-from .base import Protocol, register_protocol, resolve_protocol
+from benchmark.protocols.base import Protocol, register_protocol, resolve_protocol
 
 __all__ = ["Protocol", "register_protocol", "resolve_protocol"]

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .base import OVERALL, SUMMARY_KEYS
+from benchmark.protocols.base import OVERALL, SUMMARY_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def modality(sample: Any) -> str:
 def resolve_image_size(sample: Any, image_size: Sequence[int] | None) -> tuple[int, int]:
     size = image_size if image_size is not None else getattr(sample, "image_size", None)
     if size is None:
-        from ..dataset import DataError
+        from benchmark.dataset import DataError
 
         raise DataError(getattr(sample, "image_path", None),
                         f"the image size of sample {getattr(sample, 'sample_id', '?')} (loader did not set it)")
@@ -114,7 +114,7 @@ def one_hot_values(values: np.ndarray, codes: np.ndarray, k: int) -> np.ndarray:
 
 def grouped_replicates(columns: dict[str, np.ndarray], codes: np.ndarray, k: int, units: np.ndarray, n_boot: int,
                        seed: int, strata: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    from ..bootstrap import blas_single_thread
+    from benchmark.bootstrap import blas_single_thread
 
     with blas_single_thread():
         return _grouped_replicates(columns, codes, k, units, n_boot, seed, strata)
@@ -130,7 +130,7 @@ def _grouped_replicates(columns: dict[str, np.ndarray], codes: np.ndarray, k: in
     are ordered by category and each category multiplies only its own block of columns;
     otherwise categories are one-hot columns. Returns ``name -> [R, K]``.
     """
-    from ..bootstrap import to_unit_space, unique_columns, unit_draws
+    from benchmark.bootstrap import to_unit_space, unique_columns, unit_draws
 
     names = list(columns)
     m = len(names)
@@ -248,7 +248,7 @@ def is_nan(x: Any) -> bool:
 
 def per_threshold_columns(thresholds: Sequence[float], **arrays: np.ndarray) -> dict[str, np.ndarray]:
     """``{"iou": [N, T], ...}`` → ``{"iou@0.1": [N], ...}``, names from ``metrics.threshold_label``."""
-    from ..metrics import threshold_label
+    from benchmark.metrics import threshold_label
 
     return {f"{name}@{threshold_label(t)}": arr[:, j] for name, arr in arrays.items()
             for j, t in enumerate(thresholds)}

@@ -21,15 +21,39 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..bootstrap import DEFAULT_N_BOOT, LegacyStream, counts_from_indices, official_ci, sklearn_resample_indices
-from ..bootstrap import replicate_means
-from ..geometry import (Letterbox, afloc_margin_valid, afloc_sample_mask, bilinear_resize, parse_geometry,
-                        sample_mask, smooth_grid, transfer_map)
-from ..metrics import (AFLOC_PATHOLOGY_THRESHOLDS, AFLOC_THRESHOLDS, auroc_weighted, balanced_accuracy_weighted, cnr,
-                       dice_from_counts, iou_from_counts, minmax_normalize, pointing_hit, threshold_counts,
-                       threshold_label)
-from . import _common as C
-from .base import OVERALL, Protocol, register_protocol
+from benchmark.bootstrap import (
+    DEFAULT_N_BOOT,
+    LegacyStream,
+    counts_from_indices,
+    official_ci,
+    replicate_means,
+    sklearn_resample_indices,
+)
+from benchmark.geometry import (
+    Letterbox,
+    afloc_margin_valid,
+    afloc_sample_mask,
+    bilinear_resize,
+    parse_geometry,
+    sample_mask,
+    smooth_grid,
+    transfer_map,
+)
+from benchmark.metrics import (
+    AFLOC_PATHOLOGY_THRESHOLDS,
+    AFLOC_THRESHOLDS,
+    auroc_weighted,
+    balanced_accuracy_weighted,
+    cnr,
+    dice_from_counts,
+    iou_from_counts,
+    minmax_normalize,
+    pointing_hit,
+    threshold_counts,
+    threshold_label,
+)
+from benchmark.protocols import _common as C
+from benchmark.protocols.base import OVERALL, Protocol, register_protocol
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +276,7 @@ class AflocCompat(Protocol):
                   unit: str = "image", params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Official aggregates and CIs. ``unit`` is ignored: the official bootstrap resamples
         pooled rows (grounding) or images (classification)."""
-        from ..bootstrap import blas_single_thread, warn_few_official_replicates
+        from benchmark.bootstrap import blas_single_thread, warn_few_official_replicates
 
         warn_few_official_replicates(n_boot, self.id)
         with blas_single_thread():

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..registry import protocols
-from ..sample import Sample
+from benchmark.registry import protocols
+from benchmark.sample import Sample
 
 # Keys of each row ``summarize`` returns.
 SUMMARY_KEYS = ("metric", "category", "point", "boot_mean", "lo", "hi", "n")

@@ -18,13 +18,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..bootstrap import DEFAULT_N_BOOT, percentile_ci, unit_weights
-from ..geometry import bilinear_resize, parse_geometry, sample_mask, smooth_grid
-from ..metrics import (BOX_IOU_THRESHOLDS, CANONICAL_PATHOLOGY_THRESHOLDS, CANONICAL_THRESHOLDS, auroc_weighted,
-                       balanced_accuracy_weighted, box_accuracy, cnr, dice_from_counts, iou_from_counts,
-                       minmax_normalize, pointing_hit, threshold_counts, threshold_label)
-from . import _common as C
-from .base import OVERALL, Protocol, register_protocol
+from benchmark.bootstrap import DEFAULT_N_BOOT, percentile_ci, unit_weights
+from benchmark.geometry import bilinear_resize, parse_geometry, sample_mask, smooth_grid
+from benchmark.metrics import (
+    BOX_IOU_THRESHOLDS,
+    CANONICAL_PATHOLOGY_THRESHOLDS,
+    CANONICAL_THRESHOLDS,
+    auroc_weighted,
+    balanced_accuracy_weighted,
+    box_accuracy,
+    cnr,
+    dice_from_counts,
+    iou_from_counts,
+    minmax_normalize,
+    pointing_hit,
+    threshold_counts,
+    threshold_label,
+)
+from benchmark.protocols import _common as C
+from benchmark.protocols.base import OVERALL, Protocol, register_protocol
 
 SIGMA = 1.5
 GROUNDING_PREFIXES = ("iou", "dice", "cnr", "hit", "box_acc")
@@ -89,7 +101,7 @@ class Canonical(Protocol):
         if native_grid:
             maps = bilinear_resize(smooth_grid(maps, SIGMA), masks.shape[-2:])
         if margin:
-            from ..geometry import afloc_margin_valid
+            from benchmark.geometry import afloc_margin_valid
 
             maps = np.array(maps, copy=True)
             maps[:, ~afloc_margin_valid(masks.shape[-2:])] = np.nan
@@ -107,7 +119,7 @@ class Canonical(Protocol):
         params = dict(params or {})
         if len(records) == 0:
             return []
-        from ..bootstrap import blas_single_thread
+        from benchmark.bootstrap import blas_single_thread
 
         with blas_single_thread():
             return self._summarize(records, task, n_boot=n_boot, seed=seed, unit=unit, params=params)

@@ -22,12 +22,18 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from ..bootstrap import DEFAULT_N_BOOT, LegacyStream, official_ci, replicate_means
-from ..geometry import parse_geometry, sample_mask
-from ..metrics import (iou_from_counts, minmax_normalize, otsu_segmentation, pointing_hit, threshold_counts,
-                       threshold_label)
-from . import _common as C
-from .base import OVERALL, Protocol, register_protocol
+from benchmark.bootstrap import DEFAULT_N_BOOT, LegacyStream, official_ci, replicate_means
+from benchmark.geometry import parse_geometry, sample_mask
+from benchmark.metrics import (
+    iou_from_counts,
+    minmax_normalize,
+    otsu_segmentation,
+    pointing_hit,
+    threshold_counts,
+    threshold_label,
+)
+from benchmark.protocols import _common as C
+from benchmark.protocols.base import OVERALL, Protocol, register_protocol
 
 TUNE_THRESHOLDS = tuple(float(t) for t in np.arange(0.2, 0.8, 0.1))  # 0.2 … 0.8000000000000003
 APPLY_THRESHOLDS = tuple(round(t, 1) for t in TUNE_THRESHOLDS)  # the CSV keeps one decimal
@@ -105,7 +111,7 @@ class CheXlocalize(Protocol):
         self.sigma = sigma
 
     def original_map(self, grid: np.ndarray, image_size: tuple[int, int], input_geometry: str) -> np.ndarray:
-        from ..geometry import smooth_grid
+        from benchmark.geometry import smooth_grid
 
         g = np.asarray(grid)
         if g.dtype.kind != "f":
@@ -134,7 +140,7 @@ class CheXlocalize(Protocol):
     def score_chunk(self, heatmaps: np.ndarray, masks: np.ndarray, *, margin: bool | None = None,
                     native_grid: bool = False, pathology: bool = False) -> dict[str, np.ndarray]:
         """Maps in the masks' frame (or native grids upsampled to it) → per-sample values."""
-        from ..geometry import bilinear_resize
+        from benchmark.geometry import bilinear_resize
 
         rows = []
         h, w = masks.shape[-2:]
@@ -214,7 +220,7 @@ class CheXlocalize(Protocol):
             raise ValueError(f"chexlocalize@1 has no task {task!r}")
         if len(records) == 0:
             return []
-        from ..bootstrap import blas_single_thread, warn_few_official_replicates
+        from benchmark.bootstrap import blas_single_thread, warn_few_official_replicates
 
         warn_few_official_replicates(n_boot, self.id)
         with blas_single_thread():
