@@ -102,9 +102,9 @@ class UntrainedAFLocAdapter(AFLocAdapter):
 
     def load(self, checkpoint: str | None, device: str) -> None:
         from afloc.inference import GEOMETRIES, InferenceEngine
-        from afloc.train import load_train_config
-        from afloc.train_task import get_task
         from benchmark.cache import state_dict_sha256
+        from benchmark.training.config import load_train_config
+        from benchmark.training.task import get_task
 
         if checkpoint is not None:
             raise ValueError("afloc_untrained takes no checkpoint (it is the demo model before training); "

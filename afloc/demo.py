@@ -32,7 +32,8 @@ def ensure_demo_checkpoint(quiet: bool = True) -> Path:
     from benchmark.cache import build_once, fixed_threads
 
     def build(work: Path) -> Path:
-        from afloc.train import load_train_config, train
+        from benchmark.training.config import load_train_config
+        from benchmark.training.trainer import train
 
         log.info("training the demo AFLoc model into %s (once; a few minutes on CPU)", demo_checkpoint_dir())
         run = work / "run"

@@ -131,7 +131,7 @@ def _box_images(dataset: str, data_root: str | None, limit: int | None):
     from afloc.inference import preprocess_image
     from benchmark.dataset import build_dataset
     from benchmark.geometry import afloc_boxes_mask
-    from benchmark.imageio import read_image
+    from benchmark.io.images import read_image
 
     ds = build_dataset(dataset, data_root)
     samples = [s for s in ds.samples() if s.boxes][:limit]
@@ -171,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     prompts = [f"Findings suggesting {f.strip()}." for f in args.findings.split(",") if f.strip()]
     for ck in args.checkpoints:
         if ck == "untrained":
-            from afloc.train import load_train_config
-            from afloc.train_task import get_task
+            from benchmark.training.config import load_train_config
+            from benchmark.training.task import get_task
 
             cfg = load_train_config("demo")
             model, _ = get_task(cfg.task).build(cfg)

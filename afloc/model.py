@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from afloc.aggregate import TextLevels, aggregate, reduce_layers
-from afloc.backbones import ResNetBackbone, load_pretrained
 from afloc.config import ModelConfig, TextConfig, VisionConfig
 from afloc.losses import global_loss, local_loss
 from afloc.text import clean_prompt
 from afloc.tokenizer import Tokenizer, TokenTables
+from benchmark.backbones import ResNetBackbone, load_pretrained
 
 
 @dataclass

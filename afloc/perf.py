@@ -33,11 +33,11 @@ def _model(name: str):
     from afloc import config
     from afloc.model import AFLoc
     from afloc.tokenizer import Tokenizer
-    from afloc.vocab import ensure_demo_vocab
+    from benchmark.demo.vocab import ensure_demo_vocab
 
     if name == "demo":
-        from afloc.train import load_train_config
-        from afloc.train_task import get_task
+        from benchmark.training.config import load_train_config
+        from benchmark.training.task import get_task
 
         cfg = load_train_config("demo")
         cfg.seed = 0

@@ -1,89 +1,23 @@
-"""Text handling of the official AFLoc code: prompt cleaning, report sentences, caption sampling.
+"""AFLoc's inference-time prompt cleaning (official ``process_text``).
 
-Everything here reproduces the official behaviour, quirks included, because it changes numbers:
-
-* ``clean_prompt`` (official ``process_text``): split on ``[0-9]+\\.`` then on ``.``; keep the
-  lowercase ``\\w+`` tokens of each piece; **drop pieces with at most one token** (so a one-word
-  prompt such as "cardiomegaly" becomes the empty string and the model sees ``[CLS] [SEP]``);
-  strip non-ASCII; join the surviving pieces with spaces (periods are lost).
-* ``report_sentences`` (official ``create_path_2_sent_mapping``): the same cleaning per sentence,
-  and the GLoRIA leftover that **stops** as soon as the running word count equals exactly
-  ``captions_per_image`` (5).
-* ``sample_caption`` (official ``get_caption``, ``random_combine_mode: 1``, ``random_num: true``):
-  a report with n ≥ 2 sentences contributes a random subset of k ∈ [1, n−1] sentences (never
-  all of them) in random order, joined with ``". "``.
-
-``compat=False`` switches the two training quirks off (no 5-word stop; k ∈ [1, n]).
+``clean_prompt`` splits on ``[0-9]+\\.`` then on ``.``; keeps the lowercase ``\\w+`` tokens of
+each piece; **drops pieces with at most one token** (so a one-word prompt such as "cardiomegaly"
+becomes the empty string and the model sees ``[CLS] [SEP]``); strips non-ASCII; joins the
+surviving pieces with spaces (periods are lost). Training captions are cleaned the same way
+(``benchmark.training.captions``).
 """
 
 from __future__ import annotations
 
-import re
-from typing import Sequence
-
-import numpy as np
-
-_NUMBERED = re.compile(r"[0-9]+\.")
-_WORD = re.compile(r"\w+")
-
-
-def _pieces(text: str) -> list[str]:
-    text = text.replace("\n", " ")
-    return [s for point in _NUMBERED.split(text) for s in point.split(".")]
-
-
-def _clean_piece(piece: str) -> tuple[list[str], int]:
-    """(ASCII tokens kept, number of raw tokens) of one sentence piece."""
-    piece = piece.replace("\ufffd\ufffd", " ")
-    raw = _WORD.findall(piece.lower())
-    kept = []
-    for t in raw:
-        t = t.encode("ascii", "ignore").decode("ascii")
-        if t:
-            kept.append(t)
-    return kept, len(raw)
+from benchmark.training.captions import clean_piece, sentence_pieces
 
 
 def clean_prompt(text: str) -> str:
     """The official inference-time cleaning of a prompt (see module docstring)."""
     out = []
-    for piece in _pieces(text):
-        tokens, n_raw = _clean_piece(piece)
+    for piece in sentence_pieces(text):
+        tokens, n_raw = clean_piece(piece)
         if n_raw <= 1:
             continue
         out.append(" ".join(tokens))
     return " ".join(out)
-
-
-def report_sentences(report: str | None, captions_per_image: int = 5, compat: bool = True) -> list[str]:
-    """Cleaned sentences of a report as the official pretraining data uses them.
-
-    Returns ``[]`` for a missing or empty report (the official code then drops the image).
-    """
-    if not isinstance(report, str) or not report:
-        return []
-    sentences: list[str] = []
-    count = 0
-    for piece in _pieces(report):
-        if not piece:
-            continue
-        tokens, n_raw = _clean_piece(piece)
-        if n_raw <= 1:
-            continue
-        sentences.append(" ".join(tokens))
-        count += len(tokens)
-        if compat and count == captions_per_image:
-            break
-    return sentences
-
-
-def sample_caption(sentences: Sequence[str], rng: np.random.Generator, compat: bool = True) -> str:
-    """One training caption: a shuffled random subset of the sentences (see module docstring)."""
-    n = len(sentences)
-    if n == 0:
-        raise ValueError("report has no sentence")
-    if n < 2:
-        return sentences[0]
-    k = int(rng.integers(1, n)) if compat else int(rng.integers(1, n + 1))
-    order = rng.choice(n, k, replace=False)
-    return ". ".join(sentences[i] for i in order)

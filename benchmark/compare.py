@@ -27,7 +27,8 @@ import pandas as pd
 
 from benchmark.bootstrap import DEFAULT_N_BOOT, bh_fdr, bootstrap_p_value, percentile_ci, unit_weights
 from benchmark.metrics import auroc_weighted
-from benchmark.protocols import _common as C
+from benchmark.protocols import common as C
+from benchmark.protocols.base import OVERALL
 from benchmark.records import parse_stem
 
 log = logging.getLogger(__name__)
@@ -219,7 +220,7 @@ def _emit(rows: list, metric: str, cats: list, pa: np.ndarray, pb: np.ndarray, a
     k = len(cats)
     bm, lo, hi = percentile_ci(rep, level)
     p = bootstrap_p_value(rep)
-    rows.append({"metric": metric, "category": C.OVERALL, "a": all_a, "b": all_b,
+    rows.append({"metric": metric, "category": OVERALL, "a": all_a, "b": all_b,
                  "diff": all_a - all_b, "lo": lo[k], "hi": hi[k], "p_value": p[k], "n": n_all,
                  "n_only_a": n_only_a, "n_only_b": n_only_b})
     for j in range(k):

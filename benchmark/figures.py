@@ -148,7 +148,7 @@ def overlays(run_dir: str | Path, dataset: str, path: str | Path, n_samples: int
     import json
 
     from benchmark.geometry import parse_geometry, sample_mask, smooth_grid
-    from benchmark.imageio import read_image
+    from benchmark.io.images import read_image
     from benchmark.sample import Sample
 
     saved = {key: d for key, d in _load_saved(Path(run_dir)).items() if key[0] == dataset}

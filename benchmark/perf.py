@@ -173,7 +173,7 @@ def _record_metrics(rec: dict) -> dict[str, np.ndarray]:
 def vector_bootstrap(rec: dict, n_boot: int, seed: int = 0) -> float:
     """The harness bootstrap: one index matrix per chunk of replicates applied to every metric
     and category at once (what ``canonical@1`` runs); returns seconds."""
-    from benchmark.protocols._common import category_codes, grouped_replicates
+    from benchmark.protocols.common import category_codes, grouped_replicates
 
     codes, cats = category_codes(list(rec["category"]))
     values = _record_metrics(rec)
@@ -186,7 +186,7 @@ def vector_bootstrap(rec: dict, n_boot: int, seed: int = 0) -> float:
 def official_draw_bootstrap(rec: dict, n_boot: int, seed: int = 0) -> float:
     """``afloc-compat@1``: the official seed-0 stream, one ``bootci`` call per metric; seconds."""
     from benchmark.bootstrap import LegacyStream, blas_single_thread, weighted_nanmean
-    from benchmark.protocols._common import category_codes, one_hot_values
+    from benchmark.protocols.common import category_codes, one_hot_values
 
     codes, cats = category_codes(list(rec["category"]))
     values = _record_metrics(rec)
@@ -203,7 +203,7 @@ def official_draw_bootstrap(rec: dict, n_boot: int, seed: int = 0) -> float:
 def _frames(rec: dict):
     import pandas as pd
 
-    from benchmark.protocols._common import category_codes, one_hot_values
+    from benchmark.protocols.common import category_codes, one_hot_values
 
     codes, cats = category_codes(list(rec["category"]))
     return [pd.DataFrame(one_hot_values(v, codes, len(cats)), columns=cats) for v in _record_metrics(rec).values()]
@@ -266,7 +266,7 @@ def run_metrics(n: int, loop_n: int, chunk: int, n_boot: int, loop_boot: int, se
         return sum(c[0].nbytes + c[1].nbytes for c in chunks)
 
     mem_loop, _ = peak_memory(hold_all, loop_n)
-    print(f"\n[3] peak traced memory")
+    print("\n[3] peak traced memory")
     print(f"    vectorised, N={small:<6}    : {mem_small:8.1f} MiB")
     print(f"    vectorised, N={n:<6}    : {mem_full:8.1f} MiB  (of which per-sample records {rec_bytes:.1f} MiB)")
     print(f"    all maps in memory (official hmaps), N={loop_n}: {mem_loop:8.1f} MiB -> "

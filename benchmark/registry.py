@@ -24,9 +24,13 @@ from typing import Any, Callable, Iterable
 KINDS = ("datasets", "models", "metrics", "protocols")
 
 # Packages whose top-level modules are imported to trigger @register decorators.
-PLUGIN_PACKAGES = ("benchmark.datasets", "benchmark.protocols", "baselines")
+PLUGIN_PACKAGES = ("benchmark.protocols",)
 # Single modules that also register things.
-PLUGIN_MODULES = ("benchmark.metrics", "afloc.adapter")
+PLUGIN_MODULES = ("benchmark.metrics", "afloc.adapter") + tuple(
+    f"benchmark.datasets.{n}.loader" for n in ("chestx_det10", "chexlocalize", "covid_rural", "mimic_cxr", "ms_cxr",
+                                               "nih_bbox", "rsna_pneumonia", "sicapv2", "siim_pneumothorax", "vindr_cxr")
+) + tuple(f"baselines.{n}.adapter" for n in ("sanity", "human_benchmark", "gloria", "biovil", "convirt", "medklip",
+                                             "chexzero", "saliency", "clip_family"))
 ENTRY_POINT_GROUP = "afloc_bench.plugins"
 
 

@@ -131,9 +131,10 @@ def test_afloc_untrained_is_the_demo_training_start(tmp_path, monkeypatch):
 
     from afloc.adapter import UntrainedAFLocAdapter
     from afloc.tokenizer import Tokenizer
-    from afloc.train import Trainer, load_train_config
-    from afloc.vocab import ensure_demo_vocab
+    from benchmark.demo.vocab import ensure_demo_vocab
     from benchmark.registry import models
+    from benchmark.training.config import load_train_config
+    from benchmark.training.trainer import Trainer
 
     monkeypatch.setenv("AFLOC_BENCH_CACHE", str(tmp_path / "cache"))
     assert "control" in models.entry("afloc_untrained").tags and "afloc_untrained" not in models.resolve("sanity")
@@ -155,7 +156,7 @@ def test_afloc_untrained_is_the_demo_training_start(tmp_path, monkeypatch):
     again = UntrainedAFLocAdapter()
     again.load(None, "cpu")
     assert again.weights_fingerprint() == ad.weights_fingerprint()
-    import afloc.train as train_mod
+    import benchmark.training.config as train_mod
 
     def coarser(spec, task="afloc"):
         c = load_train_config(spec, task)

@@ -12,8 +12,8 @@ from benchmark.cli.train import TRAIN_TARGETS, resolve_target
 
 
 def test_train_targets_are_module_function_strings_and_afloc_resolves():
-    assert TRAIN_TARGETS["afloc"] == "afloc.train:cli_main"
-    from afloc.train import cli_main
+    assert TRAIN_TARGETS["afloc"] == "benchmark.training.cli:cli_main"
+    from benchmark.training.cli import cli_main
 
     assert resolve_target("afloc") is cli_main
     with pytest.raises(KeyError, match="did you mean afloc"):
@@ -30,7 +30,7 @@ def test_cli_reports_unknown_targets_and_bad_options(capsys):
 
 
 def test_shipped_configs_hold_the_paper_recipe():
-    from afloc.train import load_train_config
+    from benchmark.training.config import load_train_config
 
     p = load_train_config("paper")
     assert (p.lr, p.betas, p.weight_decay, p.lr_gamma, p.batch_size, p.grad_clip, p.epochs) == \
@@ -45,7 +45,7 @@ def test_shipped_configs_hold_the_paper_recipe():
 
 def test_demo_vocabulary_is_deterministic_and_covers_the_prompts(tmp_path):
     from afloc.tokenizer import Tokenizer
-    from afloc.vocab import build_vocab
+    from benchmark.demo.vocab import build_vocab
 
     a = build_vocab(tmp_path / "a")
     b = build_vocab(tmp_path / "b")
@@ -60,7 +60,7 @@ def test_demo_vocabulary_is_deterministic_and_covers_the_prompts(tmp_path):
 
 def test_demo_checkpoint_is_trained_once_into_its_cache_folder(tmp_path, monkeypatch):
     """ensure_demo_checkpoint installs the run's best/ (with the training record) and reuses it."""
-    import afloc.train as T
+    import benchmark.training.trainer as T
     from afloc import demo
 
     monkeypatch.setenv("AFLOC_BENCH_CACHE", str(tmp_path))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from afloc.text import clean_prompt, report_sentences, sample_caption
+from afloc.text import clean_prompt
+from benchmark.training.captions import report_sentences, sample_caption
 
 
 def test_clean_prompt_keeps_lowercase_word_tokens_and_drops_periods():

@@ -15,8 +15,9 @@ from test_afloc_kit import (
 )
 from test_afloc_train import tiny_cfg
 
-from afloc.text_pretrain import MaskedLMHead, TextPretrainConfig, mask_tokens, pretrain_text_encoder
-from afloc.train import TrainConfig, Trainer, train
+from benchmark.training.config import TrainConfig
+from benchmark.training.text_pretrain import MaskedLMHead, TextPretrainConfig, mask_tokens, pretrain_text_encoder
+from benchmark.training.trainer import Trainer, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -104,7 +105,7 @@ def test_the_trainer_pretrains_before_the_first_step_and_not_again_on_resume(tmp
     t.setup()
     fresh = Trainer(tiny_cfg(), tmp_path / "b", quiet=True, **kw)
     fresh.setup()
-    from afloc.text import report_sentences
+    from benchmark.training.captions import report_sentences
 
     texts = [". ".join(report_sentences(r, 5, False)) for _, r in pairs]
     before = {k: v.clone() for k, v in fresh.model.state_dict().items()}
@@ -125,7 +126,7 @@ def test_the_trainer_pretrains_before_the_first_step_and_not_again_on_resume(tmp
 
 
 def test_objectives_without_a_bert_refuse_text_pretraining(tmp_path):
-    from afloc.train_task import TrainTask
+    from benchmark.training.task import TrainTask
 
     class NoText(TrainTask):
         name = "notext"

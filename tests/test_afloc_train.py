@@ -16,8 +16,10 @@ from test_afloc_kit import (
     tokenizer,
 )
 
-from afloc.data import PretrainingData, epoch_batches, split_groups
-from afloc.train import TrainConfig, train
+from afloc.inference import to_model_input
+from benchmark.training.config import TrainConfig
+from benchmark.training.data import PretrainingData, epoch_batches, split_groups
+from benchmark.training.trainer import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -118,7 +120,7 @@ def test_lr_by_prefix_gives_the_named_parameters_their_own_rate_and_resumes(tmp_
 
 
 def test_param_groups_order_longest_prefix_and_unknown_prefix():
-    from afloc.train import param_groups
+    from benchmark.training.trainer import param_groups
 
     net = torch.nn.ModuleDict({"a": torch.nn.Linear(2, 2), "ab": torch.nn.Linear(2, 2), "c": torch.nn.Linear(2, 2)})
     names = {id(p): n for n, p in net.named_parameters()}
@@ -147,7 +149,7 @@ def test_batch_plan_groups_by_length_and_drops_the_last_partial_batch():
 
 def test_pairs_without_sentences_are_counted_not_silently_dropped(tmp_path):
     tok = tokenizer(tmp_path / "tok")
-    d = PretrainingData([("a.png", "Normal."), ("b.png", "The heart size is normal.")], tok)
+    d = PretrainingData([("a.png", "Normal."), ("b.png", "The heart size is normal.")], tok, frame_input=to_model_input)
     assert len(d) == 1 and d.skipped == [{"path": "a.png", "reason": "report has no usable sentence"}]
     assert d.caption(0, 0) == d.caption(0, 0) == "the heart size is normal"
 
@@ -199,7 +201,7 @@ def test_two_gloo_processes_equal_one_process_with_two_chunks(tmp_path, negative
 def test_in_memory_image_cache_reads_each_image_once_and_changes_no_weight(tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    import benchmark.imageio as imageio
+    import benchmark.io.images as imageio
 
     pairs = synthetic_pairs(tmp_path / "img", 8)
     tok = tokenizer(tmp_path / "tok")
@@ -219,7 +221,7 @@ def test_in_memory_image_cache_reads_each_image_once_and_changes_no_weight(tmp_p
 def test_random_affine_is_seeded_per_sample_and_shifts_content():
     """Augmentation draws from (seed, epoch, index): the same sample gets the same transform in any
     batch, a shift moves a bright dot by the expected pixels, and the border takes the padding value."""
-    from afloc.data import random_affine
+    from benchmark.training.data import random_affine
 
     x = torch.full((2, 3, 224, 224), -1.0)
     x[:, :, 100:104, 100:104] = 1.0
@@ -241,12 +243,12 @@ def test_random_affine_is_seeded_per_sample_and_shifts_content():
 def test_augment_applies_to_training_batches_only(tmp_path):
     pairs = synthetic_pairs(tmp_path / "img", 8)
     tok = tokenizer(tmp_path / "tok")
-    plain = PretrainingData(pairs, tok, seed=0)
-    aug = PretrainingData(pairs, tok, seed=0, augment={"translate": 0.1})
+    plain = PretrainingData(pairs, tok, seed=0, frame_input=to_model_input)
+    aug = PretrainingData(pairs, tok, seed=0, augment={"translate": 0.1}, frame_input=to_model_input)
     a, b = plain.collate([0, 1, 2], 0), aug.collate([0, 1, 2], 0)
     assert torch.equal(a["input_ids"], b["input_ids"]) and not torch.allclose(a["images"], b["images"])
     with pytest.raises(ValueError, match="rotate"):
-        PretrainingData(pairs, tok, augment={"rotate": 5})
+        PretrainingData(pairs, tok, augment={"rotate": 5}, frame_input=to_model_input)
     with pytest.raises(ValueError, match="image_fn"):
         PretrainingData(pairs, tok, augment={"translate": 0.1}, image_fn=lambda p: torch.zeros(3, 8, 8))
     state = train(tiny_cfg(epochs=1, augment={"translate": 0.1}), tmp_path / "run", quiet=True,
@@ -272,7 +274,7 @@ def test_ema_decay_saves_the_average_of_the_trajectory_and_leaves_training_uncha
     d = 0.5
     st = train(tiny_cfg(epochs=2, ema_decay=d, select_best=False), tmp_path / "ema", **kw)
     assert st["global_step"] == 4
-    from afloc.train_task import AFLocTask
+    from afloc.task import AFLocTask
 
     seed_model, _ = AFLocTask().build(tiny_cfg(), tok)  # the weights training starts from
     steps = [{k: v.detach().clone() for k, v in seed_model.state_dict().items()}]

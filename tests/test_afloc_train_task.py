@@ -12,9 +12,10 @@ from test_afloc_kit import (
     synthetic_pairs,
 )
 
-from afloc import train_task
-from afloc.data import Pair
-from afloc.train import TrainConfig, load_train_config, train
+from benchmark.training import task as train_task
+from benchmark.training.config import TrainConfig, load_train_config
+from benchmark.training.data import Pair
+from benchmark.training.trainer import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SEEN: dict[str, list] = {"labels": [], "images": []}
@@ -36,7 +37,7 @@ class ToyTask(train_task.TrainTask):
     def image_fn(path):  # its own input: a 4x4 thumbnail of the file
         import cv2
 
-        from benchmark.imageio import read_image
+        from benchmark.io.images import read_image
 
         return torch.from_numpy(cv2.resize(read_image(path, "gray"), (4, 4))).float().flatten() / 255
 
@@ -97,7 +98,7 @@ def test_trainer_uses_the_task_input_labels_columns_and_format(tmp_path, monkeyp
 
 def test_global_negatives_need_a_task_that_has_them(monkeypatch):
     monkeypatch.setitem(train_task.TRAIN_TASKS, "toy", f"{__name__}:ToyTask")
-    from afloc.train import Trainer
+    from benchmark.training.trainer import Trainer
 
     with pytest.raises(ValueError, match="toy objective has no cross-rank negatives"):
         Trainer(TrainConfig(task="toy", negatives="global"), "unused")
@@ -112,7 +113,7 @@ def test_configs_name_their_task(tmp_path):
 
 
 def test_a_demo_dataset_refuses_a_data_root_instead_of_ignoring_it(tmp_path):
-    from afloc.train import Trainer
+    from benchmark.training.trainer import Trainer
 
     trainer = Trainer(TrainConfig(dataset="demo_mimic", data_root=str(tmp_path / "mine")), tmp_path / "run")
     with pytest.raises(ValueError, match=r"demo_mimic reads the generated demo collection .*--dataset mimic_cxr"):

@@ -43,7 +43,7 @@ def images() -> list[np.ndarray]:
 
 def entity_descriptions(path: Path) -> Path:
     """A stand-in for MedKLIP's ``observation explanation.json`` (same keys and order, synthetic text)."""
-    from baselines._medklip_model import ENTITIES
+    from baselines.medklip.model import ENTITIES
 
     keys = ["eumonia" if i == 20 else e for i, e in enumerate(ENTITIES)]
     path.write_text(json.dumps({k: f"the {k.replace('_', ' ')} finding seen on the chest radiograph" for k in keys}))
@@ -52,11 +52,11 @@ def entity_descriptions(path: Path) -> Path:
 
 def build(name: str, tmp: Path):
     """The adapter ``name`` with seeded random weights and the tiny fixture configs."""
-    from baselines.biovil import BioVilAdapter
-    from baselines.chexzero import ChexzeroAdapter
-    from baselines.convirt import ConvirtAdapter
-    from baselines.gloria import GloriaAdapter
-    from baselines.medklip import MedKlipAdapter
+    from baselines.biovil.adapter import BioVilAdapter
+    from baselines.chexzero.adapter import ChexzeroAdapter
+    from baselines.convirt.adapter import ConvirtAdapter
+    from baselines.gloria.adapter import GloriaAdapter
+    from baselines.medklip.adapter import MedKlipAdapter
 
     opts = {"random_init": "true", "seed": 0, "text_encoder": str(WORDPIECE)}
     cls = {"gloria": GloriaAdapter, "gloria_dot": GloriaAdapter, "biovil": BioVilAdapter, "medklip": MedKlipAdapter,
@@ -171,11 +171,11 @@ def test_registered_with_tags():
 
 def test_declared_geometries_are_understood_by_the_harness():
     geometry = pytest.importorskip("benchmark.geometry")
-    from baselines.biovil import BioVilAdapter
-    from baselines.chexzero import ChexzeroAdapter
-    from baselines.convirt import ConvirtAdapter
-    from baselines.gloria import GloriaAdapter
-    from baselines.medklip import MedKlipAdapter
+    from baselines.biovil.adapter import BioVilAdapter
+    from baselines.chexzero.adapter import ChexzeroAdapter
+    from baselines.convirt.adapter import ConvirtAdapter
+    from baselines.gloria.adapter import GloriaAdapter
+    from baselines.medklip.adapter import MedKlipAdapter
 
     for cls in (BioVilAdapter, ChexzeroAdapter, ConvirtAdapter, MedKlipAdapter):
         geometry.parse_geometry(cls.input_geometry)
@@ -211,8 +211,8 @@ def test_gloria_ensembles_of_different_sizes_concat(tmp_path_factory):
 
 
 def test_medklip_prompt_mapping_and_free_text(tmp_path_factory):
-    from baselines._medklip_model import ENTITIES
-    from baselines.medklip import EXTRA, entities_in
+    from baselines.medklip.adapter import EXTRA, entities_in
+    from baselines.medklip.model import ENTITIES
 
     assert entities_in("Findings suggesting pleural effusion.") == ["effusion"]
     assert entities_in("Airspace Opacity") == ["opacity"]

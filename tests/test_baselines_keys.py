@@ -39,7 +39,7 @@ def _assert_equal(name: str, module, ignore: tuple[str, ...] = ()) -> None:
 
 
 def test_gloria_keys():
-    from baselines._gloria_model import Gloria, GloriaConfig
+    from baselines.gloria.model import Gloria, GloriaConfig
 
     with torch.device("meta"):
         m = Gloria(GloriaConfig(bert=_official("gloria")["config"]))
@@ -48,7 +48,7 @@ def test_gloria_keys():
 
 
 def test_biovil_image_keys_strict():
-    from baselines._biovil_model import BioVilImageModel
+    from baselines.biovil.model import BioVilImageModel
 
     with torch.device("meta"):
         m = BioVilImageModel()
@@ -57,7 +57,7 @@ def test_biovil_image_keys_strict():
 
 
 def test_cxr_bert_keys():
-    from baselines._biovil_model import CXRBert
+    from baselines.biovil.model import CXRBert
 
     with torch.device("meta"):
         m = CXRBert(_official("cxr_bert")["config"])
@@ -65,7 +65,7 @@ def test_cxr_bert_keys():
 
 
 def test_medklip_keys():
-    from baselines._medklip_model import MedKLIP
+    from baselines.medklip.model import MedKLIP
 
     with torch.device("meta"):
         m = MedKLIP(text_dim=_official("medklip")["config"]["hidden_size"])
@@ -73,7 +73,7 @@ def test_medklip_keys():
 
 
 def test_convirt_vilmedic_keys():
-    from baselines._convirt_model import ConVIRT, ConvirtConfig
+    from baselines.convirt.model import ConVIRT, ConvirtConfig
 
     with torch.device("meta"):
         m = ConVIRT(ConvirtConfig(text_kind="roberta", text_config=_official("convirt_vilmedic")["config"]))
@@ -81,7 +81,7 @@ def test_convirt_vilmedic_keys():
 
 
 def test_chexzero_keys_are_openai_layout():
-    from baselines._chexzero_model import build_clip
+    from baselines.chexzero.model import build_clip
 
     with torch.device("meta"):
         m = build_clip()

@@ -14,7 +14,7 @@ def _cos(a, b, eps=1e-8):
 
 
 def test_convirt_loss_matches_formula():
-    from baselines._losses import convirt_loss
+    from baselines.common.losses import convirt_loss
 
     g = torch.Generator().manual_seed(0)
     u, v = torch.randn(5, 8, generator=g, dtype=torch.float64), torch.randn(5, 8, generator=g, dtype=torch.float64)
@@ -34,7 +34,7 @@ def test_convirt_loss_matches_formula():
 
 
 def test_biovil_global_loss_matches_formula():
-    from baselines._losses import biovil_global_loss
+    from baselines.common.losses import biovil_global_loss
 
     g = torch.Generator().manual_seed(1)
     v, t = torch.randn(4, 6, generator=g, dtype=torch.float64), torch.randn(4, 6, generator=g, dtype=torch.float64)
@@ -48,7 +48,7 @@ def test_biovil_global_loss_matches_formula():
 def test_gloria_loss_matches_formula():
     """Global: CE of 10·cos both ways. Local: attention (softmax over words, ×4, softmax over regions),
     R(i, j) = log Σ_w exp(5·cos(e_jw, c_jw^(i))), scores 10·R, CE both ways."""
-    from baselines._losses import gloria_loss
+    from baselines.common.losses import gloria_loss
 
     g = torch.Generator().manual_seed(2)
     B, D, h, w, W = 3, 6, 3, 4, 7
@@ -83,7 +83,7 @@ def test_gloria_loss_matches_formula():
 
 
 def test_losses_backpropagate():
-    from baselines._losses import biovil_global_loss, convirt_loss
+    from baselines.common.losses import biovil_global_loss, convirt_loss
 
     v = torch.randn(4, 8, requires_grad=True)
     t = torch.randn(4, 8, requires_grad=True)

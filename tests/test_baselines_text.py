@@ -14,13 +14,13 @@ WORDPIECE = Path(__file__).parent / "fixtures" / "baselines" / "wordpiece"
 
 @pytest.fixture(scope="module")
 def tok():
-    from baselines._text_folder import wordpiece_tokenizer
+    from baselines.common.text_folder import wordpiece_tokenizer
 
     return wordpiece_tokenizer(WORDPIECE)
 
 
 def test_gloria_text_cleaning_is_the_official_one():
-    from baselines._gloria_model import char_cap_len, clean_text
+    from baselines.gloria.model import char_cap_len, clean_text
 
     assert clean_text("Findings suggesting pneumonia.") == "findings suggesting pneumonia"
     assert clean_text("Pneumothorax") == ""  # one-token sentences are dropped
@@ -54,7 +54,7 @@ def _official_walk(tokens: list[str]) -> tuple[list[list[int]], int]:
 
 
 def test_word_assignment_equals_the_official_walk(tok):
-    from baselines._gloria_model import TokenTables, word_assignment
+    from baselines.gloria.model import TokenTables, word_assignment
 
     tables = TokenTables.from_tokenizer(tok)
     texts = ["findings suggesting pneumothoraxes", "xq lungs", "mild cardiomegaly é", ""]
@@ -70,7 +70,7 @@ def test_word_assignment_equals_the_official_walk(tok):
 
 
 def test_word_aggregation_sums_pieces_and_zero_pads():
-    from baselines._gloria_model import aggregate_words
+    from baselines.gloria.model import aggregate_words
 
     emb = torch.arange(2 * 1 * 5 * 2, dtype=torch.float32).view(2, 1, 5, 2)
     index = torch.tensor([[0, 1, 1, 2, -1], [0, 0, 1, -1, -1]])
@@ -81,7 +81,7 @@ def test_word_aggregation_sums_pieces_and_zero_pads():
 
 
 def test_gloria_attention_is_a_double_softmax():
-    from baselines._gloria_model import attention_fn
+    from baselines.gloria.model import attention_fn
 
     g = torch.Generator().manual_seed(0)
     q, ctx = torch.randn(1, 4, 3, generator=g), torch.randn(1, 4, 2, 2, generator=g)
@@ -92,7 +92,7 @@ def test_gloria_attention_is_a_double_softmax():
 
 
 def test_medklip_tokenization_has_cls_and_no_sep(tok):
-    from baselines._medklip_model import tokenize_cls_only
+    from baselines.medklip.model import tokenize_cls_only
 
     enc = tokenize_cls_only(tok, ["a small pleural effusion", "lung " * 100], max_length=64)
     ids = enc["input_ids"]
@@ -103,7 +103,7 @@ def test_medklip_tokenization_has_cls_and_no_sep(tok):
 
 
 def test_r2gen_cleaning():
-    from baselines._convirt_model import r2gen_clean
+    from baselines.convirt.model import r2gen_clean
 
     assert r2gen_clean("The lungs are clear. No effusion.") == "the lungs are clear . no effusion ."
     assert r2gen_clean("1. Small (left) effusion; a<b=c?") == "small left effusion abc ."  # ':-[' is a range
@@ -111,7 +111,7 @@ def test_r2gen_cleaning():
 
 
 def test_gloria_letterbox_and_crop():
-    from baselines._image_prep import center_crop, gloria_letterbox
+    from baselines.common.image_prep import center_crop, gloria_letterbox
 
     img = np.full((300, 150), 200, np.uint8)
     box = gloria_letterbox(img, 256)
@@ -123,8 +123,8 @@ def test_gloria_letterbox_and_crop():
 
 
 def test_biovil_transform_sizes_and_minmax():
-    from baselines._biovil_model import remap_to_uint8
-    from baselines._image_prep import center_crop, pil_resize_shorter
+    from baselines.biovil.model import remap_to_uint8
+    from baselines.common.image_prep import center_crop, pil_resize_shorter
 
     img = (np.arange(600 * 400).reshape(600, 400) % 97 + 50).astype(np.uint8)
     r = remap_to_uint8(img)
@@ -135,7 +135,7 @@ def test_biovil_transform_sizes_and_minmax():
 
 
 def test_chexzero_letterbox_and_normalisation():
-    from baselines._chexzero_model import CXR_MEAN, CXR_STD, letterbox_320, to_model_input
+    from baselines.chexzero.model import CXR_MEAN, CXR_STD, letterbox_320, to_model_input
 
     sq = letterbox_320(np.full((400, 200), 255, np.uint8))
     assert sq.shape == (320, 320) and (sq[:, :80] == 0).all() and (sq[:, 240:] == 0).all() and sq[:, 80:240].min() > 250

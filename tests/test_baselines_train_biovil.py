@@ -28,7 +28,7 @@ SMALL_INPUT = {"resize": 72, "crop": 64}
 
 def _demo_cfg(**over):
     """The shipped demo recipe, shrunk for tests (fixture vocabulary, tiny batches and images)."""
-    from afloc.train import load_train_config
+    from benchmark.training.config import load_train_config
 
     cfg = load_train_config("demo", "biovil")
     small = dict(vocab=str(WORDPIECE), batch_size=4, epochs=1, num_workers=0, image_cache="memory", log_every=1,
@@ -41,7 +41,7 @@ def _demo_cfg(**over):
 def _pairs(folder: Path, n: int, seed: int):
     import cv2
 
-    from afloc.data import Pair
+    from benchmark.training.data import Pair
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -70,7 +70,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A 2-epoch run (the second epoch by resume) on 12 synthetic pairs; returns the run folder."""
-    from afloc.train import train
+    from benchmark.training.trainer import train
 
     root = tmp_path_factory.mktemp("biovil_run")
     tr, va = _pairs(root / "train", 12, 0), _pairs(root / "val", 4, 1)
@@ -84,8 +84,8 @@ def trained(tmp_path_factory):
 def test_loss_terms_equal_the_biovil_formula():
     import torch.nn.functional as F
 
-    from baselines._losses import biovil_global_loss
-    from baselines.biovil_train import BiovilTask
+    from baselines.biovil.task import BiovilTask
+    from baselines.common.losses import biovil_global_loss
 
     task = BiovilTask()
     model, tok = task.build(_demo_cfg())
@@ -113,9 +113,9 @@ def test_loss_terms_equal_the_biovil_formula():
 
 
 def test_demo_model_is_the_small_variant_and_its_config_is_json():
-    from afloc.train import load_train_config
-    from baselines._biovil_model import BioViL, BiovilConfig, BioVilImageModel
-    from baselines.biovil_train import BiovilTask
+    from baselines.biovil.model import BioViL, BiovilConfig, BioVilImageModel
+    from baselines.biovil.task import BiovilTask
+    from benchmark.training.config import load_train_config
 
     demo = load_train_config("demo", "biovil")
     assert (demo.preset, demo.dataset, demo.select_best, demo.max_minutes) == ("demo", "demo_mimic", False, None)
@@ -136,7 +136,7 @@ def test_demo_model_is_the_small_variant_and_its_config_is_json():
 
 
 def test_paper_config_loads():
-    from afloc.train import TrainConfig, load_train_config
+    from benchmark.training.config import TrainConfig, load_train_config
 
     cfg = load_train_config("paper", "biovil")
     assert cfg.task == "biovil" and cfg.preset == "paper" and isinstance(cfg, TrainConfig)
@@ -144,9 +144,9 @@ def test_paper_config_loads():
 
 
 def test_training_input_and_tokens_are_the_adapters(tmp_path):
-    from baselines.biovil import BioVilAdapter
-    from baselines.biovil_train import BiovilTask
-    from benchmark.imageio import read_image
+    from baselines.biovil.adapter import BioVilAdapter
+    from baselines.biovil.task import BiovilTask
+    from benchmark.io.images import read_image
 
     task = BiovilTask()
     model, tok = task.build(_demo_cfg())
@@ -172,8 +172,8 @@ def test_training_input_and_tokens_are_the_adapters(tmp_path):
 def test_training_runs_resumes_and_the_adapter_loads_best(trained):
     from safetensors.torch import load_file
 
-    from baselines.biovil import BioVilAdapter
-    from benchmark.imageio import read_image
+    from baselines.biovil.adapter import BioVilAdapter
+    from benchmark.io.images import read_image
 
     out = trained["out"]
     assert trained["first"]["global_step"] == 3 and trained["first"]["epoch"] == 1
@@ -212,8 +212,8 @@ def test_training_runs_resumes_and_the_adapter_loads_best(trained):
 
 # -- the adapter's checkpoints ------------------------------------------------------------------
 def test_adapter_without_checkpoint_uses_the_demo_model(trained, monkeypatch):
-    import baselines._demo_trained as demo
-    from baselines.biovil import BioVilAdapter
+    import baselines.common.demo_trained as demo
+    from baselines.biovil.adapter import BioVilAdapter
 
     calls = []
 
@@ -240,8 +240,8 @@ def test_wrong_checkpoint_files_are_named(trained, tmp_path):
 
     from safetensors.torch import load_file, save_file
 
-    from baselines._checkpoints import CheckpointError
-    from baselines.biovil import BioVilAdapter
+    from baselines.biovil.adapter import BioVilAdapter
+    from baselines.common.checkpoints import CheckpointError
 
     bad = tmp_path / "bad"
     shutil.copytree(trained["out"] / "best", bad)
@@ -272,8 +272,8 @@ def test_paper_preset_loads_cxr_bert_from_its_folder(tmp_path):
 
     from safetensors.torch import save_file
 
-    from baselines._biovil_model import CXRBert
-    from baselines.biovil_train import BiovilTask
+    from baselines.biovil.model import CXRBert
+    from baselines.biovil.task import BiovilTask
 
     folder = tmp_path / "cxr-bert"
     folder.mkdir()

@@ -25,7 +25,7 @@ REPORTS = [
 
 def _demo_cfg(**over):
     """The shipped demo recipe, shrunk for tests (fixture vocabulary, tiny batches)."""
-    from afloc.train import load_train_config
+    from benchmark.training.config import load_train_config
 
     cfg = load_train_config("demo", "convirt")
     small = dict(vocab=str(WORDPIECE), batch_size=4, epochs=1, num_workers=0, image_cache="memory", log_every=1)
@@ -37,7 +37,7 @@ def _demo_cfg(**over):
 def _pairs(folder: Path, n: int, seed: int):
     import cv2
 
-    from afloc.data import Pair
+    from benchmark.training.data import Pair
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -56,7 +56,7 @@ def _pairs(folder: Path, n: int, seed: int):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A 2-epoch run (the second epoch by --resume) on 12 synthetic pairs; returns the run folder."""
-    from afloc.train import train
+    from benchmark.training.trainer import train
 
     root = tmp_path_factory.mktemp("convirt_run")
     tr, va = _pairs(root / "train", 12, 0), _pairs(root / "val", 4, 1)
@@ -70,7 +70,7 @@ def trained(tmp_path_factory):
 def test_loss_terms_equal_the_convirt_formula():
     import torch.nn.functional as F
 
-    from baselines.convirt_train import ConvirtTask
+    from baselines.convirt.task import ConvirtTask
 
     task = ConvirtTask()
     model, tok = task.build(_demo_cfg())
@@ -102,8 +102,8 @@ def test_loss_terms_equal_the_convirt_formula():
 
 
 def test_demo_model_is_the_small_variant_and_its_config_is_json():
-    from baselines._convirt_model import ConvirtConfig
-    from baselines.convirt_train import ConvirtTask
+    from baselines.convirt.model import ConvirtConfig
+    from baselines.convirt.task import ConvirtTask
 
     model, _ = ConvirtTask().build(_demo_cfg())
     cfg = model.cfg
@@ -117,9 +117,9 @@ def test_demo_model_is_the_small_variant_and_its_config_is_json():
 
 
 def test_training_input_and_tokens_are_the_adapters(tmp_path):
-    from baselines.convirt import ConvirtAdapter
-    from baselines.convirt_train import ConvirtTask
-    from benchmark.imageio import read_image
+    from baselines.convirt.adapter import ConvirtAdapter
+    from baselines.convirt.task import ConvirtTask
+    from benchmark.io.images import read_image
 
     task = ConvirtTask()
     model, tok = task.build(_demo_cfg())
@@ -138,7 +138,7 @@ def test_training_input_and_tokens_are_the_adapters(tmp_path):
 def test_training_runs_resumes_and_the_adapter_loads_best(trained):
     from safetensors.torch import load_file
 
-    from baselines.convirt import ConvirtAdapter
+    from baselines.convirt.adapter import ConvirtAdapter
 
     out = trained["out"]
     assert trained["first"]["global_step"] == 3 and trained["first"]["epoch"] == 1
@@ -161,7 +161,7 @@ def test_training_runs_resumes_and_the_adapter_loads_best(trained):
     saved = load_file(str(best / "model.safetensors"))
     for k, v in a.model.state_dict().items():
         assert torch.equal(v, saved[k]), k
-    from benchmark.imageio import read_image
+    from benchmark.io.images import read_image
 
     imgs = [read_image(p.image_path, "gray") for p in trained["pairs"][:2]]
     emb = a.encode_images(a.collate([a.preprocess(i) for i in imgs]))
@@ -173,7 +173,7 @@ def test_training_runs_resumes_and_the_adapter_loads_best(trained):
 
 def test_resume_refuses_a_run_of_another_task(trained, tmp_path):
     from afloc.checkpoint import CheckpointError
-    from afloc.train import train
+    from benchmark.training.trainer import train
 
     out = tmp_path / "other"
     (out / "last").mkdir(parents=True)
@@ -184,8 +184,8 @@ def test_resume_refuses_a_run_of_another_task(trained, tmp_path):
 
 # -- the adapter's checkpoints ------------------------------------------------------------------
 def test_adapter_without_checkpoint_uses_the_demo_model(trained, monkeypatch):
-    import baselines._demo_trained as demo
-    from baselines.convirt import ConvirtAdapter
+    import baselines.common.demo_trained as demo
+    from baselines.convirt.adapter import ConvirtAdapter
 
     calls = []
 
@@ -210,8 +210,8 @@ def test_wrong_checkpoint_files_are_named(trained, tmp_path):
 
     from safetensors.torch import load_file, save_file
 
-    from baselines._checkpoints import CheckpointError
-    from baselines.convirt import ConvirtAdapter
+    from baselines.common.checkpoints import CheckpointError
+    from baselines.convirt.adapter import ConvirtAdapter
 
     bad = tmp_path / "bad"
     shutil.copytree(trained["out"] / "best", bad)
@@ -258,8 +258,8 @@ def _bert_folder(tmp: Path, layers: int = 7) -> tuple[Path, dict]:
 def test_paper_preset_loads_the_text_encoder_freezes_six_layers_and_imagenet_file(tmp_path):
     from torchvision.models import resnet50
 
-    from afloc.train import load_train_config
-    from baselines.convirt_train import ConvirtTask
+    from baselines.convirt.task import ConvirtTask
+    from benchmark.training.config import load_train_config
 
     folder, bert_sd = _bert_folder(tmp_path)
     torch.manual_seed(2)
@@ -295,9 +295,9 @@ def test_paper_preset_loads_the_text_encoder_freezes_six_layers_and_imagenet_fil
 
 
 def test_paper_preset_needs_the_text_encoder_folder():
-    from afloc.train import load_train_config
-    from baselines._checkpoints import CheckpointError
-    from baselines.convirt_train import ConvirtTask
+    from baselines.common.checkpoints import CheckpointError
+    from baselines.convirt.task import ConvirtTask
+    from benchmark.training.config import load_train_config
 
     with pytest.raises(CheckpointError, match="text_encoder.*Bio_ClinicalBERT"):
         ConvirtTask().build(load_train_config("paper", "convirt"))

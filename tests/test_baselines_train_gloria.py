@@ -14,8 +14,9 @@ torch = pytest.importorskip("torch")
 
 from test_afloc_kit import one_thread, synthetic_pairs, write_vocab  # noqa: E402,F401
 
-from afloc.data import Pair  # noqa: E402
-from afloc.train import TrainConfig, load_train_config, train  # noqa: E402
+from benchmark.training.config import TrainConfig, load_train_config  # noqa: E402
+from benchmark.training.data import Pair  # noqa: E402
+from benchmark.training.trainer import train  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SMALL = {"upsample": 64}  # the demo architecture on a smaller input: fast tests (4x4 local grid)
@@ -47,9 +48,9 @@ def trained(tmp_path_factory):
 
 # -- the objective -------------------------------------------------------------------------
 def test_loss_terms_equal_the_gloria_formula_with_cls_plus_words(tmp_path):
-    from baselines._gloria_model import clean_text
-    from baselines._losses import gloria_loss
-    from baselines.gloria_train import GloriaTask
+    from baselines.common.losses import gloria_loss
+    from baselines.gloria.model import clean_text
+    from baselines.gloria.task import GloriaTask
 
     task = GloriaTask()
     model, tok = task.build(tiny_cfg(write_vocab(tmp_path)))
@@ -85,8 +86,8 @@ def test_loss_terms_equal_the_gloria_formula_with_cls_plus_words(tmp_path):
 
 
 def test_demo_model_is_small_and_official_default_unchanged(tmp_path):
-    from baselines._gloria_model import Gloria, GloriaConfig
-    from baselines.gloria_train import GloriaTask
+    from baselines.gloria.model import Gloria, GloriaConfig
+    from baselines.gloria.task import GloriaTask
 
     model, _ = GloriaTask().build(tiny_cfg(write_vocab(tmp_path), model={}))
     c = model.cfg
@@ -105,7 +106,7 @@ def test_demo_model_is_small_and_official_default_unchanged(tmp_path):
 def test_text_norm_leaves_zero_word_slots_zero_with_finite_gradients(tmp_path):
     """The official ``norm`` option divides by each slot's norm: the zero slots after [SEP] must not
     turn into NaN (forward or backward), or training with it diverges at the first step."""
-    from baselines.gloria_train import GloriaTask
+    from baselines.gloria.task import GloriaTask
 
     model, tok = GloriaTask().build(tiny_cfg(write_vocab(tmp_path), model={**SMALL, "text_norm": True}))
     b = tok(["There is a left lung opacity", "normal heart size"])
@@ -119,9 +120,9 @@ def test_text_norm_leaves_zero_word_slots_zero_with_finite_gradients(tmp_path):
 
 
 def test_training_input_and_tokens_are_the_adapters(trained):
-    from baselines.gloria import GloriaAdapter
-    from baselines.gloria_train import GloriaTask
-    from benchmark.imageio import read_image
+    from baselines.gloria.adapter import GloriaAdapter
+    from baselines.gloria.task import GloriaTask
+    from benchmark.io.images import read_image
 
     a = GloriaAdapter()
     a.load(str(trained["dir"] / "best"), "cpu")
@@ -153,7 +154,7 @@ def test_a_few_steps_train_resume_and_write_a_loadable_folder(trained):
 
 
 def test_adapter_loads_the_folder_without_key_differences_and_runs(trained):
-    from baselines.gloria import GloriaAdapter
+    from baselines.gloria.adapter import GloriaAdapter
 
     for heatmap in ("attention", "dot"):
         a = GloriaAdapter(heatmap=heatmap)
@@ -178,8 +179,8 @@ def test_wrong_or_incomplete_folders_are_refused_by_name(trained, tmp_path):
 
     from safetensors.torch import load_file, save_file
 
-    from baselines._checkpoints import CheckpointError
-    from baselines.gloria import GloriaAdapter
+    from baselines.common.checkpoints import CheckpointError
+    from baselines.gloria.adapter import GloriaAdapter
 
     a = GloriaAdapter()
     a.load(str(trained["dir"] / "best" / "model.safetensors"), "cpu")  # the weights file stands for its folder
@@ -202,8 +203,8 @@ def test_wrong_or_incomplete_folders_are_refused_by_name(trained, tmp_path):
 
 # -- the adapter's default -----------------------------------------------------------------------
 def test_no_checkpoint_means_the_demo_model(trained, monkeypatch):
-    import baselines._demo_trained as demo
-    from baselines.gloria import GloriaAdapter
+    import baselines.common.demo_trained as demo
+    from baselines.gloria.adapter import GloriaAdapter
 
     calls = []
 
@@ -217,7 +218,7 @@ def test_no_checkpoint_means_the_demo_model(trained, monkeypatch):
     a.load(None, "cpu")
     assert calls == ["gloria"] and a.checkpoint == str(trained["dir"] / "best") and a.key_report.ok
     # random_init keeps building the official structure from the text-encoder folder, never the demo
-    from baselines._checkpoints import CheckpointError
+    from baselines.common.checkpoints import CheckpointError
 
     with pytest.raises(CheckpointError, match="text_encoder"):
         GloriaAdapter(random_init=True).load(None, "cpu")
@@ -235,8 +236,8 @@ def test_shipped_configs():
 
 
 def test_paper_preset_needs_the_text_encoder_folder():
-    from baselines._checkpoints import CheckpointError
-    from baselines.gloria_train import GloriaTask
+    from baselines.common.checkpoints import CheckpointError
+    from baselines.gloria.task import GloriaTask
 
     with pytest.raises(CheckpointError, match="text_encoder"):
         GloriaTask().build(load_train_config("paper", "gloria"))
@@ -250,7 +251,7 @@ def test_paper_preset_takes_bert_weights_and_vision_init_from_local_files(tmp_pa
     from torchvision.models import resnet50
     from transformers import BertConfig, BertForMaskedLM
 
-    from baselines.gloria_train import GloriaTask
+    from baselines.gloria.task import GloriaTask
 
     fix = Path(__file__).parent / "fixtures" / "baselines" / "wordpiece"
     folder = tmp_path / "bert"

@@ -16,8 +16,9 @@ torch = pytest.importorskip("torch")
 
 from test_afloc_kit import one_thread, synthetic_pairs  # noqa: E402,F401  (fixture)
 
-from afloc.data import Pair  # noqa: E402
-from afloc.train import TrainConfig, load_train_config, train  # noqa: E402
+from benchmark.training.config import TrainConfig, load_train_config  # noqa: E402
+from benchmark.training.data import Pair  # noqa: E402
+from benchmark.training.trainer import train  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 WORDPIECE = Path(__file__).parent / "fixtures" / "baselines" / "wordpiece"
@@ -65,8 +66,8 @@ def trained(tmp_path_factory):
 
 # -- labels ------------------------------------------------------------------------------------
 def test_chexpert_columns_map_onto_entities_as_documented():
-    from baselines._medklip_model import ENTITIES
-    from baselines.medklip_train import entity_labels
+    from baselines.medklip.model import ENTITIES
+    from baselines.medklip.task import entity_labels
 
     lab = entity_labels(_labels(Pleural_Effusion=1.0, Lung_Opacity=0.0, Lung_Lesion=1.0, Support_Devices=0.0,
                                 No_Finding=1.0, Pneumothorax=-1.0, Enlarged_Cardiomediastinum=1.0))
@@ -88,7 +89,7 @@ def test_chexpert_columns_map_onto_entities_as_documented():
 
 def test_every_demo_label_column_is_understood():
     """The demo's CheXpert table (from OpenI MeSH tags) uses only columns the table maps or skips on purpose."""
-    from baselines.medklip_train import CHEXPERT_TO_ENTITIES, UNMAPPED_COLUMNS
+    from baselines.medklip.task import CHEXPERT_TO_ENTITIES, UNMAPPED_COLUMNS
     from benchmark.demo.reports import CHEXPERT_COLUMNS, KIND_LABELS
 
     assert set(CHEXPERT_COLUMNS) == set(CHEXPERT_TO_ENTITIES) | set(UNMAPPED_COLUMNS)
@@ -96,7 +97,7 @@ def test_every_demo_label_column_is_understood():
 
 
 def test_label_fn_batches_and_refuses_unlabelled_batches():
-    from baselines.medklip_train import MedklipTask
+    from baselines.medklip.task import MedklipTask
 
     t = MedklipTask.label_fn([_labels(Edema=1.0), None])
     assert t.dtype == torch.long and tuple(t.shape) == (2, 75)
@@ -107,7 +108,7 @@ def test_label_fn_batches_and_refuses_unlabelled_batches():
 
 # -- loss ----------------------------------------------------------------------------------------
 def _tiny_task_model(**kw):
-    from afloc.train_task import get_task
+    from benchmark.training.task import get_task
 
     task = get_task("medklip")
     model, tok = task.build(tiny_cfg(**kw))
@@ -133,7 +134,7 @@ def test_loss_terms_equal_medklips_masked_cross_entropy():
 
 
 def test_loss_without_known_labels_is_zero_and_keeps_the_graph():
-    from baselines._medklip_model import entity_ce_loss
+    from baselines.medklip.model import entity_ce_loss
 
     logits = torch.randn(2, 75, 2, requires_grad=True)
     loss = entity_ce_loss(logits, torch.full((2, 75), -1))
@@ -142,7 +143,7 @@ def test_loss_without_known_labels_is_zero_and_keeps_the_graph():
 
 
 def test_demo_queries_are_the_entity_names_mean_pooled_by_the_frozen_text_encoder():
-    from baselines._medklip_model import ENTITIES, cls_embeddings, tokenize_cls_only
+    from baselines.medklip.model import ENTITIES, cls_embeddings, tokenize_cls_only
 
     _, model, _ = _tiny_task_model()
     side = model.text_side
@@ -159,7 +160,7 @@ def test_demo_queries_are_the_entity_names_mean_pooled_by_the_frozen_text_encode
 
 
 def test_official_initialisation_and_presets():
-    from baselines._checkpoints import CheckpointError
+    from baselines.common.checkpoints import CheckpointError
 
     _, model, _ = _tiny_task_model(model={**TINY, "init": "official"})
     w = model.decoder.layers[0].multihead_attn.in_proj_weight
@@ -196,7 +197,7 @@ def test_training_writes_best_and_last_and_resume_continues(trained):
 
 
 def _adapter(**opts):
-    from baselines.medklip import MedKlipAdapter
+    from baselines.medklip.adapter import MedKlipAdapter
 
     a = MedKlipAdapter(**opts)
     a.name = "medklip"
@@ -206,9 +207,9 @@ def _adapter(**opts):
 def test_adapter_loads_the_trained_folder_and_matches_the_training_input(trained):
     from safetensors.torch import load_file
 
-    from baselines.medklip import EXTRA
-    from baselines.medklip_train import read_input
-    from benchmark.imageio import read_image
+    from baselines.medklip.adapter import EXTRA
+    from baselines.medklip.task import read_input
+    from benchmark.io.images import read_image
 
     a = _adapter()
     a.load(str(trained["run"] / "best"), "cpu")
@@ -235,7 +236,7 @@ def test_adapter_loads_the_trained_folder_and_matches_the_training_input(trained
 def test_folder_errors_name_the_file_and_the_keys(trained, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from baselines._checkpoints import CheckpointError
+    from baselines.common.checkpoints import CheckpointError
 
     bad = tmp_path / "bad"
     shutil.copytree(trained["run"] / "best", bad)
@@ -255,9 +256,9 @@ def test_folder_errors_name_the_file_and_the_keys(trained, tmp_path):
 
 
 def test_no_checkpoint_means_the_demo_model(trained, monkeypatch):
-    import baselines._demo_trained as demo
-    from baselines._checkpoints import CheckpointError
-    from baselines.medklip import MedKlipAdapter
+    import baselines.common.demo_trained as demo
+    from baselines.common.checkpoints import CheckpointError
+    from baselines.medklip.adapter import MedKlipAdapter
 
     asked = []
 
@@ -282,9 +283,9 @@ def test_paper_preset_uses_the_descriptions_and_the_pretrained_encoder(tmp_path)
     from safetensors.torch import save_file
     from transformers import BertModel
 
-    from baselines._medklip_model import ENTITIES, cls_embeddings, tokenize_cls_only
-    from baselines._text_folder import bert_config, read_json, wordpiece_tokenizer
-    from baselines.medklip_train import MedklipTask
+    from baselines.common.text_folder import bert_config, read_json, wordpiece_tokenizer
+    from baselines.medklip.model import ENTITIES, cls_embeddings, tokenize_cls_only
+    from baselines.medklip.task import MedklipTask
 
     enc_dir = tmp_path / "bio_clinical"
     shutil.copytree(WORDPIECE, enc_dir)
@@ -314,7 +315,7 @@ def test_paper_preset_uses_the_descriptions_and_the_pretrained_encoder(tmp_path)
 def test_pretrained_vision_fills_the_trunk_up_to_layer3(tmp_path):
     from safetensors.torch import save_file
 
-    from afloc.backbones import ResNetBackbone
+    from benchmark.backbones import ResNetBackbone
 
     torch.manual_seed(9)
     src = ResNetBackbone("resnet18", 4)

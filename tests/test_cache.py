@@ -94,7 +94,6 @@ def test_checkpoint_hash_of_folder_leaves_the_training_record_out(tmp_path):
 def _safetensors_bytes(tensors, metadata_items, pad=0):
     """A safetensors file with its ``__metadata__`` keys in the given order (the writer's order
     varies from process to process) and ``pad`` extra spaces after the header."""
-    import torch
     from safetensors.torch import save
 
     raw = save({k: v.contiguous() for k, v in tensors.items()}, metadata=dict(metadata_items))
@@ -193,8 +192,8 @@ def test_demo_builds_train_with_the_recorded_thread_count(tmp_path, monkeypatch)
     """Float summation order follows the thread count, so demo models are trained with a fixed one."""
     import torch
 
-    import afloc.train as T
-    from baselines._demo_trained import ensure_demo_model
+    import benchmark.training.trainer as T
+    from baselines.common.demo_trained import ensure_demo_model
     from benchmark.cache import DEMO_TRAIN_THREADS
 
     monkeypatch.setenv("AFLOC_BENCH_CACHE", str(tmp_path / "cache"))

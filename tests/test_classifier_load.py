@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from baselines import _classifiers as C
+from baselines.saliency import classifiers as C
 from benchmark.dataset import DataError
 
 

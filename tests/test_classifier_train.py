@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from baselines import classifier_train as T
+from baselines.saliency import train as T
 from benchmark.dataset import Dataset, DatasetCard
 from benchmark.registry import datasets
 from benchmark.sample import Sample
@@ -100,7 +100,7 @@ def test_train_save_resume_and_load_into_gradcam(blob_root, tmp_path):
     assert losses[-1] < losses[0]
     assert set(resumed["history"][-1]["val_auroc"]) == set(LABELS)
 
-    from baselines.saliency import GradCAMDenseNet
+    from baselines.saliency.adapter import GradCAMDenseNet
 
     a = GradCAMDenseNet()
     a.load(str(out / "classifier.pt"), "cpu")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from baselines import _clip
-from baselines.clip_family import BiomedCLIPAdapter, CLIPAdapter, PLIPAdapter, QuiltNetAdapter, geometry_of
+from baselines.clip_family import loader as clip_loader
+from baselines.clip_family.adapter import BiomedCLIPAdapter, CLIPAdapter, PLIPAdapter, QuiltNetAdapter, geometry_of
 from benchmark.dataset import DataError
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -31,7 +31,7 @@ def _images(n, seed=0):
 def tiny_open_clip(tmp_path_factory):
     import open_clip
 
-    name = _clip.register_model_cfg(TINY_CFG)
+    name = clip_loader.register_model_cfg(TINY_CFG)
     torch.manual_seed(0)
     model = open_clip.create_model(name, pretrained=None).eval()
     folder = tmp_path_factory.mktemp("quiltnet_like")
@@ -184,7 +184,7 @@ def test_biomedclip_style_folder_with_local_text_tower(tmp_path, monkeypatch):
     local["text_cfg"].update(hf_model_name=str(folder / "text"), hf_tokenizer_name=str(folder / "text"),
                              hf_model_pretrained=False)
     torch.manual_seed(0)
-    ref = open_clip.create_model(_clip.register_model_cfg(local), pretrained=None, pretrained_text=False).eval()
+    ref = open_clip.create_model(clip_loader.register_model_cfg(local), pretrained=None, pretrained_text=False).eval()
     torch.save(ref.state_dict(), folder / "open_clip_pytorch_model.bin")
     (folder / "open_clip_config.json").write_text(json.dumps(
         {"model_cfg": BIOMED_LIKE, "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073],
@@ -276,8 +276,8 @@ def _word_tokenizer_file(path, words):
 
 def test_conch_folder_loads_and_localises(tmp_path):
     """CONCH's contrastive towers rebuilt from open_clip/timm parts load a CONCH-layout state dict."""
-    from baselines._clip_conch import Conch
-    from baselines.clip_family import CONCHAdapter
+    from baselines.clip_family.adapter import CONCHAdapter
+    from baselines.clip_family.conch import Conch
 
     cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "patch_size": 16, "width": 48, "layers": 2, "heads": 4},
            "text_cfg": {"context_length": 16, "vocab_size": 40, "width": 32, "heads": 2, "layers": 2}}
@@ -305,7 +305,7 @@ def test_conch_folder_loads_and_localises(tmp_path):
 
 
 def test_zero_shot_over_sicapv2_classes(tiny_open_clip):
-    from baselines.clip_family import balanced_accuracy, zero_shot_probabilities
+    from baselines.clip_family.adapter import balanced_accuracy, zero_shot_probabilities
     from benchmark.prompts import classification_prompts
 
     _, folder = tiny_open_clip

@@ -13,8 +13,8 @@ from datasets_fixtures import write_dicom
 
 from benchmark import pathologies
 from benchmark.dataset import DatasetCard, datasets, is_demo
-from benchmark.datasets import _common as C
-from benchmark.datasets.rsna_pneumonia import RSNAPneumonia
+from benchmark.datasets import common as C
+from benchmark.datasets.rsna_pneumonia.loader import RSNAPneumonia
 
 REAL = ["rsna_pneumonia", "ms_cxr", "chexlocalize", "covid_rural", "siim_pneumothorax", "chestx_det10", "nih_bbox",
         "sicapv2", "mimic_cxr", "vindr_cxr"]
@@ -157,7 +157,7 @@ def test_dicom_header_cache(tmp_path, monkeypatch):
 
 def test_plugin_modules_do_not_import_torch():
     code = ("import sys; from benchmark.registry import datasets; datasets.names(); "
-            "import benchmark.datasets._common, benchmark.pathologies; "
+            "import benchmark.datasets.common, benchmark.pathologies; "
             "print('torch' in sys.modules, 'pydicom' in sys.modules, 'pycocotools' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1]).stdout.split()

@@ -9,12 +9,12 @@ import pytest
 from datasets_fixtures import write_dicom, write_json, write_png
 
 from benchmark.dataset import DataError
-from benchmark.datasets.chestx_det10 import ChestXDet10
-from benchmark.datasets.chexlocalize import CheXlocalize
-from benchmark.datasets.ms_cxr import MSCXR
-from benchmark.datasets.nih_bbox import NIHBBox
-from benchmark.datasets.rsna_pneumonia import RSNAPneumonia
-from benchmark.datasets.siim_pneumothorax import SIIMPneumothorax
+from benchmark.datasets.chestx_det10.loader import ChestXDet10
+from benchmark.datasets.chexlocalize.loader import CheXlocalize
+from benchmark.datasets.ms_cxr.loader import MSCXR
+from benchmark.datasets.nih_bbox.loader import NIHBBox
+from benchmark.datasets.rsna_pneumonia.loader import RSNAPneumonia
+from benchmark.datasets.siim_pneumothorax.loader import SIIMPneumothorax
 from benchmark.pathologies import UnknownCategoryError
 
 RSNA_CSV = ("patientId,x,y,width,height,Target\n"

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from datasets_fixtures import write_json, write_png
 
-from benchmark.datasets._common import decode_rle
-from benchmark.datasets.chestx_det10 import ChestXDet10
-from benchmark.datasets.chexlocalize import CheXlocalize, cxr_id_of, human_benchmark_mask, human_benchmark_masks
-from benchmark.datasets.covid_rural import CovidRural, afloc_rstrip_corruptions
-from benchmark.datasets.mimic_cxr import MIMICCXR, extract_report
-from benchmark.datasets.ms_cxr import MSCXR
-from benchmark.datasets.sicapv2 import SICAPv2
+from benchmark.datasets.chestx_det10.loader import ChestXDet10
+from benchmark.datasets.chexlocalize.loader import CheXlocalize, cxr_id_of, human_benchmark_mask, human_benchmark_masks
+from benchmark.datasets.common import decode_rle
+from benchmark.datasets.covid_rural.loader import CovidRural, afloc_rstrip_corruptions
+from benchmark.datasets.mimic_cxr.loader import MIMICCXR, extract_report
+from benchmark.datasets.ms_cxr.loader import MSCXR
+from benchmark.datasets.sicapv2.loader import SICAPv2
 
 # --------------------------------------------------------------------------------------------- MS-CXR
 MS_ROWS = [
@@ -367,7 +367,7 @@ def test_mimic_frontal_reports_and_ms_cxr_exclusion(tmp_path):
         "10000001,50000001,1.0,,-1.0\n10000002,50000002,0.0,1.0,\n")
     labelled = MIMICCXR(tmp_path).samples()
     assert labelled[0].meta["chexpert"] == {"Atelectasis": 1.0, "No Finding": None, "Pleural Effusion": -1.0}
-    from afloc.data import pairs_from_dataset
+    from benchmark.training.data import pairs_from_dataset
 
     pairs, _ = pairs_from_dataset("mimic_cxr", "train", str(tmp_path))
     assert [p.labels for p in pairs] == [labelled[0].meta["chexpert"]]
@@ -382,7 +382,7 @@ def test_mimic_frontal_reports_and_ms_cxr_exclusion(tmp_path):
 def test_vindr_physionet_layout_test_split(tmp_path):
     from datasets_fixtures import write_dicom
 
-    from benchmark.datasets.vindr_cxr import VinDrCXR
+    from benchmark.datasets.vindr_cxr.loader import VinDrCXR
 
     (tmp_path / "annotations").mkdir()
     (tmp_path / "annotations" / "annotations_test.csv").write_text(

@@ -16,12 +16,12 @@ import pandas as pd
 import pytest
 from datasets_fixtures import txv_data, unpack_txv, write_dicom, write_png
 
-from benchmark.datasets._common import dataset_dir, decode_rle, kaggle_rle_runs, load_card
-from benchmark.datasets.chestx_det10 import ChestXDet10
-from benchmark.datasets.nih_bbox import NIHBBox
-from benchmark.datasets.rsna_pneumonia import RSNAPneumonia
-from benchmark.datasets.siim_pneumothorax import SIIMPneumothorax
-from benchmark.datasets.vindr_cxr import VinDrCXR
+from benchmark.datasets.chestx_det10.loader import ChestXDet10
+from benchmark.datasets.common import dataset_dir, decode_rle, kaggle_rle_runs, load_card
+from benchmark.datasets.nih_bbox.loader import NIHBBox
+from benchmark.datasets.rsna_pneumonia.loader import RSNAPneumonia
+from benchmark.datasets.siim_pneumothorax.loader import SIIMPneumothorax
+from benchmark.datasets.vindr_cxr.loader import VinDrCXR
 
 
 def touch_all(folder: Path, names) -> None:
@@ -89,7 +89,7 @@ def test_rsna_test_split_matches_medklip_boxes_and_reads_views(rsna_root):
 
 
 def test_rsna_whole_medklip_list_agrees_with_table(rsna_root):
-    from benchmark.datasets.rsna_pneumonia import read_table
+    from benchmark.datasets.rsna_pneumonia.loader import read_table
 
     table = read_table(rsna_root / "stage_2_train_labels.csv")
     med = pd.read_csv(dataset_dir("rsna_pneumonia") / "splits" / "medklip_test.csv")

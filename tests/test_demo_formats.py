@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from benchmark.demo import generate
-from benchmark.imageio import image_size, read_image
+from benchmark.io.images import image_size, read_image
 
 N_TEST, N_TRAIN = 6, 10
 

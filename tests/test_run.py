@@ -13,7 +13,7 @@ import yaml
 
 from benchmark.cli.main import main
 from benchmark.records import RESULTS_REQUIRED_KEYS, SCHEMA_VERSION, validate_results
-from benchmark.runner import RunConfig, Runner
+from benchmark.run.engine import RunConfig, Runner
 
 toy.register()
 
@@ -92,7 +92,7 @@ def test_cache_is_used_on_second_run(tmp_path, toy_root):
 def test_cache_keys_carry_the_weights_fingerprint_of_a_model_without_checkpoint(tmp_path, toy_root, monkeypatch):
     """An adapter whose weights no checkpoint file names (``weights_fingerprint``) must not be
     served the heatmaps cached from other weights: a changed fingerprint misses, the same one hits."""
-    from baselines.sanity import CenterPriorModel
+    from baselines.sanity.adapter import CenterPriorModel
 
     def hits(run: str) -> int:
         _, out = _run(tmp_path / run, toy_root)
@@ -126,7 +126,7 @@ def test_skip_existing_resumes_without_recomputing(tmp_path, toy_root, monkeypat
 def test_skip_existing_redoes_a_pair_whose_fallback_weights_changed(tmp_path, toy_root, monkeypatch):
     """Without --ckpt a model may fall back to versioned weights (the demo models); a new version
     must invalidate the finished pairs although no flag changed."""
-    from baselines.sanity import CenterPriorModel
+    from baselines.sanity.adapter import CenterPriorModel
 
     monkeypatch.setattr(CenterPriorModel, "default_weights_id", classmethod(lambda cls, options: "demo-1"))
     assert _run(tmp_path, toy_root)[0] == 0
@@ -147,8 +147,8 @@ def test_skip_existing_redoes_a_pair_whose_fallback_weights_changed(tmp_path, to
 
 def test_demo_backed_models_name_their_fallback_weights_and_only_without_random_init():
     from afloc.demo import DEMO_MODEL_VERSION
-    from baselines._demo_classifier import DEMO_CLASSIFIER_VERSION
-    from baselines._demo_trained import DEMO_VERSIONS
+    from baselines.common.demo_trained import DEMO_VERSIONS
+    from baselines.saliency.demo import DEMO_CLASSIFIER_VERSION
     from benchmark.registry import models
 
     def wid(name, **options):
@@ -243,7 +243,7 @@ def test_bad_execution_flags_are_named(tmp_path, toy_root, capsys, flag, value, 
 def test_a_cuda_device_torch_cannot_see_is_an_error_before_any_model_loads(monkeypatch):
     import torch
 
-    from benchmark.runner import choose_device
+    from benchmark.run.engine import choose_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="--device cuda: torch sees no CUDA device"):
@@ -283,7 +283,7 @@ def test_not_yet_available_commands_are_loud():
 def test_runner_hooks_per_sample_maps_and_grounding_probability(tmp_path, toy_root):
     import numpy as np
 
-    from baselines.sanity import CenterPriorModel
+    from baselines.sanity.adapter import CenterPriorModel
     from benchmark.adapter import register_model
     from benchmark.registry import models
 
@@ -320,7 +320,7 @@ def test_runner_hooks_per_sample_maps_and_grounding_probability(tmp_path, toy_ro
 
 def test_prompts_a_model_cannot_score_are_skipped_and_counted(tmp_path, toy_root):
     """A fixed-label model (Grad-CAM classifier) refusing a finding must not stop the run."""
-    from baselines.sanity import CenterPriorModel
+    from baselines.sanity.adapter import CenterPriorModel
     from benchmark.adapter import register_model
     from benchmark.registry import models
 

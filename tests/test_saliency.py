@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from baselines import _cam
-from baselines import _classifiers as C
+from baselines.saliency import cam
+from baselines.saliency import classifiers as C
+from baselines.saliency import demo as demo_classifier
 from benchmark.adapter import build_adapter
 from benchmark.registry import models
 
@@ -100,7 +101,7 @@ def test_eigencam_is_class_agnostic(tiny_ckpt):
 def test_targets_must_match_the_batch():
     model = C.build_classifier(TINY, seed=0).eval()
     with pytest.raises(ValueError, match="2 CAM targets for a batch of 3"):
-        _cam.compute_cams("gradcam", model, model.cam_layer, torch.randn(3, 3, 64, 64), [0, 1])
+        cam.compute_cams("gradcam", model, model.cam_layer, torch.randn(3, 3, 64, 64), [0, 1])
 
 
 def test_unknown_prompt_names_the_outputs(tiny_ckpt):
@@ -114,8 +115,8 @@ def test_raw_map_is_the_library_map_before_its_scaling(method):
     """library output = minmax(resize(minmax(raw))): raw mode only skips the library's normalisation."""
     model = C.build_classifier(TINY, seed=1).eval()
     x = torch.randn(2, 3, 64, 64)
-    raw = _cam.compute_cams(method, model, model.cam_layer, x, [3, 5], output="raw")
-    lib = _cam.compute_cams(method, model, model.cam_layer, x, [3, 5], output="library")
+    raw = cam.compute_cams(method, model, model.cam_layer, x, [3, 5], output="raw")
+    lib = cam.compute_cams(method, model, model.cam_layer, x, [3, 5], output="library")
 
     def minmax(a):
         a = a - a.min()
@@ -151,18 +152,18 @@ def test_inplace_relu_trap_and_the_chosen_layer():
     cls = [2, 4]
     pool = lambda a: torch.flatten(torch.nn.functional.adaptive_avg_pool2d(a, 1), 1)  # noqa: E731
 
-    naive = _cam.compute_cams("gradcam", tv, tv.features[-1], x, cls)
+    naive = cam.compute_cams("gradcam", tv, tv.features[-1], x, cls)
     truth_norm5 = _manual_gradcam(tv.features, lambda a: tv.classifier(pool(torch.relu(a))), x, cls)
     assert np.abs(naive - truth_norm5).max() > 0.05 * np.abs(truth_norm5).max()
 
     ours_model = C.DenseNetClassifier(C.infer_spec(tv.state_dict()))
     ours_model.load_state_dict(tv.state_dict())
     ours_model.eval()
-    ours = _cam.compute_cams("gradcam", ours_model, ours_model.cam_layer, x, cls)
+    ours = cam.compute_cams("gradcam", ours_model, ours_model.cam_layer, x, cls)
     truth_ours = _manual_gradcam(lambda t: torch.relu(ours_model.features(t)),
                                  lambda a: ours_model.classifier(pool(a)), x, cls)
     np.testing.assert_allclose(ours, truth_ours, rtol=1e-5, atol=1e-6)
-    again = _cam.compute_cams("gradcam", ours_model, ours_model.cam_layer, x, cls)
+    again = cam.compute_cams("gradcam", ours_model, ours_model.cam_layer, x, cls)
     np.testing.assert_array_equal(ours, again)
     with torch.no_grad():
         assert torch.allclose(ours_model(x), tv(x), atol=1e-5)  # same network, same outputs
@@ -195,7 +196,6 @@ def test_signed_cam_option_and_empty_map_count(tiny_ckpt):
 
 def test_without_checkpoint_the_demo_classifier_is_used(tiny_ckpt, monkeypatch):
     """No --ckpt: the adapters take the cached demo classifier (trained on first use)."""
-    from baselines import _demo_classifier
 
     calls = []
 
@@ -203,7 +203,7 @@ def test_without_checkpoint_the_demo_classifier_is_used(tiny_ckpt, monkeypatch):
         calls.append(quiet)
         return tiny_ckpt
 
-    monkeypatch.setattr(_demo_classifier, "ensure_demo_classifier", fake_ensure)
+    monkeypatch.setattr(demo_classifier, "ensure_demo_classifier", fake_ensure)
     for name in METHOD_MODELS.values():
         assert not getattr(models.get(name), "needs_checkpoint", False), name
         a = build_adapter(name)
@@ -219,7 +219,8 @@ def test_without_checkpoint_the_demo_classifier_is_used(tiny_ckpt, monkeypatch):
 
 def test_demo_classifier_is_trained_once_and_cached(tmp_path, monkeypatch):
     """The recipe is trained into a temporary folder, renamed into place, then reused."""
-    from baselines import _demo_classifier, classifier_train
+    from baselines.saliency import demo as demo_classifier
+    from baselines.saliency import train as classifier_train
     from benchmark import demo
 
     monkeypatch.setenv("AFLOC_BENCH_CACHE", str(tmp_path))
@@ -235,9 +236,9 @@ def test_demo_classifier_is_trained_once_and_cached(tmp_path, monkeypatch):
         return {}
 
     monkeypatch.setattr(classifier_train, "train_classifier", fake_train)
-    first = _demo_classifier.ensure_demo_classifier()
-    second = _demo_classifier.ensure_demo_classifier()
-    assert first == second == _demo_classifier.demo_classifier_dir() / "classifier.pt"
+    first = demo_classifier.ensure_demo_classifier()
+    second = demo_classifier.ensure_demo_classifier()
+    assert first == second == demo_classifier.demo_classifier_dir() / "classifier.pt"
     assert first.is_file() and not (first.parent / "last.pt").exists()
     assert len(seen) == 1 and seen[0][0] == "demo_mimic"
     assert seen[0][1]["arch"] == "tiny" and seen[0][1]["split"] == "train"

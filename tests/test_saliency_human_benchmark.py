@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from baselines.human_benchmark import HumanBenchmark
+from baselines.human_benchmark.adapter import HumanBenchmark
 from benchmark.dataset import DataError
 from benchmark.registry import models
 from benchmark.sample import Sample
@@ -259,7 +259,7 @@ def _write_chexlocalize(root, h=40, w=30, points=True):
 def _run_human(tmp_path, root, seg):
     import pandas as pd
 
-    from benchmark.runner import RunConfig, Runner
+    from benchmark.run.engine import RunConfig, Runner
 
     out = tmp_path / "run"
     cfg = RunConfig(models=["human_benchmark"], datasets=["chexlocalize"], protocol="chexlocalize@1",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from afloc.train_task import TRAIN_TASKS, get_task
 from benchmark.cli.main import main
 from benchmark.cli.train import TRAIN_TARGETS, resolve_target
+from benchmark.training.task import TRAIN_TASKS, get_task
 
 
 def test_every_train_target_resolves_to_a_function():

@@ -14,12 +14,12 @@ import importlib
 HELP = "train a model from scratch (afloc, a baseline or a classifier; see `afloc-bench train TARGET --help`)"
 
 TRAIN_TARGETS: dict[str, str] = {
-    "afloc": "afloc.train:cli_main",
-    "gloria": "afloc.train:cli_main#gloria",
-    "convirt": "afloc.train:cli_main#convirt",
-    "biovil": "afloc.train:cli_main#biovil",
-    "medklip": "afloc.train:cli_main#medklip",
-    "classifier": "baselines.classifier_train:cli_main",
+    "afloc": "benchmark.training.cli:cli_main",
+    "gloria": "benchmark.training.cli:cli_main#gloria",
+    "convirt": "benchmark.training.cli:cli_main#convirt",
+    "biovil": "benchmark.training.cli:cli_main#biovil",
+    "medklip": "benchmark.training.cli:cli_main#medklip",
+    "classifier": "baselines.saliency.train:cli_main",
 }
 
 DESCRIPTION = HELP + "\n\ntargets:\n" + "\n".join(f"  {k:<10} {v}" for k, v in TRAIN_TARGETS.items())

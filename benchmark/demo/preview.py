@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.imageio import read_image
+from benchmark.io.images import read_image
 
 
 def _boxes_rect(ax, boxes, color, labels=None):

@@ -52,7 +52,7 @@ from benchmark.metrics import (
     threshold_counts,
     threshold_label,
 )
-from benchmark.protocols import _common as C
+from benchmark.protocols import common as C
 from benchmark.protocols.base import OVERALL, Protocol, register_protocol
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ from benchmark.metrics import (
     threshold_counts,
     threshold_label,
 )
-from benchmark.protocols import _common as C
+from benchmark.protocols import common as C
 from benchmark.protocols.base import OVERALL, Protocol, register_protocol
 
 TUNE_THRESHOLDS = tuple(float(t) for t in np.arange(0.2, 0.8, 0.1))  # 0.2 … 0.8000000000000003

@@ -1,1 +1,0 @@
-"""Training configs of the baseline objectives (``<task>-<spec>.yaml``)."""

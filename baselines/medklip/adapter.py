@@ -1,0 +1,355 @@
+"""MedKLIP (Wu et al., ICCV 2023): knowledge-enhanced entity queries, re-implemented.
+
+A prompt is mapped to MedKLIP entities through a fixed disease-name table (``ENTITY_OF``):
+"Findings suggesting pleural effusion." → ``effusion``. All 75 entity queries always run, in
+the official order (they attend to each other, so dropping or reordering any changes every
+output). A prompt that names no known disease becomes an extra query (BERT ``[CLS]`` of the
+prompt → ``disease_embedding_layer``) appended after the 75 in a separate decoder pass, so the
+75 standard outputs are never changed by it.
+
+Heatmap: the decoder's cross-attention to the 14×14 patches, averaged over heads and over the 4
+layers (as the official RSNA grounding script does), for the mapped entity (mean over entities
+when a prompt names several). The official ×16 nearest upsampling and its 0.008 threshold belong
+to a protocol.
+
+Zero-shot: softmax over the 2-way head, probability of "present" for the mapped entity (the
+official CXR14 recipe). MedKLIP has no negative prompt; the negative embedding is not used.
+
+Checkpoints (``--ckpt medklip=PATH``):
+  * the official ``checkpoint_final.pth``: needs ``text_encoder`` (Bio_ClinicalBERT with weights)
+    and ``entity_descriptions`` to rebuild the 75 query embeddings, which the file lacks;
+  * a folder written by ``afloc-bench train medklip`` (``model.safetensors`` + ``config.json``):
+    the query embeddings are in the weights (``entity_book``); a randomly initialised text
+    encoder (the demo's) is saved beside them in ``text_encoder/``, so no option is needed;
+  * nothing: the demo model (``baselines.common.demo_trained``, trained on first use and cached), unless
+    ``text_encoder`` or ``entity_descriptions`` is given, which name the official model's files:
+    then its ``checkpoint_final.pth`` is required.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import numpy as np
+
+from baselines.common.adapter import BaselineAdapter
+from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, register_model
+
+PUBLISHED = ("https://github.com/MediaBrain-SJTU/MedKLIP (checkpoints/README.md: Google Drive folder "
+             "1HBShH7J_pO8onkzuweDgDq2QPqj6zjG_, file checkpoint_final.pth)")
+DESCRIPTIONS_PUBLISHED = ("https://github.com/MediaBrain-SJTU/MedKLIP, file "
+                          "Sample_zero-shot_Classification_CXR14/observation explanation.json")
+TEXT_PUBLISHED = "https://huggingface.co/emilyalsentzer/Bio_ClinicalBERT (config.json, vocab.txt, weights)"
+EXTRA = 75  # column of the appended free-text query in the text embedding
+FOLDER_FORMAT = "afloc-bench/medklip"  # config.json "format" of the checkpoint folders this project writes
+FOLDER_FORMAT_VERSION = 1
+OFFICIAL_FILE_OPTIONS = ("text_encoder", "entity_descriptions")  # options that only the official file needs
+
+# Disease names of the benchmark datasets → MedKLIP entities. Multi-word names are matched first.
+ENTITY_OF: dict[str, str] = {
+    "atelectasis": "atelectasis", "cardiomegaly": "cardiomegaly", "consolidation": "consolidation",
+    "edema": "edema", "pulmonary edema": "edema", "pleural effusion": "effusion", "effusion": "effusion",
+    "lung opacity": "opacity", "airspace opacity": "opacity", "opacity": "opacity", "opacities": "opacity",
+    "pneumonia": "pneumonia", "pneumothorax": "pneumothorax", "lung lesion": "lesion", "lesion": "lesion",
+    "support devices": "device", "support device": "device",
+    "enlarged cardiomediastinum": "enlarge",  # no exact entity; ``enlarge`` is the documented choice
+    "infiltration": "infiltrate", "infiltrate": "infiltrate", "mass": "mass", "nodule": "nodule",
+    "emphysema": "emphysema", "fibrosis": "tail_abnorm_obs", "pleural thickening": "thicken",
+    "pleural_thickening": "thicken", "thickening": "thicken", "hernia": "hernia", "fracture": "fracture",
+    "calcification": "calcification",
+}
+
+
+def entities_in(prompt: str) -> list[str]:
+    """Entities named in ``prompt`` (longest names first, no overlaps), in order of appearance."""
+    text = prompt.lower().replace("-", " ")
+    taken: list[tuple[int, int, str]] = []
+    for name in sorted(ENTITY_OF, key=len, reverse=True):
+        for m in re.finditer(r"(?<![a-z])" + re.escape(name) + r"(?![a-z])", text):
+            if all(m.end() <= s or m.start() >= e for s, e, _ in taken):
+                taken.append((m.start(), m.end(), ENTITY_OF[name]))
+    out: list[str] = []
+    for _, _, ent in sorted(taken):
+        if ent not in out:
+            out.append(ent)
+    return out
+
+
+@register_model("medklip", description="MedKLIP (ICCV 2023), decoder cross-attention of the entity query (14x14)",
+                tags=("vlp",))
+class MedKlipAdapter(BaselineAdapter):
+    """MedKLIP ResNet-50 (to layer3) + entity-query transformer decoder from ``checkpoint_final.pth``.
+
+    Options: ``entity_descriptions`` (the release's ``observation explanation.json``),
+    ``text_encoder`` (local Bio_ClinicalBERT folder with weights: encodes the 75 descriptions and
+    free-text prompts), ``free_text`` (true: prompts naming no known disease become an extra
+    query; false: such a prompt is an error), ``random_init``, ``seed``. A checkpoint folder of
+    this project needs none of them (``text_encoder`` only for free-text prompts of a model
+    trained on a pretrained text encoder that has moved since).
+    """
+
+    capabilities = (GROUNDING, ZEROSHOT_CLS)
+    demo_task = "medklip"
+    input_geometry = "resize:224x224"
+    preprocessing_id = "medklip-pilbilinear-resize224x224-imagenet-v1"
+    color = "gray"
+    checkpoint_name = "checkpoint_final.pth"
+    checkpoint_url = PUBLISHED
+    needs_checkpoint = False  # no checkpoint: the demo model, trained on first use
+
+    def load(self, checkpoint: str | None, device: str) -> None:
+        import logging
+
+        self.checkpoint = checkpoint
+        self.free_text = self.opt_bool("free_text", True)
+        self.checkpoint_kind = "official"
+        if checkpoint is None and not self.opt_bool("random_init") and \
+                not any(self.opt(k) for k in OFFICIAL_FILE_OPTIONS):
+            from baselines.common.demo_trained import ensure_demo_model
+
+            checkpoint = str(ensure_demo_model(self.demo_task))
+            logging.getLogger(__name__).info("medklip: no checkpoint given, using the demo model %s", checkpoint)
+        folder = _project_folder(checkpoint) if checkpoint is not None and not self.opt_bool("random_init") else None
+        if folder is not None:
+            self._load_folder(folder, device)
+        else:
+            self._load_official(checkpoint, device)
+
+    def _load_official(self, checkpoint: str | None, device: str) -> None:
+        from transformers import BertModel
+
+        from baselines.common.checkpoints import (
+            call_quietly,
+            load_checked,
+            need_file,
+            read_tensors,
+            state_dict_from,
+            strip_prefix,
+        )
+        from baselines.common.text_folder import (
+            bert_config,
+            folder_weights,
+            read_json,
+            text_folder,
+            wordpiece_tokenizer,
+        )
+        from baselines.medklip.model import MedKLIP, cls_embeddings, read_descriptions, tokenize_cls_only
+
+        self.checkpoint = checkpoint
+        random_init = self.wants_random_init(checkpoint)
+        sd = None
+        if not random_init:  # read the checkpoint first: a wrong file fails before anything else loads
+            raw = read_tensors(checkpoint, expected="MedKLIP's checkpoint_final.pth")
+            sd = strip_prefix(state_dict_from(raw, checkpoint, containers=("model", "state_dict"),
+                                              expected="MedKLIP's checkpoint (a dict with 'model')"), "module.")
+        folder = text_folder(self.opt("text_encoder"), "Bio_ClinicalBERT", TEXT_PUBLISHED,
+                             files=("config.json", "vocab.txt"))
+        desc_path = need_file(self.opt("entity_descriptions"), "MedKLIP's entity descriptions "
+                              "(`observation explanation.json`)", DESCRIPTIONS_PUBLISHED, "entity_descriptions")
+        descriptions = read_descriptions(desc_path)
+        self.tokenizer = wordpiece_tokenizer(folder)
+        self.seed_init()
+        bert = call_quietly(lambda: BertModel(bert_config(read_json(folder / "config.json")), add_pooling_layer=False))
+        if random_init:
+            self.text_key_report = None
+        else:
+            self.text_key_report = load_checked(bert, strip_prefix(folder_weights(folder, "Bio_ClinicalBERT weights"),
+                                                                   "bert."),
+                                                source=folder, expected="Bio_ClinicalBERT weights",
+                                                ignore=[r"cls\..*", r"pooler\..*", r".*position_ids",
+                                                        r".*token_type_ids"])
+        self.bert = self.place(bert, device)
+        model = MedKLIP(text_dim=bert.config.hidden_size)
+        if sd is not None:
+            self.key_report = load_checked(model, sd, source=checkpoint, expected="the MedKLIP model")
+        self.model = self.place(model, device)
+        enc = tokenize_cls_only(self.tokenizer, descriptions)
+        self.entity_book = cls_embeddings(self.bert, enc)  # [75, 768], not in the checkpoint
+        self.entity_book_sha = _tensor_sha(self.entity_book)
+
+    def _load_folder(self, folder: Any, device: str) -> None:
+        """A checkpoint folder of this project: config.json + model.safetensors (+ text_encoder/)."""
+        import logging
+
+        from baselines.common.checkpoints import CheckpointError, load_checked, read_tensors
+        from baselines.common.text_folder import read_json
+        from baselines.medklip.model import MedKLIP, MedKLIPConfig
+
+        doc = read_json(folder / "config.json")
+        if doc.get("format") != FOLDER_FORMAT:
+            raise CheckpointError(folder / "config.json", f"expected format {FOLDER_FORMAT!r} (a MedKLIP checkpoint "
+                                                          f"folder of this project), found {doc.get('format')!r}")
+        try:
+            cfg = MedKLIPConfig.from_dict(dict(doc.get("model") or {}), str(folder / "config.json"))
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(folder / "config.json", f"expected MedKLIP model options: {exc}") from None
+        if not cfg.entity_book:
+            raise CheckpointError(folder / "config.json", "expected a model that keeps its entity_book (the 75 "
+                                                          "query embeddings) in the weights")
+        ignored = [k for k in OFFICIAL_FILE_OPTIONS if self.opt(k) and k != "text_encoder"]
+        if ignored:
+            logging.getLogger(__name__).warning("medklip: %s ignored: %s carries its own entity queries",
+                                                ", ".join(ignored), folder)
+        self.checkpoint, self.checkpoint_kind = str(folder), "folder"
+        self.seed_init()
+        model = MedKLIP.from_config(cfg)
+        sd = read_tensors(folder / "model.safetensors", expected="MedKLIP weights (model.safetensors)")
+        self.key_report = load_checked(model, sd, source=folder / "model.safetensors",
+                                       expected=f"the MedKLIP model of {folder / 'config.json'}")
+        self.model = self.place(model, device)
+        self.entity_book = self.model.entity_book
+        self.entity_book_sha = _tensor_sha(self.entity_book)
+        self.bert, self.tokenizer, self.text_key_report = self._folder_text_encoder(folder, doc.get("text") or {},
+                                                                                    cfg.text_dim, device)
+        self.description_max_length = int((doc.get("text") or {}).get("max_length", 64))
+        self.text_pooling = str((doc.get("text") or {}).get("pooling", "cls"))
+
+    def _folder_text_encoder(self, folder: Any, text: dict[str, Any], dim: int, device: str) -> tuple:
+        """The text encoder free-text prompts need: the folder's own ``text_encoder/``, else the
+        ``text_encoder`` option, else the folder recorded at training; (None, None, None) when absent."""
+        from pathlib import Path
+
+        from transformers import BertModel
+
+        from baselines.common.checkpoints import CheckpointError, call_quietly, load_checked, strip_prefix
+        from baselines.common.text_folder import bert_config, folder_weights, read_json, wordpiece_tokenizer
+
+        where = None
+        if text.get("folder"):
+            where = folder / text["folder"]
+            if not where.is_dir():
+                raise CheckpointError(where, "missing: the checkpoint's text encoder folder named in config.json")
+        elif self.opt("text_encoder"):
+            where = Path(str(self.opt("text_encoder")))
+        elif text.get("source") and Path(text["source"]).is_dir():
+            where = Path(text["source"])
+        if where is None:
+            return None, None, None
+        bert = call_quietly(lambda: BertModel(bert_config(read_json(where / "config.json")), add_pooling_layer=False))
+        if bert.config.hidden_size != dim:
+            raise CheckpointError(where, f"expected a text encoder of width {dim} (the model's text_dim), "
+                                         f"found {bert.config.hidden_size}")
+        report = load_checked(bert, strip_prefix(folder_weights(where, "text encoder weights"), "bert."), source=where,
+                              expected="the text encoder weights", ignore=[r"cls\..*", r"pooler\..*",
+                                                                           r".*position_ids", r".*token_type_ids"])
+        return self.place(bert, device), wordpiece_tokenizer(where), report
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d["checkpoint_kind"] = getattr(self, "checkpoint_kind", None)
+        d["entity_book_sha256"] = getattr(self, "entity_book_sha", None)
+        if getattr(self, "text_key_report", None) is not None:
+            d["text_key_report"] = self.text_key_report.as_dict()
+        return d
+
+    # -- images -----------------------------------------------------------------------------
+    def preprocess(self, image: np.ndarray) -> Any:
+        """Resize to 224×224 (PIL bilinear, aspect ratio not kept), ToTensor, ImageNet normalisation
+        (the training input of ``afloc-bench train medklip`` too)."""
+        from baselines.medklip.model import preprocess_image
+
+        return preprocess_image(image)
+
+    def encode_images(self, batch: Any) -> Any:
+        import torch
+
+        with torch.no_grad():
+            return self.model.image_features(batch.to(self.device))
+
+    # -- text ------------------------------------------------------------------------------
+    def encode_texts(self, prompts: Sequence[str]) -> dict[str, Any]:
+        """Per prompt: ``weights`` [P, 76] over the 75 entities plus the extra query, ``extra`` [P, 768]."""
+        import torch
+
+        from baselines.medklip.model import ENTITIES, cls_embeddings, tokenize_cls_only
+
+        P = len(prompts)
+        weights = torch.zeros(P, EXTRA + 1, dtype=torch.float64)
+        extra = torch.zeros(P, self.entity_book.shape[1], dtype=self.entity_book.dtype)
+        free = []
+        for i, p in enumerate(prompts):
+            ents = entities_in(p)
+            if ents:
+                for e in ents:
+                    weights[i, ENTITIES.index(e)] = 1.0 / len(ents)
+            elif self.free_text:
+                weights[i, EXTRA] = 1.0
+                free.append(i)
+            else:
+                raise ValueError(f"medklip: prompt {p!r} names no known disease (known: {', '.join(ENTITY_OF)}); "
+                                 "set free_text=true to use it as an extra query")
+        if free:
+            if self.bert is None:
+                raise ValueError(f"medklip: prompt {prompts[free[0]]!r} names no known disease and {self.checkpoint} "
+                                 "has no text encoder to encode it as an extra query; pass text_encoder=FOLDER "
+                                 "(the one it was trained with) or set free_text=false")
+            emb = cls_embeddings(self.bert, tokenize_cls_only(self.tokenizer, [prompts[i] for i in free],
+                                                              getattr(self, "description_max_length", 64)),
+                                 pooling=getattr(self, "text_pooling", "cls"))
+            extra[free] = emb.to(extra.dtype).cpu()
+        return {"weights": weights, "extra": extra}
+
+    def encode_prompt_ensemble(self, prompts: Sequence[str]) -> dict[str, Any]:
+        """Entity weights averaged over the prompts; free-text prompts share one mean extra query."""
+        e = self.encode_texts(list(prompts))
+        w = e["weights"].mean(0, keepdim=True)
+        is_free = e["weights"][:, EXTRA] > 0
+        extra = e["extra"][is_free].mean(0, keepdim=True) if bool(is_free.any()) else e["extra"][:1] * 0
+        return {"weights": w, "extra": extra}
+
+    # -- outputs -----------------------------------------------------------------------------
+    def _decode(self, memory: Any, text_emb: dict[str, Any]) -> tuple[Any, Any]:
+        """(P(present) [B, 76], attention [B, 76, 196]); column 75 only where an extra query is used."""
+        import torch
+
+        B = memory.shape[0]
+        with torch.no_grad():
+            logits, attn = self.model.decode(memory, self.entity_book)
+            prob = torch.softmax(logits, dim=-1)[..., 1]
+            prob = torch.cat([prob, torch.zeros(B, 1, dtype=prob.dtype, device=prob.device)], dim=1)
+            attn = torch.cat([attn, torch.zeros(B, 1, attn.shape[2], dtype=attn.dtype, device=attn.device)], dim=1)
+            rows = torch.nonzero(text_emb["weights"][:, EXTRA] > 0).flatten()
+            if len(rows):
+                r = rows.to(memory.device)
+                book = self.entity_book.unsqueeze(0).expand(len(rows), -1, -1)
+                q = torch.cat([book, text_emb["extra"][rows].to(book)[:, None]], dim=1)
+                lg, at = self.model.decode(memory[r], q)
+                prob[r, EXTRA] = torch.softmax(lg, dim=-1)[:, EXTRA, 1]
+                attn[r, EXTRA] = at[:, EXTRA]
+        return prob.double().cpu(), attn.double().cpu()
+
+    def similarity_map(self, image_emb: Any, text_emb: dict[str, Any]) -> np.ndarray:
+        import torch
+
+        _, attn = self._decode(image_emb, text_emb)
+        maps = torch.einsum("bq,bqn->bn", text_emb["weights"], attn)
+        side = int(round(attn.shape[2] ** 0.5))
+        return maps.reshape(-1, side, side).float().numpy()
+
+    def score(self, image_emb: Any, positive: dict[str, Any], negative: Any) -> np.ndarray:
+        prob, _ = self._decode(image_emb, positive)
+        return (prob * positive["weights"]).sum(1).numpy()
+
+
+def _project_folder(checkpoint: str) -> Any:
+    """The checkpoint folder when ``checkpoint`` is one of this project's (or a file inside one), else None."""
+    from pathlib import Path
+
+    p = Path(checkpoint)
+    if p.is_file() and p.name in ("model.safetensors", "config.json"):
+        p = p.parent
+    if not p.is_dir():
+        return None
+    if not (p / "config.json").is_file() or not (p / "model.safetensors").is_file():
+        from baselines.common.checkpoints import CheckpointError
+
+        raise CheckpointError(p, "expected a MedKLIP checkpoint folder written by `afloc-bench train medklip` "
+                                 "(config.json + model.safetensors) or the official checkpoint_final.pth file")
+    return p
+
+
+def _tensor_sha(t: Any) -> str:
+    import hashlib
+
+    return hashlib.sha256(t.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()

@@ -1,0 +1,211 @@
+"""Saliency baselines of CheXlocalize (Grad-CAM, Grad-CAM++, Eigen-CAM) on DenseNet121 classifiers.
+
+The paper compares AFLoc with these methods on CheXlocalize (Extended Data Table 5). A saliency
+"model" is a multi-label classifier plus a CAM method: the prompt names the class, the CAM of that
+class's logit is the map, and the class probability (sigmoid of the logit) is the score that
+CheXlocalize's per-task probability cut-offs use.
+
+Choices, each for a reason:
+- Prompt → class: the adapter contract hands ``encode_texts`` prompt texts only, so the class
+  is found by name in the prompt (``Findings suggesting Airspace Opacity.`` → "Airspace
+  Opacity"; aliases such as "Lung Opacity" and "Effusion" are understood). A prompt naming no
+  output of the classifier is an error that lists the outputs.
+- Target layer: the output of a non-inplace ReLU placed after ``features`` (torchvision's
+  DenseNet applies ``F.relu(features, inplace=True)``, which on CPU rewrites the activation the
+  library stored from ``features[-1]`` but not on GPU). Maps are therefore the same on both.
+- Geometry: ``resize:320x320`` (CheXpert/CheXlocalize classifiers take 320×320 resized images;
+  CheXlocalize's released maps are 320×320) for torchvision-layout checkpoints;
+  ``resize_crop:224:224`` (centre square, then 224) for torchxrayvision DenseNets.
+- Output: the raw CAM (``ReLU`` of the weighted activation sum) on the 10×10 grid of a 320 input;
+  the library's min–max scaling and bilinear resize are left to the protocol. Option
+  ``cam_output=library`` returns the library's [0, 1] map at 320×320 instead.
+- Eigen-CAM is class-agnostic and its sign is the SVD's (not corrected), exactly as the library
+  computes it; an inverted component gives an empty map after the ReLU.
+
+Options: ``labels`` (comma-separated output names), ``xrv_weights`` (a torchxrayvision weights
+name, to take its output names), ``random_init`` (seeded random weights when no checkpoint is
+given, for tests only; otherwise no checkpoint means the demo classifier, trained on first use
+and cached, ``baselines.saliency.demo``), ``cam_output`` (``raw`` | ``library``), ``cam_relu`` (default
+true; false keeps the signed CAM, useful when a class's CAM is negative everywhere and the ReLU
+would leave an all-zero map — ``describe()["maps"]`` counts those), ``seed`` (of the random weights).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import numpy as np
+
+from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Adapter, flag_option, register_model
+
+log = logging.getLogger(__name__)
+
+
+def frame(image: np.ndarray, geometry: str) -> np.ndarray:
+    """The image in the classifier's input frame, by the benchmark's geometry module."""
+    from benchmark.geometry import parse_geometry
+
+    return parse_geometry(geometry).image_to_frame(np.ascontiguousarray(image))
+
+
+class _SaliencyAdapter(Adapter):
+    """DenseNet121 classifier + one CAM method (set by the subclass)."""
+
+    capabilities = (GROUNDING, ZEROSHOT_CLS)
+    input_geometry = "resize:320x320"
+    preprocessing_id = "densenet-chexpert-resize320-imagenet-v1"
+    color = "gray"
+    method = "gradcam"
+    # ``score(image, positive, positive)`` is the classifier's probability for the map's class, which
+    # CheXlocalize's per-task probability cut-offs need next to each grounding record (``prob``).
+    grounding_probability = True
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        self.model = None
+        self.load_report = None
+        self.n_maps = 0
+        self.n_empty_maps = 0
+
+    # -- lifecycle ----------------------------------------------------------
+    @classmethod
+    def default_weights_id(cls, options: dict[str, Any]) -> str | None:
+        if flag_option(options, "random_init"):
+            return None
+        from baselines.saliency.demo import DEMO_CLASSIFIER_VERSION
+
+        return f"classifier-demo-{DEMO_CLASSIFIER_VERSION}"
+
+    def load(self, checkpoint: str | None, device: str) -> None:
+        import torch
+
+        from baselines.saliency import classifiers as C
+
+        if not checkpoint and not flag_option(self.options, "random_init"):
+            from baselines.saliency.demo import ensure_demo_classifier
+
+            checkpoint = str(ensure_demo_classifier())
+            log.info("%s: no checkpoint given, using the demo classifier %s", self.name or self.method, checkpoint)
+        super().load(checkpoint, device)
+        labels = self.options.get("labels")
+        if isinstance(labels, str):
+            labels = [s.strip() for s in labels.split(",") if s.strip()]
+        if checkpoint:
+            model, report = C.load_classifier(checkpoint, labels=labels, xrv_weights=self.options.get("xrv_weights"))
+            self.load_report = report
+            log.info("loaded %s", report.summary())
+        else:
+            log.warning("%s: random_init, using seeded random weights (tests only)", self.name or self.method)
+            spec = C.ClassifierSpec(labels=list(labels) if labels else list(C.CHEXPERT_TASKS))
+            model = C.build_classifier(spec, seed=int(self.options.get("seed", 0)))
+        self.model = model.to(torch.device(device)).eval()
+        self.spec = model.spec
+        self.input_geometry = model.spec.input_geometry
+        self.preprocessing_id = (f"densenet-{model.spec.normalization}-{model.spec.input_geometry}"
+                                 f"-c{model.spec.in_channels}-v1")
+
+    def _require(self) -> None:
+        if self.model is None:
+            raise RuntimeError(f"{self.name or type(self).__name__}: call load() first")
+
+    # -- the contract -------------------------------------------------------
+    def preprocess(self, image: np.ndarray):
+        from baselines.saliency import classifiers as C
+
+        self._require()
+        return C.to_input_tensor(frame(image, self.input_geometry), self.spec)
+
+    def encode_images(self, batch) -> dict[str, Any]:
+        """Keep the input batch (CAMs need a forward/backward pass) plus the class probabilities."""
+        import torch
+
+        self._require()
+        x = batch.to(next(self.model.parameters()).device)
+        with torch.no_grad():
+            prob = torch.sigmoid(self.model(x))
+        return {"x": x, "prob": prob}
+
+    def encode_texts(self, prompts: Sequence[str]):
+        """Prompt → index of the classifier output it names (see module docstring)."""
+        import torch
+
+        from baselines.saliency import classifiers as C
+
+        self._require()
+        return torch.tensor([C.label_index(p, self.spec.labels) for p in prompts], dtype=torch.long)
+
+    def unsupported_prompt(self, prompt: str) -> str | None:
+        """Why this classifier cannot score ``prompt`` (it names none of its outputs), else None.
+        The runner skips such samples and counts them instead of stopping."""
+        from baselines.saliency import classifiers as C
+
+        self._require()
+        try:
+            C.label_index(prompt, self.spec.labels)
+        except KeyError as exc:
+            return str(exc.args[0])
+        return None
+
+    def encode_prompt_ensemble(self, prompts: Sequence[str]):
+        idx = self.encode_texts(list(prompts))
+        if len(set(idx.tolist())) != 1:
+            names = sorted({self.spec.labels[i] for i in idx.tolist()})
+            raise ValueError(f"prompt ensemble {list(prompts)!r} names several classifier outputs: {names}")
+        return idx[:1]
+
+    def similarity_map(self, image_emb: dict[str, Any], text_emb) -> np.ndarray:
+        from baselines.saliency import cam
+
+        self._require()
+        output = str(self.options.get("cam_output", "raw"))
+        cls = [int(k) for k in text_emb.tolist()]
+        maps = cam.compute_cams(self.method, self.model, self.model.cam_layer, image_emb["x"], cls, output=output,
+                                 relu=flag_option(self.options, "cam_relu", True))
+        self.n_maps += len(maps)
+        empty = cam.count_empty(maps)
+        if empty:
+            self.n_empty_maps += empty
+            log.debug("%s: %d of %d CAMs are all zero (negative everywhere before the ReLU)",
+                      self.name or self.method, empty, len(maps))
+        return maps
+
+    def score(self, image_emb: dict[str, Any], positive, negative) -> np.ndarray:
+        """Sigmoid probability of the named output; the negative prompt is not used."""
+        prob = image_emb["prob"].detach().cpu().numpy()
+        idx = np.asarray(positive.tolist(), dtype=np.int64).reshape(-1)
+        return prob[np.arange(len(idx)), idx].astype(np.float64)
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d["cam_method"] = self.method
+        d["cam_layer"] = "final_relu (non-inplace ReLU after features)"
+        d["cam_relu"] = flag_option(self.options, "cam_relu", True)
+        d["maps"] = {"total": self.n_maps, "all_zero": self.n_empty_maps}
+        if self.load_report is not None:
+            d["load_report"] = self.load_report.summary()
+        return d
+
+
+@register_model("gradcam:densenet121", tags=("saliency",),
+                description="Grad-CAM on a DenseNet121 CheXpert-style classifier (grad-cam library)")
+class GradCAMDenseNet(_SaliencyAdapter):
+    """Grad-CAM of the named class logit on DenseNet121's last feature map."""
+
+    method = "gradcam"
+
+
+@register_model("gradcam++:densenet121", tags=("saliency",),
+                description="Grad-CAM++ on a DenseNet121 CheXpert-style classifier (grad-cam library)")
+class GradCAMPlusPlusDenseNet(_SaliencyAdapter):
+    """Grad-CAM++ of the named class logit on DenseNet121's last feature map."""
+
+    method = "gradcam++"
+
+
+@register_model("eigencam:densenet121", tags=("saliency",),
+                description="Eigen-CAM (class-agnostic first principal component) on DenseNet121")
+class EigenCAMDenseNet(_SaliencyAdapter):
+    """Eigen-CAM of DenseNet121's last feature map; the probability still comes from the named class."""
+
+    method = "eigencam"

@@ -1,0 +1,92 @@
+"""Processes under torchrun: the rank's device, the process group, and all-gathers for global negatives."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+class Distributed:
+    """torchrun environment (or a single process)."""
+
+    def __init__(self, device_pref: str = "auto"):
+        import torch
+
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        from benchmark.run.engine import choose_device
+
+        choose_device(device_pref)  # the same names and GPU check as `run`, before anything is built
+        cuda = torch.cuda.is_available() and device_pref in ("auto", "cuda") or device_pref.startswith("cuda")
+        if device_pref.startswith("cuda:"):
+            self.device = device_pref
+        elif cuda:
+            self.device = f"cuda:{self.local_rank}" if self.world > 1 else "cuda"
+        else:
+            self.device = "cpu"
+        self.initialized_here = False
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                if self.device.startswith("cuda"):
+                    torch.cuda.set_device(self.device)
+                dist.init_process_group("nccl" if self.device.startswith("cuda") else "gloo")
+                self.initialized_here = True
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.initialized_here:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def gather_cat(x, dist_on: bool):
+    """All-gather along dim 0 with gradients (see ``GatherWithGrad``)."""
+    return GatherWithGrad.apply(x) if dist_on else x
+
+
+class GatherWithGrad(torch.autograd.Function):
+    """Forward: concatenation of every rank's tensor. Backward: the gathered gradient summed over
+    ranks, this rank's slice. (torch.distributed.nn's all_gather passes non-contiguous gradients to
+    gloo's all-to-all, which scrambles them; this version makes them contiguous first.)"""
+
+    @staticmethod
+    def forward(ctx, x):
+        import torch.distributed as dist
+
+        ctx.rank, ctx.n = dist.get_rank(), x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        import torch.distributed as dist
+
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+
+
+def gather_nograd(x, dist_on: bool):
+    if not dist_on:
+        return x
+    import torch
+    import torch.distributed as dist
+
+    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out, dim=0)

@@ -1,0 +1,557 @@
+"""Training AFLoc from scratch: ``afloc-bench train afloc --dataset mimic_cxr --data-root PATH``.
+
+Recipe (``configs/paper.yaml``, official ``config.yaml`` + Methods): Adam (lr 2e-5, betas
+(0.5, 0.999), weight decay 1e-6, L2 as torch's Adam), lr × 0.9 after every epoch, batch 128,
+total-norm gradient clip 0.25, float16 autocast with a GradScaler on CUDA, 5 epochs, validation
+loss after every epoch, the checkpoint with the lowest validation loss kept as ``best/``.
+
+Several processes (``torchrun --nproc_per_node N -m benchmark.cli.main train afloc ...`` or
+``torchrun ... $(which afloc-bench) train afloc ...``): gloo on CPU, NCCL on GPU. The global
+batch stays ``batch_size``; each rank takes ``batch_size / N`` of it (see ``benchmark.training.data`` for the
+grouping). Gradients are averaged over ranks after the backward pass (what DDP does; done by
+hand so that a rank may run several forward chunks per step), BatchNorm statistics are per rank
+and rank 0's running statistics are broadcast after each step (DDP's ``broadcast_buffers``).
+
+Contrastive negatives across ranks (``negatives``):
+  * ``local`` (default): each rank's loss uses its own sub-batch only. This is what the official
+    two-GPU DataParallel run did (each replica saw 64 pairs), and N ranks give exactly the losses
+    of one process with ``forward_chunks = N``.
+  * ``global``: features are all-gathered with gradients, so every rank scores its pairs against
+    the whole global batch; N ranks then give the loss of one process with ``forward_chunks = N``
+    and ``negatives = global`` (a single 128-way contrastive problem, per-rank BatchNorm).
+
+Outputs in ``-o DIR``: ``train_config.json``, ``metrics.csv`` (and TensorBoard events when
+installed), ``last/`` (resumable: weights, optimizer, scheduler, scaler and RNG state) and
+``best/``, each a checkpoint folder loadable with ``--ckpt afloc=DIR/best``. With ``ema_decay``
+both folders hold the averaged weights (validated and selected as such) and ``last/`` also keeps
+the optimiser's own weights for resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmark.training.config import TrainConfig
+from benchmark.training.distributed import Distributed
+
+log = logging.getLogger("benchmark.training.trainer")
+STATE_FILE = "trainer_state.json"
+OPTIM_FILE = "optimizer.safetensors"
+METRIC_BASE = ("time", "epoch", "step", "split", "loss")
+METRIC_TAIL = ("lr", "samples_per_s")
+# AFLoc's columns (other objectives log their own loss parts between METRIC_BASE and METRIC_TAIL)
+METRIC_FIELDS = METRIC_BASE + ("global_loss", "sentence_loss", "word_loss") + METRIC_TAIL
+
+
+def param_groups(model: Any, lr: float, lr_by_prefix: dict[str, float]) -> list[dict[str, Any]]:
+    """Optimizer groups: one per learning rate, ``lr``'s group first (the one ``metrics.csv``
+    logs), parameters in model order, so a run without prefixes has the single group it always
+    had. A prefix that names no parameter is an error."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    prefixes = sorted(lr_by_prefix, key=len, reverse=True)
+    unused = [q for q in prefixes if not any(n.startswith(q) for n, _ in named)]
+    if unused:
+        raise ValueError(f"lr_by_prefix: no trainable parameter name starts with {unused}")
+    groups: dict[float, list[Any]] = {float(lr): []}
+    for n, p in named:
+        rate = next((float(lr_by_prefix[q]) for q in prefixes if n.startswith(q)), float(lr))
+        groups.setdefault(rate, []).append(p)
+    return [{"params": ps, "lr": rate} for rate, ps in groups.items() if ps]
+
+
+# ------------------------------------------------------------------------------------------------
+class Trainer:
+    def __init__(self, cfg: TrainConfig, out_dir: str | os.PathLike, *, quiet: bool = False, resume: bool = False,
+                 train_pairs=None, val_pairs=None, tokenizer=None):
+        from benchmark.training.task import get_task
+
+        self.cfg = cfg
+        self.task = get_task(cfg.task)
+        self.out = Path(out_dir)
+        self.quiet = quiet
+        self.resume = resume
+        self._train_pairs, self._val_pairs, self._tokenizer = train_pairs, val_pairs, tokenizer
+        if cfg.negatives not in ("local", "global"):
+            raise ValueError(f"negatives must be 'local' or 'global', not {cfg.negatives!r}")
+        if cfg.negatives == "global" and not self.task.global_negatives:
+            raise ValueError(f"the {cfg.task} objective has no cross-rank negatives; use negatives: local")
+
+    # -- setup ------------------------------------------------------------------------------
+    def _build_model(self):
+        return self.task.build(self.cfg, self._tokenizer)
+
+    def _pairs(self, split: str | None):
+        if split is None:
+            return [], {}
+        given = self._train_pairs if split == self.cfg.train_split else self._val_pairs
+        if given is not None:
+            return list(given), {"source": "pairs", "n_samples": len(given)}
+        from benchmark.training.data import pairs_from_dataset
+
+        if self.cfg.dataset.startswith("demo"):
+            from benchmark.dataset import demo_root, is_demo
+            from benchmark.demo import ensure
+
+            if self.cfg.data_root and is_demo(self.cfg.dataset):
+                raise ValueError(f"{self.cfg.dataset} reads the generated demo collection ({demo_root()}, set by "
+                                 f"AFLOC_BENCH_DEMO), not data_root {self.cfg.data_root!r}; for a real dataset in "
+                                 f"its official layout use e.g. --dataset mimic_cxr --data-root PATH")
+            ensure(demo_root())
+        try:
+            return pairs_from_dataset(self.cfg.dataset, split, self.cfg.data_root, **self.cfg.dataset_options)
+        except Exception as exc:
+            from benchmark.dataset import DataError
+
+            if isinstance(exc, DataError) and "no row has split" in str(exc) and split != self.cfg.train_split:
+                log.warning("no %s split (%s); training without validation", split, exc)
+                return [], {"error": str(exc)}
+            raise
+
+    def setup(self) -> None:
+        import torch
+
+        cfg = self.cfg
+        if self.resume:
+            self._check_resumable(self.out / "last")
+        self.dist = Distributed(cfg.device)
+        self.device = self.dist.device
+        n_groups = self.dist.world * cfg.forward_chunks
+        if cfg.batch_size % n_groups:
+            raise ValueError(f"batch_size {cfg.batch_size} must be divisible by world_size x forward_chunks = {n_groups}")
+        self.model, self.tokenizer = self._build_model()
+        self.model.to(self.device)
+        if self.dist.world > 1:  # same initial weights everywhere (DDP semantics)
+            import torch.distributed as dist
+
+            for t in self.model.state_dict().values():
+                dist.broadcast(t, 0)
+        from benchmark.training.data import PretrainingData
+
+        tr_pairs, self.train_info = self._pairs(cfg.train_split)
+        va_pairs, self.val_info = self._pairs(cfg.val_split)
+        kw = dict(seed=cfg.seed, captions_per_image=cfg.captions_per_image, compat=cfg.compat,
+                  image_cache=cfg.image_cache, image_fn=self.task.image_fn, frame_input=self.task.frame_input,
+                  label_fn=self.task.label_fn)
+        self.train_data = PretrainingData(tr_pairs, self.tokenizer, augment=cfg.augment, **kw)
+        self.val_data = PretrainingData(va_pairs, self.tokenizer, **kw)
+        if len(self.train_data) < cfg.batch_size:
+            raise ValueError(f"{len(self.train_data)} usable training pairs; fewer than one batch of {cfg.batch_size}")
+        self.opt = torch.optim.Adam(param_groups(self.model, cfg.lr, cfg.lr_by_prefix), lr=cfg.lr,
+                                    betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.StepLR(self.opt, step_size=1, gamma=cfg.lr_gamma)
+        self.amp = (cfg.amp == "on") or (cfg.amp == "auto" and self.device.startswith("cuda"))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.device.startswith("cuda"))
+        self.state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_val_loss": None, "best_epoch": None,
+                      "history": [], "finished": False}
+        if cfg.text_pretrain and not self.resume:  # a resumed run has it in its weights already
+            self._pretrain_text(tr_pairs)
+        self.ema = self._state_copy() if cfg.ema_decay else None
+        if self.resume:
+            self._load_state(self.out / "last")
+        if self.dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            from benchmark.records import environment
+
+            doc = {"train": cfg.to_dict(), "model": self.task.model_config(self.model), "world_size": self.dist.world,
+                   "environment": environment(self.device),  # threads and SIMD paths decide the weights' last bits
+                   "train_data": {**self.train_info, "n_pairs": len(self.train_data),
+                                  "n_skipped": len(self.train_data.skipped)},
+                   "val_data": {**self.val_info, "n_pairs": len(self.val_data),
+                                "n_skipped": len(self.val_data.skipped)}}
+            (self.out / "train_config.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+            for what, d in (("training", self.train_data), ("validation", self.val_data)):
+                if d.skipped:
+                    log.warning("%d %s pairs skipped (report without a usable sentence), e.g. %s",
+                                len(d.skipped), what, d.skipped[0]["path"])
+        self._tb = None
+        if self.dist.main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.out / "tensorboard"))
+            except Exception:  # noqa: BLE001 - tensorboard is optional
+                self._tb = None
+
+    # -- one optimisation (or evaluation) step ------------------------------------------------
+    def _forward_terms(self, groups: list[dict], train: bool):
+        import torch
+
+        model, dev = self.model, self.device
+        chunks = len(groups)
+        autocast = torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.amp) \
+            if dev.startswith("cuda") else torch.autocast(device_type="cpu", enabled=False)
+        on_device = [{k: (v.to(dev, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in g.items()}
+                     for g in groups]
+        sums: dict[str, float] = {}
+        if self.cfg.negatives == "global":
+            terms = self.task.global_terms(model, on_device, autocast, self.dist.world > 1)
+            if train:
+                self.scaler.scale(terms["loss"]).backward()
+            return {k: float(v.detach()) for k, v in terms.items()}
+        for g in on_device:
+            terms = self.task.loss_terms(model, g, autocast)
+            if train:
+                self.scaler.scale(terms["loss"] / chunks).backward()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) / chunks
+        return sums
+
+    def _reduce_mean(self, values: dict[str, float]) -> dict[str, float]:
+        if self.dist.world == 1:
+            return values
+        import torch
+        import torch.distributed as dist
+
+        keys = sorted(values)
+        t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        t /= self.dist.world
+        return dict(zip(keys, t.tolist()))
+
+    def _sync_grads(self) -> None:
+        if self.dist.world == 1:
+            return
+        import torch.distributed as dist
+        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        for dtype in {g.dtype for g in grads}:
+            bucket = [g for g in grads if g.dtype == dtype]
+            flat = _flatten_dense_tensors(bucket)
+            dist.all_reduce(flat)
+            flat /= self.dist.world
+            for g, s in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
+                g.copy_(s)
+
+    def _sync_buffers(self) -> None:
+        if self.dist.world == 1:
+            return
+        import torch.distributed as dist
+
+        for b in self.model.buffers():
+            dist.broadcast(b, 0)
+
+    def train_step(self, groups: list[dict]) -> dict[str, float]:
+        import torch
+
+        self.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        terms = self._forward_terms(groups, train=True)
+        self._sync_grads()
+        if self.cfg.grad_clip:
+            self.scaler.unscale_(self.opt)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self._sync_buffers()
+        if self.ema is not None:
+            self._ema_update()
+        return self._reduce_mean(terms)
+
+    # -- weight averaging (ema_decay) ---------------------------------------------------------
+    def _state_copy(self) -> dict[str, Any]:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def _ema_update(self) -> None:
+        """avg ← d·avg + (1 − d)·w for floating weights and buffers; counters are copied."""
+        import torch
+
+        d = float(self.cfg.ema_decay)
+        with torch.no_grad():
+            for k, v in self.model.state_dict().items():
+                avg = self.ema[k]
+                if avg.is_floating_point():
+                    avg.mul_(d).add_(v.detach(), alpha=1.0 - d)
+                else:
+                    avg.copy_(v)
+
+    @contextlib.contextmanager
+    def _averaged(self):
+        """Context: the model holds the averaged weights inside, its own weights again after."""
+        if self.ema is None:
+            yield
+            return
+        raw = self._state_copy()
+        self.model.load_state_dict(self.ema, strict=True)
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(raw, strict=True)
+
+    def evaluate(self) -> dict[str, float] | None:
+        import torch
+
+        from benchmark.training.data import epoch_batches
+
+        if len(self.val_data) < self.cfg.batch_size:
+            return None
+        self.model.eval()
+        batches = epoch_batches(len(self.val_data), self.cfg.batch_size, 0, self.cfg.seed, shuffle=False)
+        if self.cfg.val_batches:
+            batches = batches[: self.cfg.val_batches]
+        totals: dict[str, float] = {}
+        with torch.no_grad(), self._averaged():
+            for groups in self._rank_groups(self.val_data, batches, epoch=-1):
+                terms = self._forward_terms(groups, train=False)
+                for k, v in terms.items():
+                    totals[k] = totals.get(k, 0.0) + v / len(batches)
+        return self._reduce_mean(totals)
+
+    def _rank_groups(self, data, batches, epoch: int, skip: int = 0):
+        """Yield, per global batch, this rank's collated groups (DataLoader workers prefetch)."""
+        import torch
+
+        from benchmark.training.data import GroupLoader
+
+        cfg, w, r = self.cfg, self.dist.world, self.dist.rank
+        mine = range(r * cfg.forward_chunks, (r + 1) * cfg.forward_chunks)
+        workers = cfg.num_workers if cfg.num_workers is not None else min(4, max(0, (os.cpu_count() or 1) - 1))
+        loader = torch.utils.data.DataLoader(GroupLoader(data, batches[skip:], epoch, w * cfg.forward_chunks, mine),
+                                             batch_size=None, shuffle=False, num_workers=workers,
+                                             generator=torch.Generator().manual_seed(0),
+                                             persistent_workers=False, prefetch_factor=2 if workers else None)
+        buf = []
+        for item in loader:
+            buf.append(item)
+            if len(buf) == cfg.forward_chunks:
+                yield buf
+                buf = []
+
+    # -- the loop ------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        from benchmark.training.data import epoch_batches
+
+        cfg, st = self.cfg, self.state
+        t_start = time.time()
+        deadline = t_start + cfg.max_minutes * 60 if cfg.max_minutes else None
+        stop = False
+        show = self.dist.main and not self.quiet and sys.stderr.isatty()
+        while st["epoch"] < cfg.epochs and not stop:
+            epoch = st["epoch"]
+            batches = epoch_batches(len(self.train_data), cfg.batch_size, epoch, cfg.seed)
+            skip = st["step_in_epoch"]
+            bar = tqdm(total=len(batches), initial=skip, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show,
+                       unit="batch", leave=False)
+            t0, n0 = time.time(), 0
+            for groups in self._rank_groups(self.train_data, batches, epoch, skip):
+                terms = self.train_step(groups)
+                st["step_in_epoch"] += 1
+                st["global_step"] += 1
+                n0 += cfg.batch_size
+                bar.update(1)
+                bar.set_postfix(loss=f"{terms['loss']:.3f}")
+                if st["global_step"] % max(1, cfg.log_every) == 0 or st["step_in_epoch"] == len(batches):
+                    rate = n0 / max(1e-9, time.time() - t0)
+                    self._log("train", terms, rate)
+                    t0, n0 = time.time(), 0
+                if cfg.save_every_steps and st["global_step"] % cfg.save_every_steps == 0:
+                    self._save("last")
+                if (cfg.max_steps and st["global_step"] >= cfg.max_steps) or (deadline and time.time() > deadline):
+                    stop = True
+                    break
+            bar.close()
+            if st["step_in_epoch"] >= len(batches):  # epoch complete
+                self.sched.step()
+                st["epoch"] += 1
+                st["step_in_epoch"] = 0
+                val = self.evaluate()
+                rec = {"epoch": st["epoch"], "global_step": st["global_step"],
+                       "val_loss": None if val is None else val["loss"]}
+                st["history"].append(rec)
+                improved = False
+                if val is not None:
+                    self._log("val", val, None)
+                    if st["best_val_loss"] is None or val["loss"] < st["best_val_loss"]:
+                        st["best_val_loss"], st["best_epoch"] = val["loss"], st["epoch"]
+                        improved = True
+                by_val = val is not None and cfg.select_best
+                if improved or not by_val:  # without selection best/ follows the last epoch
+                    self._save("best")
+                if self.dist.main and not self.quiet:
+                    vl = "n/a" if val is None else f"{val['loss']:.4f}"
+                    log.info("epoch %d/%d done: step %d, val_loss %s", st["epoch"], cfg.epochs, st["global_step"], vl)
+        st["finished"] = st["epoch"] >= cfg.epochs
+        st["elapsed_s"] = st.get("elapsed_s", 0.0) + time.time() - t_start
+        self._save("last")
+        if not (self.out / "best").exists() and self.dist.main:
+            self._save("best")
+        if self._tb is not None:
+            self._tb.close()
+        self.dist.barrier()
+        return dict(st)
+
+    # -- records ----------------------------------------------------------------------------------
+    def _pretrain_text(self, pairs) -> None:
+        """Masked-LM steps on the training reports (main process; the result is broadcast)."""
+        from benchmark.training.captions import report_sentences
+        from benchmark.training.data import Pair
+        from benchmark.training.text_pretrain import TextPretrainConfig, pretrain_text_encoder
+
+        cfg = self.cfg
+        mlm = TextPretrainConfig.from_mapping(cfg.text_pretrain)
+        bert = self.task.text_bert(self.model)
+        if self.dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            reports = [p.report if isinstance(p, Pair) else p[1] for p in pairs]
+            texts = [". ".join(report_sentences(r, cfg.captions_per_image, False)) for r in reports]
+            texts = [t for t in texts if t]  # reports without a usable sentence (counted below)
+
+            def on_log(step: int, loss: float, lr: float) -> None:
+                self._append_metrics({"time": f"{time.time():.3f}", "epoch": 0, "step": step,
+                                      "split": "text_pretrain", "loss": loss, "lr": lr, "samples_per_s": None})
+
+            t0 = time.time()
+            losses = pretrain_text_encoder(bert, self.tokenizer, texts, mlm, seed=cfg.seed, device=self.device,
+                                           on_log=on_log, log_every=max(1, cfg.log_every),
+                                           progress=not self.quiet and sys.stderr.isatty())
+            log.info("masked-LM pretraining: %d steps on %d reports (%d without a usable sentence left out), "
+                     "loss %.3f -> %.3f (%.0f s)", mlm.steps, len(texts), len(reports) - len(texts), losses[0],
+                     losses[-1], time.time() - t0)
+        if self.dist.world > 1:
+            import torch.distributed as dist
+
+            for t in bert.state_dict().values():
+                dist.broadcast(t, 0)
+
+    def _log(self, split: str, terms: dict[str, float], rate: float | None) -> None:
+        if not self.dist.main:
+            return
+        row = {"time": f"{time.time():.3f}", "epoch": self.state["epoch"], "step": self.state["global_step"],
+               "split": split, "loss": terms.get("loss"), **self.task.metric_row(terms),
+               "lr": self.opt.param_groups[0]["lr"], "samples_per_s": None if rate is None else round(rate, 3)}
+        self._append_metrics(row)
+        if self._tb is not None:
+            for k in ("loss",) + tuple(self.task.metric_columns):
+                if row[k] is not None:
+                    self._tb.add_scalar(f"{split}/{k}", row[k], self.state["global_step"])
+
+    def _append_metrics(self, row: dict[str, Any]) -> None:
+        fields = METRIC_BASE + tuple(self.task.metric_columns) + METRIC_TAIL
+        path = self.out / "metrics.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+    def _save(self, which: str) -> None:
+        """Atomic checkpoint folder: model + config + tokenizer (+ optimizer and trainer state)."""
+        if not self.dist.main:
+            return
+        import torch
+        from safetensors.torch import save_file
+
+        final = self.out / which
+        tmp = self.out / f".{which}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        extra = {"training": {"epoch": self.state["epoch"], "global_step": self.state["global_step"],
+                              "best_val_loss": self.state["best_val_loss"], "ema_decay": self.cfg.ema_decay}}
+        with self._averaged():  # with ema_decay the folder's model is the average (what gets evaluated)
+            self.task.save(self.model, tmp, extra)
+        tensors: dict[str, torch.Tensor] = {}
+        if self.ema is not None:  # the optimiser's own weights, for resume
+            for k, v in self.model.state_dict().items():
+                tensors[f"raw.{k}"] = v.detach().cpu().contiguous()
+        opt_sd = self.opt.state_dict()
+        layout: dict[str, Any] = {"param_groups": opt_sd["param_groups"], "state": {}}
+        for pid, pstate in opt_sd["state"].items():
+            layout["state"][str(pid)] = {}
+            for k, v in pstate.items():
+                if isinstance(v, torch.Tensor):
+                    tensors[f"opt.{pid}.{k}"] = v.detach().cpu().contiguous()
+                    layout["state"][str(pid)][k] = {"tensor": f"opt.{pid}.{k}"}
+                else:
+                    layout["state"][str(pid)][k] = {"value": v}
+        tensors["rng.cpu"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                tensors[f"rng.cuda.{i}"] = s
+        save_file(tensors, str(tmp / OPTIM_FILE))
+        doc = {"trainer": self.state, "optimizer": layout, "scheduler": self.sched.state_dict(),
+               "scaler": self.scaler.state_dict(), "train_config": self.cfg.to_dict(), "world_size": self.dist.world}
+        (tmp / STATE_FILE).write_text(json.dumps(doc, indent=2, default=float) + "\n")
+        old = self.out / f".{which}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _check_resumable(self, folder: Path) -> None:
+        """Before anything is built: the folder holds a run of this task."""
+        from afloc.checkpoint import CheckpointError
+
+        if not (folder / STATE_FILE).is_file():
+            raise CheckpointError(folder, f"nothing to resume (expected {STATE_FILE} from an earlier run)")
+        done = json.loads((folder / STATE_FILE).read_text()).get("train_config", {}).get("task", "afloc")
+        if done != self.cfg.task:
+            raise CheckpointError(folder, f"a run of task {done!r}, not {self.cfg.task!r}")
+
+    def _load_state(self, folder: Path) -> None:
+        import torch
+        from safetensors.torch import load_file
+
+        from afloc.checkpoint import CheckpointError
+
+        if not (folder / STATE_FILE).is_file():
+            raise CheckpointError(folder, f"nothing to resume (expected {STATE_FILE} from an earlier run)")
+        doc = json.loads((folder / STATE_FILE).read_text())
+        self.task.load_weights(self.model, folder)
+        self.model.to(self.device)
+        tensors = load_file(str(folder / OPTIM_FILE))
+        raw = {k[len("raw."):]: v for k, v in tensors.items() if k.startswith("raw.")}
+        if self.ema is not None:
+            if not raw:
+                raise CheckpointError(folder, "a run without ema_decay; resume it without ema_decay")
+            self.ema = self._state_copy()  # the saved average
+            self.model.load_state_dict(raw, strict=True)
+        elif raw:
+            raise CheckpointError(folder, f"a run with ema_decay {doc.get('train_config', {}).get('ema_decay')}; "
+                                          "resume it with the same ema_decay")
+        layout = doc["optimizer"]
+        state = {}
+        for pid, pstate in layout["state"].items():
+            state[int(pid)] = {k: (tensors[v["tensor"]] if "tensor" in v else v["value"]) for k, v in pstate.items()}
+        self.opt.load_state_dict({"state": state, "param_groups": layout["param_groups"]})
+        self.sched.load_state_dict(doc["scheduler"])
+        if doc.get("scaler"):
+            self.scaler.load_state_dict(doc["scaler"])
+        torch.set_rng_state(tensors["rng.cpu"])
+        if torch.cuda.is_available():
+            cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+            if cuda_states:
+                torch.cuda.set_rng_state_all(cuda_states)
+        self.state = doc["trainer"]
+        if doc.get("world_size", 1) != self.dist.world:
+            log.warning("resuming a run of %s process(es) with %s", doc.get("world_size"), self.dist.world)
+
+    def close(self) -> None:
+        if getattr(self, "dist", None) is not None:  # setup may have failed before it started processes
+            self.dist.close()
+
+
+def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, quiet: bool = False, resume: bool = False,
+          **kwargs) -> dict[str, Any]:
+    """Run a training (library entry point; ``kwargs`` go to ``Trainer``)."""
+    t = Trainer(cfg, out_dir, quiet=quiet, resume=resume, **kwargs)
+    try:
+        t.setup()
+        return t.train()
+    finally:
+        t.close()
+
+
