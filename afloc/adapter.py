@@ -4,7 +4,7 @@ Checkpoints (``--ckpt afloc=PATH``):
   * an official Lightning file (``Pretrained_CXR.ckpt``): needs the Bio_ClinicalBERT tokenizer
     folder, given as ``--model-option afloc.text_encoder=PATH``;
   * a folder written by ``afloc-bench train afloc`` (safetensors + JSON);
-  * nothing: the demo model (trained on first use and cached, ``afloc.demo``).
+  * nothing: the demo weights (``demo_weights`` in ``afloc/manifest.yaml``; built on first use).
 
 Options: ``text_encoder`` (tokenizer folder for official files), ``geometry`` (``letterbox``,
 the official localization preprocessing and the default, or ``resize_crop``, the official
@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Adapter, register_model
+from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Adapter
 
 PREPROCESSING_IDS = {
     "letterbox": "afloc-letterbox224-area-norm0.5-v1",
@@ -30,8 +30,6 @@ PREPROCESSING_IDS = {
 }
 
 
-@register_model("afloc", description="AFLoc: multi-level vision-language model; raw layer3 grid · report embedding",
-                tags=("vlp",))
 class AFLocAdapter(Adapter):
     """AFLoc (official checkpoint, a trained folder, or the demo model)."""
 
@@ -39,12 +37,6 @@ class AFLocAdapter(Adapter):
     input_geometry = "letterbox:224"
     preprocessing_id = PREPROCESSING_IDS["letterbox"]
     color = "gray"
-
-    @classmethod
-    def default_weights_id(cls, options: dict[str, Any]) -> str | None:
-        from afloc.demo import DEMO_MODEL_VERSION
-
-        return f"afloc-demo-{DEMO_MODEL_VERSION}"
 
     def load(self, checkpoint: str | None, device: str) -> None:
         from afloc.checkpoint import load_model
@@ -57,9 +49,7 @@ class AFLocAdapter(Adapter):
         self.input_geometry = GEOMETRIES[geometry]
         self.preprocessing_id = PREPROCESSING_IDS[geometry]
         if checkpoint is None:
-            from afloc.demo import ensure_demo_checkpoint
-
-            checkpoint = str(ensure_demo_checkpoint())
+            checkpoint = self.demo_checkpoint()
         model = load_model(checkpoint, text_encoder=self.options.get("text_encoder"), device="cpu")
         self.load_report = getattr(model, "load_report", None)
         if self.load_report is not None and (self.load_report.missing or self.load_report.unexpected):
@@ -87,18 +77,10 @@ class AFLocAdapter(Adapter):
         return self.engine.score(image_emb, positive, negative)
 
 
-@register_model("afloc_untrained", description="the demo AFLoc architecture at its seed weights, never trained; "
-                "the floor a trained demo model has to clear", tags=("control",))
 class UntrainedAFLocAdapter(AFLocAdapter):
     """The demo recipe's model at its seed weights (same preset, vocabulary and seed), before any
     training step, masked-LM or contrastive, so the demo checkpoint's gain over random features is
     measured, not assumed."""
-
-    @classmethod
-    def default_weights_id(cls, options: dict[str, Any]) -> str | None:
-        from afloc.demo import DEMO_MODEL_VERSION
-
-        return f"afloc-demo-{DEMO_MODEL_VERSION}-seed-weights"  # the version follows configs/demo.yaml
 
     def load(self, checkpoint: str | None, device: str) -> None:
         from afloc.inference import GEOMETRIES, InferenceEngine

@@ -152,8 +152,6 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
 
-    from benchmark.registry import load_plugins
-
     ap = argparse.ArgumentParser(prog="python -m afloc.diagnostics", description=main.__doc__)
     ap.add_argument("checkpoints", nargs="+", help="checkpoint folders or files (or 'untrained')")
     ap.add_argument("--boxes", default="demo_rsna", help="box dataset for the readout contrast (default demo_rsna)")
@@ -165,7 +163,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-root", default=None, help="dataset root template (demo sets live in the cache)")
     ap.add_argument("--limit", type=int, default=200, help="images per dataset (default 200)")
     args = ap.parse_args(argv)
-    load_plugins()
     x_box, frame_masks = _box_images(args.boxes, args.data_root, args.limit)
     x_prompt, _ = _box_images(args.prompt_images, args.data_root, args.limit)
     prompts = [f"Findings suggesting {f.strip()}." for f in args.findings.split(",") if f.strip()]

@@ -8,9 +8,9 @@ the protocol.
 Batches are *paired*: ``similarity_map(image_emb, text_emb)`` pairs row i of the image
 embedding with row i of the text embedding. The runner builds pairs with ``take``.
 
-Adding a baseline = one module under ``baselines/`` with ``@register_model``, one test and
-one line in ``docs/models.md``. The module must not import torch at module level; import
-heavy code inside ``load``.
+Adding a model = one folder with its adapter and one entry in a manifest (``docs/extending.md``);
+the manifest is read without importing the adapter, so adapter modules import what they need at
+the top like ordinary code.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from __future__ import annotations
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-
-from benchmark.registry import models
 
 GROUNDING = "grounding"
 ZEROSHOT_CLS = "zeroshot_cls"
@@ -54,7 +52,11 @@ class Adapter:
         ``benchmark.geometry`` (``letterbox:224``, ``resize_crop:512:480``, ``resize:224x224``).
       preprocessing_id: changes whenever preprocessing changes; part of every cache key.
       color: ``gray`` (H, W) or ``rgb`` (H, W, 3) uint8 images are given to ``preprocess``.
-      needs_checkpoint: True if ``load(None, ...)`` cannot give meaningful weights.
+      needs_checkpoint: True if ``load(None, ...)`` cannot give meaningful weights (the manifest
+        entry says the same; the registry checks that they agree).
+
+    Set from the manifest entry by ``build_adapter``: ``name``, ``demo_weights`` (id of the weights
+    used when no checkpoint is given) and ``train_target`` (the training entry that builds them).
     """
 
     name: str = ""
@@ -63,6 +65,8 @@ class Adapter:
     preprocessing_id: str = ""
     color: str = "gray"
     needs_checkpoint: bool = False
+    demo_weights: str | None = None
+    train_target: str | None = None
 
     def __init__(self, **options: Any):
         self.options = options
@@ -74,12 +78,14 @@ class Adapter:
         """Build the model and load ``checkpoint`` (a local path) onto ``device``."""
         self.checkpoint, self.device = checkpoint, device
 
-    @classmethod
-    def default_weights_id(cls, options: dict[str, Any]) -> str | None:
-        """Name and version of the weights ``load(None, ...)`` falls back to (a demo model), known
-        without loading anything. It is part of the ``--skip-existing`` fingerprint, so a resumed
-        run redoes a pair whose fallback weights changed. ``None``: no such fallback."""
-        return None
+    def demo_checkpoint(self) -> str:
+        """The folder of this model's demo weights (built on first use by its training recipe)."""
+        if not self.demo_weights or not self.train_target:
+            raise ValueError(f"model {self.name or type(self).__name__!r} has no demo weights; give a checkpoint "
+                             f"(--ckpt {self.name or 'MODEL'}=PATH)")
+        from benchmark.training.demo_weights import ensure_demo_weights
+
+        return str(ensure_demo_weights(self.demo_weights, self.train_target))
 
     def weights_fingerprint(self) -> str | None:
         """Identity of weights that no checkpoint file names (built in ``load``, e.g. seeded random
@@ -182,26 +188,13 @@ def _mean_rows(emb: Any) -> Any:
     return emb.mean(0, keepdims=True) if isinstance(emb, np.ndarray) else emb.mean(0, keepdim=True)
 
 
-def register_model(name: str, *, description: str = "", tags: Iterable[str] = (), **options: Any):
-    """Class decorator registering an adapter; capabilities come from the class."""
-
-    def deco(cls: type[Adapter]) -> type[Adapter]:
-        if not (isinstance(cls, type) and issubclass(cls, Adapter)):
-            raise TypeError(f"@register_model({name!r}) expects an Adapter subclass, got {cls!r}")
-        bad = set(cls.capabilities) - set(CAPABILITIES)
-        if bad:
-            raise ValueError(f"model {name!r}: unknown capabilities {sorted(bad)}")
-        if not cls.preprocessing_id:
-            raise ValueError(f"model {name!r}: set a preprocessing_id")
-        models.add(name, cls, description=description, capabilities=cls.capabilities, tags=tags, **options)
-        return cls
-
-    return deco
-
-
 def build_adapter(name: str) -> Adapter:
-    """Instantiate the registered adapter ``name`` with its registered options."""
+    """Instantiate the registered adapter ``name`` with its manifest options, demo weights and training target."""
+    from benchmark.registry import models
+
     entry = models.entry(name)
-    adapter = entry.obj(**entry.options)
+    adapter = entry.load()(**entry.options)
     adapter.name = name
+    adapter.demo_weights = entry.get("demo_weights")
+    adapter.train_target = entry.get("train")
     return adapter

@@ -25,35 +25,6 @@ _sha_memo: dict[tuple[str, int, int], str] = {}
 _memo_lock = threading.Lock()
 
 
-def build_once(final: str | os.PathLike, complete: Any, build: Any) -> Path:
-    """Cached folder ``final``, made on first use by ``build(workdir) -> folder`` (e.g. training a
-    demo model). ``complete(folder) -> bool`` says whether a folder is usable. Concurrent callers
-    wait on a file lock and find the finished folder; the folder appears by one rename, so nobody
-    sees a partial one, and the work folder is removed whatever happens."""
-    import fcntl
-    import shutil
-
-    final = Path(final)
-    if complete(final):
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with open(final.parent / f".{final.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if complete(final):
-            return final
-        work = final.parent / f".{final.name}.run-{os.getpid()}"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir()
-        try:
-            made = Path(build(work))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(made, final)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    return final
-
-
 def file_sha256(path: str | os.PathLike, *, canonical_safetensors: bool = False) -> str:
     """sha256 of a file's bytes, memoised on (path, size, mtime) so large files hash once.
 
@@ -185,28 +156,3 @@ class ArrayCache:
         buf = io.BytesIO()
         np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
         atomic_write_bytes(self._path(key), buf.getvalue())
-
-
-DEMO_TRAIN_THREADS = 2  # the demo models' recorded thread count (float summation order changes with it)
-
-
-class fixed_threads:
-    """Run a demo training with ``DEMO_TRAIN_THREADS`` torch threads, whatever the machine, so the
-    cached demo models (and the golden figures) come out the same on a laptop and a 64-core box."""
-
-    def __init__(self, n: int = DEMO_TRAIN_THREADS):
-        self.n = n
-
-    def __enter__(self):
-        import torch
-
-        self.before = torch.get_num_threads()
-        torch.set_num_threads(self.n)
-        return self
-
-    def __exit__(self, *exc):
-        import torch
-
-        torch.set_num_threads(self.before)
-        return False
-

@@ -10,9 +10,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from benchmark.registry import datasets
 from benchmark.sample import Sample
 
 DEMO_SCHEME = "demo://"
@@ -100,36 +99,6 @@ class Dataset:
         return report
 
 
-def register_dataset(name: str, *, description: str = "", tags: Iterable[str] = (), **options: Any):
-    """Class decorator registering a loader under ``name``.
-
-    ``options`` (e.g. ``split``, ``root``) are stored and passed to the constructor; a
-    ``root`` starting with ``demo://`` resolves inside the demo data folder.
-    """
-
-    def deco(cls: type[Dataset]) -> type[Dataset]:
-        if not (isinstance(cls, type) and issubclass(cls, Dataset)):
-            raise TypeError(f"@register_dataset({name!r}) expects a Dataset subclass, got {cls!r}")
-        caps = tuple(cls.card.tasks)
-        datasets.add(name, cls, description=description or cls.card.title, capabilities=caps, tags=tags, **options)
-        return cls
-
-    return deco
-
-
-def register_demo_variant(name: str, base: type[Dataset], subdir: str, *, description: str = "",
-                          tags: Iterable[str] = (), evaluation: bool = True, **options: Any) -> None:
-    """Register ``name`` as the loader ``base`` reading ``<demo root>/<subdir>``.
-
-    Evaluation sets join the ``demo`` collection; training sets (``evaluation=False``) are
-    tagged ``demo_train`` instead so that ``--datasets demo`` only evaluates.
-    """
-    tags = tuple(dict.fromkeys(("demo" if evaluation else "demo_train", *tags)))
-    desc = description or f"demo (synthetic) {base.card.title or base.card.name}, read by the real loader"
-    datasets.add(name, base, description=desc, capabilities=tuple(base.card.tasks), tags=tags,
-                 root=DEMO_SCHEME + subdir, **options)
-
-
 def demo_root() -> Path:
     """Folder of the generated demo data (``AFLOC_BENCH_DEMO`` or the cache folder)."""
     env = os.environ.get("AFLOC_BENCH_DEMO")
@@ -148,8 +117,10 @@ def cache_home() -> Path:
 
 def resolve_root(name: str, template: str | None = None) -> Path:
     """Root folder of dataset ``name``: registered ``root`` option, else the template."""
+    from benchmark.registry import datasets
+
     entry = datasets.entry(name)
-    root = entry.options.get("root")
+    root = entry.get("root")
     if root and str(root).startswith(DEMO_SCHEME):
         return demo_root() / str(root)[len(DEMO_SCHEME):]
     if template is None:
@@ -161,13 +132,16 @@ def resolve_root(name: str, template: str | None = None) -> Path:
 
 def build_dataset(name: str, data_root: str | None = None, **overrides: Any) -> Dataset:
     """Instantiate registered dataset ``name`` at its resolved root."""
+    from benchmark.registry import datasets
+
     entry = datasets.entry(name)
-    opts = {k: v for k, v in entry.options.items() if k != "root"}
-    opts.update(overrides)
-    ds = entry.obj(root=resolve_root(name, data_root), **opts)
+    opts = {**entry.options, **overrides}
+    ds = entry.load()(root=resolve_root(name, data_root), **opts)
     ds.registry_name = name  # type: ignore[attr-defined]
     return ds
 
 
 def is_demo(name: str) -> bool:
-    return str(datasets.entry(name).options.get("root", "")).startswith(DEMO_SCHEME)
+    from benchmark.registry import datasets
+
+    return str(datasets.entry(name).get("root", "")).startswith(DEMO_SCHEME)

@@ -29,8 +29,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from benchmark.registry import metrics as _registry
-
 # Official AFLoc thresholds on the [-1, 1] map, float noise included (0.30000000000000004).
 AFLOC_THRESHOLDS = tuple(float(t) for t in np.arange(0.1, 0.6, 0.1))
 AFLOC_PATHOLOGY_THRESHOLDS = tuple(float(t) for t in np.arange(-1, 0, 0.1))
@@ -536,18 +534,3 @@ def cnr_single(heatmap: np.ndarray, gt_mask: np.ndarray, valid: np.ndarray | Non
 def hit(heatmap: np.ndarray, gt_mask: np.ndarray, valid: np.ndarray | None = None, *, rule: str = "first") -> float:
     """Pointing-game hit of one map (see :func:`pointing_hit`)."""
     return float(pointing_hit(np.asarray(heatmap), gt_mask, valid, rule=rule)[0])
-
-
-for _name, _fn, _desc, _caps in (
-    ("iou", iou, "intersection over union of a thresholded map and the lesion mask", ("grounding",)),
-    ("dice", dice, "Dice overlap of a thresholded map and the lesion mask (AFLoc denominator)", ("grounding",)),
-    ("cnr", cnr_single, "signed contrast-to-noise ratio, population variance (AFLoc rules)", ("grounding",)),
-    ("hit", hit, "pointing game: the map's maximum lies in the lesion (CheXlocalize argmax rule)", ("grounding",)),
-    ("box_accuracy", box_accuracy, "NIH box accuracy: largest-component box IoU >= T(IoU), T=0.1..0.7",
-     ("grounding",)),
-    ("auroc", auroc, "area under the ROC curve of zero-shot probabilities", ("classification",)),
-    ("balanced_accuracy", balanced_accuracy, "mean per-class recall (sklearn definition)", ("classification",)),
-    ("seg_dice", seg_dice, "segmentation Dice of binary masks (empty vs empty = 1, SIIM convention)",
-     ("grounding",)),
-):
-    _registry.add(_name, _fn, description=_desc, capabilities=_caps)

@@ -32,8 +32,10 @@ _FLAG = re.compile(r"\[([a-z][a-z0-9-]*)\]")
 
 
 def default_root() -> Path:
-    """``results/paper`` of the source tree this module belongs to."""
-    return Path(__file__).resolve().parents[1] / "results" / "paper"
+    """The paper's tables shipped with the package (the repository's ``results/paper``)."""
+    from benchmark.resources import paper_dir
+
+    return paper_dir()
 
 
 def _root(root: str | Path | None) -> Path:

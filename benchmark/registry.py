@@ -1,13 +1,29 @@
-"""One registry for datasets, models (adapters), metrics, protocols and collections.
+"""One registry for datasets, models (adapters), metrics, protocols and training tasks, read from manifests.
 
-Why one class: the same rules (decorator registration, descriptions and capabilities that
-can be listed without loading anything heavy, collections, globs, "did you mean") apply to
-every kind of object the harness plugs together.
+Why manifests: listing, name resolution and run planning need names, descriptions, tags and
+capabilities, not the code. Each package that contributes objects ships a ``manifest.yaml``
+(``benchmark``, ``afloc``, ``baselines`` in this tree; plugins through the ``afloc_bench.plugins``
+entry-point group), and an entry's ``"module:Object"`` is imported only when the object is used.
+So ``afloc-bench ls`` stays instant while adapter modules import torch at the top like ordinary code.
 
-Discovery: the first lookup imports the plugin modules (``PLUGIN_PACKAGES`` and the
-``afloc_bench.plugins`` entry-point group). Plugin modules must be light (no torch import
-at module level); heavy code is imported inside ``Adapter.load`` and friends, so
-``afloc-bench ls`` never loads a model.
+A manifest is a mapping of kind → name → entry::
+
+    models:
+      mymodel:
+        object: mypkg.adapter:MyModel     # imported on first use
+        description: one line for `ls`
+        tags: [vlp]                       # collections ("vlp", "sanity", "hidden", ...)
+        capabilities: [grounding, zeroshot_cls]
+        options: {heatmap: dot}           # passed to the class
+        needs_checkpoint: true            # skipped in groups without --ckpt
+        train: mymodel                    # a `training` entry (afloc-bench train NAME)
+        demo_weights: mymodel-demo-1      # id of the weights used when no --ckpt is given
+    training:
+      mymodel: mypkg.task:MyTask          # a TrainTask subclass, or an object with cli_main(argv)
+
+A plugin's entry point names a package holding ``manifest.yaml`` (``mymodel = "mypkg"``) or an
+attribute holding the mapping (``mymodel = "mypkg:MANIFEST"``). A plugin that cannot be read is
+reported once as a warning naming the entry point; everything else keeps working.
 """
 
 from __future__ import annotations
@@ -16,22 +32,20 @@ import difflib
 import fnmatch
 import importlib
 import importlib.metadata
-import pkgutil
+import logging
 import threading
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any, Callable, Iterable
 
-KINDS = ("datasets", "models", "metrics", "protocols")
+log = logging.getLogger(__name__)
 
-# Packages whose top-level modules are imported to trigger @register decorators.
-PLUGIN_PACKAGES = ("benchmark.protocols",)
-# Single modules that also register things.
-PLUGIN_MODULES = ("benchmark.metrics", "afloc.adapter") + tuple(
-    f"benchmark.datasets.{n}.loader" for n in ("chestx_det10", "chexlocalize", "covid_rural", "mimic_cxr", "ms_cxr",
-                                               "nih_bbox", "rsna_pneumonia", "sicapv2", "siim_pneumothorax", "vindr_cxr")
-) + tuple(f"baselines.{n}.adapter" for n in ("sanity", "human_benchmark", "gloria", "biovil", "convirt", "medklip",
-                                             "chexzero", "saliency", "clip_family"))
+KINDS = ("datasets", "models", "metrics", "protocols", "training")
+BUILTIN_PACKAGES = ("benchmark", "afloc", "baselines")  # in-tree manifests, read in this order
+MANIFEST_FILE = "manifest.yaml"
 ENTRY_POINT_GROUP = "afloc_bench.plugins"
+# manifest fields every entry may have; the rest are kept in ``Entry.fields``
+_COMMON = ("object", "description", "tags", "capabilities", "options")
 
 
 class RegistryError(KeyError):
@@ -46,30 +60,71 @@ class UnknownNameError(RegistryError):
 
     def __init__(self, kind: str, name: str, suggestions: list[str]):
         self.kind, self.name, self.suggestions = kind, name, suggestions
-        msg = f"unknown {kind[:-1]} {name!r}"
+        msg = f"unknown {_singular(kind)} {name!r}"
         if suggestions:
             msg += "; did you mean " + " or ".join(repr(s) for s in suggestions) + "?"
         msg += f" (see `afloc-bench ls {kind}`)"
+        if _plugin_failures:
+            msg += "; plugins that could not be read: " + "; ".join(_plugin_failures)
         super().__init__(msg)
+
+
+def _singular(kind: str) -> str:
+    return {"training": "training target"}.get(kind, kind[:-1])
 
 
 @dataclass
 class Entry:
-    """A registered object plus what ``ls`` shows without importing anything heavy."""
+    """A registered object: what ``ls`` shows, and where the object lives (imported on first use)."""
 
     kind: str
     name: str
-    obj: Any
+    target: Any  # "module:Object" (imported by ``load``) or the object itself
     description: str = ""
     capabilities: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
-    source: str = ""
+    fields: dict[str, Any] = field(default_factory=dict)  # kind-specific manifest fields
+    source: str = ""  # the manifest (or module) that registered it
+    plugin: dict[str, str] | None = None  # {"distribution", "version", "entry_point"} for plugins
+    _obj: Any = None
+
+    @property
+    def obj(self) -> Any:
+        return self.load()
+
+    def load(self) -> Any:
+        """Import the object (once) and check it against its manifest entry."""
+        if self._obj is None:
+            obj = self.target
+            if isinstance(obj, str):
+                obj = import_object(obj, f"{_singular(self.kind)} {self.name!r} ({self.source})")
+            check = _CHECKS.get(self.kind)
+            if check is not None:
+                check(self, obj)
+            self._obj = obj
+        return self._obj
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A kind-specific manifest field (``needs_checkpoint``, ``card``, ``root``, ``demo_weights``...)."""
+        return self.fields.get(key, default)
 
     def summary(self) -> str:
         caps = f" [{', '.join(self.capabilities)}]" if self.capabilities else ""
         tags = f" ({', '.join(self.tags)})" if self.tags else ""
         return f"{self.name}{caps}{tags}: {self.description}"
+
+
+def import_object(spec: str, what: str) -> Any:
+    """``"package.module:Name"`` (or ``"package.module"``) → the object; a failure names ``what``."""
+    module, _, attr = spec.partition(":")
+    try:
+        obj = importlib.import_module(module)
+        for part in filter(None, attr.split(".")):
+            obj = getattr(obj, part)
+    except Exception as exc:  # noqa: BLE001 - any import failure becomes one clear line
+        raise RegistryError(f"{what}: cannot import {spec!r}: {type(exc).__name__}: {exc}") from exc
+    return obj
 
 
 @dataclass
@@ -91,42 +146,28 @@ class Registry:
         self._lock = threading.RLock()
 
     # -- registration -------------------------------------------------
-    def register(
-        self,
-        name: str,
-        *,
-        description: str = "",
-        capabilities: Iterable[str] = (),
-        tags: Iterable[str] = (),
-        **options: Any,
-    ) -> Callable[[Any], Any]:
-        """Decorator: ``@models.register("random", description=..., capabilities=[...])``.
-
-        ``options`` are stored with the entry (e.g. a dataset variant's ``root``) and passed to
-        the factory by the caller that instantiates it.
-        """
-
-        def deco(obj: Any) -> Any:
-            self.add(name, obj, description=description, capabilities=capabilities, tags=tags, **options)
-            return obj
-
-        return deco
-
-    def add(self, name: str, obj: Any, *, description: str = "", capabilities: Iterable[str] = (),
-            tags: Iterable[str] = (), **options: Any) -> Entry:
+    def add(self, name: str, target: Any, *, description: str = "", capabilities: Iterable[str] = (),
+            tags: Iterable[str] = (), options: dict[str, Any] | None = None, source: str = "",
+            plugin: dict[str, str] | None = None, **fields: Any) -> Entry:
+        """Register ``target`` (``"module:Object"`` or the object) under ``name``."""
         if not name or any(c in name for c in " ,*?[]"):
-            raise ValueError(f"invalid {self.kind[:-1]} name {name!r}: no spaces, commas or glob characters")
+            raise ValueError(f"invalid {_singular(self.kind)} name {name!r}: no spaces, commas or glob characters")
         if name == "all" or (self.kind, name) in _COLLECTIONS:
-            raise ValueError(f"{self.kind[:-1]} name {name!r} collides with a collection name")
-        if not description:
-            description = ((getattr(obj, "__doc__", None) or "").strip().splitlines() or [""])[0]
-        entry = Entry(self.kind, name, obj, description, tuple(capabilities), tuple(tags), dict(options),
-                      getattr(obj, "__module__", ""))
+            raise ValueError(f"{_singular(self.kind)} name {name!r} collides with a collection name")
+        if not isinstance(target, str):  # an object given directly: what a manifest would say, read off it
+            description = description or ((getattr(target, "__doc__", None) or "").strip().splitlines() or [""])[0]
+            capabilities = tuple(capabilities) or _capabilities_of(self.kind, target)
+            if self.kind == "models" and "needs_checkpoint" not in fields:
+                fields["needs_checkpoint"] = bool(getattr(target, "needs_checkpoint", False))
+        if not source:
+            source = target if isinstance(target, str) else f"{getattr(target, '__module__', '')}"
+        entry = Entry(self.kind, name, target, description, tuple(capabilities), tuple(tags), dict(options or {}),
+                      dict(fields), source, plugin)
         with self._lock:
             old = self._entries.get(name)
-            if old is not None and not _same_object(old, entry):
-                raise RegistryError(
-                    f"{self.kind[:-1]} {name!r} registered twice: by {old.source} and by {entry.source}")
+            if old is not None and not _same_target(old, entry):
+                raise RegistryError(f"{_singular(self.kind)} {name!r} registered twice: by {old.source} and by "
+                                    f"{entry.source}")
             self._entries[name] = entry
         return entry
 
@@ -137,24 +178,25 @@ class Registry:
 
     # -- lookup ---------------------------------------------------------
     def entries(self) -> list[Entry]:
-        load_plugins()
+        load_manifests()
         return [self._entries[k] for k in sorted(self._entries)]
 
     def names(self) -> list[str]:
         return [e.name for e in self.entries()]
 
     def entry(self, name: str) -> Entry:
-        load_plugins()
+        load_manifests()
         try:
             return self._entries[name]
         except KeyError:
             raise UnknownNameError(self.kind, name, self.suggest(name)) from None
 
     def get(self, name: str) -> Any:
-        return self.entry(name).obj
+        """The object registered under ``name`` (imported on first use)."""
+        return self.entry(name).load()
 
     def __contains__(self, name: str) -> bool:
-        load_plugins()
+        load_manifests()
         return name in self._entries
 
     def suggest(self, name: str) -> list[str]:
@@ -168,7 +210,7 @@ class Registry:
         (``'chexlocalize*'``), then ``all``. An item that matches nothing raises
         ``UnknownNameError`` before anything heavy is loaded.
         """
-        load_plugins()
+        load_manifests()
         items = _split_spec(spec)
         if not items:
             raise RegistryError(f"no {self.kind} given")
@@ -197,11 +239,20 @@ class Registry:
         return [n for n, e in sorted(self._entries.items()) if "hidden" not in e.tags]
 
 
-def _same_object(a: Entry, b: Entry) -> bool:
-    # Re-importing a module (e.g. under pytest) re-runs decorators: same qualified name is fine.
-    qa = (getattr(a.obj, "__module__", None), getattr(a.obj, "__qualname__", None))
-    qb = (getattr(b.obj, "__module__", None), getattr(b.obj, "__qualname__", None))
-    return a.obj is b.obj or (qa == qb and qa[1] is not None and a.options == b.options)
+def _capabilities_of(kind: str, obj: Any) -> tuple[str, ...]:
+    if kind == "models":
+        return tuple(getattr(obj, "capabilities", ()))
+    if kind == "datasets":
+        return tuple(getattr(getattr(obj, "card", None), "tasks", ()) or ())
+    if kind == "protocols":
+        return tuple(getattr(obj, "tasks", ()))
+    return ()
+
+
+def _same_target(a: Entry, b: Entry) -> bool:
+    # The same manifest read twice (tests reload) registers the same target: not a conflict.
+    return a.target is b.target or (isinstance(a.target, str) and a.target == b.target and a.options == b.options
+                                     and a.fields == b.fields)
 
 
 def _split_spec(spec: str | Iterable[str]) -> list[str]:
@@ -216,7 +267,9 @@ datasets = Registry("datasets")
 models = Registry("models")
 metrics = Registry("metrics")
 protocols = Registry("protocols")
-REGISTRIES = {"datasets": datasets, "models": models, "metrics": metrics, "protocols": protocols}
+training = Registry("training")
+REGISTRIES = {"datasets": datasets, "models": models, "metrics": metrics, "protocols": protocols,
+              "training": training}
 
 # -- collections -----------------------------------------------------------
 _COLLECTIONS: dict[tuple[str, str], Collection] = {}
@@ -242,42 +295,154 @@ def register_collection(kind: str, name: str, description: str,
 
 
 def collections_for(kind: str | None = None) -> list[Collection]:
+    load_manifests()
     return [c for (k, _), c in sorted(_COLLECTIONS.items()) if kind is None or k == kind]
 
 
-register_collection("datasets", "chest", "chest X-ray benchmark datasets (real data)")
-register_collection("datasets", "pathology", "histopathology datasets (real data)")
-register_collection("datasets", "demo", "the embedded synthetic demo sets, generated on first use")
-register_collection("datasets", "grounding", "datasets with localization ground truth")
-register_collection("datasets", "classification", "datasets with image-level labels for zero-shot classification")
-register_collection("models", "sanity", "weight-free floors: random, uniform, center_prior")
-register_collection("models", "vlp", "vision-language models (AFLoc and re-implemented baselines)")
-register_collection("models", "saliency", "Grad-CAM family on image classifiers")
-register_collection("models", "clip", "CLIP-family models through open_clip")
+# -- consistency checks at first use ---------------------------------------
+def _check_model(entry: Entry, cls: Any) -> None:
+    from benchmark.adapter import CAPABILITIES, Adapter
+
+    where = f"model {entry.name!r} ({entry.source})"
+    if not (isinstance(cls, type) and issubclass(cls, Adapter)):
+        raise RegistryError(f"{where}: {entry.target!r} is not an Adapter subclass")
+    bad = set(entry.capabilities) - set(CAPABILITIES)
+    if bad:
+        raise RegistryError(f"{where}: unknown capabilities {sorted(bad)}; expected some of {list(CAPABILITIES)}")
+    if tuple(cls.capabilities) != entry.capabilities:
+        raise RegistryError(f"{where}: the manifest says capabilities {list(entry.capabilities)}, the class "
+                            f"{cls.__name__} says {list(cls.capabilities)}")
+    if bool(cls.needs_checkpoint) != bool(entry.get("needs_checkpoint", False)):
+        raise RegistryError(f"{where}: the manifest says needs_checkpoint: {bool(entry.get('needs_checkpoint'))}, "
+                            f"the class {cls.__name__} says {bool(cls.needs_checkpoint)}")
+    if not cls.preprocessing_id:
+        raise RegistryError(f"{where}: {cls.__name__} sets no preprocessing_id")
 
 
-# -- plugin discovery ------------------------------------------------------
+def _check_dataset(entry: Entry, cls: Any) -> None:
+    from benchmark.dataset import Dataset
+
+    where = f"dataset {entry.name!r} ({entry.source})"
+    if not (isinstance(cls, type) and issubclass(cls, Dataset)):
+        raise RegistryError(f"{where}: {entry.target!r} is not a Dataset subclass")
+    if tuple(cls.card.tasks) != entry.capabilities:
+        raise RegistryError(f"{where}: the manifest says capabilities {list(entry.capabilities)}, the card "
+                            f"{cls.card.name!r} says tasks {list(cls.card.tasks)}")
+
+
+def _check_protocol(entry: Entry, cls: Any) -> None:
+    from benchmark.protocols.base import Protocol
+
+    where = f"protocol {entry.name!r} ({entry.source})"
+    if not (isinstance(cls, type) and issubclass(cls, Protocol)):
+        raise RegistryError(f"{where}: {entry.target!r} is not a Protocol subclass")
+    if f"{cls.name}@{cls.version}" != entry.name or tuple(cls.tasks) != entry.capabilities:
+        raise RegistryError(f"{where}: the class says {cls.name}@{cls.version} with tasks {list(cls.tasks)}")
+
+
+_CHECKS: dict[str, Callable[[Entry, Any], None]] = {"models": _check_model, "datasets": _check_dataset,
+                                                    "protocols": _check_protocol}
+
+
+# -- manifests ---------------------------------------------------------------
 _loaded = False
 _loading = threading.RLock()
+_plugin_failures: list[str] = []
 
 
-def load_plugins(force: bool = False) -> None:
-    """Import every in-tree plugin module and every entry point, once."""
+def read_manifest_text(text: str, source: str) -> dict[str, Any]:
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        data = yaml.load(text, Loader=loader) or {}
+    except yaml.YAMLError as exc:
+        raise RegistryError(f"{source}: not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, dict):
+        raise RegistryError(f"{source}: expected a mapping of kinds ({', '.join(KINDS)}), got {type(data).__name__}")
+    return data
+
+
+def package_manifest(package: str) -> tuple[dict[str, Any], str]:
+    """The ``manifest.yaml`` shipped inside ``package`` (found with importlib.resources)."""
+    res = resources.files(package) / MANIFEST_FILE
+    source = f"{package}/{MANIFEST_FILE}"
+    try:
+        text = res.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RegistryError(f"{source}: file not found in the installed package") from None
+    return read_manifest_text(text, source), source
+
+
+def add_manifest(data: dict[str, Any], source: str, plugin: dict[str, str] | None = None) -> list[Entry]:
+    """Register every entry of a manifest mapping; an ill-formed entry names the manifest and the entry."""
+    added: list[Entry] = []
+    unknown = sorted(set(data) - set(KINDS) - {"collections"})
+    if unknown:
+        raise RegistryError(f"{source}: unknown section(s) {unknown}; expected {', '.join(KINDS)} or collections")
+    for kind in KINDS:
+        for name, spec in (data.get(kind) or {}).items():
+            if isinstance(spec, str):
+                spec = {"object": spec}
+            if not isinstance(spec, dict) or not isinstance(spec.get("object"), str):
+                raise RegistryError(f"{source}: {kind}.{name}: expected a mapping with object: 'module:Object'")
+            fields = {k: v for k, v in spec.items() if k not in _COMMON}
+            added.append(REGISTRIES[kind].add(
+                str(name), spec["object"], description=str(spec.get("description", "")),
+                capabilities=tuple(spec.get("capabilities") or ()), tags=tuple(spec.get("tags") or ()),
+                options=dict(spec.get("options") or {}), source=source, plugin=plugin, **fields))
+    for kind, colls in (data.get("collections") or {}).items():
+        if kind not in REGISTRIES:
+            raise RegistryError(f"{source}: collections.{kind}: unknown kind; expected one of {', '.join(KINDS)}")
+        for name, spec in (colls or {}).items():
+            spec = spec if isinstance(spec, dict) else {"description": str(spec)}
+            register_collection(kind, str(name), str(spec.get("description", "")), spec.get("members"))
+    return added
+
+
+def _plugin_manifest(ep: importlib.metadata.EntryPoint) -> tuple[dict[str, Any], str]:
+    if ep.attr:
+        data = ep.load()
+        if callable(data) and not isinstance(data, dict):
+            data = data()
+        if not isinstance(data, dict):
+            raise RegistryError(f"{ep.value} is a {type(data).__name__}, not a manifest mapping")
+        return data, ep.value
+    return package_manifest(ep.module)
+
+
+def load_manifests(force: bool = False) -> None:
+    """Read the in-tree manifests and every plugin's, once (nothing is imported but the packages)."""
     global _loaded
     if _loaded and not force:
         return
     with _loading:
         if _loaded and not force:
             return
-        _loaded = True  # set first: plugin modules call back into the registry
-        for pkg_name in PLUGIN_PACKAGES:
-            pkg = importlib.import_module(pkg_name)
-            for info in pkgutil.iter_modules(pkg.__path__):
-                if not info.name.startswith("_"):
-                    importlib.import_module(f"{pkg_name}.{info.name}")
-        for mod in PLUGIN_MODULES:
-            importlib.import_module(mod)
+        _loaded = True  # set first: a failure below must not make every later lookup retry
+        for package in BUILTIN_PACKAGES:
+            add_manifest(*package_manifest(package))
+        _plugin_failures.clear()
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            obj = ep.load()
-            if callable(obj):
-                obj()
+            dist = getattr(ep, "dist", None)
+            plugin = {"entry_point": f"{ep.name} = {ep.value}",
+                      "distribution": getattr(dist, "name", None) or "", "version": getattr(dist, "version", None) or ""}
+            try:
+                add_manifest(*_plugin_manifest(ep), plugin=plugin)
+            except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the others
+                what = f"{ENTRY_POINT_GROUP} entry point {ep.name!r} ({ep.value}" + \
+                       (f", distribution {plugin['distribution']} {plugin['version']})" if plugin["distribution"] else ")")
+                msg = f"{what}: {type(exc).__name__}: {exc}"
+                _plugin_failures.append(msg)
+                log.warning("ignoring plugin %s", msg)
+
+
+def reload_manifests() -> None:
+    """Forget every manifest entry and read them again (tests that add plugins)."""
+    global _loaded
+    with _loading:
+        for reg in REGISTRIES.values():
+            reg._entries.clear()
+        _COLLECTIONS.clear()
+        _loaded = False
+    load_manifests()

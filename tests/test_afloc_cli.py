@@ -8,15 +8,16 @@ from pathlib import Path
 import pytest
 
 from benchmark.cli.main import main
-from benchmark.cli.train import TRAIN_TARGETS, resolve_target
+from benchmark.cli.train import resolve_target
+from benchmark.registry import UnknownNameError, training
 
 
-def test_train_targets_are_module_function_strings_and_afloc_resolves():
-    assert TRAIN_TARGETS["afloc"] == "benchmark.training.cli:cli_main"
-    from benchmark.training.cli import cli_main
+def test_the_afloc_target_is_its_task_on_the_shared_trainer():
+    from afloc.task import AFLocTask
 
-    assert resolve_target("afloc") is cli_main
-    with pytest.raises(KeyError, match="did you mean afloc"):
+    assert training.entry("afloc").target == "afloc.task:AFLocTask" and training.get("afloc") is AFLocTask
+    assert resolve_target("afloc").__self__.name == "afloc"
+    with pytest.raises(UnknownNameError, match="did you mean 'afloc'"):
         resolve_target("aflok")
 
 
@@ -58,10 +59,10 @@ def test_demo_vocabulary_is_deterministic_and_covers_the_prompts(tmp_path):
     assert "[UNK]" not in tok.tokens(tok(["azygoesophageal recess"])["input_ids"][0].tolist())
 
 
-def test_demo_checkpoint_is_trained_once_into_its_cache_folder(tmp_path, monkeypatch):
-    """ensure_demo_checkpoint installs the run's best/ (with the training record) and reuses it."""
+def test_demo_weights_are_trained_once_into_their_cache_folder(tmp_path, monkeypatch):
+    """ensure_demo_weights installs the run's best/ (with the training record) and reuses it."""
     import benchmark.training.trainer as T
-    from afloc import demo
+    from benchmark.training.demo_weights import demo_weights_dir, ensure_demo_weights
 
     monkeypatch.setenv("AFLOC_BENCH_CACHE", str(tmp_path))
     runs = []
@@ -73,10 +74,11 @@ def test_demo_checkpoint_is_trained_once_into_its_cache_folder(tmp_path, monkeyp
         (best / "config.json").write_text("{}")
         (best / "model.safetensors").write_bytes(b"weights")
         (Path(out) / "metrics.csv").write_text("time,epoch\n")
+        (Path(out) / "train_config.json").write_text("{}")
         return {}
 
     monkeypatch.setattr(T, "train", fake_train)
-    first = demo.ensure_demo_checkpoint()
-    assert first == demo.demo_checkpoint_dir() and (first / "metrics.csv").is_file()
-    assert demo.ensure_demo_checkpoint() == first and runs == ["demo"]
+    first = ensure_demo_weights("afloc-demo-test", "afloc")
+    assert first == demo_weights_dir("afloc-demo-test") and (first / "metrics.csv").is_file()
+    assert ensure_demo_weights("afloc-demo-test", "afloc") == first and runs == ["demo"]
     assert not [p for p in first.parent.iterdir() if ".run-" in p.name]

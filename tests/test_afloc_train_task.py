@@ -12,9 +12,10 @@ from test_afloc_kit import (
     synthetic_pairs,
 )
 
-from benchmark.training import task as train_task
+from benchmark.registry import training
 from benchmark.training.config import TrainConfig, load_train_config
 from benchmark.training.data import Pair
+from benchmark.training.task import TrainTask
 from benchmark.training.trainer import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -29,7 +30,7 @@ class _Tok:
         return {"length": n, "attention_mask": torch.ones(len(captions), 3, dtype=torch.long)}
 
 
-class ToyTask(train_task.TrainTask):
+class ToyTask(TrainTask):
     name = "toy"
     metric_columns = ("fit", "text")
 
@@ -69,8 +70,9 @@ class ToyTask(train_task.TrainTask):
         (folder / "config.json").write_text(json.dumps({"toy": True, **extra}))
 
 
-def test_trainer_uses_the_task_input_labels_columns_and_format(tmp_path, monkeypatch):
-    monkeypatch.setitem(train_task.TRAIN_TASKS, "toy", f"{__name__}:ToyTask")
+def test_trainer_uses_the_task_input_labels_columns_and_format(tmp_path, request):
+    training.add("toy", ToyTask)
+    request.addfinalizer(lambda: training.unregister("toy"))
     SEEN["labels"].clear(), SEEN["images"].clear()
     base = synthetic_pairs(tmp_path / "img", 8)
     pairs = [Pair(str(p[0]), p[1], {"Atelectasis": float(i % 2)}) for i, p in enumerate(base)]
@@ -96,8 +98,9 @@ def test_trainer_uses_the_task_input_labels_columns_and_format(tmp_path, monkeyp
               train_pairs=pairs, val_pairs=pairs)
 
 
-def test_global_negatives_need_a_task_that_has_them(monkeypatch):
-    monkeypatch.setitem(train_task.TRAIN_TASKS, "toy", f"{__name__}:ToyTask")
+def test_global_negatives_need_a_task_that_has_them(request):
+    training.add("toy", ToyTask)
+    request.addfinalizer(lambda: training.unregister("toy"))
     from benchmark.training.trainer import Trainer
 
     with pytest.raises(ValueError, match="toy objective has no cross-rank negatives"):

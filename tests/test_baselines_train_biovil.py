@@ -212,18 +212,20 @@ def test_training_runs_resumes_and_the_adapter_loads_best(trained):
 
 # -- the adapter's checkpoints ------------------------------------------------------------------
 def test_adapter_without_checkpoint_uses_the_demo_model(trained, monkeypatch):
-    import baselines.common.demo_trained as demo
+    import benchmark.training.demo_weights as demo
     from baselines.biovil.adapter import BioVilAdapter
 
     calls = []
 
-    def fake(task, quiet=True):
+    def fake(weights_id, task, quiet=True):
         calls.append(task)
         return trained["out"] / "best"
 
-    monkeypatch.setattr(demo, "ensure_demo_model", fake)
+    monkeypatch.setattr(demo, "ensure_demo_weights", fake)
     assert BioVilAdapter.needs_checkpoint is False
-    a = BioVilAdapter()
+    from benchmark.adapter import build_adapter
+
+    a = build_adapter("biovil")
     a.load(None, "cpu")
     assert calls == ["biovil"] and a.checkpoint == str(trained["out"] / "best")
     assert a.cfg.vision_arch == "resnet18" and a.key_report.ok and a.input_geometry == "resize_crop:72:64"

@@ -184,18 +184,20 @@ def test_resume_refuses_a_run_of_another_task(trained, tmp_path):
 
 # -- the adapter's checkpoints ------------------------------------------------------------------
 def test_adapter_without_checkpoint_uses_the_demo_model(trained, monkeypatch):
-    import baselines.common.demo_trained as demo
+    import benchmark.training.demo_weights as demo
     from baselines.convirt.adapter import ConvirtAdapter
 
     calls = []
 
-    def fake(task, quiet=True):
+    def fake(weights_id, task, quiet=True):
         calls.append(task)
         return trained["out"] / "best"
 
-    monkeypatch.setattr(demo, "ensure_demo_model", fake)
+    monkeypatch.setattr(demo, "ensure_demo_weights", fake)
     assert ConvirtAdapter.needs_checkpoint is False
-    a = ConvirtAdapter()
+    from benchmark.adapter import build_adapter
+
+    a = build_adapter("convirt")
     a.load(None, "cpu")
     assert calls == ["convirt"] and a.checkpoint == str(trained["out"] / "best")
     assert a.cfg.vision_arch == "resnet18" and a.key_report.ok

@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 
 from test_afloc_kit import one_thread, synthetic_pairs, write_vocab  # noqa: E402,F401
 
+from benchmark.adapter import build_adapter
 from benchmark.training.config import TrainConfig, load_train_config  # noqa: E402
 from benchmark.training.data import Pair  # noqa: E402
 from benchmark.training.trainer import train  # noqa: E402
@@ -203,18 +204,18 @@ def test_wrong_or_incomplete_folders_are_refused_by_name(trained, tmp_path):
 
 # -- the adapter's default -----------------------------------------------------------------------
 def test_no_checkpoint_means_the_demo_model(trained, monkeypatch):
-    import baselines.common.demo_trained as demo
+    import benchmark.training.demo_weights as demo
     from baselines.gloria.adapter import GloriaAdapter
 
     calls = []
 
-    def fake(task, quiet=True):
+    def fake(weights_id, task, quiet=True):
         calls.append(task)
         return trained["dir"] / "best"
 
-    monkeypatch.setattr(demo, "ensure_demo_model", fake)
+    monkeypatch.setattr(demo, "ensure_demo_weights", fake)
     assert GloriaAdapter.needs_checkpoint is False
-    a = GloriaAdapter(heatmap="dot")
+    a = build_adapter("gloria_dot")
     a.load(None, "cpu")
     assert calls == ["gloria"] and a.checkpoint == str(trained["dir"] / "best") and a.key_report.ok
     # random_init keeps building the official structure from the text-encoder folder, never the demo

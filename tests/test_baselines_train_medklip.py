@@ -198,9 +198,11 @@ def test_training_writes_best_and_last_and_resume_continues(trained):
 
 def _adapter(**opts):
     from baselines.medklip.adapter import MedKlipAdapter
+    from benchmark.adapter import build_adapter
 
-    a = MedKlipAdapter(**opts)
-    a.name = "medklip"
+    a = build_adapter("medklip")
+    assert isinstance(a, MedKlipAdapter)
+    a.options.update(opts)
     return a
 
 
@@ -256,17 +258,17 @@ def test_folder_errors_name_the_file_and_the_keys(trained, tmp_path):
 
 
 def test_no_checkpoint_means_the_demo_model(trained, monkeypatch):
-    import baselines.common.demo_trained as demo
+    import benchmark.training.demo_weights as demo
     from baselines.common.checkpoints import CheckpointError
     from baselines.medklip.adapter import MedKlipAdapter
 
     asked = []
 
-    def fake(task, quiet=True):
+    def fake(weights_id, task, quiet=True):
         asked.append(task)
         return trained["run"] / "best"
 
-    monkeypatch.setattr(demo, "ensure_demo_model", fake)
+    monkeypatch.setattr(demo, "ensure_demo_weights", fake)
     assert MedKlipAdapter.needs_checkpoint is False
     a = _adapter()
     a.load(None, "cpu")

@@ -158,7 +158,7 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
 
 
 def test_build_once_builds_a_folder_once_and_never_leaves_a_partial_one(tmp_path):
-    from benchmark.cache import build_once
+    from benchmark.training.demo_weights import build_once
 
     final = tmp_path / "models" / "thing-1"
     calls = []
@@ -193,8 +193,7 @@ def test_demo_builds_train_with_the_recorded_thread_count(tmp_path, monkeypatch)
     import torch
 
     import benchmark.training.trainer as T
-    from baselines.common.demo_trained import ensure_demo_model
-    from benchmark.cache import DEMO_TRAIN_THREADS
+    from benchmark.training.demo_weights import DEMO_TRAIN_THREADS, ensure_demo_weights
 
     monkeypatch.setenv("AFLOC_BENCH_CACHE", str(tmp_path / "cache"))
     seen = []
@@ -209,7 +208,7 @@ def test_demo_builds_train_with_the_recorded_thread_count(tmp_path, monkeypatch)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        folder = ensure_demo_model("convirt")
+        folder = ensure_demo_weights("convirt-demo-test", "convirt")
         assert seen == [("convirt", DEMO_TRAIN_THREADS)]
         assert torch.get_num_threads() == 1  # restored
         assert (folder / "train_config.json").is_file()

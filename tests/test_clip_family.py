@@ -48,7 +48,6 @@ def _load(cls, ckpt, **options):
 
 
 def test_registered_models():
-    from benchmark.adapter import register_model  # noqa: F401  (registry import side effects)
     from benchmark.registry import models
 
     for name in ("clip:openai", "biomedclip", "plip", "quiltnet", "conch"):

@@ -12,9 +12,10 @@ import pytest
 from datasets_fixtures import write_dicom
 
 from benchmark import pathologies
-from benchmark.dataset import DatasetCard, datasets, is_demo
+from benchmark.dataset import DatasetCard, is_demo
 from benchmark.datasets import common as C
 from benchmark.datasets.rsna_pneumonia.loader import RSNAPneumonia
+from benchmark.registry import datasets
 
 REAL = ["rsna_pneumonia", "ms_cxr", "chexlocalize", "covid_rural", "siim_pneumothorax", "chestx_det10", "nih_bbox",
         "sicapv2", "mimic_cxr", "vindr_cxr"]

@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 
 from benchmark.cli.main import main
-from benchmark.dataset import build_dataset, datasets
+from benchmark.dataset import build_dataset
+from benchmark.registry import datasets
 
 demo = pytest.importorskip("benchmark.demo")
 if not hasattr(demo, "generate"):

@@ -124,11 +124,12 @@ def test_skip_existing_resumes_without_recomputing(tmp_path, toy_root, monkeypat
 
 
 def test_skip_existing_redoes_a_pair_whose_fallback_weights_changed(tmp_path, toy_root, monkeypatch):
-    """Without --ckpt a model may fall back to versioned weights (the demo models); a new version
-    must invalidate the finished pairs although no flag changed."""
-    from baselines.sanity.adapter import CenterPriorModel
+    """Without --ckpt a model may fall back to versioned weights (the demo models, ``demo_weights`` in
+    its manifest entry); a new version must invalidate the finished pairs although no flag changed."""
+    from benchmark.registry import models
 
-    monkeypatch.setattr(CenterPriorModel, "default_weights_id", classmethod(lambda cls, options: "demo-1"))
+    entry = models.entry("center_prior")
+    monkeypatch.setitem(entry.fields, "demo_weights", "demo-1")
     assert _run(tmp_path, toy_root)[0] == 0
     redone = []
     real = Runner._records
@@ -140,30 +141,27 @@ def test_skip_existing_redoes_a_pair_whose_fallback_weights_changed(tmp_path, to
     monkeypatch.setattr(Runner, "_records", spy)
     assert _run(tmp_path, toy_root, "--skip-existing")[0] == 0
     assert not redone
-    monkeypatch.setattr(CenterPriorModel, "default_weights_id", classmethod(lambda cls, options: "demo-2"))
+    monkeypatch.setitem(entry.fields, "demo_weights", "demo-2")
     assert _run(tmp_path, toy_root, "--skip-existing")[0] == 0
     assert redone
 
 
-def test_demo_backed_models_name_their_fallback_weights_and_only_without_random_init():
-    from afloc.demo import DEMO_MODEL_VERSION
-    from baselines.common.demo_trained import DEMO_VERSIONS
-    from baselines.saliency.demo import DEMO_CLASSIFIER_VERSION
-    from benchmark.registry import models
+def test_demo_backed_models_name_their_demo_weights_and_the_recipe_that_builds_them():
+    from benchmark.adapter import build_adapter
+    from benchmark.registry import models, training
 
-    def wid(name, **options):
+    for name, target in (("afloc", "afloc"), ("gloria", "gloria"), ("gloria_dot", "gloria"), ("convirt", "convirt"),
+                         ("biovil", "biovil"), ("medklip", "medklip"), ("gradcam:densenet121", "classifier")):
         entry = models.entry(name)
-        return entry.obj.default_weights_id({**entry.options, **options})
-
-    assert wid("afloc") == f"afloc-demo-{DEMO_MODEL_VERSION}"
-    assert wid("afloc_untrained") != wid("afloc")
-    for name, task in (("gloria", "gloria"), ("gloria_dot", "gloria"), ("convirt", "convirt"), ("biovil", "biovil"),
-                       ("medklip", "medklip")):
-        assert wid(name) == f"{task}-demo-{DEMO_VERSIONS[task]}"
-        assert wid(name, random_init="true") is None
-    assert wid("gradcam:densenet121") == f"classifier-demo-{DEMO_CLASSIFIER_VERSION}"
-    assert wid("gradcam:densenet121", random_init="1") is None
-    assert wid("center_prior") is None
+        assert entry.get("train") == target and target in training, name
+        assert entry.get("demo_weights", "").startswith(("afloc-demo-", f"{target}-demo-")), name
+        a = build_adapter(name)
+        assert (a.demo_weights, a.train_target) == (entry.get("demo_weights"), target)
+    assert models.entry("gloria").get("demo_weights") == models.entry("gloria_dot").get("demo_weights")
+    assert models.entry("center_prior").get("demo_weights") is None
+    a = build_adapter("center_prior")
+    with pytest.raises(ValueError, match="has no demo weights; give a checkpoint"):
+        a.demo_checkpoint()
 
 
 def test_interrupted_run_resumes(tmp_path, toy_root, monkeypatch):
@@ -284,10 +282,8 @@ def test_runner_hooks_per_sample_maps_and_grounding_probability(tmp_path, toy_ro
     import numpy as np
 
     from baselines.sanity.adapter import CenterPriorModel
-    from benchmark.adapter import register_model
     from benchmark.registry import models
 
-    @register_model("per_sample_test", tags=("hidden",))
     class PerSample(CenterPriorModel):
         input_geometry = "native"
         preprocessing_id = "per-sample-test"
@@ -295,7 +291,6 @@ def test_runner_hooks_per_sample_maps_and_grounding_probability(tmp_path, toy_ro
         def similarity_map_for_samples(self, samples, image_sizes):
             return [np.full(size, float(i)) for i, size in enumerate(image_sizes)]
 
-    @register_model("with_prob_test", tags=("hidden",))
     class WithProb(CenterPriorModel):
         preprocessing_id = "with-prob-test"
         grounding_probability = True
@@ -303,6 +298,8 @@ def test_runner_hooks_per_sample_maps_and_grounding_probability(tmp_path, toy_ro
         def score(self, image_emb, positive, negative):
             return np.full(len(image_emb), 0.25)
 
+    models.add("per_sample_test", PerSample, tags=("hidden",))
+    models.add("with_prob_test", WithProb, tags=("hidden",))
     try:
         out = tmp_path / "run"
         assert main(["-q", "run", "--models", "per_sample_test,with_prob_test", "--datasets", "toy_test",
@@ -321,12 +318,10 @@ def test_runner_hooks_per_sample_maps_and_grounding_probability(tmp_path, toy_ro
 def test_prompts_a_model_cannot_score_are_skipped_and_counted(tmp_path, toy_root):
     """A fixed-label model (Grad-CAM classifier) refusing a finding must not stop the run."""
     from baselines.sanity.adapter import CenterPriorModel
-    from benchmark.adapter import register_model
     from benchmark.registry import models
 
     asked = []
 
-    @register_model("refusing_test", tags=("hidden",))
     class Refusing(CenterPriorModel):
         preprocessing_id = "refusing-test"
 
@@ -334,6 +329,7 @@ def test_prompts_a_model_cannot_score_are_skipped_and_counted(tmp_path, toy_root
             asked.append(prompt)
             return "no output named in the prompt" if "pneumonia" in prompt.lower() else None
 
+    models.add("refusing_test", Refusing, tags=("hidden",))
     try:
         out = tmp_path / "run"
         assert main(["-q", "run", "--models", "refusing_test,center_prior", "--datasets", "toy_test",

@@ -11,9 +11,9 @@ import torch
 
 from baselines.saliency import cam
 from baselines.saliency import classifiers as C
-from baselines.saliency import demo as demo_classifier
 from benchmark.adapter import build_adapter
 from benchmark.registry import models
+from benchmark.training import demo_weights
 
 METHOD_MODELS = {"gradcam": "gradcam:densenet121", "gradcam++": "gradcam++:densenet121",
                  "eigencam": "eigencam:densenet121"}
@@ -194,23 +194,25 @@ def test_signed_cam_option_and_empty_map_count(tiny_ckpt):
     assert s.describe()["cam_relu"] is False
 
 
-def test_without_checkpoint_the_demo_classifier_is_used(tiny_ckpt, monkeypatch):
+def test_without_checkpoint_the_demo_classifier_is_used(tiny_ckpt, monkeypatch, tmp_path):
     """No --ckpt: the adapters take the cached demo classifier (trained on first use)."""
+    import shutil
 
     calls = []
+    shutil.copy(tiny_ckpt, tmp_path / "classifier.pt")
 
-    def fake_ensure(quiet=True):
-        calls.append(quiet)
-        return tiny_ckpt
+    def fake_ensure(weights_id, target, quiet=True):
+        calls.append((weights_id, target))
+        return tmp_path
 
-    monkeypatch.setattr(demo_classifier, "ensure_demo_classifier", fake_ensure)
+    monkeypatch.setattr(demo_weights, "ensure_demo_weights", fake_ensure)
     for name in METHOD_MODELS.values():
         assert not getattr(models.get(name), "needs_checkpoint", False), name
         a = build_adapter(name)
         a.load(None, "cpu")
-        assert a.checkpoint == str(tiny_ckpt)
+        assert a.checkpoint == str(tmp_path / "classifier.pt")
         assert a.spec.input_geometry == TINY.input_geometry
-    assert len(calls) == len(METHOD_MODELS)
+    assert calls == [("classifier-demo-1", "classifier")] * len(METHOD_MODELS)
     r = build_adapter("gradcam:densenet121")
     r.options.update(random_init="true")
     r.load(None, "cpu")  # tests only: seeded random weights, no training
@@ -219,7 +221,6 @@ def test_without_checkpoint_the_demo_classifier_is_used(tiny_ckpt, monkeypatch):
 
 def test_demo_classifier_is_trained_once_and_cached(tmp_path, monkeypatch):
     """The recipe is trained into a temporary folder, renamed into place, then reused."""
-    from baselines.saliency import demo as demo_classifier
     from baselines.saliency import train as classifier_train
     from benchmark import demo
 
@@ -236,9 +237,9 @@ def test_demo_classifier_is_trained_once_and_cached(tmp_path, monkeypatch):
         return {}
 
     monkeypatch.setattr(classifier_train, "train_classifier", fake_train)
-    first = demo_classifier.ensure_demo_classifier()
-    second = demo_classifier.ensure_demo_classifier()
-    assert first == second == demo_classifier.demo_classifier_dir() / "classifier.pt"
+    first = demo_weights.ensure_demo_weights("classifier-demo-test", "classifier") / "classifier.pt"
+    second = demo_weights.ensure_demo_weights("classifier-demo-test", "classifier") / "classifier.pt"
+    assert first == second == demo_weights.demo_weights_dir("classifier-demo-test") / "classifier.pt"
     assert first.is_file() and not (first.parent / "last.pt").exists()
     assert len(seen) == 1 and seen[0][0] == "demo_mimic"
     assert seen[0][1]["arch"] == "tiny" and seen[0][1]["split"] == "train"

@@ -16,7 +16,7 @@ Accepted checkpoints:
   ``model.safetensors`` inside it) holding ``config.json`` (``BiovilConfig``) and, when it carries
   its vocabulary, no ``text_encoder`` is needed. Its input transform (resize/crop sizes) comes from
   the config, and with it ``input_geometry`` and ``preprocessing_id``;
-- nothing (and no ``random_init``): the demo model (``baselines.common.demo_trained``: ResNet-18 width 16
+- nothing (and no ``random_init``): the demo model (the demo weights of ``baselines/manifest.yaml``: ResNet-18 width 16
   + 2-layer BERT over the demo vocabulary, resize 183 / crop 160, trained on the demo pairs on
   first use and cached).
 """
@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from baselines.common.adapter import BaselineAdapter, softmax_pair
-from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, register_model
+from benchmark.adapter import GROUNDING, ZEROSHOT_CLS
 
 IMAGE_PUBLISHED = ("https://huggingface.co/microsoft/BiomedVLP-CXR-BERT-specialized (revision v1.1, file "
                    "biovil_image_resnet50_proj_size_128.pt)")
@@ -44,7 +44,6 @@ def preprocessing_id_for(resize: int, crop: int) -> str:
     return f"biovil-minmax-resize{resize}-crop{crop}-nonorm-v1"
 
 
-@register_model("biovil", description="BioViL (ECCV 2022), patch-text cosine on the 15x15 grid", tags=("vlp",))
 class BioVilAdapter(BaselineAdapter):
     """BioViL ResNet-50 + CXR-BERT-specialized.
 
@@ -55,7 +54,6 @@ class BioVilAdapter(BaselineAdapter):
     """
 
     capabilities = (GROUNDING, ZEROSHOT_CLS)
-    demo_task = "biovil"
     needs_checkpoint = False  # no --ckpt: the demo model
     input_geometry = f"resize_crop:{RESIZE}:{CROP}"
     preprocessing_id = preprocessing_id_for(RESIZE, CROP)
@@ -70,9 +68,7 @@ class BioVilAdapter(BaselineAdapter):
         from baselines.common.text_folder import folder_weights, read_json, text_folder, wordpiece_tokenizer
 
         if checkpoint is None and not self.opt_bool("random_init"):
-            from baselines.common.demo_trained import ensure_demo_model
-
-            checkpoint = str(ensure_demo_model(self.demo_task))
+            checkpoint = self.demo_checkpoint()
             log.info("%s: no checkpoint given, using the demo model %s", self.name or "biovil", checkpoint)
         self.checkpoint = checkpoint
         random_init = self.wants_random_init(checkpoint)

@@ -16,15 +16,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from baselines.common.adapter import BaselineAdapter, softmax_pair
-from benchmark.adapter import ZEROSHOT_CLS, register_model
+from benchmark.adapter import ZEROSHOT_CLS
 
 PUBLISHED = ("https://github.com/rajpurkarlab/CheXzero (README: Google Drive folder "
              "1makFLiEMbSleYltaRxw81aBhEDMpVwno, e.g. best_64_5e-05_original_22000_0.864.pt)")
 _NEGATIVE = re.compile(r"^\s*no\s+(.+?)[\s.]*$", re.IGNORECASE)
 
 
-@register_model("chexzero", description="CheXzero (Nature BME 2022), CLIP ViT-B/32; zero-shot classification only",
-                tags=("vlp", "clip"))
 class ChexzeroAdapter(BaselineAdapter):
     """Options: ``prompt_style`` (chexzero | given), ``architecture`` (open_clip JSON config; default
     ViT-B/32 QuickGELU), ``random_init``, ``seed``. The BPE vocabulary ships with open_clip."""

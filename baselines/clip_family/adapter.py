@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Adapter, flag_option, register_model
+from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Adapter, flag_option
 
 log = logging.getLogger(__name__)
 
@@ -163,36 +163,30 @@ class _ClipAdapter(Adapter):
         return d
 
 
-@register_model("clip:openai", tags=("clip",), description="OpenAI CLIP through open_clip; Grad-CAM maps")
 class CLIPAdapter(_ClipAdapter):
     """OpenAI CLIP (e.g. a local copy of ``timm/vit_base_patch32_clip_224.openai``)."""
 
     family = "clip"
 
 
-@register_model("biomedclip", tags=("clip",),
-                description="BiomedCLIP (PubMedBERT + ViT-B/16) through open_clip; Grad-CAM maps")
 class BiomedCLIPAdapter(_ClipAdapter):
     """BiomedCLIP: open_clip folder plus the PubMedBERT config/tokenizer in ``text/``."""
 
     family = "biomedclip"
 
 
-@register_model("plip", tags=("clip",), description="PLIP (pathology CLIP, transformers format) via open_clip")
 class PLIPAdapter(_ClipAdapter):
     """PLIP: a transformers ``CLIPModel`` folder (``vinid/plip``) converted to open_clip."""
 
     family = "plip"
 
 
-@register_model("quiltnet", tags=("clip",), description="QuiltNet-B-32 (Quilt-1M CLIP) through open_clip")
 class QuiltNetAdapter(_ClipAdapter):
     """QuiltNet: open_clip folder (``wisdomik/QuiltNet-B-32``)."""
 
     family = "quiltnet"
 
 
-@register_model("conch", tags=("clip",), description="CONCH (CoCa-style pathology model); Grad-CAM maps")
 class CONCHAdapter(_ClipAdapter):
     """CONCH: local ``MahmoodLab/CONCH`` folder (``pytorch_model.bin``), see ``_clip_conch``."""
 

@@ -22,7 +22,6 @@ class BaselineAdapter(Adapter):
     """
 
     needs_checkpoint = True
-    demo_task: str = ""  # the training task whose demo model stands in when no checkpoint is given
     checkpoint_name: str = ""  # the official file name
     checkpoint_url: str = ""  # where it is published
 
@@ -45,14 +44,6 @@ class BaselineAdapter(Adapter):
         return v
 
     # -- loading --------------------------------------------------------------------------
-    @classmethod
-    def default_weights_id(cls, options: dict[str, Any]) -> str | None:
-        if not cls.demo_task or flag_option(options, "random_init"):
-            return None
-        from baselines.common.demo_trained import DEMO_VERSIONS
-
-        return f"{cls.demo_task}-demo-{DEMO_VERSIONS[cls.demo_task]}"
-
     def wants_random_init(self, checkpoint: str | None) -> bool:
         """True when the model is to be built without weights; otherwise the checkpoint must exist."""
         from baselines.common.checkpoints import need_file

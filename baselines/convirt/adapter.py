@@ -9,7 +9,7 @@ Accepted checkpoints:
   ``.safetensors`` file inside it) holding ``model.safetensors`` and ``config.json``
   (``ConvirtConfig``); when it also holds its tokenizer files (``vocab.txt``), no ``text_encoder``
   option is needed;
-- nothing (and no ``random_init``): the demo model (``baselines.common.demo_trained``: ResNet-18 width 16
+- nothing (and no ``random_init``): the demo model (the demo weights of ``baselines/manifest.yaml``: ResNet-18 width 16
   + 2-layer BERT over the demo vocabulary, trained on the demo pairs on first use and cached).
 
 Heatmap (ConVIRT has no local alignment, so any map is derived): ``vis_proj`` applied at every
@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from baselines.common.adapter import BaselineAdapter, softmax_pair
-from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, register_model
+from benchmark.adapter import GROUNDING, ZEROSHOT_CLS
 
 PUBLISHED = ("no official weights exist; ViLMedic model zoo `selfsup/convirt-mimic` (Google Drive id "
              "1py2k6kFO1tbSlHroAKmHjOnayIakOtMm, listed in jbdel/vilmedic vilmedic/zoo/modeling_auto.py), or a "
@@ -40,7 +40,6 @@ TEXT_PUBLISHED = ("the checkpoint's text encoder folder: https://huggingface.co/
                   "(config.json, vocab.json, merges.txt) for ViLMedic's ConVIRT")
 
 
-@register_model("convirt", description="ConVIRT (ViLMedic layout), dense projection of layer4 (7x7)", tags=("vlp",))
 class ConvirtAdapter(BaselineAdapter):
     """ConVIRT: ResNet-50 + RoBERTa/BERT with 2-layer projection heads (or the demo's small model).
 
@@ -50,7 +49,6 @@ class ConvirtAdapter(BaselineAdapter):
     """
 
     capabilities = (GROUNDING, ZEROSHOT_CLS)
-    demo_task = "convirt"
     needs_checkpoint = False  # no --ckpt: the demo model
     input_geometry = "resize:224x224"
     preprocessing_id = "convirt-pilbilinear-resize224x224-imagenet-v1"
@@ -64,9 +62,7 @@ class ConvirtAdapter(BaselineAdapter):
         from baselines.convirt.model import VILMEDIC_RENAMES, CaptionTokenizer, ConVIRT, ConvirtConfig
 
         if checkpoint is None and not self.opt_bool("random_init"):
-            from baselines.common.demo_trained import ensure_demo_model
-
-            checkpoint = str(ensure_demo_model(self.demo_task))
+            checkpoint = self.demo_checkpoint()
             log.info("%s: no checkpoint given, using the demo model %s", self.name or "convirt", checkpoint)
         self.checkpoint = checkpoint
         random_init = self.wants_random_init(checkpoint)

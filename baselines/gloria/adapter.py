@@ -13,7 +13,7 @@ depend on the others in its batch.
 
 Weights: the official ``chexpert_resnet50.ckpt`` (with the ``text_encoder`` folder), a folder
 written by ``afloc-bench train gloria`` (weights, config and vocabulary; no option needed), or,
-with neither, the demo model (``baselines.common.demo_trained``: trained on the demo pairs on first
+with neither, the demo model (the demo weights of ``baselines/manifest.yaml``: trained on the demo pairs on first
 use and cached). Both variants use the same weights.
 """
 
@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from baselines.common.adapter import BaselineAdapter, softmax_pair
-from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, register_model
+from benchmark.adapter import GROUNDING, ZEROSHOT_CLS
 
 PUBLISHED = "https://stanfordmedicine.box.com/s/j5h7q99f3pfi7enc0dom73m4nsm6yzvh (GLoRIA README)"
 TEXT_PUBLISHED = "https://huggingface.co/emilyalsentzer/Bio_ClinicalBERT (config.json and vocab.txt)"
@@ -34,10 +34,6 @@ FOLDER_FORMAT = "afloc-bench/gloria"  # config.json "format" of a checkpoint fol
 log = logging.getLogger(__name__)
 
 
-@register_model("gloria_dot", description="GLoRIA, heatmap = region embedding · sentence embedding (layer3 grid, 19x19 official)",
-                tags=("vlp",), heatmap="dot")
-@register_model("gloria", description="GLoRIA (ICCV 2021), heatmap = word-region attention (layer3 grid, 19x19 official)",
-                tags=("vlp",), heatmap="attention")
 class GloriaAdapter(BaselineAdapter):
     """GLoRIA: the official ResNet-50 + Bio_ClinicalBERT ``chexpert_resnet50.ckpt``, a trained
     checkpoint folder, or (no checkpoint) the demo model.
@@ -49,7 +45,6 @@ class GloriaAdapter(BaselineAdapter):
     """
 
     capabilities = (GROUNDING, ZEROSHOT_CLS)
-    demo_task = "gloria"
     needs_checkpoint = False  # no --ckpt: the demo model
     input_geometry = "letterbox_crop:256:224"
     preprocessing_id = "gloria-cv2area-letterbox256-crop224-half-v1"
@@ -63,9 +58,7 @@ class GloriaAdapter(BaselineAdapter):
         self.heatmap = self.opt_choice("heatmap", "attention", ("attention", "dot"))
         self.keep_short = self.opt_bool("keep_short_sentences", False)
         if checkpoint is None and not self.opt_bool("random_init"):
-            from baselines.common.demo_trained import ensure_demo_model
-
-            checkpoint = str(ensure_demo_model(self.demo_task))
+            checkpoint = self.demo_checkpoint()
             log.info("%s: no checkpoint given, using the demo model %s", self.name or "gloria", checkpoint)
         self.checkpoint = checkpoint
         path = None if checkpoint is None else Path(checkpoint).expanduser()

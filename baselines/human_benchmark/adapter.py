@@ -41,7 +41,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from benchmark.adapter import GROUNDING, Adapter, register_model
+from benchmark.adapter import GROUNDING, Adapter
 from benchmark.dataset import DataError
 
 log = logging.getLogger(__name__)
@@ -98,8 +98,6 @@ def _cxr_task(sample: Any) -> tuple[str, str]:
     return cid, canonical_name(sample.category, scope=SCOPE)
 
 
-@register_model("human_benchmark", tags=("hidden",),
-                description="CheXlocalize human-benchmark segmentations scored as a model (needs the hb json)")
 class HumanBenchmark(Adapter):
     """Radiologists' segmentations (CheXlocalize test set) as binary native-resolution maps."""
 

@@ -21,7 +21,7 @@ Checkpoints (``--ckpt medklip=PATH``):
   * a folder written by ``afloc-bench train medklip`` (``model.safetensors`` + ``config.json``):
     the query embeddings are in the weights (``entity_book``); a randomly initialised text
     encoder (the demo's) is saved beside them in ``text_encoder/``, so no option is needed;
-  * nothing: the demo model (``baselines.common.demo_trained``, trained on first use and cached), unless
+  * nothing: the demo model (the demo weights of ``baselines/manifest.yaml``, trained on first use and cached), unless
     ``text_encoder`` or ``entity_descriptions`` is given, which name the official model's files:
     then its ``checkpoint_final.pth`` is required.
 """
@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from baselines.common.adapter import BaselineAdapter
-from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, register_model
+from benchmark.adapter import GROUNDING, ZEROSHOT_CLS
 
 PUBLISHED = ("https://github.com/MediaBrain-SJTU/MedKLIP (checkpoints/README.md: Google Drive folder "
              "1HBShH7J_pO8onkzuweDgDq2QPqj6zjG_, file checkpoint_final.pth)")
@@ -76,8 +76,6 @@ def entities_in(prompt: str) -> list[str]:
     return out
 
 
-@register_model("medklip", description="MedKLIP (ICCV 2023), decoder cross-attention of the entity query (14x14)",
-                tags=("vlp",))
 class MedKlipAdapter(BaselineAdapter):
     """MedKLIP ResNet-50 (to layer3) + entity-query transformer decoder from ``checkpoint_final.pth``.
 
@@ -90,7 +88,6 @@ class MedKlipAdapter(BaselineAdapter):
     """
 
     capabilities = (GROUNDING, ZEROSHOT_CLS)
-    demo_task = "medklip"
     input_geometry = "resize:224x224"
     preprocessing_id = "medklip-pilbilinear-resize224x224-imagenet-v1"
     color = "gray"
@@ -106,9 +103,7 @@ class MedKlipAdapter(BaselineAdapter):
         self.checkpoint_kind = "official"
         if checkpoint is None and not self.opt_bool("random_init") and \
                 not any(self.opt(k) for k in OFFICIAL_FILE_OPTIONS):
-            from baselines.common.demo_trained import ensure_demo_model
-
-            checkpoint = str(ensure_demo_model(self.demo_task))
+            checkpoint = self.demo_checkpoint()
             logging.getLogger(__name__).info("medklip: no checkpoint given, using the demo model %s", checkpoint)
         folder = _project_folder(checkpoint) if checkpoint is not None and not self.opt_bool("random_init") else None
         if folder is not None:

@@ -33,11 +33,12 @@ would leave an all-zero map — ``describe()["maps"]`` counts those), ``seed`` (
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Adapter, flag_option, register_model
+from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Adapter, flag_option
 
 log = logging.getLogger(__name__)
 
@@ -69,23 +70,13 @@ class _SaliencyAdapter(Adapter):
         self.n_empty_maps = 0
 
     # -- lifecycle ----------------------------------------------------------
-    @classmethod
-    def default_weights_id(cls, options: dict[str, Any]) -> str | None:
-        if flag_option(options, "random_init"):
-            return None
-        from baselines.saliency.demo import DEMO_CLASSIFIER_VERSION
-
-        return f"classifier-demo-{DEMO_CLASSIFIER_VERSION}"
-
     def load(self, checkpoint: str | None, device: str) -> None:
         import torch
 
         from baselines.saliency import classifiers as C
 
         if not checkpoint and not flag_option(self.options, "random_init"):
-            from baselines.saliency.demo import ensure_demo_classifier
-
-            checkpoint = str(ensure_demo_classifier())
+            checkpoint = str(Path(self.demo_checkpoint()) / "classifier.pt")
             log.info("%s: no checkpoint given, using the demo classifier %s", self.name or self.method, checkpoint)
         super().load(checkpoint, device)
         labels = self.options.get("labels")
@@ -187,24 +178,18 @@ class _SaliencyAdapter(Adapter):
         return d
 
 
-@register_model("gradcam:densenet121", tags=("saliency",),
-                description="Grad-CAM on a DenseNet121 CheXpert-style classifier (grad-cam library)")
 class GradCAMDenseNet(_SaliencyAdapter):
     """Grad-CAM of the named class logit on DenseNet121's last feature map."""
 
     method = "gradcam"
 
 
-@register_model("gradcam++:densenet121", tags=("saliency",),
-                description="Grad-CAM++ on a DenseNet121 CheXpert-style classifier (grad-cam library)")
 class GradCAMPlusPlusDenseNet(_SaliencyAdapter):
     """Grad-CAM++ of the named class logit on DenseNet121's last feature map."""
 
     method = "gradcam++"
 
 
-@register_model("eigencam:densenet121", tags=("saliency",),
-                description="Eigen-CAM (class-agnostic first principal component) on DenseNet121")
 class EigenCAMDenseNet(_SaliencyAdapter):
     """Eigen-CAM of DenseNet121's last feature map; the probability still comes from the named class."""
 

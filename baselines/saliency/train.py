@@ -371,3 +371,35 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
     print(f"classifier saved to {summary['checkpoint']} ({summary['n_train']} train / {summary['n_val']} val "
           f"images; last epoch: loss {last.get('train_loss')}, val mean AUROC {last.get('val_mean_auroc')})")
     return 0
+
+
+# the demo classifier (the demo weights of the saliency rows): a small DenseNet on the image-level
+# labels of demo_mimic's training split (report-derived, never a box or a mask), about 3 minutes
+DEMO_RECIPE = {"arch": "tiny", "input_geometry": "resize:224x224", "epochs": 12, "batch_size": 16, "lr": 1e-3,
+               "seed": 0, "val_fraction": 0.1}
+
+
+class ClassifierTraining:
+    """``afloc-bench train classifier``: the saliency baselines' classifier (its own trainer)."""
+
+    name = "classifier"
+
+    @staticmethod
+    def cli_main(argv: Sequence[str]) -> int:
+        return cli_main(argv)
+
+    @staticmethod
+    def build_demo(work: Path, quiet: bool = True) -> Path:
+        from benchmark.dataset import demo_root
+        from benchmark.demo import ensure
+
+        ensure(demo_root())
+        run = work / "run"
+        train_classifier("demo_mimic", None, run, split="train", resume=False,
+                         progress=False if quiet else None, **DEMO_RECIPE)
+        (run / "last.pt").unlink(missing_ok=True)  # optimizer state: not needed for inference
+        return run
+
+    @staticmethod
+    def demo_complete(folder: Path) -> bool:
+        return (folder / "classifier.pt").is_file()

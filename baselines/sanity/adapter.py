@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Adapter, register_model
+from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Adapter
 
 GRID = 14  # native grid of the sanity maps over the letterboxed 224 frame
 
@@ -40,7 +40,6 @@ class _Sanity(Adapter):
         return self.encode_texts([" | ".join(prompts)])
 
 
-@register_model("random", description="seeded uniform noise on a 14x14 grid; floor", tags=("sanity",))
 class RandomModel(_Sanity):
     """Seeded noise; option ``seed`` (default 0)."""
 
@@ -56,7 +55,6 @@ class RandomModel(_Sanity):
         return np.array([self._rng(i, p).random() for i, p in zip(image_emb, positive)], dtype=np.float64)
 
 
-@register_model("uniform", description="constant map and probability 0.5; floor", tags=("sanity",))
 class UniformModel(_Sanity):
     """Constant map, probability 0.5."""
 
@@ -75,7 +73,6 @@ def center_gaussian(size: int = GRID, sigma_frac: float = 0.25) -> np.ndarray:
     return g.astype(np.float32)
 
 
-@register_model("center_prior", description="centred Gaussian over the frame; floor", tags=("sanity",))
 class CenterPriorModel(_Sanity):
     """Centred Gaussian (sigma = 1/4 of the side); probability 0.5."""
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "list models, datasets, metrics, protocols or collections (one line each)"
-WHAT = ("models", "datasets", "metrics", "protocols", "collections")
+HELP = "list models, datasets, metrics, protocols, training targets or collections (one line each)"
+WHAT = ("models", "datasets", "metrics", "protocols", "training", "collections")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

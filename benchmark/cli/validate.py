@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmark.dataset import DataError, build_dataset, datasets, demo_root, is_demo
+    from benchmark.dataset import DataError, build_dataset, demo_root, is_demo
+    from benchmark.registry import datasets
 
     names = datasets.resolve(args.datasets)
     options = parse_options(args.option)
@@ -93,7 +94,8 @@ def parse_options(items: list[str]) -> dict[str, Any]:
 def demo_expected(name: str, *, generate: bool) -> dict[str, dict[str, int]]:
     """Expected counts of a demo set per split, from ``<demo root>/manifest.json`` (generated data's own
     record); the real card's counts do not apply to synthetic data."""
-    from benchmark.dataset import DataError, datasets, demo_root
+    from benchmark.dataset import DataError, demo_root
+    from benchmark.registry import datasets
 
     root = demo_root()
     manifest = root / "manifest.json"
@@ -108,7 +110,7 @@ def demo_expected(name: str, *, generate: bool) -> dict[str, dict[str, int]]:
         data = json.loads(manifest.read_text())
     except (OSError, ValueError) as exc:
         raise DataError(manifest, f"cannot read the demo manifest ({exc})") from exc
-    subdir = str(datasets.entry(name).options["root"]).split("://", 1)[1]
+    subdir = str(datasets.entry(name).get("root")).split("://", 1)[1]
     return manifest_counts(data, subdir, name)
 
 

@@ -30,14 +30,14 @@ log = logging.getLogger("benchmark.datasets")
 
 
 def datasets_dir() -> Path:
-    """The repository's ``datasets/`` folder (cards, split lists, prompt sets).
-
-    ``AFLOC_BENCH_DATASETS_DIR`` overrides it (useful for an installed, non-editable package).
-    """
+    """The cards, split lists and prompt sets (the repository's ``datasets/`` folder, shipped in the
+    package). ``AFLOC_BENCH_DATASETS_DIR`` points elsewhere (a card under development)."""
     env = os.environ.get("AFLOC_BENCH_DATASETS_DIR")
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[2] / "datasets"
+    from benchmark.resources import datasets_dir as shipped
+
+    return shipped()
 
 
 def dataset_dir(name: str) -> Path:

@@ -1,8 +1,5 @@
-"""Named, versioned recipes from native similarity grids to numbers.
+"""Named, versioned recipes from native similarity grids to numbers (listed in ``benchmark/manifest.yaml``)."""
 
-Every top-level module here is imported at registry load; keep them free of torch imports.
-"""
+from benchmark.protocols.base import Protocol, resolve_protocol
 
-from benchmark.protocols.base import Protocol, register_protocol, resolve_protocol
-
-__all__ = ["Protocol", "register_protocol", "resolve_protocol"]
+__all__ = ["Protocol", "resolve_protocol"]

@@ -53,7 +53,7 @@ from benchmark.metrics import (
     threshold_label,
 )
 from benchmark.protocols import common as C
-from benchmark.protocols.base import OVERALL, Protocol, register_protocol
+from benchmark.protocols.base import OVERALL, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,6 @@ def afloc_chexlocalize_scores(emaps: np.ndarray, gts: np.ndarray) -> dict[str, n
     return out
 
 
-@register_protocol
 class AflocCompat(Protocol):
     """Official AFLoc evaluation exactly (quirks included): smoothing, 14-px margin, [-1,1], t=0.1..0.5, seed-0 bootstrap."""
 

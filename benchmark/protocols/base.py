@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmark.registry import protocols
 from benchmark.sample import Sample
 
 # Keys of each row ``summarize`` returns.
@@ -54,17 +53,10 @@ class Protocol:
         return {"id": self.id, "name": self.name, "version": self.version, "doc": (self.__doc__ or "").strip()}
 
 
-def register_protocol(cls: type[Protocol]) -> type[Protocol]:
-    """Class decorator: registers ``cls`` under ``name@version``."""
-    if not cls.name:
-        raise ValueError(f"protocol {cls.__name__} has no name")
-    doc = ((cls.__doc__ or "").strip().splitlines() or [""])[0]
-    protocols.add(f"{cls.name}@{cls.version}", cls, description=doc, capabilities=cls.tasks)
-    return cls
-
-
 def resolve_protocol(spec: str) -> Protocol:
     """``afloc-compat@1`` exactly, or ``afloc-compat`` meaning its latest version."""
+    from benchmark.registry import protocols
+
     if spec in protocols:
         return protocols.get(spec)()
     if "@" not in spec:

@@ -36,7 +36,7 @@ from benchmark.metrics import (
     threshold_label,
 )
 from benchmark.protocols import common as C
-from benchmark.protocols.base import OVERALL, Protocol, register_protocol
+from benchmark.protocols.base import OVERALL, Protocol
 
 SIGMA = 1.5
 GROUNDING_PREFIXES = ("iou", "dice", "cnr", "hit", "box_acc")
@@ -61,7 +61,6 @@ def canonical_scores(maps: np.ndarray, gts: np.ndarray, thresholds: tuple[float,
     return out
 
 
-@register_protocol
 class Canonical(Protocol):
     """AFLoc's measurements with the quirks fixed: original coordinates, box union, no NaN->0, unit bootstrap."""
 

@@ -33,7 +33,7 @@ from benchmark.metrics import (
     threshold_label,
 )
 from benchmark.protocols import common as C
-from benchmark.protocols.base import OVERALL, Protocol, register_protocol
+from benchmark.protocols.base import OVERALL, Protocol
 
 TUNE_THRESHOLDS = tuple(float(t) for t in np.arange(0.2, 0.8, 0.1))  # 0.2 … 0.8000000000000003
 APPLY_THRESHOLDS = tuple(round(t, 1) for t in TUNE_THRESHOLDS)  # the CSV keeps one decimal
@@ -96,7 +96,6 @@ def salient_point_hit(points: Iterable[Sequence[float]], gt_mask: np.ndarray) ->
     return 0.0
 
 
-@register_protocol
 class CheXlocalize(Protocol):
     """CheXlocalize protocol: native-resolution masks, Otsu or val-tuned thresholds, mIoU on true positives, hit rate."""
 

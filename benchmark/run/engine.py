@@ -202,8 +202,7 @@ class Runner:
         problems = []
         explicit = set(i for spec in self.cfg.models for i in str(spec).split(","))
         for m in self.models:
-            cls = model_registry.get(m)
-            if getattr(cls, "needs_checkpoint", False) and m not in self.cfg.ckpt:
+            if model_registry.entry(m).get("needs_checkpoint", False) and m not in self.cfg.ckpt:
                 if m in explicit:
                     raise RegistryError(f"model {m!r} needs a checkpoint: pass --ckpt {m}=PATH")
                 problems.append(m)
@@ -221,7 +220,7 @@ class Runner:
         no_ckpt = set(self.check_models())
         plans = []
         for d in self.datasets:
-            card_tasks = list(dataset_registry.get(d).card.tasks)
+            card_tasks = list(dataset_registry.entry(d).capabilities)
             for m in self.models:
                 caps = set(model_registry.entry(m).capabilities)
                 tasks = [t for t in card_tasks if t in self.protocol.tasks and TASK_CAPABILITY.get(t) in caps]
@@ -324,13 +323,12 @@ class Runner:
     def _pair_fingerprint(self, plan: PairPlan, ds_rec: dict[str, Any]) -> str:
         entry = model_registry.entry(plan.model)
         ckpt = self.cfg.ckpt.get(plan.model)
-        options = {**entry.options, **self.cfg.model_options.get(plan.model, {})}
         payload = {"protocol": self.protocol.id, "n_boot": self.cfg.n_boot, "seed": self.cfg.seed,
                    "limit": self.cfg.limit, "ckpt": ckpt,
                    "model_options": self.cfg.model_options.get(plan.model, {}), "registered": entry.options,
                    "sample_hash": ds_rec["sample_hash"], "prompt_hash": ds_rec["prompt_hash"],
                    "harness": __version__, "tasks": plan.tasks,
-                   "default_weights": None if ckpt else entry.obj.default_weights_id(options)}
+                   "default_weights": None if ckpt else entry.get("demo_weights")}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
     def _run_pair(self, plan: PairPlan, state: dict[str, Any]) -> dict[str, Any]:
@@ -391,9 +389,7 @@ class Runner:
     def _tune(self, plan: PairPlan, adapter: Adapter, task: str) -> dict[str, Any]:
         split = self.protocol.tuning_split
         entry = dataset_registry.entry(plan.dataset)
-        opts = {k: v for k, v in entry.options.items() if k != "root"}
-        opts["split"] = split
-        tune_ds = entry.obj(root=self.dataset(plan.dataset).root, **opts)
+        tune_ds = entry.load()(root=self.dataset(plan.dataset).root, **{**entry.options, "split": split})
         samples = tune_ds.samples()
         records, _ = self._records(task, adapter, samples, plan)
         params = self.protocol.tune(records)

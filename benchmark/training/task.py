@@ -17,30 +17,25 @@ owns the rest:
   family's adapter loads with ``--ckpt NAME=FOLDER`` (weights in ``model.safetensors``);
 * ``global_terms(...)`` only for families with ``global_negatives = True`` (cross-rank negatives).
 
-Tasks are registered by name in ``TRAIN_TASKS`` (``"module:Class"``, imported on use), and a
-training config names its task (``task: gloria``); ``afloc-bench train NAME`` runs it.
+Tasks are registered by name in the manifests' ``training`` section (``"module:Class"``,
+imported on use), and a training config names its task (``task: gloria``); ``afloc-bench train
+NAME`` runs it and ``build_demo`` makes the demo weights (``benchmark.training.demo_weights``).
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-TRAIN_TASKS: dict[str, str] = {
-    "afloc": "afloc.task:AFLocTask",
-    "gloria": "baselines.gloria.task:GloriaTask",
-    "convirt": "baselines.convirt.task:ConvirtTask",
-    "biovil": "baselines.biovil.task:BiovilTask",
-    "medklip": "baselines.medklip.task:MedklipTask",
-}
-
 
 def get_task(name: str) -> "TrainTask":
-    if name not in TRAIN_TASKS:
-        raise ValueError(f"unknown training task {name!r}; expected one of {sorted(TRAIN_TASKS)}")
-    module, cls = TRAIN_TASKS[name].split(":")
-    return getattr(importlib.import_module(module), cls)()
+    """The training task registered as ``name`` (a ``training`` entry of a manifest)."""
+    from benchmark.registry import training
+
+    cls = training.get(name)
+    if not (isinstance(cls, type) and issubclass(cls, TrainTask)):
+        raise ValueError(f"training target {name!r} is not a task of the shared trainer")
+    return cls()
 
 
 def pair_sum(terms: dict[str, float], prefix: str) -> float | None:
@@ -90,6 +85,34 @@ class TrainTask:
 
     def save(self, model: Any, folder: Path, extra: dict[str, Any]) -> None:
         raise NotImplementedError
+
+    # -- the shared trainer's command line and demo weights -------------------------------
+    def cli_main(self, argv: Sequence[str]) -> int:
+        """``afloc-bench train NAME ARGS``."""
+        from benchmark.training.cli import cli_main
+
+        return cli_main(argv, task=self.name)
+
+    def build_demo(self, work: Path, quiet: bool = True) -> Path:
+        """Train the ``demo`` config into ``work``; the folder to install as the demo weights."""
+        import shutil
+
+        from benchmark.training.config import load_train_config
+        from benchmark.training.demo_weights import fixed_threads
+        from benchmark.training.trainer import train
+
+        run = work / "run"
+        with fixed_threads():
+            train(load_train_config("demo", self.name), run, quiet=quiet)
+        staged = run / "best"
+        for f in ("metrics.csv", "train_config.json"):
+            if (run / f).is_file():
+                shutil.copy2(run / f, staged / f)
+        return staged
+
+    @staticmethod
+    def demo_complete(folder: Path) -> bool:
+        return (folder / "model.safetensors").is_file() and (folder / "train_config.json").is_file()
 
     def load_weights(self, model: Any, folder: Path) -> None:
         from safetensors.torch import load_file

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmark.dataset import DataError, register_dataset, register_demo_variant
+from benchmark.dataset import DataError
 from benchmark.datasets.common import Loader, load_card, progress, read_split, sha256_file
 from benchmark.sample import Sample
 
@@ -22,7 +22,6 @@ CATEGORIES = ("Atelectasis", "Calcification", "Consolidation", "Effusion", "Emph
               "Mass", "Nodule", "Pneumothorax")
 
 
-@register_dataset("chestx_det10", tags=("chest", "grounding"))
 class ChestXDet10(Loader):
     """ChestX-Det10: radiologist boxes for 10 findings on NIH ChestX-ray14 images (official split)."""
 
@@ -114,4 +113,3 @@ def read_annotations(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-register_demo_variant("demo_chestx_det10", ChestXDet10, "chestx_det10")

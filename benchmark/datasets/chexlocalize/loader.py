@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmark.dataset import DataError, register_dataset, register_demo_variant
+from benchmark.dataset import DataError
 from benchmark.datasets.common import Loader, check_coco_rle, decode_rle, load_card, progress, read_csv, read_split
 from benchmark.pathologies import canonical_name
 from benchmark.sample import Sample
@@ -48,7 +48,6 @@ def _image_dir(root: Path, split: str) -> Path:
     return root / names[0]
 
 
-@register_dataset("chexlocalize", tags=("chest", "grounding", "classification"))
 class CheXlocalize(Loader):
     """CheXlocalize: pixel-level segmentations of 10 CheXpert findings (val and test)."""
 
@@ -196,4 +195,3 @@ def human_benchmark_mask(root: str | os.PathLike, cxr_id: str, task: str, split:
     return np.zeros(next(iter(sizes)), dtype=np.uint8)
 
 
-register_demo_variant("demo_chexlocalize", CheXlocalize, "chexlocalize")

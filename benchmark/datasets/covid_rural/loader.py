@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmark.dataset import DataError, register_dataset, register_demo_variant
+from benchmark.dataset import DataError
 from benchmark.datasets.common import Loader, load_card, mask_nonzero_count, progress, read_split
 from benchmark.sample import Sample
 
@@ -33,7 +33,6 @@ def afloc_rstrip_corruptions(jpg_names: list[str], png_names: list[str]) -> list
     return out
 
 
-@register_dataset("covid_rural", tags=("chest", "grounding"))
 class CovidRural(Loader):
     """COVID Rural: COVID-19 opacity masks and polygons on chest radiographs (rural Arkansas)."""
 
@@ -130,4 +129,3 @@ class CovidRural(Loader):
         return out
 
 
-register_demo_variant("demo_covid_rural", CovidRural, "covid_rural")

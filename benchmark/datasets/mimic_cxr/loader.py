@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from benchmark.dataset import DataError, register_dataset, register_demo_variant
+from benchmark.dataset import DataError
 from benchmark.datasets.common import Loader, first_existing, load_card, parse_views, progress, read_csv
 from benchmark.sample import Sample
 
@@ -58,7 +58,6 @@ def report_relpath(subject: str, study: str) -> str:
     return f"files/p{subject[:2]}/p{subject}/s{study}.txt"
 
 
-@register_dataset("mimic_cxr", tags=("training",))
 class MIMICCXR(Loader):
     """MIMIC-CXR-JPG frontal images with report FINDINGS + IMPRESSION (training set of AFLoc)."""
 
@@ -166,4 +165,3 @@ class MIMICCXR(Loader):
         return ids
 
 
-register_demo_variant("demo_mimic", MIMICCXR, "mimic_cxr", evaluation=False)

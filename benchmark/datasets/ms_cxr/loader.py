@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmark.dataset import DataError, register_dataset, register_demo_variant
+from benchmark.dataset import DataError
 from benchmark.datasets.common import Loader, load_card, progress, read_csv, read_split
 from benchmark.sample import Sample
 
@@ -27,7 +27,6 @@ STEM = "MS_CXR_Local_Alignment_v{version}"
 CSV_COLUMNS = ["dicom_id", "category_name", "label_text", "path", "x", "y", "w", "h", "image_width", "image_height"]
 
 
-@register_dataset("ms_cxr", tags=("chest", "grounding"))
 class MSCXR(Loader):
     """MS-CXR: radiologist phrase-box pairs for 8 findings on MIMIC-CXR images."""
 
@@ -218,4 +217,3 @@ def read_csv_annotations(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-register_demo_variant("demo_ms_cxr", MSCXR, "ms_cxr")

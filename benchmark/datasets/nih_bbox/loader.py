@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmark.dataset import DataError, register_dataset, register_demo_variant
+from benchmark.dataset import DataError
 from benchmark.datasets.common import Loader, first_existing, load_card, parse_views, progress, read_csv, read_split
 from benchmark.sample import Sample
 
@@ -21,7 +21,6 @@ BBOX_CSV = "BBox_List_2017.csv"
 ENTRY_CSVS = ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv")
 
 
-@register_dataset("nih_bbox", tags=("chest", "grounding"))
 class NIHBBox(Loader):
     """NIH ChestX-ray14 boxes: 984 radiologist boxes of 8 findings (BBox_List_2017)."""
 
@@ -144,4 +143,3 @@ def read_data_entry(path: Path, wanted: set[str] | None = None) -> dict[str, dic
     return out
 
 
-register_demo_variant("demo_nih_bbox", NIHBBox, "nih_bbox")

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmark.dataset import DataError, register_dataset, register_demo_variant
+from benchmark.dataset import DataError
 from benchmark.datasets.common import (
     DicomHeaders,
     Loader,
@@ -36,7 +36,6 @@ TRAIN_DIR = "stage_2_train_images"
 TEST_DIR = "stage_2_test_images"
 
 
-@register_dataset("rsna_pneumonia", tags=("chest", "grounding", "classification"))
 class RSNAPneumonia(Loader):
     """RSNA Pneumonia: pneumonia boxes on frontal chest radiographs (Kaggle, DICOM)."""
 
@@ -200,4 +199,3 @@ def read_details(path: Path) -> dict[str, str]:
     return out
 
 
-register_demo_variant("demo_rsna", RSNAPneumonia, "rsna_pneumonia")

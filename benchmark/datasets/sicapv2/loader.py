@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmark.dataset import DataError, register_dataset
+from benchmark.dataset import DataError
 from benchmark.datasets.common import Loader, load_card, mask_nonzero_count, progress, read_split
 from benchmark.sample import Sample
 
@@ -22,7 +22,6 @@ PARTITIONS.update({f"val{k}_{part.lower()}": f"partition/Validation/Val{k}/{part
                    for k in range(1, 5) for part in ("Train", "Test")})
 
 
-@register_dataset("sicapv2", tags=("pathology", "grounding", "classification"))
 class SICAPv2(Loader):
     """SICAPv2: prostate biopsy patches with Gleason-pattern labels and masks."""
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmark.dataset import DataError, register_dataset, register_demo_variant
+from benchmark.dataset import DataError
 from benchmark.datasets.common import (
     DicomHeaders,
     Loader,
@@ -40,7 +40,6 @@ DICOM_DIR = "dicom-images-train"
 RLE_COLUMN = " EncodedPixels"
 
 
-@register_dataset("siim_pneumothorax", tags=("chest", "grounding", "classification"))
 class SIIMPneumothorax(Loader):
     """SIIM-ACR Pneumothorax: pneumothorax masks (RLE) on chest radiographs (Kaggle, DICOM)."""
 
@@ -164,4 +163,3 @@ def read_rle_table(path: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-register_demo_variant("demo_siim", SIIMPneumothorax, "siim_pneumothorax")

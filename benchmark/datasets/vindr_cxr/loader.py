@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmark.dataset import DataError, register_dataset
+from benchmark.dataset import DataError
 from benchmark.datasets.common import DicomHeaders, Loader, load_card, progress, read_csv, read_split
 from benchmark.sample import Sample
 
@@ -25,7 +25,6 @@ NO_FINDING = "no finding"
 BOX_COLUMNS = ["image_id", "class_name", "x_min", "y_min", "x_max", "y_max"]  # plus rad_id where present
 
 
-@register_dataset("vindr_cxr", tags=("chest", "grounding"))
 class VinDrCXR(Loader):
     """VinDr-CXR: multi-reader boxes of 14-22 local findings (PhysioNet or Kaggle VinBigData release)."""
 
