@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Adapter
+from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Adapter, Query, query_texts
 
 PREPROCESSING_IDS = {
     "letterbox": "afloc-letterbox224-area-norm0.5-v1",
@@ -67,8 +67,8 @@ class AFLocAdapter(Adapter):
     def encode_images(self, batch: Any) -> Any:
         return self.engine.encode_images(batch)
 
-    def encode_texts(self, prompts: Sequence[str]) -> Any:
-        return self.engine.encode_texts(prompts)
+    def encode_texts(self, queries: Sequence[Query]) -> Any:
+        return self.engine.encode_texts(query_texts(queries))
 
     def similarity_map(self, image_emb: Any, text_emb: Any) -> np.ndarray:
         return self.engine.similarity_map(image_emb, text_emb)

@@ -127,10 +127,10 @@ def grid_cells(frame_masks: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
 
 def _box_images(dataset: str, data_root: str | None, limit: int | None):
     """Letterboxed model inputs of a box dataset's samples that have boxes, with their official
-    box ground truth in the same 224 frame (``benchmark.geometry.afloc_boxes_mask``)."""
+    box ground truth in the same 224 frame (``benchmark.geometry.afloc.afloc_boxes_mask``)."""
     from afloc.inference import preprocess_image
     from benchmark.dataset import build_dataset
-    from benchmark.geometry import afloc_boxes_mask
+    from benchmark.geometry.afloc import afloc_boxes_mask
     from benchmark.io.images import read_image
 
     ds = build_dataset(dataset, data_root)

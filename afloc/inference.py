@@ -1,7 +1,7 @@
 """Inference engine: official preprocessing, heatmap grids and zero-shot probabilities.
 
 Preprocessing (official ``process_img``): grayscale uint8 → letterbox to 224 (INTER_AREA,
-longest side, centred zero padding; ``benchmark.geometry.letterbox_array``) → 3 identical
+longest side, centred zero padding; ``benchmark.geometry.frames.letterbox_array``) → 3 identical
 channels → ``ToTensor`` → ``Normalize(0.5, 0.5)`` (values in [−1, 1]); the model upsamples to
 299 itself. The official zero-shot classification script preprocesses differently
 (``Resize(224)`` of the shorter side + ``CenterCrop(224)``): ``geometry="resize_crop"``.
@@ -37,8 +37,7 @@ def to_model_input(frame: np.ndarray) -> torch.Tensor:
 
 
 def preprocess_image(image: np.ndarray, geometry: str = "letterbox", size: int = 224) -> torch.Tensor:
-    from benchmark.geometry import letterbox_array, parse_geometry
-
+    from benchmark.geometry.frames import letterbox_array, parse_geometry
     if image.ndim == 3:
         import cv2
 

@@ -1,4 +1,4 @@
-"""The model-adapter contract (DESIGN.md, "Adapter").
+"""The model-adapter contract.
 
 An adapter turns images and prompts into similarity grids and zero-shot probabilities.
 It owns its preprocessing (weights and preprocessing belong together) but nothing after
@@ -15,6 +15,7 @@ the top like ordinary code.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -22,6 +23,27 @@ import numpy as np
 GROUNDING = "grounding"
 ZEROSHOT_CLS = "zeroshot_cls"
 CAPABILITIES = (GROUNDING, ZEROSHOT_CLS)
+
+
+@dataclass(frozen=True)
+class Query:
+    """One text query: the prompt text and the canonical finding it asks about.
+
+    Adapters whose model has a fixed vocabulary of findings (MedKLIP's entities, a classifier's
+    outputs) read ``finding``; text encoders read ``text``. ``finding`` is None for free text.
+    """
+
+    text: str
+    finding: str | None = None
+
+
+def as_queries(items: Iterable[Query | str]) -> list[Query]:
+    """Queries from queries or plain prompt strings (free text, no finding)."""
+    return [q if isinstance(q, Query) else Query(str(q)) for q in items]
+
+
+def query_texts(items: Iterable[Query | str]) -> list[str]:
+    return [q.text for q in as_queries(items)]
 
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "on", "y", "t"})
@@ -57,6 +79,14 @@ class Adapter:
 
     Set from the manifest entry by ``build_adapter``: ``name``, ``demo_weights`` (id of the weights
     used when no checkpoint is given) and ``train_target`` (the training entry that builds them).
+
+    Optional behaviour, declared here with its default (a subclass overrides what applies):
+      grounding_probability: the runner also stores ``score(image, query, query)`` beside each map
+        (CheXlocalize's per-task probability cut-offs need it);
+      per_sample_maps: maps come from ``similarity_map_for_samples`` (the sample itself, e.g. a
+        reader's segmentation) instead of the image/text embeddings;
+      ``unsupported(query)``: why the model cannot answer a query (a classifier without that output);
+      ``salient_points_for_samples``: points a reader marked, scored where a protocol scores points.
     """
 
     name: str = ""
@@ -67,6 +97,8 @@ class Adapter:
     needs_checkpoint: bool = False
     demo_weights: str | None = None
     train_target: str | None = None
+    grounding_probability: bool = False
+    per_sample_maps: bool = False
 
     def __init__(self, **options: Any):
         self.options = options
@@ -120,8 +152,8 @@ class Adapter:
         """Batch → image embeddings whose first dimension indexes images."""
         raise NotImplementedError
 
-    def encode_texts(self, prompts: Sequence[str]) -> Any:
-        """Prompts → text embeddings whose first dimension indexes prompts."""
+    def encode_texts(self, queries: Sequence[Query]) -> Any:
+        """Queries → text embeddings whose first dimension indexes queries."""
         raise NotImplementedError
 
     def similarity_map(self, image_emb: Any, text_emb: Any) -> np.ndarray:
@@ -132,10 +164,23 @@ class Adapter:
         """Paired rows → zero-shot probability that the finding is present, float array [B]."""
         raise NotImplementedError
 
-    def encode_prompt_ensemble(self, prompts: Sequence[str]) -> Any:
-        """Several prompts for one class → one embedding row (default: mean of rows)."""
-        emb = self.encode_texts(list(prompts))
+    def encode_prompt_ensemble(self, queries: Sequence[Query]) -> Any:
+        """Several queries for one class → one embedding row (default: mean of rows)."""
+        emb = self.encode_texts(list(queries))
         return _mean_rows(emb)
+
+    # -- optional behaviour (see the class docstring) ------------------------------------
+    def unsupported(self, query: Query) -> str | None:
+        """Why this model cannot answer ``query``, or None; the runner skips and counts such samples."""
+        return None
+
+    def similarity_map_for_samples(self, samples: Sequence[Any], image_sizes: Sequence[tuple[int, int]]) -> list:
+        """With ``per_sample_maps``: one native map per sample, in the frame of ``input_geometry``."""
+        raise NotImplementedError(f"{type(self).__name__} sets per_sample_maps but gives no maps")
+
+    def salient_points_for_samples(self, samples: Sequence[Any]) -> list | None:
+        """Per sample, the points a reader marked (or None): scored by protocols that score points."""
+        return None
 
     # -- helpers the runner uses -----------------------------------------
     @staticmethod

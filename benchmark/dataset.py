@@ -12,9 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmark.adapter import Query
 from benchmark.sample import Sample
 
 DEMO_SCHEME = "demo://"
+# The official AFLoc evaluation's dataset switches (``localization.py -ds``) that change how a
+# dataset is scored; GENERIC is every other dataset (iou, cnr and dice bootstraps, like RSNA).
+AFLOC_MODES = ("GENERIC", "MS_CXR", "MS_CXR_CLS", "RSNA_GROUNDING", "COVID_RURAL", "CHEXLOCALIZE", "SICAPV2_GROUNDING")
+MODALITIES = ("chest_xray", "pathology")
 DEFAULT_DATA_ROOT = "~/data/{dataset}"
 
 
@@ -45,6 +50,11 @@ class DatasetCard:
     tasks: list[str] = field(default_factory=lambda: ["grounding"])  # grounding, classification
     resampling_unit: str = "image"  # image or patient
     default_split: str = "test"
+    # How the official evaluation treats this dataset (said here, never guessed from its name):
+    afloc_mode: str = "GENERIC"  # the official AFLoc `localization.py -ds` switch its evaluation follows
+    modality: str = "chest_xray"  # chest_xray or pathology
+    prompt_family: str = "cxr"  # zero-shot ensembles: the chest X-ray table or a pathology family (prompts.py)
+    official_spelling: dict[str, str] = field(default_factory=dict)  # canonical name -> the official code's word
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # loader-specific facts (published split ids, ...)
 
@@ -75,8 +85,23 @@ class Dataset:
         if self._samples is None:
             if not self.root.exists():
                 raise DataError(self.root, self.missing_root_message())
-            self._samples = self.load_samples()
+            samples = self.load_samples()
+            for s in samples:  # what the protocols need to know of the dataset, from its card
+                meta = s.meta if s.meta is not None else {}
+                meta.setdefault("afloc_dataset", self.card.afloc_mode)
+                meta.setdefault("modality", self.card.modality)
+                s.meta = meta
+            self._samples = samples
         return self._samples
+
+    def prompt_findings(self) -> dict[str, str]:
+        """Prompt set → the canonical finding its prompt asks about, where that is not the sample's
+        category (``findings:`` of the dataset's prompt file)."""
+        return {}
+
+    def query(self, sample: Sample, prompt_set: str = "simple") -> Query:
+        """The grounding query of ``sample``: its prompt of ``prompt_set`` and the finding asked about."""
+        return Query(sample.prompt(prompt_set), self.prompt_findings().get(prompt_set, sample.category))
 
     def skip(self, path: str | os.PathLike, reason: str) -> None:
         """Record a sample that cannot be used (never drop one silently)."""

@@ -147,7 +147,8 @@ def overlays(run_dir: str | Path, dataset: str, path: str | Path, n_samples: int
     """
     import json
 
-    from benchmark.geometry import parse_geometry, sample_mask, smooth_grid
+    from benchmark.geometry.frames import parse_geometry, smooth_grid
+    from benchmark.geometry.rasterize import sample_mask
     from benchmark.io.images import read_image
     from benchmark.sample import Sample
 

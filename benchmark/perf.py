@@ -38,8 +38,7 @@ FRAME = 224
 # --------------------------------------------------------------------------------------
 def synthetic_chunks(n: int, chunk: int, seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(heatmaps float32 [B,224,224], masks uint8 (boxes summed), categories) chunks."""
-    from benchmark.geometry import bilinear_resize
-
+    from benchmark.geometry.frames import bilinear_resize
     cats = np.array(["Atelectasis", "Cardiomegaly", "Pneumonia"])
     for c, start in enumerate(range(0, n, chunk)):
         b = min(chunk, n - start)
@@ -139,7 +138,7 @@ class Timer:
 
 def stream_metrics(n: int, chunk: int, seed: int = 0, *, timed: bool = True):
     """Score N synthetic maps chunk by chunk; returns (records dict, Timer of the metric code)."""
-    from benchmark.geometry import afloc_margin_valid
+    from benchmark.geometry.afloc import afloc_margin_valid
     from benchmark.metrics import AFLOC_THRESHOLDS
     from benchmark.protocols.afloc_compat import afloc_scores
 
@@ -220,7 +219,7 @@ def peak_memory(fn, *args, **kwargs) -> tuple[float, object]:
 
 
 def run_metrics(n: int, loop_n: int, chunk: int, n_boot: int, loop_boot: int, seed: int) -> dict:
-    from benchmark.geometry import afloc_margin_valid
+    from benchmark.geometry.afloc import afloc_margin_valid
     from benchmark.metrics import AFLOC_THRESHOLDS
 
     loop_n = min(loop_n, n)

@@ -10,14 +10,14 @@ Zero-shot classification follows the official AFLoc evaluation (``classification
 * Histopathology: one template per dataset with the dataset's class names (``PATHOLOGY_PROMPTS``),
   negative ``f"no {class key}. "``.
 
-The category string inside a prompt is the dataset's own spelling in the official code (NIH says
-"effusion", CXR-LT says "Normal"): ``OFFICIAL_SPELLING`` maps this project's canonical names back
-for those datasets. Dataset names are registry names; a ``demo_`` prefix is ignored.
+Which table a dataset uses and how its official code spells a category (NIH says "effusion")
+are fields of its card (``prompt_family``, ``official_spelling``), never read off its name.
+Grounding prompts are data too: ``datasets/<name>/prompts.yaml``.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 # category -> (severities, subtypes, locations), transcribed from the official table
 CXR_PROMPT_TABLE: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
@@ -220,39 +220,6 @@ PATHOLOGY_PROMPTS: dict[str, dict] = {
                                  "lepidic": "lepidic pattern adenocarcinoma of the lung"}},
 }
 
-# Canonical category name -> the spelling the official code uses for that dataset family.
-OFFICIAL_SPELLING: dict[str, dict[str, str]] = {
-    "nih": {"Pleural Effusion": "effusion"},
-    "chestx_det10": {"Pleural Effusion": "Effusion"},
-    "cxr_lt": {"No Finding": "Normal"},
-    "sicapv2": {"Non-cancerous": "NC", "Gleason Pattern 3": "G3", "Gleason Pattern 4": "G4",
-                "Gleason Pattern 5": "G5"},
-}
-
-# Grounding prompts of the official localization benchmark (reference §4.4).
-SICAPV2_GROUNDING_PROMPTS = {
-    "NC": "an example of benign prostate tissue.",
-    "G3": "an example of prostate cancer, gleason pattern 3.",
-    "G4": "an example of gleason grade 4.",
-    "G5": "an example of prostate cancer, gleason pattern 5.",
-}
-
-
-def dataset_family(dataset: str) -> str:
-    """Registry name → family key (``demo_`` prefix dropped; e.g. ``nih_bbox`` → ``nih``)."""
-    name = dataset.lower()
-    if name.startswith("demo_"):
-        name = name[len("demo_"):]
-    for fam in ("nih", "chestx_det10", "cxr_lt", "sicapv2", "wsss4luad", "dhmc", "rsna", "covid", "siim"):
-        if name.startswith(fam) or fam in name:
-            return "dhmc_luad" if fam == "dhmc" else fam
-    return name
-
-
-def official_category(dataset: str, category: str) -> str:
-    return OFFICIAL_SPELLING.get(dataset_family(dataset), {}).get(category, category)
-
-
 def cxr_prompts(category: str) -> tuple[list[str], list[str]]:
     """Official chest X-ray ensemble for one category (spelled as the official code spells it)."""
     key = category.lower()
@@ -272,29 +239,25 @@ def pathology_prompts(family: str, class_key: str) -> tuple[list[str], list[str]
     return [spec["template"].replace("CLASSNAME", spec["classnames"][class_key])], [f"no {class_key}. "]
 
 
-def classification_prompts(dataset: str, category: str | None) -> tuple[list[str], list[str]]:
-    """(positive ensemble, negative ensemble) for zero-shot classification of ``category``."""
+def classification_prompts(card: Any, category: str | None) -> tuple[list[str], list[str]]:
+    """(positive ensemble, negative ensemble) for zero-shot classification of ``category`` on the
+    dataset whose card is ``card`` (its ``prompt_family`` and ``official_spelling``)."""
     if category is None:
-        raise ValueError(f"{dataset}: a sample without category cannot be classified zero-shot")
-    fam = dataset_family(dataset)
-    cat = official_category(dataset, category)
-    if fam in PATHOLOGY_PROMPTS:
-        return pathology_prompts(fam, cat)
+        raise ValueError(f"{card.name}: a sample without category cannot be classified zero-shot")
+    cat = (card.official_spelling or {}).get(category, category)
+    if card.prompt_family in PATHOLOGY_PROMPTS:
+        return pathology_prompts(card.prompt_family, cat)
+    if card.prompt_family != "cxr":
+        raise ValueError(f"{card.name}: prompt_family {card.prompt_family!r} is neither 'cxr' nor one of "
+                         f"{sorted(PATHOLOGY_PROMPTS)}")
     return cxr_prompts(cat)
 
 
-def grounding_prompt(dataset: str, category: str) -> str:
-    """The official localization prompt of a dataset/category (reference §4.4)."""
-    fam = dataset_family(dataset)
-    if fam in ("rsna", "covid"):
-        return "Findings suggesting pneumonia."
-    if fam == "sicapv2":
-        return SICAPV2_GROUNDING_PROMPTS[official_category(dataset, category)]
-    return f"Findings suggesting {category}."
-
-
 def all_prompt_texts(categories: Iterable[str] | None = None) -> list[str]:
-    """Every prompt text of the tables (a deterministic corpus, e.g. for vocabularies)."""
+    """Every prompt text of the tables and of SICAPv2's grounding prompts (a deterministic corpus, e.g.
+    for vocabularies)."""
+    from benchmark.datasets.common import load_prompts
+
     out: list[str] = []
     for cat in categories or sorted(CXR_PROMPT_TABLE):
         pos, neg = cxr_prompts(cat)
@@ -302,5 +265,5 @@ def all_prompt_texts(categories: Iterable[str] | None = None) -> list[str]:
     for fam in sorted(PATHOLOGY_PROMPTS):
         spec = PATHOLOGY_PROMPTS[fam]
         out += [spec["template"].replace("CLASSNAME", v) for v in spec["classnames"].values()]
-    out += list(SICAPV2_GROUNDING_PROMPTS.values())
+    out += list(load_prompts("sicapv2").per_category["simple"].values())
     return out

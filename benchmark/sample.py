@@ -1,4 +1,4 @@
-"""The canonical sample every loader yields (DESIGN.md, "Sample").
+"""The canonical sample every loader yields.
 
 Ground truth stays in **original pixel coordinates**; loaders never resize. Geometry
 (``benchmark.geometry``) turns it into whatever frame a protocol scores in.

@@ -41,8 +41,7 @@ def adapter():
 
 
 def test_preprocess_is_the_official_letterbox_and_half_normalisation(adapter):
-    from benchmark.geometry import letterbox_array
-
+    from benchmark.geometry.frames import letterbox_array
     img = (np.arange(50 * 80) % 251).astype(np.uint8).reshape(50, 80)
     x = adapter.preprocess(img)
     assert x.shape == (3, 224, 224) and x.dtype == torch.float32
@@ -105,22 +104,29 @@ def test_adapter_loads_a_freshly_saved_training_folder(tmp_path):
 
 
 def test_classification_prompts_follow_the_official_tables():
-    from benchmark.prompts import classification_prompts, grounding_prompt
+    from benchmark.dataset import DatasetCard
+    from benchmark.datasets.common import load_card, load_prompts
+    from benchmark.prompts import classification_prompts
 
-    pos, neg = classification_prompts("rsna_pneumonia", "Pneumonia")
+    card = {n: load_card(n) for n in ("rsna_pneumonia", "siim_pneumothorax", "nih_bbox", "chexlocalize", "covid_rural",
+                                      "ms_cxr", "sicapv2")}
+    pos, neg = classification_prompts(card["rsna_pneumonia"], "Pneumonia")
     assert len(pos) == 6 * 1 * 9 and pos[0] == "Pneumonia: pneumonia at the right lower lobe"
     assert neg == ["no Pneumonia. "]
-    pos, neg = classification_prompts("demo_siim", "Pneumothorax")
+    pos, neg = classification_prompts(card["siim_pneumothorax"], "Pneumothorax")
     assert len(pos) == 42 and pos[1] == "Pneumothorax: pneumothorax left"
-    assert classification_prompts("nih_bbox", "Pleural Effusion")[0][0] == "effusion:small bilateral pleural effusion left"
-    assert classification_prompts("chexlocalize", "Pleural Effusion")[0][0] == "Pleural Effusion: bilateral pleural effusion right"
-    assert classification_prompts("covid_rural", "COVID-19") == (["Findings suggesting covid-19"], ["no COVID-19. "])
-    assert classification_prompts("ms_cxr", "No Finding") == (["No finding"], ["finding"])
-    assert classification_prompts("sicapv2", "Gleason Pattern 3") == (["presence of prostate cancer, gleason pattern 3."],
-                                                                     ["no G3. "])
-    assert len(classification_prompts("x", "Atelectasis")[0]) == 3 * 7 * 10
-    assert grounding_prompt("demo_covid_rural", "COVID-19") == "Findings suggesting pneumonia."
-    assert grounding_prompt("chexlocalize", "Airspace Opacity") == "Findings suggesting Airspace Opacity."
+    assert classification_prompts(card["nih_bbox"], "Pleural Effusion")[0][0] == \
+        "effusion:small bilateral pleural effusion left"
+    assert classification_prompts(card["chexlocalize"], "Pleural Effusion")[0][0] == \
+        "Pleural Effusion: bilateral pleural effusion right"
+    assert classification_prompts(card["covid_rural"], "COVID-19") == (["Findings suggesting covid-19"], ["no COVID-19. "])
+    assert classification_prompts(card["ms_cxr"], "No Finding") == (["No finding"], ["finding"])
+    assert classification_prompts(card["sicapv2"], "Gleason Pattern 3") == \
+        (["presence of prostate cancer, gleason pattern 3."], ["no G3. "])
+    # the card decides, never the dataset's name: a new RSNA-like set gets the generic table and no spelling
+    assert len(classification_prompts(DatasetCard(name="rsna_v2"), "Atelectasis")[0]) == 3 * 7 * 10
+    assert classification_prompts(DatasetCard(name="nih_like"), "Pleural Effusion")[0][0].startswith("Pleural Effusion:")
+    assert load_prompts("covid_rural").render("simple") == "Findings suggesting pneumonia."
 
 
 def test_afloc_untrained_is_the_demo_training_start(tmp_path, monkeypatch):

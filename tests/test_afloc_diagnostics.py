@@ -104,8 +104,7 @@ def test_prompt_dependence_measures_the_official_heatmaps(tmp_path):
 
 def test_grid_cells_read_the_frame_mask_at_each_cell_centre():
     from afloc.diagnostics import grid_cells
-    from benchmark.geometry import afloc_boxes_mask
-
+    from benchmark.geometry.afloc import afloc_boxes_mask
     # a 4x4 grid over a 224 frame: cell centres at pixels 28, 84, 140, 196
     frames = np.stack([afloc_boxes_mask([[20, 80, 70, 10]], (224, 224), 224),
                        np.zeros((224, 224), np.uint8),

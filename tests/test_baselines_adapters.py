@@ -16,17 +16,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
+from benchmark.adapter import Query
 
 FIX = Path(__file__).parent / "fixtures" / "baselines"
 GOLDEN = FIX / "golden"
 WORDPIECE = FIX / "wordpiece"
 BPE = FIX / "bpe"
-PROMPTS = ["Findings suggesting pneumonia.", "Small left pleural effusion"]
-POS = [["Atelectasis:mild subsegmental at the left lung base", "Atelectasis:minimal bandlike"],
-       ["Pleural Effusion:small left"]]
-NEG = [["no Atelectasis. "], ["no Pleural Effusion. "]]
+PROMPTS = [Query("Findings suggesting pneumonia.", "Pneumonia"), Query("Small left pleural effusion", "Pleural Effusion")]
+POS = [[Query("Atelectasis:mild subsegmental at the left lung base", "Atelectasis"),
+        Query("Atelectasis:minimal bandlike", "Atelectasis")], [Query("Pleural Effusion:small left", "Pleural Effusion")]]
+NEG = [[Query("no Atelectasis. ", "Atelectasis")], [Query("no Pleural Effusion. ", "Pleural Effusion")]]
 
 
 def images() -> list[np.ndarray]:
@@ -170,12 +171,12 @@ def test_registered_with_tags():
 
 
 def test_declared_geometries_are_understood_by_the_harness():
-    geometry = pytest.importorskip("benchmark.geometry")
     from baselines.biovil.adapter import BioVilAdapter
     from baselines.chexzero.adapter import ChexzeroAdapter
     from baselines.convirt.adapter import ConvirtAdapter
     from baselines.gloria.adapter import GloriaAdapter
     from baselines.medklip.adapter import MedKlipAdapter
+    from benchmark.geometry import frames as geometry
 
     for cls in (BioVilAdapter, ChexzeroAdapter, ConvirtAdapter, MedKlipAdapter):
         geometry.parse_geometry(cls.input_geometry)
@@ -210,35 +211,38 @@ def test_gloria_ensembles_of_different_sizes_concat(tmp_path_factory):
     assert torch.isinf(s[1, 1:]).all() and torch.isfinite(s[0]).all()
 
 
-def test_medklip_prompt_mapping_and_free_text(tmp_path_factory):
-    from baselines.medklip.adapter import EXTRA, entities_in
+def test_medklip_finding_mapping_and_free_text(tmp_path_factory):
+    """The entity comes from the query's finding, never from the prompt's words; a query without a
+    finding MedKLIP knows is an extra free-text query."""
+    from baselines.medklip.adapter import ENTITY_OF, EXTRA
     from baselines.medklip.model import ENTITIES
+    from benchmark.adapter import Query
+    from benchmark.pathologies import CANONICAL
 
-    assert entities_in("Findings suggesting pleural effusion.") == ["effusion"]
-    assert entities_in("Airspace Opacity") == ["opacity"]
-    assert entities_in("Small left pleural effusion. Mild cardiomegaly") == ["effusion", "cardiomegaly"]
-    assert entities_in("Findings suggesting Enlarged Cardiomediastinum.") == ["enlarge"]
-    assert entities_in("no finding") == []
+    assert set(ENTITY_OF) <= set(CANONICAL) and set(ENTITY_OF.values()) <= set(ENTITIES)
+    assert ENTITY_OF["Pleural Effusion"] == "effusion" and ENTITY_OF["Enlarged Cardiomediastinum"] == "enlarge"
     a, _, mem, _ = get("medklip", tmp_path_factory)
-    t = a.encode_texts(["Findings suggesting pneumonia.", "a cavitating thing"])
+    t = a.encode_texts([Query("Findings suggesting pneumonia.", "Pneumonia"), Query("a cavitating thing"),
+                        Query("Small left effusion. Mild cardiomegaly", "Pleural Effusion")])
     assert t["weights"][0, ENTITIES.index("pneumonia")] == 1 and t["weights"][0].sum() == 1
     assert t["weights"][1, EXTRA] == 1 and t["extra"][1].abs().sum() > 0
-    maps = a.similarity_map(mem, t)
+    assert t["weights"][2, ENTITIES.index("effusion")] == 1 and t["weights"][2].sum() == 1  # cardiomegaly not read
+    maps = a.similarity_map(mem, {k: v[:2] for k, v in t.items()})
     # the free-text query does not change the 75 standard outputs: the mapped row equals a lone run
-    alone = a.similarity_map(mem[:1], a.encode_texts(["Findings suggesting pneumonia."]))
+    alone = a.similarity_map(mem[:1], a.encode_texts([Query("Findings suggesting pneumonia.", "Pneumonia")]))
     np.testing.assert_allclose(maps[:1], alone, rtol=1e-5)
     a.free_text = False
     try:
-        with pytest.raises(ValueError, match="names no known disease"):
-            a.encode_texts(["a cavitating thing"])
+        with pytest.raises(ValueError, match="has no MedKLIP entity"):
+            a.encode_texts([Query("a cavitating thing", "COVID-19")])
     finally:
         a.free_text = True
 
 
-def test_chexzero_uses_its_own_pair_from_the_negative_prompt(tmp_path_factory):
+def test_chexzero_uses_its_own_pair_for_the_finding(tmp_path_factory):
     a, _, emb, _ = get("chexzero", tmp_path_factory)
-    pos = a.concat([a.encode_prompt_ensemble(["Edema:mild"])] * 2)
-    neg = a.concat([a.encode_prompt_ensemble(["no Edema. "])] * 2)
+    pos = a.concat([a.encode_prompt_ensemble([Query("Edema:mild", "Edema")])] * 2)
+    neg = a.concat([a.encode_prompt_ensemble([Query("no Edema. ", "Edema")])] * 2)
     cz = a.score(emb, pos, neg)
     # CheXzero's own pair: softmax of cos(image, "Edema") and cos(image, "no Edema")
     t = a.encode_texts(["Edema", "no Edema"])

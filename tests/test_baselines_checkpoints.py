@@ -8,8 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-
-torch = pytest.importorskip("torch")
+import torch
 
 FIX = Path(__file__).parent / "fixtures" / "baselines"
 WORDPIECE = FIX / "wordpiece"
@@ -91,7 +90,8 @@ def test_lightning_checkpoint_pickled_by_omegaconf_2_0_5_is_read_as_plain_data()
 
 
 def test_lightning_checkpoint_from_current_omegaconf(tmp_path):
-    omegaconf = pytest.importorskip("omegaconf")
+    import omegaconf
+
     from baselines.common.lightning_ckpt import load_lightning_checkpoint
 
     cfg = omegaconf.OmegaConf.create({"data": {"text": {"word_num": 50}, "image": {"imsize": 128}},

@@ -12,9 +12,7 @@ import json
 import re
 from pathlib import Path
 
-import pytest
-
-torch = pytest.importorskip("torch")
+import torch
 
 KEYS = Path(__file__).parent / "fixtures" / "baselines" / "keys"
 

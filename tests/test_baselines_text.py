@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
+import torch
 
 WORDPIECE = Path(__file__).parent / "fixtures" / "baselines" / "wordpiece"
 

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
+import torch
 
 FIX = Path(__file__).parent / "fixtures" / "baselines"
 WORDPIECE = FIX / "wordpiece"

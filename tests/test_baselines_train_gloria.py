@@ -9,9 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-
+import torch
 from test_afloc_kit import one_thread, synthetic_pairs, write_vocab  # noqa: E402,F401
 
 from benchmark.adapter import build_adapter

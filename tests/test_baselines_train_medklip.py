@@ -11,9 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-
+import torch
 from test_afloc_kit import one_thread, synthetic_pairs  # noqa: E402,F401  (fixture)
 
 from benchmark.training.config import TrainConfig, load_train_config  # noqa: E402

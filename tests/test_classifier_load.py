@@ -135,42 +135,41 @@ def test_seeded_random_classifier_is_reproducible():
         assert ka == kb and torch.equal(va, vb)
 
 
-@pytest.mark.parametrize("prompt,expected", [
-    ("Findings suggesting Airspace Opacity.", "Airspace Opacity"),
-    ("Findings suggesting Enlarged Cardiomediastinum.", "Enlarged Cardiomediastinum"),
-    ("Findings suggesting Pleural Effusion.", "Pleural Effusion"),
-    ("Findings suggesting lung opacity.", "Airspace Opacity"),
-    ("effusion", "Pleural Effusion"),
+@pytest.mark.parametrize("finding,expected", [
+    ("Airspace Opacity", "Airspace Opacity"),
+    ("Enlarged Cardiomediastinum", "Enlarged Cardiomediastinum"),
+    ("Pleural Effusion", "Pleural Effusion"),
+    ("Lung Opacity", "Airspace Opacity"),
     ("Support Devices", "Support Devices"),
 ])
-def test_prompt_names_the_chexpert_output(prompt, expected):
-    assert C.CHEXPERT_TASKS[C.label_index(prompt, C.CHEXPERT_TASKS)] == expected
+def test_finding_names_the_chexpert_output(finding, expected):
+    assert C.CHEXPERT_TASKS[C.label_index(finding, C.CHEXPERT_TASKS)] == expected
 
 
-def test_prompt_mapping_on_torchxrayvision_names():
+def test_finding_mapping_on_torchxrayvision_names():
     import torchxrayvision as xrv
 
     labels = list(xrv.datasets.default_pathologies)
-    assert labels[C.label_index("Findings suggesting Airspace Opacity.", labels)] == "Lung Opacity"
-    assert labels[C.label_index("Findings suggesting Pleural Effusion.", labels)] == "Effusion"
-    with pytest.raises(KeyError, match="no classifier output matches"):
-        C.label_index("Findings suggesting Support Devices.", labels)
+    assert labels[C.label_index("Airspace Opacity", labels)] == "Lung Opacity"
+    assert labels[C.label_index("Pleural Effusion", labels)] == "Effusion"
+    with pytest.raises(KeyError, match="no classifier output answers 'Support Devices'"):
+        C.label_index("Support Devices", labels)
     # a classifier with its own Mass / Nodule / Infiltration outputs keeps them
-    assert labels[C.label_index("Findings suggesting Mass.", labels)] == "Mass"
-    assert labels[C.label_index("Findings suggesting Nodule.", labels)] == "Nodule"
-    assert labels[C.label_index("Findings suggesting Infiltration.", labels)] == "Infiltration"
+    assert labels[C.label_index("Mass", labels)] == "Mass"
+    assert labels[C.label_index("Nodule", labels)] == "Nodule"
+    assert labels[C.label_index("Infiltration", labels)] == "Infiltration"
 
 
-@pytest.mark.parametrize("prompt,expected", [
-    ("Findings suggesting Mass.", "Lung Lesion"),
-    ("Findings suggesting Nodule.", "Lung Lesion"),
-    ("Findings suggesting Infiltrate.", "Airspace Opacity"),
+@pytest.mark.parametrize("finding,expected", [
+    ("Mass", "Lung Lesion"),
+    ("Nodule", "Lung Lesion"),
+    ("Infiltration", "Airspace Opacity"),
 ])
-def test_nih_names_fall_back_to_the_chexpert_observation(prompt, expected):
+def test_nih_names_fall_back_to_the_chexpert_observation(finding, expected):
     """CheXpert's labeler counts masses and nodules as Lung Lesion, infiltrates as Airspace Opacity."""
-    assert C.CHEXPERT_TASKS[C.label_index(prompt, C.CHEXPERT_TASKS)] == expected
-    with pytest.raises(KeyError, match="no classifier output matches"):
-        C.label_index(prompt, ["Cardiomegaly", "Edema"])
+    assert C.CHEXPERT_TASKS[C.label_index(finding, C.CHEXPERT_TASKS)] == expected
+    with pytest.raises(KeyError, match="no classifier output answers"):
+        C.label_index(finding, ["Cardiomegaly", "Edema"])
 
 
 def test_input_normalisation():

@@ -109,7 +109,9 @@ def test_train_save_resume_and_load_into_gradcam(blob_root, tmp_path):
 
     img = cv2.imread(str(blob_root / "img03.png"), cv2.IMREAD_GRAYSCALE)
     emb = a.encode_images(a.collate([a.preprocess(img)]))
-    txt = a.encode_texts(["Findings suggesting Cardiomegaly."])
+    from benchmark.adapter import Query
+
+    txt = a.encode_texts([Query("Findings suggesting Cardiomegaly.", "Cardiomegaly")])
     assert a.similarity_map(emb, txt).shape == (1, 1, 1)
     assert 0.0 <= float(a.score(emb, txt, txt)[0]) <= 1.0
 

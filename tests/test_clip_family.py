@@ -305,15 +305,17 @@ def test_conch_folder_loads_and_localises(tmp_path):
 
 def test_zero_shot_over_sicapv2_classes(tiny_open_clip):
     from baselines.clip_family.adapter import balanced_accuracy, zero_shot_probabilities
+    from benchmark.datasets.common import load_card
     from benchmark.prompts import classification_prompts
 
     _, folder = tiny_open_clip
     a = _load(QuiltNetAdapter, folder)
     img = a.encode_images(a.collate([a.preprocess(im) for im in _images(3)]))
     classes = ["Non-cancerous", "Gleason Pattern 3", "Gleason Pattern 4", "Gleason Pattern 5"]
-    probs = zero_shot_probabilities(a, img, "sicapv2", classes)
+    card = load_card("sicapv2")
+    probs = zero_shot_probabilities(a, img, card, classes)
     assert probs.shape == (3, 4) and np.allclose(probs.sum(1), 1)
-    texts = [classification_prompts("sicapv2", c)[0][0] for c in classes]
+    texts = [classification_prompts(card, c)[0][0] for c in classes]
     assert texts[0] == "presence of benign prostate glands."
     direct = a.class_probabilities(img, a.encode_texts(texts))
     np.testing.assert_allclose(probs, direct, rtol=1e-5)

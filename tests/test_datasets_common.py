@@ -15,6 +15,7 @@ from benchmark import pathologies
 from benchmark.dataset import DatasetCard, is_demo
 from benchmark.datasets import common as C
 from benchmark.datasets.rsna_pneumonia.loader import RSNAPneumonia
+from benchmark.geometry.rasterize import decode_rle
 from benchmark.registry import datasets
 
 REAL = ["rsna_pneumonia", "ms_cxr", "chexlocalize", "covid_rural", "siim_pneumothorax", "chestx_det10", "nih_bbox",
@@ -126,7 +127,7 @@ def test_rle_string_codec_matches_pycocotools():
         counts = C.decode_counts(ref)
         assert C.encode_counts(counts.tolist()) == ref
         assert C.check_coco_rle({"size": [h, w], "counts": ref}, source="x", where="y") == (h, w, int(m.sum()))
-        assert np.array_equal(C.decode_rle({"size": [h, w], "counts": ref}), m)
+        assert np.array_equal(decode_rle({"size": [h, w], "counts": ref}), m)
 
 
 def test_kaggle_relative_rle_to_coco():
@@ -138,7 +139,7 @@ def test_kaggle_relative_rle_to_coco():
     rle = C.coco_rle(C.runs_to_counts(C.runs_union([a, b]), h * w), h, w)
     flat = np.zeros(h * w, np.uint8)
     flat[[1, 2, 3, 6]] = 1
-    assert np.array_equal(C.decode_rle(rle), flat.reshape(w, h).T)  # Kaggle: reshape(w, h).T
+    assert np.array_equal(decode_rle(rle), flat.reshape(w, h).T)  # Kaggle: reshape(w, h).T
     assert C.kaggle_rle_runs(" -1", 16, source="f", row=1) == []
 
 

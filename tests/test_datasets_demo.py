@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import pytest
 
+from benchmark import demo
 from benchmark.cli.main import main
 from benchmark.dataset import build_dataset
 from benchmark.registry import datasets
 
-demo = pytest.importorskip("benchmark.demo")
 if not hasattr(demo, "generate"):
     pytest.skip("benchmark.demo has no generate()", allow_module_level=True)
 

@@ -12,11 +12,11 @@ from datasets_fixtures import write_json, write_png
 
 from benchmark.datasets.chestx_det10.loader import ChestXDet10
 from benchmark.datasets.chexlocalize.loader import CheXlocalize, cxr_id_of, human_benchmark_mask, human_benchmark_masks
-from benchmark.datasets.common import decode_rle
 from benchmark.datasets.covid_rural.loader import CovidRural, afloc_rstrip_corruptions
 from benchmark.datasets.mimic_cxr.loader import MIMICCXR, extract_report
 from benchmark.datasets.ms_cxr.loader import MSCXR
 from benchmark.datasets.sicapv2.loader import SICAPv2
+from benchmark.geometry.rasterize import decode_rle
 
 # --------------------------------------------------------------------------------------------- MS-CXR
 MS_ROWS = [

@@ -17,11 +17,12 @@ import pytest
 from datasets_fixtures import txv_data, unpack_txv, write_dicom, write_png
 
 from benchmark.datasets.chestx_det10.loader import ChestXDet10
-from benchmark.datasets.common import dataset_dir, decode_rle, kaggle_rle_runs, load_card
+from benchmark.datasets.common import dataset_dir, kaggle_rle_runs, load_card
 from benchmark.datasets.nih_bbox.loader import NIHBBox
 from benchmark.datasets.rsna_pneumonia.loader import RSNAPneumonia
 from benchmark.datasets.siim_pneumothorax.loader import SIIMPneumothorax
 from benchmark.datasets.vindr_cxr.loader import VinDrCXR
+from benchmark.geometry.rasterize import decode_rle
 
 
 def touch_all(folder: Path, names) -> None:

@@ -6,28 +6,27 @@ import numpy as np
 import pytest
 
 from benchmark.dataset import DataError
-from benchmark.geometry import (
-    Letterbox,
-    Native,
-    Resize,
-    ResizeCrop,
+from benchmark.geometry.afloc import (
     afloc_box2mask,
     afloc_box_mapping,
     afloc_boxes_mask,
     afloc_margin_valid,
     afloc_mask_to_frame,
     afloc_sample_mask,
+)
+from benchmark.geometry.frames import (
+    Letterbox,
+    Native,
+    Resize,
+    ResizeCrop,
     bilinear_resize,
     letterbox_array,
     letterbox_params,
     parse_geometry,
-    rasterize_boxes,
-    rasterize_polygons,
-    read_mask_file,
-    sample_mask,
     smooth_grid,
     transfer_map,
 )
+from benchmark.geometry.rasterize import rasterize_boxes, rasterize_polygons, read_mask_file, sample_mask
 from benchmark.sample import Sample
 
 
@@ -246,8 +245,7 @@ def test_smoothing_is_scipy_reflect_sigma_1_5():
 
 
 def test_letterbox_crop_is_letterbox_then_centre_crop():
-    from benchmark.geometry import Letterbox, parse_geometry
-
+    from benchmark.geometry.frames import Letterbox, parse_geometry
     g = parse_geometry("letterbox_crop:256:224")
     rng = np.random.default_rng(3)
     img = (rng.random((300, 200)) * 255).astype(np.uint8)

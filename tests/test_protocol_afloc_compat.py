@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from benchmark.cli.score import score_file
-from benchmark.geometry import afloc_margin_valid
+from benchmark.geometry.afloc import afloc_margin_valid
 from benchmark.metrics import AFLOC_THRESHOLDS
 from benchmark.protocols.afloc_compat import AflocCompat, afloc_chexlocalize_scores, afloc_scores
 from benchmark.protocols.base import resolve_protocol
@@ -224,13 +224,12 @@ def test_grounding_record_follows_the_official_heatmap_and_mask_pipeline():
     import torch.nn.functional as F
     from scipy import ndimage
 
-    from benchmark.geometry import afloc_box2mask, afloc_box_mapping
-
+    from benchmark.geometry.afloc import afloc_box2mask, afloc_box_mapping
     rng = np.random.default_rng(7)
     grid = rng.standard_normal((19, 19)).astype(np.float32)
     boxes = [[100.5, 220.2, 300.0, 250.7], [250.0, 300.0, 200.0, 200.0]]
     s = Sample(sample_id="ms_cxr/img1/phrase", image_path="x.jpg", split="test", category="Pneumonia",
-               image_size=(1000, 800), boxes=boxes)
+               image_size=(1000, 800), boxes=boxes, meta={"afloc_dataset": "MS_CXR"})
     rec = AflocCompat().grounding_record(grid, s, (1000, 800), "letterbox:224")
     # reference: gaussian on the grid, torch bilinear to 224, margin, AFLoc box masks summed
     sm = ndimage.gaussian_filter(grid, sigma=(1.5, 1.5), order=0)
@@ -251,7 +250,7 @@ def test_grounding_record_follows_the_official_heatmap_and_mask_pipeline():
 
 def test_pathology_has_no_margin_and_negative_thresholds():
     s = Sample(sample_id="sicapv2/a/G3", image_path="x.png", split="test", category="G3", image_size=(64, 64),
-               boxes=[[10, 10, 30, 30]])
+               boxes=[[10, 10, 30, 30]], meta={"afloc_dataset": "SICAPV2_GROUNDING", "modality": "pathology"})
     rec = AflocCompat().grounding_record(np.random.default_rng(0).random((14, 14)), s, (64, 64), "resize:224x224")
     assert "iou@-1.0" in rec and "iou@-0.1" in rec and "iou@0.1" not in rec
     assert rec["modality"] == "pathology"

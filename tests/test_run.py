@@ -13,7 +13,8 @@ import yaml
 
 from benchmark.cli.main import main
 from benchmark.records import RESULTS_REQUIRED_KEYS, SCHEMA_VERSION, validate_results
-from benchmark.run.engine import RunConfig, Runner
+from benchmark.run.config import RunConfig
+from benchmark.run.engine import Runner
 
 toy.register()
 
@@ -241,7 +242,7 @@ def test_bad_execution_flags_are_named(tmp_path, toy_root, capsys, flag, value, 
 def test_a_cuda_device_torch_cannot_see_is_an_error_before_any_model_loads(monkeypatch):
     import torch
 
-    from benchmark.run.engine import choose_device
+    from benchmark.run.config import choose_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="--device cuda: torch sees no CUDA device"):
@@ -287,6 +288,7 @@ def test_runner_hooks_per_sample_maps_and_grounding_probability(tmp_path, toy_ro
     class PerSample(CenterPriorModel):
         input_geometry = "native"
         preprocessing_id = "per-sample-test"
+        per_sample_maps = True
 
         def similarity_map_for_samples(self, samples, image_sizes):
             return [np.full(size, float(i)) for i, size in enumerate(image_sizes)]
@@ -325,9 +327,9 @@ def test_prompts_a_model_cannot_score_are_skipped_and_counted(tmp_path, toy_root
     class Refusing(CenterPriorModel):
         preprocessing_id = "refusing-test"
 
-        def unsupported_prompt(self, prompt):
-            asked.append(prompt)
-            return "no output named in the prompt" if "pneumonia" in prompt.lower() else None
+        def unsupported(self, query):
+            asked.append(query.text)
+            return "no output for this finding" if query.finding == "Pneumonia" else None
 
     models.add("refusing_test", Refusing, tags=("hidden",))
     try:
@@ -339,7 +341,7 @@ def test_prompts_a_model_cannot_score_are_skipped_and_counted(tmp_path, toy_root
         ref = json.loads((out / "pairs" / "toy_test__center_prior.json").read_text())
         samples = pd.read_parquet(out / "samples" / "toy_test__center_prior.parquet")
         assert pair["n_run_skipped"] == len(samples) > 0  # every toy sample names pneumonia
-        assert all("cannot score this prompt: no output named" in s["reason"] for s in pair["run_skipped"])
+        assert all("cannot score this prompt: no output for this finding" in s["reason"] for s in pair["run_skipped"])
         assert ref["n_run_skipped"] == 0
         assert len(set(asked)) == len(asked)  # asked once per distinct prompt
     finally:

@@ -11,7 +11,7 @@ import torch
 
 from baselines.saliency import cam
 from baselines.saliency import classifiers as C
-from benchmark.adapter import build_adapter
+from benchmark.adapter import Query, build_adapter
 from benchmark.registry import models
 from benchmark.training import demo_weights
 
@@ -44,8 +44,7 @@ def _images(n, seed=0):
     return [rng.integers(0, 256, size=(80 + 7 * i, 100), dtype=np.uint8) for i in range(n)]
 
 
-PROMPTS = ["Findings suggesting Cardiomegaly.", "Findings suggesting Airspace Opacity.",
-           "Findings suggesting Pleural Effusion."]
+PROMPTS = [Query(f"Findings suggesting {f}.", f) for f in ("Cardiomegaly", "Airspace Opacity", "Pleural Effusion")]
 
 
 def test_registered_with_tags_and_capabilities():
@@ -68,7 +67,7 @@ def test_map_shape_and_scores(method, tiny_ckpt):
     maps = a.similarity_map(img, txt)
     assert maps.shape == (3, 2, 2) and maps.dtype == np.float32
     assert np.isfinite(maps).all() and (maps >= 0).all()
-    probs = a.score(img, txt, a.encode_texts(["no cardiomegaly"] * 3))
+    probs = a.score(img, txt, a.encode_texts([Query("no cardiomegaly", "Cardiomegaly")] * 3))
     with torch.no_grad():
         expected = torch.sigmoid(a.model(batch)).numpy()[np.arange(3), [2, 4, 10]]
     np.testing.assert_allclose(probs, expected, rtol=1e-6)
@@ -104,10 +103,12 @@ def test_targets_must_match_the_batch():
         cam.compute_cams("gradcam", model, model.cam_layer, torch.randn(3, 3, 64, 64), [0, 1])
 
 
-def test_unknown_prompt_names_the_outputs(tiny_ckpt):
+def test_unknown_finding_names_the_outputs_and_free_text_is_refused(tiny_ckpt):
     a = _adapter("gradcam:densenet121", tiny_ckpt)
     with pytest.raises(KeyError, match="Support Devices"):
-        a.encode_texts(["Findings suggesting COVID-19."])
+        a.encode_texts([Query("Findings suggesting COVID-19.", "COVID-19")])
+    with pytest.raises(ValueError, match="not free text"):
+        a.encode_texts(["Findings suggesting Cardiomegaly."])  # no finding: the prompt's words are never read
 
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
@@ -171,13 +172,15 @@ def test_inplace_relu_trap_and_the_chosen_layer():
 
 def test_official_zero_shot_ensembles_name_one_output(tiny_ckpt):
     """AFLoc's CXR ensembles ("airspace opacity:mild consolidation ...") resolve to the category's output."""
+    from benchmark.datasets.common import load_card
     from benchmark.prompts import classification_prompts
 
     a = _adapter("gradcam:densenet121", tiny_ckpt)
+    card = load_card("chexlocalize")
     for task in C.LOCALIZATION_TASKS + ("Pneumonia", "Fracture"):
-        pos, neg = classification_prompts("chexlocalize", task)
-        assert C.CHEXPERT_TASKS[int(a.encode_prompt_ensemble(pos)[0])] == task
-        assert C.CHEXPERT_TASKS[int(a.encode_prompt_ensemble(neg)[0])] == task
+        pos, neg = classification_prompts(card, task)
+        assert C.CHEXPERT_TASKS[int(a.encode_prompt_ensemble([Query(p, task) for p in pos])[0])] == task
+        assert C.CHEXPERT_TASKS[int(a.encode_prompt_ensemble([Query(n, task) for n in neg])[0])] == task
 
 
 def test_signed_cam_option_and_empty_map_count(tiny_ckpt):
@@ -246,9 +249,9 @@ def test_demo_classifier_is_trained_once_and_cached(tmp_path, monkeypatch):
     assert not [p for p in first.parent.parent.iterdir() if ".run-" in p.name]
 
 
-def test_unsupported_prompt_names_the_missing_output(tiny_ckpt):
+def test_unsupported_finding_names_the_missing_output(tiny_ckpt):
     a = _adapter("gradcam:densenet121", tiny_ckpt)
-    assert a.unsupported_prompt("Findings suggesting Airspace Opacity.") is None
-    assert a.unsupported_prompt("Findings suggesting Mass.") is None  # CheXpert's Lung Lesion
-    reason = a.unsupported_prompt("Findings suggesting Fibrosis.")
+    assert a.unsupported(Query("Findings suggesting Airspace Opacity.", "Airspace Opacity")) is None
+    assert a.unsupported(Query("Findings suggesting Mass.", "Mass")) is None  # CheXpert's Lung Lesion
+    reason = a.unsupported(Query("Findings suggesting Fibrosis.", "Fibrosis"))
     assert "Fibrosis" in reason and "Airspace Opacity" in reason

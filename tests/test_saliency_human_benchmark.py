@@ -259,7 +259,8 @@ def _write_chexlocalize(root, h=40, w=30, points=True):
 def _run_human(tmp_path, root, seg):
     import pandas as pd
 
-    from benchmark.run.engine import RunConfig, Runner
+    from benchmark.run.config import RunConfig
+    from benchmark.run.engine import Runner
 
     out = tmp_path / "run"
     cfg = RunConfig(models=["human_benchmark"], datasets=["chexlocalize"], protocol="chexlocalize@1",

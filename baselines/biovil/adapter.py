@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from baselines.common.adapter import BaselineAdapter, softmax_pair
-from benchmark.adapter import GROUNDING, ZEROSHOT_CLS
+from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Query, query_texts
 
 IMAGE_PUBLISHED = ("https://huggingface.co/microsoft/BiomedVLP-CXR-BERT-specialized (revision v1.1, file "
                    "biovil_image_resnet50_proj_size_128.pt)")
@@ -167,16 +167,16 @@ class BioVilAdapter(BaselineAdapter):
     # -- text ------------------------------------------------------------------------------
     def tokenize(self, prompts: Sequence[str]) -> dict[str, Any]:
         """hi-ml ``TextInput``: no special tokens but [MASK], trailing ``!?.`` stripped, padded to the longest
-        (``_biovil_model.encode_text_input``, also the training encoding)."""
+        (``baselines.biovil.model.encode_text_input``, also the training encoding)."""
         from baselines.biovil.model import encode_text_input
 
         return encode_text_input(self.tokenizer, prompts, self.max_length)
 
-    def encode_texts(self, prompts: Sequence[str]) -> Any:
+    def encode_texts(self, queries: Sequence[Query]) -> Any:
         """Projected [CLS] embeddings [P, 128], not normalised (normalised where they are used)."""
         import torch
 
-        enc = self.tokenize(list(prompts))
+        enc = self.tokenize(query_texts(queries))
         with torch.no_grad():
             return self.text_model(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device))
 

@@ -2,25 +2,23 @@
 
 Classification only. The official score is a softmax over two cosines (no logit scale): image
 vs. ``"{label}"`` and image vs. ``"no {label}"``. With ``prompt_style=chexzero`` (default) the
-label is read from the harness's negative prompt when it has the form ``"no <label>"`` and
-CheXzero's own pair is scored; otherwise (or with ``prompt_style=given``) the harness's positive
-and negative ensembles are used (each prompt embedding normalised, averaged, re-normalised,
+label is the queries' finding (its canonical name, as CheXpert's columns spell it) and CheXzero's
+own pair is scored; for queries without a finding (or with ``prompt_style=given``) the harness's
+positive and negative ensembles are used (each prompt embedding normalised, averaged, re-normalised,
 as CheXzero's ``zeroshot_classifier`` does).
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any, Sequence
 
 import numpy as np
 
 from baselines.common.adapter import BaselineAdapter, softmax_pair
-from benchmark.adapter import ZEROSHOT_CLS
+from benchmark.adapter import ZEROSHOT_CLS, Query, as_queries, query_texts
 
 PUBLISHED = ("https://github.com/rajpurkarlab/CheXzero (README: Google Drive folder "
              "1makFLiEMbSleYltaRxw81aBhEDMpVwno, e.g. best_64_5e-05_original_22000_0.864.pt)")
-_NEGATIVE = re.compile(r"^\s*no\s+(.+?)[\s.]*$", re.IGNORECASE)
 
 
 class ChexzeroAdapter(BaselineAdapter):
@@ -71,23 +69,25 @@ class ChexzeroAdapter(BaselineAdapter):
             return F.normalize(self.model.encode_image(batch.to(self.device)), dim=-1)
 
     # -- text ------------------------------------------------------------------------------
-    def encode_texts(self, prompts: Sequence[str]) -> Any:
+    def encode_texts(self, queries: Sequence[Query]) -> Any:
         """Normalised text features [P, 512] (sequences longer than 77 tokens are truncated)."""
         import torch
         import torch.nn.functional as F
 
-        tokens = self.tokenizer(list(prompts)).to(self.device)
+        tokens = self.tokenizer(query_texts(queries)).to(self.device)
         with torch.no_grad():
             return F.normalize(self.model.encode_text(tokens), dim=-1)
 
-    def encode_prompt_ensemble(self, prompts: Sequence[str]) -> dict[str, Any]:
-        """Mean of normalised prompt embeddings; for a ``"no <label>"`` ensemble also CheXzero's own pair."""
+    def encode_prompt_ensemble(self, queries: Sequence[Query]) -> dict[str, Any]:
+        """Mean of normalised prompt embeddings, and CheXzero's own pair for the queries' finding."""
         import torch
 
-        given = self.encode_texts(list(prompts)).mean(0, keepdim=True)
-        m = _NEGATIVE.match(prompts[0]) if len(prompts) == 1 else None
-        if m:
-            pair = self.encode_texts([m.group(1), f"no {m.group(1)}"])
+        queries = as_queries(queries)
+        given = self.encode_texts(queries).mean(0, keepdim=True)
+        findings = {q.finding for q in queries}
+        label = findings.pop() if len(findings) == 1 else None
+        if label:
+            pair = self.encode_texts([label, f"no {label}"])
             cz_pos, cz_neg, has = pair[:1], pair[1:], torch.ones(1, dtype=torch.bool)
         else:
             cz_pos, cz_neg, has = torch.zeros_like(given), torch.zeros_like(given), torch.zeros(1, dtype=torch.bool)

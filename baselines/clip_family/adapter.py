@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Adapter, flag_option
+from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Adapter, Query, flag_option, query_texts
 
 log = logging.getLogger(__name__)
 
@@ -109,19 +109,19 @@ class _ClipAdapter(Adapter):
             emb = torch.nn.functional.normalize(self.loaded.encode_image(x), dim=-1)
         return {"x": x, "emb": emb}
 
-    def encode_texts(self, prompts: Sequence[str]):
+    def encode_texts(self, queries: Sequence[Query]):
         import torch
 
         self._require()
-        tokens = self.loaded.tokenizer(list(prompts)).to(self._device())
+        tokens = self.loaded.tokenizer(query_texts(queries)).to(self._device())
         with torch.no_grad():
             return torch.nn.functional.normalize(self.loaded.encode_text(tokens), dim=-1)
 
-    def encode_prompt_ensemble(self, prompts: Sequence[str]):
+    def encode_prompt_ensemble(self, queries: Sequence[Query]):
         """Mean of the normalised prompt embeddings, renormalised (the CLIP ensembling convention)."""
         import torch
 
-        emb = self.encode_texts(list(prompts)).mean(0, keepdim=True)
+        emb = self.encode_texts(list(queries)).mean(0, keepdim=True)
         return torch.nn.functional.normalize(emb, dim=-1)
 
     def similarity_map(self, image_emb: dict[str, Any], text_emb) -> np.ndarray:
@@ -188,22 +188,24 @@ class QuiltNetAdapter(_ClipAdapter):
 
 
 class CONCHAdapter(_ClipAdapter):
-    """CONCH: local ``MahmoodLab/CONCH`` folder (``pytorch_model.bin``), see ``_clip_conch``."""
+    """CONCH: local ``MahmoodLab/CONCH`` folder (``pytorch_model.bin``), see ``baselines.clip_family.conch``."""
 
     family = "conch"
 
 
-def zero_shot_probabilities(adapter: _ClipAdapter, image_emb: dict[str, Any], dataset: str,
+def zero_shot_probabilities(adapter: _ClipAdapter, image_emb: dict[str, Any], card: Any,
                             categories: Sequence[str]) -> np.ndarray:
     """Single-label zero-shot classification: softmax over ``categories`` → ``[B, K]``.
 
-    Each class is the (renormalised) mean embedding of its positive prompts from
+    ``card`` is the dataset's card (its prompt family and spelling). Each class is the
+    (renormalised) mean embedding of its positive prompts from
     ``benchmark.prompts.classification_prompts`` (SICAPv2: "presence of CLASSNAME." with AFLoc's
     class names), as AFLoc's pathology evaluation scores classes: argmax over a softmax.
     """
     from benchmark.prompts import classification_prompts
 
-    rows = [adapter.encode_prompt_ensemble(classification_prompts(dataset, c)[0]) for c in categories]
+    rows = [adapter.encode_prompt_ensemble([Query(t, c) for t in classification_prompts(card, c)[0]])
+            for c in categories]
     return adapter.class_probabilities(image_emb, adapter.concat(rows))
 
 

@@ -23,7 +23,7 @@ Accepted sources (never a network call: the Hugging Face hub is switched offline
 3. **A single weights file** with option ``arch`` = an open_clip architecture name (``ViT-B-32``,
    ``ViT-B-32-quickgelu`` for OpenAI weights) or the path of an open_clip model-config JSON.
 
-CONCH has its own architecture (timm trunk + attentional poolers); see ``_clip_conch``.
+CONCH has its own architecture (timm trunk + attentional poolers); see ``baselines.clip_family.conch``.
 """
 
 from __future__ import annotations

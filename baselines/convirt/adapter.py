@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from baselines.common.adapter import BaselineAdapter, softmax_pair
-from benchmark.adapter import GROUNDING, ZEROSHOT_CLS
+from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Query, query_texts
 
 PUBLISHED = ("no official weights exist; ViLMedic model zoo `selfsup/convirt-mimic` (Google Drive id "
              "1py2k6kFO1tbSlHroAKmHjOnayIakOtMm, listed in jbdel/vilmedic vilmedic/zoo/modeling_auto.py), or a "
@@ -123,13 +123,13 @@ class ConvirtAdapter(BaselineAdapter):
 
     # -- text ------------------------------------------------------------------------------
     def tokenize(self, prompts: Sequence[str]) -> dict[str, Any]:
-        """The same encoding as training (``_convirt_model.CaptionTokenizer``)."""
+        """The same encoding as training (``baselines.convirt.model.CaptionTokenizer``)."""
         return self.tokenizer(list(prompts))
 
-    def encode_texts(self, prompts: Sequence[str]) -> Any:
+    def encode_texts(self, queries: Sequence[Query]) -> Any:
         import torch
 
-        enc = self.tokenize(list(prompts))
+        enc = self.tokenize(query_texts(queries))
         with torch.no_grad():
             return self.model.encode_text(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device))
 

@@ -7,7 +7,7 @@ ViLMedic's ``ConVIRTLoss``), on the projected pooled image vector and the projec
 Input and text are the adapter's (``baselines.convirt.adapter``), so a trained checkpoint is evaluated on
 exactly what it was trained on: ViLMedic's evaluation transform (gray, PIL bilinear resize to
 224x224, ImageNet normalisation; ViLMedic trains on random 224 crops of a 256 resize instead)
-and ``_convirt_model.CaptionTokenizer`` (WordPiece, ``[CLS]``/``[SEP]``, padded to
+and ``baselines.convirt.model.CaptionTokenizer`` (WordPiece, ``[CLS]``/``[SEP]``, padded to
 ``max_length``). Captions are the trainer's sampled sentence subsets (``benchmark.training.data``); the paper
 samples one sentence per report.
 
@@ -112,7 +112,7 @@ class ConvirtTask(TrainTask):
         return model, CaptionTokenizer(tok, mcfg)
 
     def image_fn(self, path: str) -> Any:
-        """The adapter's input (``_convirt_model.image_input``) of the image file."""
+        """The adapter's input (``baselines.convirt.model.image_input``) of the image file."""
         from baselines.convirt.model import image_input
         from benchmark.io.images import read_image
 

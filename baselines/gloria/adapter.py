@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from baselines.common.adapter import BaselineAdapter, softmax_pair
-from benchmark.adapter import GROUNDING, ZEROSHOT_CLS
+from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Query, query_texts
 
 PUBLISHED = "https://stanfordmedicine.box.com/s/j5h7q99f3pfi7enc0dom73m4nsm6yzvh (GLoRIA README)"
 TEXT_PUBLISHED = "https://huggingface.co/emilyalsentzer/Bio_ClinicalBERT (config.json and vocab.txt)"
@@ -132,11 +132,12 @@ class GloriaAdapter(BaselineAdapter):
         out["char_len"] = torch.tensor([char_cap_len(p) for p in prompts], dtype=torch.long)
         return out
 
-    def encode_texts(self, prompts: Sequence[str]) -> dict[str, Any]:
+    def encode_texts(self, queries: Sequence[Query]) -> dict[str, Any]:
         """Rows of one prompt each: words [P,1,D,97], sent [P,1,D], cap_len/char_len/valid [P,1]."""
         import torch
 
-        t = self.tokenize(list(prompts))
+        prompts = query_texts(queries)
+        t = self.tokenize(prompts)
         dev = self.device
         with torch.no_grad():
             words, sent = self.model.text_encoder(t["input_ids"].to(dev), t["attention_mask"].to(dev),
@@ -144,9 +145,9 @@ class GloriaAdapter(BaselineAdapter):
         return {"words": words[:, None], "sent": sent[:, None], "cap_len": t["cap_len"][:, None],
                 "char_len": t["char_len"][:, None], "valid": torch.ones(len(prompts), 1, dtype=torch.bool)}
 
-    def encode_prompt_ensemble(self, prompts: Sequence[str]) -> dict[str, Any]:
+    def encode_prompt_ensemble(self, queries: Sequence[Query]) -> dict[str, Any]:
         """One row holding all of a class's prompts (the official score takes the max over them)."""
-        e = self.encode_texts(list(prompts))
+        e = self.encode_texts(list(queries))
         return {k: v.transpose(0, 1) for k, v in e.items()}
 
     @staticmethod

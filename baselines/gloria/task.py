@@ -97,7 +97,7 @@ class GloriaTask(TrainTask):
         return model, CaptionTokenizer(tok, mcfg.word_num)
 
     def image_fn(self, path: str) -> Any:
-        """The adapter's input for this model's config (``_gloria_model.image_input``)."""
+        """The adapter's input for this model's config (``baselines.gloria.model.image_input``)."""
         from baselines.gloria.model import GloriaConfig, image_input
         from benchmark.io.images import read_image
 

@@ -106,7 +106,7 @@ class HumanBenchmark(Adapter):
     preprocessing_id = "chexlocalize-hb-segmentations-v1"
     color = "gray"
     needs_checkpoint = True
-    binary_maps = True  # protocols may skip thresholding: the map is already a segmentation
+    per_sample_maps = True  # the map is the reader's segmentation of this sample, not an image/text product
 
     def __init__(self, **options: Any):
         super().__init__(**options)
@@ -161,8 +161,7 @@ class HumanBenchmark(Adapter):
     def similarity_map_for_samples(self, samples: Sequence[Any],
                                    image_sizes: Sequence[tuple[int, int] | None] | None = None) -> list[np.ndarray]:
         """One float32 map per sample at the image's native size: the human mask (1 in, 0 out)."""
-        from benchmark.geometry import decode_rle
-
+        from benchmark.geometry.rasterize import decode_rle
         if self.masks is None:
             raise RuntimeError("human_benchmark: call load() first")
         sizes = list(image_sizes) if image_sizes is not None else [None] * len(samples)
@@ -220,7 +219,7 @@ class HumanBenchmark(Adapter):
     def encode_images(self, batch):
         self._needs_samples()
 
-    def encode_texts(self, prompts):
+    def encode_texts(self, queries):
         self._needs_samples()
 
     def similarity_map(self, image_emb, text_emb):

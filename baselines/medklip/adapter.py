@@ -1,15 +1,14 @@
 """MedKLIP (Wu et al., ICCV 2023): knowledge-enhanced entity queries, re-implemented.
 
-A prompt is mapped to MedKLIP entities through a fixed disease-name table (``ENTITY_OF``):
-"Findings suggesting pleural effusion." → ``effusion``. All 75 entity queries always run, in
-the official order (they attend to each other, so dropping or reordering any changes every
-output). A prompt that names no known disease becomes an extra query (BERT ``[CLS]`` of the
+A query's finding (its canonical category) is mapped to a MedKLIP entity through a fixed table
+(``ENTITY_OF``): "Pleural Effusion" → ``effusion``. All 75 entity queries always run, in the
+official order (they attend to each other, so dropping or reordering any changes every output).
+A query whose finding has no entity (or free text) becomes an extra query (BERT ``[CLS]`` of the
 prompt → ``disease_embedding_layer``) appended after the 75 in a separate decoder pass, so the
 75 standard outputs are never changed by it.
 
 Heatmap: the decoder's cross-attention to the 14×14 patches, averaged over heads and over the 4
-layers (as the official RSNA grounding script does), for the mapped entity (mean over entities
-when a prompt names several). The official ×16 nearest upsampling and its 0.008 threshold belong
+layers (as the official RSNA grounding script does), for the mapped entity. The official ×16 nearest upsampling and its 0.008 threshold belong
 to a protocol.
 
 Zero-shot: softmax over the 2-way head, probability of "present" for the mapped entity (the
@@ -28,13 +27,12 @@ Checkpoints (``--ckpt medklip=PATH``):
 
 from __future__ import annotations
 
-import re
 from typing import Any, Sequence
 
 import numpy as np
 
 from baselines.common.adapter import BaselineAdapter
-from benchmark.adapter import GROUNDING, ZEROSHOT_CLS
+from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Query, as_queries
 
 PUBLISHED = ("https://github.com/MediaBrain-SJTU/MedKLIP (checkpoints/README.md: Google Drive folder "
              "1HBShH7J_pO8onkzuweDgDq2QPqj6zjG_, file checkpoint_final.pth)")
@@ -46,34 +44,17 @@ FOLDER_FORMAT = "afloc-bench/medklip"  # config.json "format" of the checkpoint 
 FOLDER_FORMAT_VERSION = 1
 OFFICIAL_FILE_OPTIONS = ("text_encoder", "entity_descriptions")  # options that only the official file needs
 
-# Disease names of the benchmark datasets → MedKLIP entities. Multi-word names are matched first.
+# Canonical findings (benchmark.pathologies) → MedKLIP entities.
 ENTITY_OF: dict[str, str] = {
-    "atelectasis": "atelectasis", "cardiomegaly": "cardiomegaly", "consolidation": "consolidation",
-    "edema": "edema", "pulmonary edema": "edema", "pleural effusion": "effusion", "effusion": "effusion",
-    "lung opacity": "opacity", "airspace opacity": "opacity", "opacity": "opacity", "opacities": "opacity",
-    "pneumonia": "pneumonia", "pneumothorax": "pneumothorax", "lung lesion": "lesion", "lesion": "lesion",
-    "support devices": "device", "support device": "device",
-    "enlarged cardiomediastinum": "enlarge",  # no exact entity; ``enlarge`` is the documented choice
-    "infiltration": "infiltrate", "infiltrate": "infiltrate", "mass": "mass", "nodule": "nodule",
-    "emphysema": "emphysema", "fibrosis": "tail_abnorm_obs", "pleural thickening": "thicken",
-    "pleural_thickening": "thicken", "thickening": "thicken", "hernia": "hernia", "fracture": "fracture",
-    "calcification": "calcification",
+    "Atelectasis": "atelectasis", "Cardiomegaly": "cardiomegaly", "Consolidation": "consolidation",
+    "Edema": "edema", "Pleural Effusion": "effusion", "Lung Opacity": "opacity", "Airspace Opacity": "opacity",
+    "Pneumonia": "pneumonia", "Pneumothorax": "pneumothorax", "Lung Lesion": "lesion", "Lesion": "lesion",
+    "Support Devices": "device",
+    "Enlarged Cardiomediastinum": "enlarge",  # no exact entity; ``enlarge`` is the documented choice
+    "Infiltration": "infiltrate", "Mass": "mass", "Nodule": "nodule", "Emphysema": "emphysema",
+    "Fibrosis": "tail_abnorm_obs", "Pleural Thickening": "thicken", "Hernia": "hernia", "Fracture": "fracture",
+    "Calcification": "calcification",
 }
-
-
-def entities_in(prompt: str) -> list[str]:
-    """Entities named in ``prompt`` (longest names first, no overlaps), in order of appearance."""
-    text = prompt.lower().replace("-", " ")
-    taken: list[tuple[int, int, str]] = []
-    for name in sorted(ENTITY_OF, key=len, reverse=True):
-        for m in re.finditer(r"(?<![a-z])" + re.escape(name) + r"(?![a-z])", text):
-            if all(m.end() <= s or m.start() >= e for s, e, _ in taken):
-                taken.append((m.start(), m.end(), ENTITY_OF[name]))
-    out: list[str] = []
-    for _, _, ent in sorted(taken):
-        if ent not in out:
-            out.append(ent)
-    return out
 
 
 class MedKlipAdapter(BaselineAdapter):
@@ -253,41 +234,41 @@ class MedKlipAdapter(BaselineAdapter):
             return self.model.image_features(batch.to(self.device))
 
     # -- text ------------------------------------------------------------------------------
-    def encode_texts(self, prompts: Sequence[str]) -> dict[str, Any]:
-        """Per prompt: ``weights`` [P, 76] over the 75 entities plus the extra query, ``extra`` [P, 768]."""
+    def encode_texts(self, queries: Sequence[Query]) -> dict[str, Any]:
+        """Per query: ``weights`` [P, 76] over the 75 entities plus the extra query, ``extra`` [P, 768]."""
         import torch
 
         from baselines.medklip.model import ENTITIES, cls_embeddings, tokenize_cls_only
 
-        P = len(prompts)
+        queries = as_queries(queries)
+        P = len(queries)
         weights = torch.zeros(P, EXTRA + 1, dtype=torch.float64)
         extra = torch.zeros(P, self.entity_book.shape[1], dtype=self.entity_book.dtype)
         free = []
-        for i, p in enumerate(prompts):
-            ents = entities_in(p)
-            if ents:
-                for e in ents:
-                    weights[i, ENTITIES.index(e)] = 1.0 / len(ents)
+        for i, q in enumerate(queries):
+            entity = ENTITY_OF.get(q.finding) if q.finding else None
+            if entity is not None:
+                weights[i, ENTITIES.index(entity)] = 1.0
             elif self.free_text:
                 weights[i, EXTRA] = 1.0
                 free.append(i)
             else:
-                raise ValueError(f"medklip: prompt {p!r} names no known disease (known: {', '.join(ENTITY_OF)}); "
-                                 "set free_text=true to use it as an extra query")
+                raise ValueError(f"medklip: finding {q.finding!r} of prompt {q.text!r} has no MedKLIP entity (known: "
+                                 f"{', '.join(ENTITY_OF)}); set free_text=true to use the prompt as an extra query")
         if free:
             if self.bert is None:
-                raise ValueError(f"medklip: prompt {prompts[free[0]]!r} names no known disease and {self.checkpoint} "
-                                 "has no text encoder to encode it as an extra query; pass text_encoder=FOLDER "
-                                 "(the one it was trained with) or set free_text=false")
-            emb = cls_embeddings(self.bert, tokenize_cls_only(self.tokenizer, [prompts[i] for i in free],
+                raise ValueError(f"medklip: prompt {queries[free[0]].text!r} names no known disease and "
+                                 f"{self.checkpoint} has no text encoder to encode it as an extra query; pass "
+                                 "text_encoder=FOLDER (the one it was trained with) or set free_text=false")
+            emb = cls_embeddings(self.bert, tokenize_cls_only(self.tokenizer, [queries[i].text for i in free],
                                                               getattr(self, "description_max_length", 64)),
                                  pooling=getattr(self, "text_pooling", "cls"))
             extra[free] = emb.to(extra.dtype).cpu()
         return {"weights": weights, "extra": extra}
 
-    def encode_prompt_ensemble(self, prompts: Sequence[str]) -> dict[str, Any]:
-        """Entity weights averaged over the prompts; free-text prompts share one mean extra query."""
-        e = self.encode_texts(list(prompts))
+    def encode_prompt_ensemble(self, queries: Sequence[Query]) -> dict[str, Any]:
+        """Entity weights averaged over the queries; free-text queries share one mean extra query."""
+        e = self.encode_texts(list(queries))
         w = e["weights"].mean(0, keepdim=True)
         is_free = e["weights"][:, EXTRA] > 0
         extra = e["extra"][is_free].mean(0, keepdim=True) if bool(is_free.any()) else e["extra"][:1] * 0

@@ -28,7 +28,7 @@ MedKLIP's "not mentioned". A column naming several entities gives its value to e
 stay unknown.
 
 Loss: MedKLIP's ``loss_ce``, the 2-way cross-entropy of the classifier over every (image, entity)
-cell with a known label (``_medklip_model.entity_ce_loss``). Its second term, the position
+cell with a known label (``baselines.medklip.model.entity_ce_loss``). Its second term, the position
 contrast ``loss_cl`` (``cl_fc`` output against the anatomy embeddings of the entity's RadGraph
 location), needs RadGraph positions that the data does not have, so it is left out; ``cl_fc`` is
 kept (untrained) so the checkpoint keeps the official keys. Captions are sampled and tokenised
@@ -52,7 +52,7 @@ projection, the paper preset) or ``torch`` (PyTorch's defaults; the demo, see it
 ``cfg.model`` takes the ``MedKLIPConfig`` fields (sizes) plus ``entity_descriptions``,
 ``description_max_length``, ``description_pooling`` (``cls`` | ``mean``) and ``init``.
 
-Input: the adapter's (``_medklip_model.preprocess_image``: 224×224 resize, ImageNet normalisation),
+Input: the adapter's (``baselines.medklip.model.preprocess_image``: 224×224 resize, ImageNet normalisation),
 so training and evaluation see the same frames; no augmentation (the official recipe's random
 resized crop, flip and RandAugment are not reproduced).
 """

@@ -1,15 +1,15 @@
 """Saliency baselines of CheXlocalize (Grad-CAM, Grad-CAM++, Eigen-CAM) on DenseNet121 classifiers.
 
 The paper compares AFLoc with these methods on CheXlocalize (Extended Data Table 5). A saliency
-"model" is a multi-label classifier plus a CAM method: the prompt names the class, the CAM of that
-class's logit is the map, and the class probability (sigmoid of the logit) is the score that
+"model" is a multi-label classifier plus a CAM method: the query's finding names the class, the CAM
+of that class's logit is the map, and the class probability (sigmoid of the logit) is the score that
 CheXlocalize's per-task probability cut-offs use.
 
 Choices, each for a reason:
-- Prompt → class: the adapter contract hands ``encode_texts`` prompt texts only, so the class
-  is found by name in the prompt (``Findings suggesting Airspace Opacity.`` → "Airspace
-  Opacity"; aliases such as "Lung Opacity" and "Effusion" are understood). A prompt naming no
-  output of the classifier is an error that lists the outputs.
+- Finding → class: the output whose label is the query's finding (canonical names, so "Effusion"
+  answers "Pleural Effusion"; CheXpert's "Lung Opacity" answers "Airspace Opacity"; "Mass" and
+  "Nodule" fall back to "Lung Lesion" where the classifier has no output of their own). A finding
+  without an output is skipped and counted by the runner (``unsupported``).
 - Target layer: the output of a non-inplace ReLU placed after ``features`` (torchvision's
   DenseNet applies ``F.relu(features, inplace=True)``, which on CPU rewrites the activation the
   library stored from ``features[-1]`` but not on GPU). Maps are therefore the same on both.
@@ -25,7 +25,7 @@ Choices, each for a reason:
 Options: ``labels`` (comma-separated output names), ``xrv_weights`` (a torchxrayvision weights
 name, to take its output names), ``random_init`` (seeded random weights when no checkpoint is
 given, for tests only; otherwise no checkpoint means the demo classifier, trained on first use
-and cached, ``baselines.saliency.demo``), ``cam_output`` (``raw`` | ``library``), ``cam_relu`` (default
+and cached, ``afloc-bench train classifier``), ``cam_output`` (``raw`` | ``library``), ``cam_relu`` (default
 true; false keeps the signed CAM, useful when a class's CAM is negative everywhere and the ReLU
 would leave an all-zero map — ``describe()["maps"]`` counts those), ``seed`` (of the random weights).
 """
@@ -38,15 +38,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Adapter, flag_option
+from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Adapter, Query, as_queries, flag_option
 
 log = logging.getLogger(__name__)
 
 
 def frame(image: np.ndarray, geometry: str) -> np.ndarray:
     """The image in the classifier's input frame, by the benchmark's geometry module."""
-    from benchmark.geometry import parse_geometry
-
+    from benchmark.geometry.frames import parse_geometry
     return parse_geometry(geometry).image_to_frame(np.ascontiguousarray(image))
 
 
@@ -117,32 +116,38 @@ class _SaliencyAdapter(Adapter):
             prob = torch.sigmoid(self.model(x))
         return {"x": x, "prob": prob}
 
-    def encode_texts(self, prompts: Sequence[str]):
-        """Prompt → index of the classifier output it names (see module docstring)."""
+    def encode_texts(self, queries: Sequence[Query]):
+        """Query → index of the classifier output that answers its finding."""
         import torch
 
         from baselines.saliency import classifiers as C
 
         self._require()
-        return torch.tensor([C.label_index(p, self.spec.labels) for p in prompts], dtype=torch.long)
+        return torch.tensor([C.label_index(self._finding(q), self.spec.labels) for q in as_queries(queries)],
+                            dtype=torch.long)
 
-    def unsupported_prompt(self, prompt: str) -> str | None:
-        """Why this classifier cannot score ``prompt`` (it names none of its outputs), else None.
-        The runner skips such samples and counts them instead of stopping."""
+    @staticmethod
+    def _finding(query: Query) -> str:
+        if not query.finding:
+            raise ValueError(f"a classifier answers findings, not free text: {query.text!r} names none")
+        return query.finding
+
+    def unsupported(self, query: Query) -> str | None:
+        """Why this classifier cannot answer ``query`` (no output for its finding), else None."""
         from baselines.saliency import classifiers as C
 
         self._require()
         try:
-            C.label_index(prompt, self.spec.labels)
-        except KeyError as exc:
+            C.label_index(self._finding(query), self.spec.labels)
+        except (KeyError, ValueError) as exc:
             return str(exc.args[0])
         return None
 
-    def encode_prompt_ensemble(self, prompts: Sequence[str]):
-        idx = self.encode_texts(list(prompts))
+    def encode_prompt_ensemble(self, queries: Sequence[Query]):
+        idx = self.encode_texts(list(queries))
         if len(set(idx.tolist())) != 1:
             names = sorted({self.spec.labels[i] for i in idx.tolist()})
-            raise ValueError(f"prompt ensemble {list(prompts)!r} names several classifier outputs: {names}")
+            raise ValueError(f"queries of several findings in one ensemble answer several outputs: {names}")
         return idx[:1]
 
     def similarity_map(self, image_emb: dict[str, Any], text_emb) -> np.ndarray:

@@ -43,17 +43,6 @@ LOCALIZATION_TASKS: tuple[str, ...] = (
     "Consolidation", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Support Devices",
 )
 
-# Spelling variants that name the same finding (normalised: lower case, single spaces).
-_ALIASES = {
-    "lung opacity": "airspace opacity",
-    "opacity": "airspace opacity",
-    "effusion": "pleural effusion",
-    "pleural thickening": "pleural thickening",
-    "support device": "support devices",
-    "enlarged cardiomediastinum": "enlarged cardiomediastinum",
-    "cardiac enlargement": "cardiomegaly",
-}
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 XRV_SCALE = 1024.0  # torchxrayvision maps uint8 0..255 to [-1024, 1024]
@@ -62,46 +51,35 @@ XRV_SCALE = 1024.0  # torchxrayvision maps uint8 0..255 to [-1024, 1024]
 _STUB_PREFIXES = ("torch.nn.modules.", "torch.nn.backends.", "torchxrayvision.", "torchvision.models.")
 
 
-# CheXpert's labeler counts these mentions under a broader observation; used only when the
-# prompt names no output directly (a classifier with its own "Mass" output keeps it).
-_FALLBACKS = {
-    "mass": "lung lesion",
-    "nodule": "lung lesion",
-    "infiltrate": "airspace opacity",
-    "infiltration": "airspace opacity",
-}
+# A classifier output answers queries for its own finding. CheXpert's csv column "Lung Opacity" is
+# the observation CheXlocalize calls "Airspace Opacity" (one output answers both).
+SAME_OUTPUT = {"Lung Opacity": "Airspace Opacity"}
+# CheXpert's labeler counts these findings under a broader observation; used only when no output
+# names the finding itself (a classifier with its own "Mass" output keeps it).
+FALLBACKS = {"Mass": "Lung Lesion", "Nodule": "Lung Lesion", "Infiltration": "Airspace Opacity"}
 
 
-def normalise_label(name: str) -> str:
-    """Canonical key of a finding name: ``'Pleural_Effusion'`` → ``'pleural effusion'``."""
-    key = re.sub(r"[\s_]+", " ", str(name).strip().lower())
-    return _ALIASES.get(key, key)
+def output_key(name: str) -> str:
+    """The finding an output (or label column) answers: its canonical name, "Lung Opacity" folded into
+    "Airspace Opacity"; a name outside the canonical table is kept as written."""
+    from benchmark.pathologies import canonical_name, is_known
+
+    canon = canonical_name(name) if is_known(name) else str(name).strip()
+    return SAME_OUTPUT.get(canon, canon)
 
 
-def label_index(text: str, labels: Sequence[str]) -> int:
-    """Index of the classifier output named in ``text`` (a prompt or a category name).
+def label_index(finding: str, labels: Sequence[str]) -> int:
+    """Index of the classifier output that answers a query for ``finding`` (a canonical name).
 
-    The adapter contract passes prompt texts only (``Findings suggesting {category}.``), so
-    the output is found by name: the longest label (or alias) occurring as whole words in
-    the text wins. Raises ``KeyError`` naming the text and the outputs when nothing matches.
+    Raises ``KeyError`` naming the finding and the outputs when none does.
     """
-    t = " " + re.sub(r"[^a-z0-9]+", " ", str(text).lower().replace("_", " ")).strip() + " "
-    keys = [normalise_label(lb) for lb in labels]
-    best, best_len = -1, 0
-    for i, key in enumerate(keys):
-        if not key:
-            continue
-        names = {key} | {a for a, k in _ALIASES.items() if k == key}
-        for name in names:
-            if f" {name} " in t and len(name) > best_len:
-                best, best_len = i, len(name)
-    if best < 0:
-        for name, key in _FALLBACKS.items():
-            if f" {name} " in t and key in keys:
-                return keys.index(key)
-        shown = ", ".join(lb for lb in labels if lb)
-        raise KeyError(f"no classifier output matches the prompt {text!r}; outputs: {shown}")
-    return best
+    keys = [output_key(lb) if lb else "" for lb in labels]
+    want = output_key(finding)
+    for key in (want, FALLBACKS.get(want)):
+        if key and key in keys:
+            return keys.index(key)
+    shown = ", ".join(lb for lb in labels if lb)
+    raise KeyError(f"no classifier output answers {finding!r}; outputs: {shown}")
 
 
 # ----------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ Findings a per-(image, finding) loader does not list stay unknown (masked).
 The recipe follows the CheXpert baseline where it is cheap to do so (Adam, lr 1e-4, batch 16,
 320×320 resized input, ImageNet normalisation, sigmoid outputs in CheXpert task order); epochs,
 image size and a small ``tiny`` architecture are options so the demo trains on a CPU in minutes.
-The model is saved with ``_classifiers.save_classifier`` (plain containers, ``weights_only``-safe)
+The model is saved with ``baselines.saliency.classifiers.save_classifier`` (plain containers, ``weights_only``-safe)
 and loads back through the saliency adapters (``--ckpt gradcam:densenet121=PATH``).
 
 CLI: ``afloc-bench train classifier DATASET [--data-root ...] --out DIR --epochs N`` (or ``--dataset DATASET``).
@@ -99,20 +99,20 @@ def collect_labels(samples: Sequence[Any], labels: Sequence[str], *, uncertain: 
     Returns ``(image_paths, matrix, counts)``; ``counts`` reports what was used and ignored so
     nothing is dropped silently.
     """
-    from baselines.saliency.classifiers import normalise_label
+    from baselines.saliency.classifiers import output_key
 
     if uncertain not in ("ignore", "ones", "zeros"):
         raise ValueError(f"uncertain must be ignore, ones or zeros, not {uncertain!r}")
     if blank not in ("ignore", "zeros"):
         raise ValueError(f"blank must be ignore or zeros, not {blank!r}")
-    col = {normalise_label(lb): j for j, lb in enumerate(labels)}
+    col = {output_key(lb): j for j, lb in enumerate(labels)}
     rows: dict[str, np.ndarray] = {}
     counts = {"samples": 0, "values_used": 0, "uncertain": 0, "blank_as_negative": 0, "unlabelled_samples": 0,
               "unknown_findings": 0}
     unknown: set[str] = set()
 
     def put(path: str, finding: str, value: Any) -> None:
-        j = col.get(normalise_label(finding))
+        j = col.get(output_key(finding))
         if j is None:
             unknown.add(str(finding))
             counts["unknown_findings"] += 1
@@ -180,7 +180,7 @@ def train_classifier(dataset_name: str, data_root: str | os.PathLike | None, out
     from baselines.saliency.adapter import frame
     from benchmark.dataset import DataError, build_dataset
     from benchmark.io.images import read_image
-    from benchmark.run.engine import choose_device
+    from benchmark.run.config import choose_device
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Adapter
+from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Adapter, Query, query_texts
 
 GRID = 14  # native grid of the sanity maps over the letterboxed 224 frame
 
@@ -32,12 +32,12 @@ class _Sanity(Adapter):
     def encode_images(self, batch: np.ndarray) -> np.ndarray:
         return np.asarray(batch, dtype=np.uint64).reshape(len(batch), 1)
 
-    def encode_texts(self, prompts: Sequence[str]) -> np.ndarray:
-        return np.array([[int.from_bytes(hashlib.sha256(p.encode()).digest()[:8], "little")] for p in prompts],
-                        dtype=np.uint64)
+    def encode_texts(self, queries: Sequence[Query]) -> np.ndarray:
+        return np.array([[int.from_bytes(hashlib.sha256(p.encode()).digest()[:8], "little")]
+                         for p in query_texts(queries)], dtype=np.uint64)
 
-    def encode_prompt_ensemble(self, prompts: Sequence[str]) -> np.ndarray:
-        return self.encode_texts([" | ".join(prompts)])
+    def encode_prompt_ensemble(self, queries: Sequence[Query]) -> np.ndarray:
+        return self.encode_texts([" | ".join(query_texts(queries))])
 
 
 class RandomModel(_Sanity):

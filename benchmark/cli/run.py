@@ -72,7 +72,7 @@ def _model_options(items: list[str] | None) -> dict | None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from benchmark.run.engine import RunConfig, load_config_file, parse_assignments
+    from benchmark.run.config import RunConfig, load_config_file, parse_assignments
 
     cfg = RunConfig.from_mapping(load_config_file(args.config), args.config) if args.config else RunConfig()
     ckpt = parse_assignments(args.ckpt, "--ckpt") if args.ckpt else None

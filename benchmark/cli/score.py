@@ -185,7 +185,7 @@ def score_file(path: str, protocol_id: str, *, n_boot: int = 1000, seed: int = 0
 
     proto = resolve_protocol(protocol_id)
     pathology = pathology or official_dataset == "SICAPV2_GROUNDING"
-    if not hasattr(proto, "score_chunk"):
+    if not proto.scores_arrays:
         raise _error(path, f"a protocol that can score arrays; {proto.id} cannot")
     info = read_inputs(path)
     n = info["n"]

@@ -11,15 +11,16 @@ import json
 import logging
 import os
 import string
-import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from benchmark.dataset import DataError, Dataset, DatasetCard, cache_home
+from benchmark.cache import file_sha256
+from benchmark.dataset import AFLOC_MODES, MODALITIES, DataError, Dataset, DatasetCard, cache_home
 from benchmark.pathologies import canonical_name
+from benchmark.records import atomic_write_json
 from benchmark.sample import Sample
 
 log = logging.getLogger("benchmark.datasets")
@@ -75,6 +76,10 @@ def load_card(name: str) -> DatasetCard:
         if key in known and known[key] is not None:
             known[key] = str(known[key]).rstrip("\n")
     card = DatasetCard(**known)
+    if card.afloc_mode not in AFLOC_MODES:
+        raise DataError(path, f"afloc_mode {card.afloc_mode!r}: expected one of {', '.join(AFLOC_MODES)}")
+    if card.modality not in MODALITIES:
+        raise DataError(path, f"modality {card.modality!r}: expected one of {', '.join(MODALITIES)}")
     card.extra = {k: v for k, v in data.items() if k not in _CARD_FIELDS}  # type: ignore[attr-defined]
     return card
 
@@ -99,6 +104,8 @@ class PromptSet:
         self.templates: dict[str, str] = dict(data.get("sets") or {})
         self.per_category: dict[str, dict[str, str]] = {k: dict(v) for k, v in (data.get("per_category") or {}).items()}
         self.classification: dict[str, Any] = dict(data.get("classification") or {})
+        # the finding a set's prompt asks about when it is not the sample's category (canonical names)
+        self.findings: dict[str, str] = {str(k): str(v) for k, v in (data.get("findings") or {}).items()}
         if "simple" not in self.templates and "simple" not in self.per_category:
             raise DataError(path, "prompt file must define a 'simple' prompt set")
 
@@ -123,20 +130,12 @@ class PromptSet:
         return {s: self.render(s, **values) for s in (sets if sets is not None else self.set_names)}
 
     def sha256(self) -> str:
-        return sha256_file(self.path) if self.path else ""
+        return file_sha256(self.path) if self.path else ""
 
 
 def load_prompts(name: str) -> PromptSet:
     path = dataset_dir(name) / "prompts.yaml"
     return PromptSet(name, _read_yaml(path), path)
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,19 +301,6 @@ def progress(iterable: Iterable[Any], desc: str, total: int | None = None) -> It
 
     quiet = logging.getLogger().getEffectiveLevel() > logging.INFO
     yield from tqdm(iterable, desc=desc, total=total, disable=True if quiet else None, leave=False)
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def parse_views(views: Any) -> set[str] | None:
@@ -534,22 +520,6 @@ def coco_rle(counts: Sequence[int], h: int, w: int) -> dict[str, Any]:
     return {"size": [int(h), int(w)], "counts": encode_counts(counts)}
 
 
-def decode_rle(rle: dict[str, Any]) -> np.ndarray:
-    """Mask (uint8, h×w) of a COCO RLE dict, through pycocotools."""
-    import warnings
-
-    from pycocotools import mask as mask_util
-
-    r = dict(rle)
-    if isinstance(r["counts"], list):
-        r = mask_util.frPyObjects(r, r["size"][0], r["size"][1])
-    elif isinstance(r["counts"], str):
-        r["counts"] = r["counts"].encode("ascii")
-    with warnings.catch_warnings():  # pycocotools' numpy-2 copy= deprecation notice
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return mask_util.decode(r)
-
-
 # ---------------------------------------------------------------------------------------------
 # The loader base
 # ---------------------------------------------------------------------------------------------
@@ -594,6 +564,9 @@ class Loader(Dataset):
             self._prompts = load_prompts(self.card.name)
         return self._prompts
 
+    def prompt_findings(self) -> dict[str, str]:
+        return self.prompts.findings
+
     def skip(self, path: str | os.PathLike, reason: str) -> None:
         if self.opt("strict"):
             raise DataError(path, reason)
@@ -620,7 +593,7 @@ class Loader(Dataset):
         if split_list is None:
             return
         self.split_source = {"path": str(split_list.path), "overridden": split_list.overridden,
-                             "sha256": sha256_file(split_list.path), "n_lines": len(split_list.entries),
+                             "sha256": file_sha256(split_list.path), "n_lines": len(split_list.entries),
                              "expected_sha256": split_list.spec.get("sha256")}
 
     def image_ok(self, path: Path) -> bool:

@@ -104,7 +104,7 @@ def _done(rep: dict[str, Any]) -> dict[str, Any]:
 
 def _check_one_mask(samples, problems: list[str], warnings: list[str]) -> str:
     """Decode the first localized sample's ground truth at its original size; bounds-check all boxes."""
-    from benchmark.datasets.common import decode_rle
+    from benchmark.geometry.rasterize import decode_rle
 
     out_of_bounds = []
     for s in samples:

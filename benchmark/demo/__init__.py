@@ -42,6 +42,13 @@ def ensure(out_dir: str | os.PathLike, seed: int = 0, **options) -> Path:
     return _ensure(out_dir, seed=seed, **options)
 
 
+def ensure_demo_data() -> Path:
+    """The demo collection the ``demo_*`` datasets read (``benchmark.dataset.demo_root``), generated on first use."""
+    from benchmark.dataset import demo_root
+
+    return ensure(demo_root(), seed=0)
+
+
 def available() -> list[str]:
     """Names of the demo datasets (the loaders' registry names)."""
     from benchmark.demo.generator import available_sets
@@ -49,4 +56,4 @@ def available() -> list[str]:
     return available_sets()
 
 
-__all__ = ["DEMO_VERSION", "DEFAULT_N_TRAIN", "DEFAULT_N_TEST", "generate", "ensure", "available"]
+__all__ = ["DEMO_VERSION", "DEFAULT_N_TRAIN", "DEFAULT_N_TEST", "generate", "ensure", "ensure_demo_data", "available"]

@@ -778,8 +778,7 @@ def _salient_points(hb: dict[str, dict], rng: np.random.Generator) -> dict[str, 
     other files do not change. The reader's mask is shifted and resized from the truth, so
     some points miss; a task the reader left empty gets no entry (a miss on a positive).
     """
-    from benchmark.geometry import decode_rle
-
+    from benchmark.geometry.rasterize import decode_rle
     out: dict[str, list[list[float]]] = {}
     for task in CHEXLOCALIZE_TASKS:
         ys, xs = np.nonzero(decode_rle(hb[task]))

@@ -29,16 +29,9 @@ from benchmark.bootstrap import (
     replicate_means,
     sklearn_resample_indices,
 )
-from benchmark.geometry import (
-    Letterbox,
-    afloc_margin_valid,
-    afloc_sample_mask,
-    bilinear_resize,
-    parse_geometry,
-    sample_mask,
-    smooth_grid,
-    transfer_map,
-)
+from benchmark.geometry.afloc import afloc_margin_valid, afloc_sample_mask
+from benchmark.geometry.frames import Letterbox, bilinear_resize, parse_geometry, smooth_grid, transfer_map
+from benchmark.geometry.rasterize import sample_mask
 from benchmark.metrics import (
     AFLOC_PATHOLOGY_THRESHOLDS,
     AFLOC_THRESHOLDS,
@@ -62,10 +55,6 @@ SIGMA = 1.5
 # CheXlocalize optimal-threshold mode (``--opt_th --only_pos``).
 OPT_MASK_THRESHOLDS = tuple(float(t) for t in np.arange(0.2, 0.8, 0.1))
 OPT_CONF_THRESHOLDS = tuple(float(t) for t in np.arange(0.1, 0.9, 0.1))
-
-
-def _lab(t: float) -> str:
-    return threshold_label(t)
 
 
 def afloc_scores(emaps: np.ndarray, gts: np.ndarray, thresholds: tuple[float, ...], *,
@@ -131,9 +120,9 @@ def afloc_chexlocalize_scores(emaps: np.ndarray, gts: np.ndarray) -> dict[str, n
     tp = iou_from_counts(c_app, "tp")
     al = iou_from_counts(c_app, "union")
     for j, t in enumerate(rounded):
-        out[f"opt_tune_iou@{_lab(t)}"] = tune[:, j]
-        out[f"opt_iou_tp@{_lab(t)}"] = tp[:, j]
-        out[f"opt_iou_all@{_lab(t)}"] = al[:, j]
+        out[f"opt_tune_iou@{threshold_label(t)}"] = tune[:, j]
+        out[f"opt_iou_tp@{threshold_label(t)}"] = tp[:, j]
+        out[f"opt_iou_all@{threshold_label(t)}"] = al[:, j]
     conf = np.full(len(emaps), np.nan)
     for i, m in enumerate(np.asarray(emaps)):
         v = m[~np.isnan(m)]
@@ -150,6 +139,7 @@ class AflocCompat(Protocol):
 
     name = "afloc-compat"
     version = 1
+    scores_arrays = True
     tasks = ("grounding", "classification")
     tuning_split = "val"  # only used by CheXlocalize's --opt_th mode
     # CheXlocalize's official rows include every CXR x task, negatives too (empty masks); the other
@@ -246,14 +236,14 @@ class AflocCompat(Protocol):
         cats = C.first_appearance(rec["category"])
         rounded = [round(t, 3) for t in OPT_MASK_THRESHOLDS]
         # Step 1: per-category mask threshold maximising nanmean IoU (only_pos=True).
-        table = np.array([[C.nanmean(rec.loc[rec["category"] == c, f"opt_tune_iou@{_lab(t)}"]) for c in cats]
+        table = np.array([[C.nanmean(rec.loc[rec["category"] == c, f"opt_tune_iou@{threshold_label(t)}"]) for c in cats]
                           for t in rounded])
         best = np.argmax(table, axis=0)  # np.argmax: a NaN wins, as in the official code
         mask_th = {c: round(OPT_MASK_THRESHOLDS[best[k]], 3) for k, c in enumerate(cats)}
         # Step 2: per-category confidence gate maximising nanmean IoU (only_pos=False).
         conf = rec["confidence"].to_numpy(dtype=np.float64)
         gt_empty = rec["gt_valid"].to_numpy() == 0
-        iou_all = np.array([rec.at[i, f"opt_iou_all@{_lab(mask_th[c])}"] for i, c in enumerate(rec["category"])],
+        iou_all = np.array([rec.at[i, f"opt_iou_all@{threshold_label(mask_th[c])}"] for i, c in enumerate(rec["category"])],
                            dtype=np.float64)
         table2 = []
         for t in OPT_CONF_THRESHOLDS:
@@ -398,7 +388,7 @@ class AflocCompat(Protocol):
             raise ValueError(f"no tuned thresholds for categories {missing}; the val records had {sorted(mask_th)}")
         iou = np.empty(len(rec))
         for i, (c, cf) in enumerate(zip(rec["category"], rec["confidence"])):
-            iou[i] = np.nan if cf < conf_th[c] else rec.at[i, f"opt_iou_tp@{_lab(mask_th[c])}"]
+            iou[i] = np.nan if cf < conf_th[c] else rec.at[i, f"opt_iou_tp@{threshold_label(mask_th[c])}"]
         k = len(cats)
         stream = LegacyStream(seed)
         n_val = int(params.get("n_tuning_records", 0))
@@ -503,8 +493,6 @@ def _mode_of(records: pd.DataFrame) -> str:
         if len(modes) > 1:
             raise ValueError(f"records mix official dataset modes {modes}")
         return str(modes[0])
-    if "sample_id" in records and len(records):
-        return C.official_dataset_from_id(str(records["sample_id"].iloc[0]))
     return "GENERIC"
 
 

@@ -27,6 +27,8 @@ class Protocol:
     version: int = 1
     tasks: tuple[str, ...] = ("grounding", "classification")
     tuning_split: str | None = None
+    uses_negatives: bool = False  # grounding records for samples without ground truth (label 0) too
+    scores_arrays: bool = False  # implements ``score_chunk`` (bring-your-own heatmaps, `afloc-bench score`)
 
     @property
     def id(self) -> str:
@@ -39,6 +41,22 @@ class Protocol:
 
     def classification_record(self, score: float, sample: Sample) -> dict[str, Any]:
         return {"score": float(score)}
+
+    def points_record(self, points: Any, sample: Sample, image_size: tuple[int, int]) -> dict[str, Any] | None:
+        """Values for the points a reader marked (the human benchmark); None: this protocol scores no points."""
+        return None
+
+    def uses_negatives_for(self, samples: list[Sample]) -> bool:
+        """Whether these samples' negatives (label 0, no ground truth) get grounding records."""
+        return self.uses_negatives
+
+    def needs_tuning_for(self, samples: list[Sample]) -> bool:
+        """Whether ``tune`` must run on ``tuning_split`` before these samples are summarised."""
+        return bool(self.tuning_split)
+
+    def score_chunk(self, heatmaps: np.ndarray, masks: np.ndarray, **options: Any) -> dict[str, np.ndarray]:
+        """Per-sample values of heatmaps given with their masks (``scores_arrays`` protocols)."""
+        raise NotImplementedError(f"protocol {self.id} cannot score heatmap arrays")
 
     def tune(self, records: pd.DataFrame) -> dict[str, Any]:
         """Fit protocol parameters (e.g. thresholds) on tuning-split records."""

@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from benchmark.bootstrap import DEFAULT_N_BOOT, percentile_ci, unit_weights
-from benchmark.geometry import bilinear_resize, parse_geometry, sample_mask, smooth_grid
+from benchmark.geometry.frames import bilinear_resize, parse_geometry, smooth_grid
+from benchmark.geometry.rasterize import sample_mask
 from benchmark.metrics import (
     BOX_IOU_THRESHOLDS,
     CANONICAL_PATHOLOGY_THRESHOLDS,
@@ -42,10 +43,6 @@ SIGMA = 1.5
 GROUNDING_PREFIXES = ("iou", "dice", "cnr", "hit", "box_acc")
 
 
-def _lab(t: float) -> str:
-    return threshold_label(t)
-
-
 def canonical_scores(maps: np.ndarray, gts: np.ndarray, thresholds: tuple[float, ...]) -> dict[str, np.ndarray]:
     """Per-sample values of a batch of maps (NaN = not evaluated) against binary masks."""
     norm = minmax_normalize(maps, low=-1.0)
@@ -66,6 +63,7 @@ class Canonical(Protocol):
 
     name = "canonical"
     version = 1
+    scores_arrays = True
     tasks = ("grounding", "classification")
     tuning_split = None
 
@@ -84,7 +82,7 @@ class Canonical(Protocol):
         if sample.boxes:
             acc = box_accuracy(omap, sample.boxes)
             for t, a in zip(BOX_IOU_THRESHOLDS, acc):
-                rec[f"box_acc@{_lab(t)}"] = float(a)
+                rec[f"box_acc@{threshold_label(t)}"] = float(a)
         rec["modality"] = C.PATHOLOGY if pathology else C.CHEST
         return rec
 
@@ -100,8 +98,7 @@ class Canonical(Protocol):
         if native_grid:
             maps = bilinear_resize(smooth_grid(maps, SIGMA), masks.shape[-2:])
         if margin:
-            from benchmark.geometry import afloc_margin_valid
-
+            from benchmark.geometry.afloc import afloc_margin_valid
             maps = np.array(maps, copy=True)
             maps[:, ~afloc_margin_valid(masks.shape[-2:])] = np.nan
         thresholds = CANONICAL_PATHOLOGY_THRESHOLDS if pathology else CANONICAL_THRESHOLDS

@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from benchmark.bootstrap import DEFAULT_N_BOOT, LegacyStream, official_ci, replicate_means
-from benchmark.geometry import parse_geometry, sample_mask
+from benchmark.geometry.frames import parse_geometry
+from benchmark.geometry.rasterize import sample_mask
 from benchmark.metrics import (
     iou_from_counts,
     minmax_normalize,
@@ -41,10 +42,6 @@ PROB_CUTOFFS = tuple(float(t) for t in np.arange(0, 0.9, 0.1))
 LUNG_LESION = "Lung Lesion"
 
 
-def _lab(t: float) -> str:
-    return threshold_label(t)
-
-
 def chexlocalize_scores(omap: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     """Per-sample values of one native-resolution map (NaN pixels are not evaluated)."""
     m = omap[None]
@@ -57,9 +54,9 @@ def chexlocalize_scores(omap: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     tp = iou_from_counts(c_app, "tp")[0]
     al = iou_from_counts(c_app, "union")[0]
     for j, t in enumerate(APPLY_THRESHOLDS):
-        out[f"tune_iou@{_lab(t)}"] = float(tune[j])
-        out[f"iou_tp@{_lab(t)}"] = float(tp[j])
-        out[f"iou_all@{_lab(t)}"] = float(al[j])
+        out[f"tune_iou@{threshold_label(t)}"] = float(tune[j])
+        out[f"iou_tp@{threshold_label(t)}"] = float(tp[j])
+        out[f"iou_all@{threshold_label(t)}"] = float(al[j])
     seg = otsu_segmentation(omap)
     c_otsu = threshold_counts(seg[None].astype(np.float32), g, [0.5])
     out["otsu_iou_tp"] = float(iou_from_counts(c_otsu, "tp")[0, 0])
@@ -101,6 +98,7 @@ class CheXlocalize(Protocol):
 
     name = "chexlocalize"
     version = 1
+    scores_arrays = True
     tasks = ("grounding",)
     tuning_split = "val"
     uses_negatives = True  # every CXR x task is scored; negatives matter for the probability cut-offs
@@ -110,8 +108,7 @@ class CheXlocalize(Protocol):
         self.sigma = sigma
 
     def original_map(self, grid: np.ndarray, image_size: tuple[int, int], input_geometry: str) -> np.ndarray:
-        from benchmark.geometry import smooth_grid
-
+        from benchmark.geometry.frames import smooth_grid
         g = np.asarray(grid)
         if g.dtype.kind != "f":
             g = g.astype(np.float32)
@@ -139,8 +136,7 @@ class CheXlocalize(Protocol):
     def score_chunk(self, heatmaps: np.ndarray, masks: np.ndarray, *, margin: bool | None = None,
                     native_grid: bool = False, pathology: bool = False) -> dict[str, np.ndarray]:
         """Maps in the masks' frame (or native grids upsampled to it) → per-sample values."""
-        from benchmark.geometry import bilinear_resize
-
+        from benchmark.geometry.frames import bilinear_resize
         rows = []
         h, w = masks.shape[-2:]
         for hm, gt in zip(np.asarray(heatmaps), np.asarray(masks)):
@@ -151,12 +147,12 @@ class CheXlocalize(Protocol):
     # ------------------------------------------------------------------ tuning
     def tune(self, records: pd.DataFrame) -> dict[str, Any]:
         """Per-task mask thresholds (and probability cut-offs when records carry ``prob``)."""
-        if len(records) == 0 or f"tune_iou@{_lab(APPLY_THRESHOLDS[0])}" not in records:
+        if len(records) == 0 or f"tune_iou@{threshold_label(APPLY_THRESHOLDS[0])}" not in records:
             return {}
         thresholds: dict[str, float] = {}
         for task in sorted(C.first_appearance(records["category"])):
             sel = records["category"] == task
-            mious = [C.nanmean(records.loc[sel, f"tune_iou@{_lab(t)}"]) for t in APPLY_THRESHOLDS]
+            mious = [C.nanmean(records.loc[sel, f"tune_iou@{threshold_label(t)}"]) for t in APPLY_THRESHOLDS]
             best = TUNE_THRESHOLDS[mious.index(max(mious))]  # the script's list.index(max(...))
             thresholds[str(task)] = round(best, 1)
         out: dict[str, Any] = {"thresholds": thresholds}
@@ -189,9 +185,9 @@ class CheXlocalize(Protocol):
             if thresholds is not None:
                 if str(task) not in thresholds:
                     raise ValueError(f"no tuned threshold for task {task!r}; tuned: {sorted(thresholds)}")
-                col = f"iou_{kind}@{_lab(thresholds[str(task)])}"
+                col = f"iou_{kind}@{threshold_label(thresholds[str(task)])}"
             elif fixed is not None:
-                col = f"iou_{kind}@{_lab(fixed)}"
+                col = f"iou_{kind}@{threshold_label(fixed)}"
                 if col not in records:
                     raise ValueError(f"fixed threshold {fixed} is not on the recorded grid {APPLY_THRESHOLDS}")
             else:

@@ -13,12 +13,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from benchmark.dataset import AFLOC_MODES
 from benchmark.protocols.base import SUMMARY_KEYS
 
 log = logging.getLogger(__name__)
 
-# Official AFLoc dataset switches (``localization.py -ds``) that change the evaluation.
-AFLOC_DATASETS = ("MS_CXR", "MS_CXR_CLS", "RSNA_GROUNDING", "COVID_RURAL", "CHEXLOCALIZE", "SICAPV2_GROUNDING")
 PATHOLOGY = "pathology"
 CHEST = "chest_xray"
 # Columns the runner writes next to the protocol's values (never metrics).
@@ -33,47 +32,21 @@ def _norm_name(s: str) -> str:
 
 
 def official_dataset(sample: Any) -> str:
-    """The official AFLoc dataset switch a sample's evaluation follows.
-
-    ``sample.meta["afloc_dataset"]`` wins when set (one of ``AFLOC_DATASETS``); otherwise
-    the dataset namespace of ``sample_id`` (text before the first ``/``) is matched:
-    ``ms_cxr…cls…`` → MS_CXR_CLS, ``ms_cxr…``/``mscxr…`` → MS_CXR, ``rsna…`` →
-    RSNA_GROUNDING, ``covid…`` → COVID_RURAL, ``chexlocalize…`` → CHEXLOCALIZE,
-    ``sicap…`` → SICAPV2_GROUNDING. Anything else is ``GENERIC`` (iou, cnr, dice
-    bootstraps only, like RSNA).
-    """
+    """The official AFLoc dataset switch a sample's evaluation follows: ``sample.meta["afloc_dataset"]``
+    (set from the dataset card's ``afloc_mode`` by ``Dataset.samples``), ``GENERIC`` when absent."""
     meta = getattr(sample, "meta", None) or {}
-    explicit = meta.get("afloc_dataset")
-    if explicit:
-        if explicit not in AFLOC_DATASETS:
-            raise ValueError(f"sample {sample.sample_id}: meta['afloc_dataset']={explicit!r} is not one of {AFLOC_DATASETS}")
-        return explicit
-    return official_dataset_from_id(str(getattr(sample, "sample_id", "")))
-
-
-def official_dataset_from_id(sample_id: str) -> str:
-    ns = _norm_name(sample_id.split("/", 1)[0])
-    if "ms_cxr" in ns or "mscxr" in ns:
-        return "MS_CXR_CLS" if "cls" in ns else "MS_CXR"
-    if "chexlocalize" in ns:
-        return "CHEXLOCALIZE"
-    if "rsna" in ns:
-        return "RSNA_GROUNDING"
-    if "covid" in ns:
-        return "COVID_RURAL"
-    if "sicap" in ns:
-        return "SICAPV2_GROUNDING"
-    return "GENERIC"
+    mode = meta.get("afloc_dataset") or "GENERIC"
+    if mode not in AFLOC_MODES:
+        raise ValueError(f"sample {getattr(sample, 'sample_id', '?')}: meta['afloc_dataset']={mode!r} is not one of "
+                         f"{AFLOC_MODES}")
+    return mode
 
 
 def modality(sample: Any) -> str:
-    """``pathology`` or ``chest_xray``: ``sample.meta["modality"]`` or the dataset namespace."""
+    """``pathology`` or ``chest_xray``: ``sample.meta["modality"]`` (from the dataset card), chest X-ray when absent."""
     meta = getattr(sample, "meta", None) or {}
-    m = meta.get("modality")
-    if m:
-        m = _norm_name(str(m))
-        return PATHOLOGY if m.startswith("path") or m.startswith("histo") else CHEST
-    return PATHOLOGY if official_dataset(sample) == "SICAPV2_GROUNDING" else CHEST
+    m = _norm_name(str(meta.get("modality") or CHEST))
+    return PATHOLOGY if m.startswith("path") or m.startswith("histo") else CHEST
 
 
 def resolve_image_size(sample: Any, image_size: Sequence[int] | None) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""The runner: every model on every dataset through one protocol, with run records.
+"""The run engine: every model on every dataset through one protocol, with run records.
 
 Order of work for one run:
 1. resolve names (unknown names fail here, before anything heavy loads);
@@ -17,19 +17,21 @@ import logging
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable
 
 import numpy as np
 
 from benchmark import __version__
-from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Adapter, build_adapter
+from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Adapter, Query, build_adapter
 from benchmark.cache import ArrayCache, cache_key, checkpoint_sha256, file_sha256
-from benchmark.dataset import DataError, Dataset, build_dataset, cache_home, demo_root, is_demo
+from benchmark.dataset import DataError, Dataset, build_dataset, cache_home, is_demo
+from benchmark.prompts import classification_prompts
 from benchmark.protocols.base import Protocol, resolve_protocol
 from benchmark.records import (
     SCHEMA_VERSION,
+    atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
     environment,
@@ -42,6 +44,8 @@ from benchmark.records import (
 from benchmark.registry import RegistryError
 from benchmark.registry import datasets as dataset_registry
 from benchmark.registry import models as model_registry
+from benchmark.run.config import RunConfig, choose_device, default_output_dir, default_workers
+from benchmark.run.images import image_batches
 from benchmark.sample import Sample
 
 log = logging.getLogger("afloc_bench.runner")
@@ -49,126 +53,6 @@ log = logging.getLogger("afloc_bench.runner")
 TASK_CAPABILITY = {"grounding": GROUNDING, "classification": ZEROSHOT_CLS}
 
 
-@dataclass
-class RunConfig:
-    """Everything that defines a run. YAML keys and CLI flags map onto these fields."""
-
-    models: list[str] = field(default_factory=lambda: ["all"])
-    datasets: list[str] = field(default_factory=lambda: ["demo"])
-    protocol: str = "afloc-compat@1"
-    n_boot: int = 1000
-    seed: int = 0
-    ckpt: dict[str, str] = field(default_factory=dict)
-    model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    data_root: str | None = None
-    device: str = "auto"
-    batch_size: int = 16
-    num_workers: int | None = None
-    limit: int | None = None
-    output: str | None = None
-    skip_existing: bool = False
-    cache: bool = True
-    cache_dir: str | None = None
-    prompt_set: str = "simple"
-    split: str | None = None
-    save_heatmaps: int = 8
-    quiet: bool = False
-
-    @classmethod
-    def from_mapping(cls, data: dict[str, Any], source: str = "config") -> "RunConfig":
-        known = {f.name for f in fields(cls)}
-        data = {k.replace("-", "_"): v for k, v in (data or {}).items()}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown key(s) {unknown}; expected some of {sorted(known)}")
-        cfg = cls()
-        for k, v in data.items():
-            setattr(cfg, k, v)
-        cfg.normalise()
-        return cfg
-
-    def override(self, **flags: Any) -> "RunConfig":
-        """Flags given on the command line (not None) win over the YAML values."""
-        for k, v in flags.items():
-            if v is not None:
-                setattr(self, k, v)
-        self.normalise()
-        return self
-
-    def normalise(self) -> None:
-        for name in ("models", "datasets"):
-            val = getattr(self, name)
-            if isinstance(val, str):
-                setattr(self, name, [p.strip() for p in val.split(",") if p.strip()])
-        if isinstance(self.ckpt, (list, tuple)):
-            self.ckpt = parse_assignments(self.ckpt, "--ckpt")
-        self.n_boot, self.seed, self.batch_size = int(self.n_boot), int(self.seed), int(self.batch_size)
-        if self.limit is not None:
-            self.limit = int(self.limit)
-            if self.limit <= 0:
-                raise ValueError("--limit must be a positive number of samples")
-        if self.n_boot < 0:
-            raise ValueError("--n-boot must be >= 0")
-        if self.batch_size < 1:
-            raise ValueError("--batch-size must be a positive number of images")
-        if self.num_workers is not None and int(self.num_workers) < 0:
-            raise ValueError("--num-workers must be >= 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def parse_assignments(items: Iterable[str], flag: str) -> dict[str, str]:
-    """``["afloc=/p/a.ckpt", ...]`` → dict; a malformed item names the flag."""
-    out: dict[str, str] = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"{flag} expects MODEL=PATH, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
-
-
-def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: config file not found")
-    data = yaml.safe_load(p.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{p}: expected a YAML mapping of run options, got {type(data).__name__}")
-    return data
-
-
-def choose_device(device: str) -> str:
-    """``auto`` → cuda when torch sees a GPU, else cpu. A named ``cuda[:N]`` that torch cannot see
-    is an error here, before any model loads."""
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
-    if device == "cpu":
-        return device
-    try:
-        import torch
-    except ImportError:
-        torch = None
-    if device == "auto":
-        return "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
-    n = torch.cuda.device_count() if torch is not None and torch.cuda.is_available() else 0
-    index = device.partition(":")[2]
-    if n == 0:
-        raise ValueError(f"--device {device}: torch sees no CUDA device (torch.cuda.is_available() is False); "
-                         "use cpu or auto")
-    if index and (not index.isdigit() or int(index) >= n):
-        raise ValueError(f"--device {device}: torch sees {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
-    return device
-
-
-def default_workers() -> int:
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
-
-
-# ---------------------------------------------------------------------------
 @dataclass
 class PairPlan:
     dataset: str
@@ -211,6 +95,8 @@ class Runner:
     def dataset(self, name: str) -> Dataset:
         if name not in self._datasets:
             if is_demo(name):
+                from benchmark.demo import ensure_demo_data
+
                 ensure_demo_data()
             overrides = {"split": self.cfg.split} if self.cfg.split else {}
             self._datasets[name] = build_dataset(name, self.cfg.data_root, **overrides)
@@ -355,14 +241,12 @@ class Runner:
         frames, rows, run_skips, used_params = [], [], [], {}
         unit = ds.card.resampling_unit
         for task in plan.tasks:
-            records, skipped = self._records(task, adapter, samples, plan)
+            records, skipped = self._records(task, adapter, ds, samples, plan)
             run_skips.extend(skipped)
             if records.empty:
                 continue
             params: dict[str, Any] = {"prompt_set": self.cfg.prompt_set}
-            needs_tuning = self.protocol.needs_tuning_for(samples) if hasattr(self.protocol, "needs_tuning_for") \
-                else bool(self.protocol.tuning_split)
-            if needs_tuning and task == "grounding":
+            if self.protocol.needs_tuning_for(samples) and task == "grounding":
                 params.update(self._tune(plan, adapter, task))
             summary = self.protocol.summarize(records, task, n_boot=self.cfg.n_boot, seed=self.cfg.seed,
                                               unit=unit, params=params)
@@ -374,8 +258,8 @@ class Runner:
         state["models"][plan.model] = self._model_record(plan.model, adapter)
         if frames:
             write_parquet_atomic(pd.concat(frames, ignore_index=True), self.out / "samples" / f"{stem}.parquet")
-        pair = {"dataset": plan.dataset, "model": plan.model, "fingerprint": fingerprint, "tasks": plan.tasks,
-                "rows": nan_to_none(rows), "protocol_params": nan_to_none(used_params), "model_record": state["models"][plan.model],
+        pair = {"dataset": plan.dataset, "fingerprint": fingerprint, "tasks": plan.tasks,
+                "rows": nan_to_none(rows), "protocol_params": nan_to_none(used_params),
                 "model": state["models"][plan.model], "n_run_skipped": len(run_skips),
                 "run_skipped": run_skips[:100], "seconds": round(time.time() - t0, 3),
                 "cache": {"hits": self.cache.hits, "misses": self.cache.misses}}
@@ -391,25 +275,25 @@ class Runner:
         entry = dataset_registry.entry(plan.dataset)
         tune_ds = entry.load()(root=self.dataset(plan.dataset).root, **{**entry.options, "split": split})
         samples = tune_ds.samples()
-        records, _ = self._records(task, adapter, samples, plan)
+        records, _ = self._records(task, adapter, tune_ds, samples, plan)
         params = self.protocol.tune(records)
         log.info("tuned %s on %s/%s: %s", self.protocol.id, plan.dataset, split, params)
         return params
 
     # -- per-sample records ----------------------------------------------------
-    def _records(self, task: str, adapter: Adapter, samples: list[Sample], plan: PairPlan):
+    def _records(self, task: str, adapter: Adapter, ds: Dataset, samples: list[Sample], plan: PairPlan):
         import pandas as pd
 
         if task == "grounding":
-            negatives = self.protocol.uses_negatives_for(samples) if hasattr(self.protocol, "uses_negatives_for") \
-                else getattr(self.protocol, "uses_negatives", False)
+            negatives = self.protocol.uses_negatives_for(samples)
             wanted = [s for s in samples if s.has_localization or (negatives and s.label is not None)]
-            wanted, refused = self._supported(adapter, wanted, plan, task)
-            values, skipped = self._grounding(adapter, wanted, plan)
         else:
             wanted = [s for s in samples if s.label is not None]
-            wanted, refused = self._supported(adapter, wanted, plan, task)
-            values, skipped = self._classification(adapter, wanted, plan)
+        wanted, refused = self._supported(adapter, ds, wanted, plan, task)
+        if task == "grounding":
+            values, skipped = self._grounding(adapter, ds, wanted, plan)
+        else:
+            values, skipped = self._classification(adapter, ds, wanted, plan)
         skipped = refused + skipped
         rows = []
         for s, rec in values:
@@ -419,60 +303,178 @@ class Runner:
             rows.append(base)
         return pd.DataFrame(rows), skipped
 
-    def _supported(self, adapter: Adapter, samples: list[Sample], plan: PairPlan, task: str):
-        """Samples whose prompt the model can answer, and a skip entry for each of the others.
+    def _supported(self, adapter: Adapter, ds: Dataset, samples: list[Sample], plan: PairPlan, task: str):
+        """Samples whose query the model can answer, and a skip entry for each of the others.
 
-        A model with a fixed label set (a classifier behind Grad-CAM) cannot score a finding it has
-        no output for; the optional hook ``adapter.unsupported_prompt(prompt) -> reason | None``
-        says so, and those samples are counted as skipped instead of stopping the run."""
-        check = getattr(adapter, "unsupported_prompt", None)
-        if check is None:
-            return samples, []
-        reasons: dict[str, str | None] = {}
+        A model with a fixed label set (a classifier behind Grad-CAM) cannot answer a finding it has
+        no output for (``Adapter.unsupported``); those samples are counted as skipped instead of
+        stopping the run."""
+        reasons: dict[Query, str | None] = {}
         keep, refused, cats = [], [], set()
         for s in samples:
-            prompt = s.prompt(self.cfg.prompt_set) if task == "grounding" \
-                else classification_prompts(plan.dataset, s.category)[0][0]
-            if prompt not in reasons:
-                reasons[prompt] = check(prompt)
-            if reasons[prompt] is None:
+            query = ds.query(s, self.cfg.prompt_set) if task == "grounding" \
+                else Query(classification_prompts(ds.card, s.category)[0][0], s.category)
+            if query not in reasons:
+                reasons[query] = adapter.unsupported(query)
+            if reasons[query] is None:
                 keep.append(s)
             else:
                 refused.append({"sample_id": s.sample_id, "path": s.image_path,
-                                "reason": f"{plan.model} cannot score this prompt: {reasons[prompt]}"})
+                                "reason": f"{plan.model} cannot score this prompt: {reasons[query]}"})
                 cats.add(str(s.category))
         if refused:
             log.warning("%s on %s (%s): %d sample(s) skipped, no model output for %s", plan.model, plan.dataset,
                         task, len(refused), ", ".join(sorted(cats)))
         return keep, refused
 
-    def _image_sha(self, path: str) -> str:
-        if path not in self._image_shas:
-            self._image_shas[path] = file_sha256(path)
-        return self._image_shas[path]
+    def _grounding(self, adapter: Adapter, ds: Dataset, samples: list[Sample], plan: PairPlan):
+        if adapter.per_sample_maps:
+            return self._grounding_per_sample(adapter, samples, plan)
+        queries = {s.sample_id: ds.query(s, self.cfg.prompt_set) for s in samples}
 
-    def _iter_images(self, adapter: Adapter, paths: list[str], desc: str):
-        """Yield (batch paths, model batch, sizes) with errors reported as (path, message)."""
-        import torch
-        from torch.utils.data import DataLoader
+        def key_of(s: Sample) -> str:
+            q = queries[s.sample_id]
+            return json.dumps([q.text, q.finding])
 
-        loader = DataLoader(_ImageSet(paths, adapter), batch_size=self.cfg.batch_size, shuffle=False,
-                            num_workers=default_workers() if self.cfg.num_workers is None else self.cfg.num_workers,
-                            collate_fn=list)
-        from tqdm.auto import tqdm
+        def encode(keys: list[str]) -> dict[str, Any]:  # one text batch, as the model sees new prompts
+            emb = adapter.encode_texts([Query(*json.loads(k)) for k in keys])
+            return {k: adapter.take(emb, [j]) for j, k in enumerate(keys)}
 
-        with tqdm(total=len(paths), desc=desc, unit="img", disable=not self.progress, leave=False) as bar:
-            for items in loader:
-                bar.update(len(items))
-                ok = [it for it in items if it[3] is None]
-                bad = [(it[0], it[3]) for it in items if it[3] is not None]
-                batch = adapter.collate([it[1] for it in ok]) if ok else None
-                if batch is not None and isinstance(batch, torch.Tensor):
-                    batch = batch.to(self.device)
-                yield [it[0] for it in ok], batch, [it[2] for it in ok], bad
+        def compute(images: Any, texts: list[Any]) -> dict[str, np.ndarray]:
+            txt = adapter.concat(texts)
+            maps = np.asarray(adapter.similarity_map(images, txt), dtype=np.float32)
+            if maps.ndim != 3 or len(maps) != len(texts):
+                raise RuntimeError(f"{plan.model}.similarity_map returned shape {maps.shape}; expected "
+                                   f"[{len(texts)}, h, w]")
+            out = {"grid": maps}
+            if adapter.grounding_probability:
+                out["prob"] = np.asarray(adapter.score(images, txt, txt), dtype=np.float64)
+            return out
+
+        outputs, sizes, skipped = self._infer(adapter, samples, plan, "heatmap", key_of, encode, compute,
+                                              f"{plan.model} × {plan.dataset}")
+        out, grids = [], {}
+        for s in samples:
+            key = (s.image_path, key_of(s))
+            if key not in outputs:
+                continue  # already reported in ``skipped``
+            grids[s.sample_id] = outputs[key]["grid"]
+            try:
+                rec = self.protocol.grounding_record(outputs[key]["grid"], s, sizes[s.image_path],
+                                                     adapter.input_geometry)
+                if "prob" in outputs[key]:
+                    rec["prob"] = float(outputs[key]["prob"])
+            except DataError as exc:
+                skipped.append({"sample_id": s.sample_id, "path": exc.path or s.image_path, "reason": str(exc)})
+                continue
+            out.append((s, rec))
+        self._save_heatmaps(plan, adapter, [s for s, _ in out], {s.sample_id: queries[s.sample_id] for s, _ in out},
+                            grids)
+        return out, skipped
+
+    def _classification(self, adapter: Adapter, ds: Dataset, samples: list[Sample], plan: PairPlan):
+        def key_of(s: Sample) -> str:
+            return json.dumps([*classification_prompts(ds.card, s.category), s.category])
+
+        def encode(keys: list[str]) -> dict[str, Any]:  # one ensemble per class, positive and negative
+            out = {}
+            for k in keys:
+                pos, neg, category = json.loads(k)
+                out[k] = (adapter.encode_prompt_ensemble([Query(p, category) for p in pos]),
+                          adapter.encode_prompt_ensemble([Query(n, category) for n in neg]))
+            return out
+
+        def compute(images: Any, texts: list[Any]) -> dict[str, np.ndarray]:
+            pos = adapter.concat([t[0] for t in texts])
+            neg = adapter.concat([t[1] for t in texts])
+            return {"score": np.asarray(adapter.score(images, pos, neg), dtype=np.float64)}
+
+        outputs, _sizes, skipped = self._infer(adapter, samples, plan, "score", key_of, encode, compute,
+                                               f"{plan.model} × {plan.dataset} (cls)")
+        out = []
+        for s in samples:
+            key = (s.image_path, key_of(s))
+            if key in outputs:
+                out.append((s, self.protocol.classification_record(float(outputs[key]["score"]), s)))
+        return out, skipped
+
+    def _infer(self, adapter: Adapter, samples: list[Sample], plan: PairPlan, kind: str,
+               key_of: Callable[[Sample], str], encode: Callable[[list[str]], dict[str, Any]],
+               compute: Callable[[Any, list[Any]], dict[str, np.ndarray]], desc: str):
+        """The one inference loop of every task.
+
+        Samples are grouped by image; outputs cached under (model, weights, preprocessing, image
+        content, ``key_of(sample)``) are reused; the other images are read in batches, encoded once,
+        paired with the text side of each of their keys (``encode`` runs once per new key) and
+        ``compute`` gives one output row per pair. Returns ``(outputs by (image, key), image sizes,
+        skipped samples)``; an image that cannot be read is reported once per sample, never dropped.
+        """
+        ckpt_sha = self._ckpt_sha(plan.model, adapter)
+
+        def cache_key_of(path: str, key: str) -> str:
+            return cache_key(kind, model_id=adapter.model_id, checkpoint_sha=ckpt_sha,
+                             preprocessing_id=adapter.preprocessing_id, image_sha=self._image_sha(path), prompt=key)
+
+        by_image: dict[str, list[Sample]] = {}
+        for s in samples:
+            by_image.setdefault(s.image_path, []).append(s)
+        outputs: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+        sizes: dict[str, tuple[int, int]] = {}
+        skipped: list[dict[str, str]] = []
+        todo: list[str] = []
+        for path, group in by_image.items():
+            try:
+                self._image_sha(path)
+            except OSError as exc:
+                skipped.extend({"sample_id": s.sample_id, "path": path, "reason": _io_reason(exc)} for s in group)
+                continue
+            missing = False
+            for s in group:
+                hit = self.cache.get(cache_key_of(path, key_of(s)))
+                if hit is None:
+                    missing = True
+                else:
+                    size = hit.pop("image_size", None)
+                    if size is not None:
+                        sizes[path] = tuple(int(v) for v in size)
+                    outputs[(path, key_of(s))] = hit
+            if missing:
+                todo.append(path)
+        text_rows: dict[str, Any] = {}
+        workers = default_workers() if self.cfg.num_workers is None else self.cfg.num_workers
+        for paths, batch, bsizes, bad in image_batches(adapter, todo, batch_size=self.cfg.batch_size,
+                                                       num_workers=workers, device=self.device, desc=desc,
+                                                       progress=self.progress):
+            for path, msg in bad:
+                skipped.extend({"sample_id": s.sample_id, "path": path, "reason": msg} for s in by_image[path])
+            if not paths:
+                continue
+            img_emb = adapter.encode_images(batch)
+            pair_img, pair_key, seen = [], [], set()
+            for i, path in enumerate(paths):
+                sizes[path] = bsizes[i]
+                for s in by_image[path]:
+                    key = key_of(s)
+                    if (path, key) not in outputs and (i, key) not in seen:
+                        seen.add((i, key))
+                        pair_img.append(i)
+                        pair_key.append(key)
+            if not pair_img:
+                continue
+            new = [k for k in dict.fromkeys(pair_key) if k not in text_rows]
+            if new:
+                text_rows.update(encode(new))
+            values = compute(adapter.take(img_emb, pair_img), [text_rows[k] for k in pair_key])
+            for n, (i, key) in enumerate(zip(pair_img, pair_key)):
+                path = paths[i]
+                row = {name: v[n] for name, v in values.items()}
+                outputs[(path, key)] = row
+                self.cache.put(cache_key_of(path, key), image_size=np.asarray(sizes[path]),
+                               **{name: np.asarray(v) for name, v in row.items()})
+        return outputs, sizes, skipped
 
     def _grounding_per_sample(self, adapter: Adapter, samples: list[Sample], plan: PairPlan):
-        """Adapters whose map depends on the sample itself (e.g. the human benchmark)."""
+        """Adapters whose map depends on the sample itself (the human benchmark's segmentations)."""
         from benchmark.io.images import image_size
 
         out, skipped, sizes = [], [], []
@@ -485,189 +487,39 @@ class Runner:
         keep = [(s, z) for s, z in zip(samples, sizes) if z is not None]
         maps = adapter.similarity_map_for_samples([s for s, _ in keep], [z for _, z in keep])
         # Readers who marked salient points (the human benchmark) are scored on those points,
-        # not on the argmax of their binary map.
-        points = None
-        if hasattr(adapter, "salient_points_for_samples") and hasattr(self.protocol, "points_record"):
-            points = adapter.salient_points_for_samples([s for s, _ in keep])
-            if points is not None and len(points) != len(keep):
-                raise RuntimeError(f"{plan.model}.salient_points_for_samples returned {len(points)} entries "
-                                   f"for {len(keep)} samples")
+        # not on the argmax of their binary map, by the protocols that score points.
+        points = adapter.salient_points_for_samples([s for s, _ in keep])
+        if points is not None and len(points) != len(keep):
+            raise RuntimeError(f"{plan.model}.salient_points_for_samples returned {len(points)} entries "
+                               f"for {len(keep)} samples")
         for i, ((s, size), grid) in enumerate(zip(keep, maps)):
             rec = self.protocol.grounding_record(np.asarray(grid, dtype=np.float32), s, size, adapter.input_geometry)
             if points is not None and points[i] is not None:
-                rec.update(self.protocol.points_record(points[i], s, size))
+                rec.update(self.protocol.points_record(points[i], s, size) or {})
             out.append((s, rec))
         return out, skipped
 
-    def _grounding(self, adapter: Adapter, samples: list[Sample], plan: PairPlan):
-        if hasattr(adapter, "similarity_map_for_samples"):
-            return self._grounding_per_sample(adapter, samples, plan)
-        ckpt_sha = self._ckpt_sha(plan.model, adapter)
-        with_prob = bool(getattr(adapter, "grounding_probability", False))
-        probs: dict[tuple[str, str], float] = {}
-        grids: dict[tuple[str, str], np.ndarray] = {}
-        sizes: dict[str, tuple[int, int]] = {}
-
-        def from_cache(s: Sample, path: str, hit: dict[str, np.ndarray]) -> None:
-            prompt = s.prompt(self.cfg.prompt_set)
-            grids[(path, prompt)] = hit["grid"]
-            sizes[path] = tuple(int(v) for v in hit["image_size"])
-            if "prob" in hit:
-                probs[(path, prompt)] = float(hit["prob"])
-
-        by_image, todo, skipped = self._cached(adapter, samples, "heatmap", ckpt_sha,
-                                               lambda s: s.prompt(self.cfg.prompt_set), from_cache)
-        text_cache: dict[str, Any] = {}
-        for paths, batch, bsizes, bad in self._iter_images(adapter, todo, f"{plan.model} × {plan.dataset}"):
-            for path, msg in bad:
-                skipped.extend({"sample_id": s.sample_id, "path": path, "reason": msg} for s in by_image[path])
-            if not paths:
-                continue
-            img_emb = adapter.encode_images(batch)
-            pair_img, pair_prompt, seen = [], [], set()
-            for i, path in enumerate(paths):
-                sizes[path] = bsizes[i]
-                for s in by_image[path]:
-                    prompt = s.prompt(self.cfg.prompt_set)
-                    if (path, prompt) not in grids and (i, prompt) not in seen:
-                        seen.add((i, prompt))
-                        pair_img.append(i)
-                        pair_prompt.append(prompt)
-            if not pair_img:
-                continue
-            new = [p for p in dict.fromkeys(pair_prompt) if p not in text_cache]
-            if new:
-                emb = adapter.encode_texts(new)
-                for j, p in enumerate(new):
-                    text_cache[p] = adapter.take(emb, [j])
-            txt = adapter.concat([text_cache[p] for p in pair_prompt])
-            paired = adapter.take(img_emb, pair_img)
-            maps = np.asarray(adapter.similarity_map(paired, txt), dtype=np.float32)
-            pair_probs = np.asarray(adapter.score(paired, txt, txt), dtype=np.float64) if with_prob else None
-            if maps.ndim != 3 or len(maps) != len(pair_img):
-                raise RuntimeError(f"{plan.model}.similarity_map returned shape {maps.shape}; expected "
-                                   f"[{len(pair_img)}, h, w]")
-            for k, (i, prompt) in enumerate(zip(pair_img, pair_prompt)):
-                path = paths[i]
-                grids[(path, prompt)] = maps[k]
-                extra = {}
-                if pair_probs is not None:
-                    probs[(path, prompt)] = float(pair_probs[k])
-                    extra["prob"] = np.asarray(pair_probs[k])
-                self.cache.put(cache_key("heatmap", model_id=adapter.model_id, checkpoint_sha=ckpt_sha,
-                                         preprocessing_id=adapter.preprocessing_id, image_sha=self._image_sha(path),
-                                         prompt=prompt), grid=maps[k], image_size=np.asarray(sizes[path]), **extra)
-        out = []
-        for s in samples:
-            key = (s.image_path, s.prompt(self.cfg.prompt_set))
-            if key not in grids:
-                continue  # already reported in ``skipped``
-            try:
-                rec = self.protocol.grounding_record(grids[key], s, sizes[s.image_path], adapter.input_geometry)
-                if key in probs:
-                    rec["prob"] = probs[key]
-            except DataError as exc:
-                skipped.append({"sample_id": s.sample_id, "path": exc.path or s.image_path, "reason": str(exc)})
-                continue
-            out.append((s, rec))
-        self._save_heatmaps(plan, adapter, [s for s, _ in out], grids)
-        return out, skipped
-
-    def _save_heatmaps(self, plan: PairPlan, adapter: Adapter, samples: list[Sample],
-                       grids: dict[tuple[str, str], np.ndarray]) -> None:
+    def _save_heatmaps(self, plan: PairPlan, adapter: Adapter, samples: list[Sample], queries: dict[str, Query],
+                       grids: dict[str, np.ndarray]) -> None:
         """Keep the native grids of the first few samples, for overlays in reports."""
         keep = [s for s in samples if s.has_localization][: max(0, int(self.cfg.save_heatmaps))]
         if not keep:
             return
         import io
 
-        from benchmark.records import atomic_write_bytes
-
-        prompts = [s.prompt(self.cfg.prompt_set) for s in keep]
         buf = io.BytesIO()
         np.savez_compressed(buf, sample_id=np.array([s.sample_id for s in keep]),
-                            image_path=np.array([s.image_path for s in keep]), prompt=np.array(prompts),
+                            image_path=np.array([s.image_path for s in keep]),
+                            prompt=np.array([queries[s.sample_id].text for s in keep]),
                             sample_json=np.array([json.dumps(s.to_dict(), default=str) for s in keep]),
-                            grid=np.stack([grids[(s.image_path, p)] for s, p in zip(keep, prompts)]),
+                            grid=np.stack([grids[s.sample_id] for s in keep]),
                             input_geometry=np.array(adapter.input_geometry))
         atomic_write_bytes(self.out / "heatmaps" / f"{record_stem(plan.dataset, plan.model)}.npz", buf.getvalue())
 
-    def _classification(self, adapter: Adapter, samples: list[Sample], plan: PairPlan):
-        ckpt_sha = self._ckpt_sha(plan.model, adapter)
-        ds_name = plan.dataset
-        scores: dict[tuple[str, str], float] = {}
-
-        def prompts_of(s: Sample) -> str:
-            return json.dumps(classification_prompts(ds_name, s.category))
-
-        def from_cache(s: Sample, path: str, hit: dict[str, np.ndarray]) -> None:
-            scores[(path, s.category)] = float(hit["score"])
-
-        by_image, todo, skipped = self._cached(adapter, samples, "score", ckpt_sha, prompts_of, from_cache)
-        class_emb: dict[str, tuple[Any, Any]] = {}
-        for paths, batch, _sizes, bad in self._iter_images(adapter, todo, f"{plan.model} × {plan.dataset} (cls)"):
-            for path, msg in bad:
-                skipped.extend({"sample_id": s.sample_id, "path": path, "reason": msg} for s in by_image[path])
-            if not paths:
-                continue
-            img_emb = adapter.encode_images(batch)
-            idx, cats, seen = [], [], set()
-            for i, path in enumerate(paths):
-                for s in by_image[path]:
-                    if (path, s.category) not in scores and (i, s.category) not in seen:
-                        seen.add((i, s.category))
-                        idx.append(i)
-                        cats.append(s.category)
-            for c in dict.fromkeys(cats):
-                if c not in class_emb:
-                    pos, neg = classification_prompts(ds_name, c)
-                    class_emb[c] = (adapter.encode_prompt_ensemble(pos), adapter.encode_prompt_ensemble(neg))
-            pos = adapter.concat([class_emb[c][0] for c in cats])
-            neg = adapter.concat([class_emb[c][1] for c in cats])
-            probs = np.asarray(adapter.score(adapter.take(img_emb, idx), pos, neg), dtype=np.float64)
-            for k, (i, c) in enumerate(zip(idx, cats)):
-                scores[(paths[i], c)] = float(probs[k])
-                self.cache.put(cache_key("score", model_id=adapter.model_id, checkpoint_sha=ckpt_sha,
-                                         preprocessing_id=adapter.preprocessing_id,
-                                         image_sha=self._image_sha(paths[i]),
-                                         prompt=json.dumps(classification_prompts(ds_name, c))),
-                               score=np.asarray(probs[k]))
-        out = []
-        for s in samples:
-            key = (s.image_path, s.category)
-            if key in scores:
-                out.append((s, self.protocol.classification_record(scores[key], s)))
-        return out, skipped
-
-    def _cached(self, adapter: Adapter, samples: list[Sample], kind: str, ckpt_sha: str, text_of, on_hit):
-        """Group samples by image, hand cached entries to ``on_hit``, list the images left to compute.
-
-        Returns ``(samples by image, images to compute, skipped samples)``; an image that cannot
-        be read is reported once per sample, never dropped silently.
-        """
-        by_image: dict[str, list[Sample]] = {}
-        for s in samples:
-            by_image.setdefault(s.image_path, []).append(s)
-        skipped: list[dict[str, str]] = []
-        todo: list[str] = []
-        for path, group in by_image.items():
-            try:
-                sha = self._image_sha(path)
-            except OSError as exc:
-                skipped.extend({"sample_id": s.sample_id, "path": path, "reason": _io_reason(exc)} for s in group)
-                continue
-            missing = False
-            for s in group:
-                hit = self.cache.get(cache_key(kind, model_id=adapter.model_id, checkpoint_sha=ckpt_sha,
-                                               preprocessing_id=adapter.preprocessing_id, image_sha=sha,
-                                               prompt=text_of(s)))
-                if hit is None:
-                    missing = True
-                else:
-                    on_hit(s, path, hit)
-            if missing:
-                todo.append(path)
-        return by_image, todo, skipped
+    def _image_sha(self, path: str) -> str:
+        if path not in self._image_shas:
+            self._image_shas[path] = file_sha256(path)
+        return self._image_shas[path]
 
     def _ckpt_sha(self, model: str, adapter: Adapter) -> str:
         ckpt = self.cfg.ckpt.get(model) or getattr(adapter, "checkpoint", None)
@@ -689,45 +541,3 @@ def _io_reason(exc: OSError) -> str:
     if isinstance(exc, FileNotFoundError):
         return "image file not found"
     return f"image file unreadable ({type(exc).__name__}: {exc})"
-
-
-def classification_prompts(dataset: str, category: str | None) -> tuple[list[str], list[str]]:
-    """Positive and negative prompt ensembles for zero-shot classification of ``category``."""
-    from benchmark.prompts import classification_prompts as table
-
-    return table(dataset, category)
-
-
-class _ImageSet:
-    """Map-style dataset for DataLoader workers: read + preprocess, errors returned not raised."""
-
-    def __init__(self, paths: list[str], adapter: Adapter):
-        self.paths, self.adapter = paths, adapter
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        from benchmark.io.images import read_image
-
-        path = self.paths[i]
-        try:
-            img = read_image(path, self.adapter.color)
-        except DataError as exc:
-            return path, None, None, str(exc)
-        return path, self.adapter.preprocess(img), (int(img.shape[0]), int(img.shape[1])), None
-
-
-def default_output_dir() -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("results") / "runs" / stamp
-
-
-def ensure_demo_data() -> Path:
-    """Generate the demo datasets into the cache folder on first use."""
-    root = demo_root()
-    try:
-        from benchmark import demo
-    except ImportError as exc:  # pragma: no cover - the generator ships with the package
-        raise DataError(root, f"demo data generator unavailable: {exc}") from exc
-    return Path(demo.ensure(root, seed=0))

@@ -134,7 +134,7 @@ class PretrainingData:
         return x
 
     def _frame(self, path: str) -> np.ndarray:
-        from benchmark.geometry import letterbox_array
+        from benchmark.geometry.frames import letterbox_array
         from benchmark.io.images import read_image
 
         cached = None

@@ -16,7 +16,7 @@ class Distributed:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        from benchmark.run.engine import choose_device
+        from benchmark.run.config import choose_device
 
         choose_device(device_pref)  # the same names and GPU check as `run`, before anything is built
         cuda = torch.cuda.is_available() and device_pref in ("auto", "cuda") or device_pref.startswith("cuda")

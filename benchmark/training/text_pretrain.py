@@ -6,7 +6,7 @@ states for ``[CLS]``, the words, the sentences and the report point in unrelated
 whether the heatmap (deep features · report embedding) follows the features that the sentence
 loss aligns with ``[CLS]`` is left to chance, and so is whether the local losses leave chance
 within a short budget. A few hundred masked-word steps on the training split's own reports give
-the encoder that start (the training option ``text_pretrain``; docs/afloc.md has the figures).
+the encoder that start (the training option ``text_pretrain``; docs/notes/2026-12-07-demo-afloc-builds.md has the figures).
 
 The recipe is BERT's: 15% of the non-special tokens are chosen; 80% of those become ``[MASK]``,
 10% a random token, 10% stay; the last hidden layer predicts them through a dense + GELU +

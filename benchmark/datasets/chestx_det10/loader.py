@@ -14,8 +14,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from benchmark.cache import file_sha256
 from benchmark.dataset import DataError
-from benchmark.datasets.common import Loader, load_card, progress, read_split, sha256_file
+from benchmark.datasets.common import Loader, load_card, progress, read_split
 from benchmark.sample import Sample
 
 CATEGORIES = ("Atelectasis", "Calcification", "Consolidation", "Effusion", "Emphysema", "Fibrosis", "Fracture",
@@ -37,7 +38,7 @@ class ChestXDet10(Loader):
         ann_path = self.require(f"{self.split}.json", "annotation file")
         img_dir = self.require(f"{self.split}_data", "image folder")
         records = read_annotations(ann_path)
-        self.stats["annotation_sha256"] = sha256_file(ann_path)
+        self.stats["annotation_sha256"] = file_sha256(ann_path)
         split_list = read_split(self, self.split)
         if split_list is not None:
             self.use_split_list(split_list)

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from benchmark.dataset import DataError
-from benchmark.datasets.common import Loader, check_coco_rle, decode_rle, load_card, progress, read_csv, read_split
+from benchmark.datasets.common import Loader, check_coco_rle, load_card, progress, read_csv, read_split
+from benchmark.geometry.rasterize import decode_rle
 from benchmark.pathologies import canonical_name
 from benchmark.sample import Sample
 

@@ -1,9 +1,4 @@
-"""One geometry module for every loader, adapter and protocol.
-
-Why one module: a localization number is only meaningful if the heatmap and the ground
-truth sit in the same frame. Loaders keep ground truth in original pixels; adapters
-declare the frame their similarity grid covers (an *input geometry* spec); protocols move
-both into the frame they score in with the functions below, and nobody else resizes.
+"""Frames: the letterbox, resize and crop geometries a model's grid covers, and maps moved between them.
 
 Coordinates: ``image_size`` and frame sizes are ``(height, width)``; boxes are
 ``[x, y, w, h]`` with ``(x, y)`` the top-left corner. Continuous coordinates are *edge*
@@ -27,32 +22,13 @@ Only numpy at module level; cv2, PIL, pycocotools and torch are imported where u
 from __future__ import annotations
 
 import math
-import os
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
-# AFLoc's margin (BioViL's ``set_margin`` constants applied to 224 maps: 14 px per side).
-AFLOC_MARGIN_RESIZE = 512
-AFLOC_MARGIN_CROP = 448
-# AFLoc binarises resized masks with ``>= 1e-5`` (any partial coverage counts).
-AFLOC_MASK_EPS = 1e-5
 
-
-# --------------------------------------------------------------------------------------
-# Errors
-# --------------------------------------------------------------------------------------
-def _data_error(path: Any, expected: str) -> Exception:
-    from benchmark.dataset import DataError  # local import: geometry stays importable on its own
-
-    return DataError(path, expected)
-
-
-# --------------------------------------------------------------------------------------
-# Letterbox exactly as AFLoc (``_resize_img`` and ``box_mapping``)
-# --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LetterboxParams:
     """Where an (H, W) image lands in an N×N letterbox frame."""
@@ -100,75 +76,6 @@ def letterbox_array(img: np.ndarray, n: int) -> np.ndarray:
     right = n - p.new_w - p.left
     pad = [(p.top, bottom), (p.left, right)] + [(0, 0)] * (resized.ndim - 2)
     return np.pad(resized, pad, "constant", constant_values=0)
-
-
-def afloc_box_mapping(box: Sequence[float], w: int, h: int, n: int) -> np.ndarray:
-    """AFLoc's ``box_mapping``: scale by N/longest, add the pad, floor each value, int32.
-
-    ``w`` and ``h`` are the original image width and height.
-    """
-    p = letterbox_params((h, w), n)
-    b = np.array(box) * p.percent
-    b = b.astype(np.float64)
-    b[0] = int(np.floor(b[0] + p.left))
-    b[1] = int(np.floor(b[1] + p.top))
-    b[2] = int(np.floor(b[2]))
-    b[3] = int(np.floor(b[3]))
-    return b.astype(np.int32)
-
-
-def afloc_box2mask(box: Sequence[int], w: int, h: int) -> np.ndarray:
-    """AFLoc's ``box2mask``: ``mask[y:y+h, x:x+w] = 1`` with Python slice semantics (uint8)."""
-    mask = np.zeros((h, w), dtype=np.uint8)
-    x, y, bw, bh = (int(v) for v in box[:4])
-    mask[y:y + bh, x:x + bw] = 1
-    return mask
-
-
-def afloc_boxes_mask(boxes: Iterable[Sequence[float]], image_size: Sequence[int], n: int) -> np.ndarray:
-    """The official AFLoc box ground truth in the N×N letterbox frame: per-box masks **summed**.
-
-    Pixels covered by two boxes hold 2 (AFLoc's merged MS-CXR phrases, RSNA multi-box rows).
-    """
-    h, w = int(image_size[0]), int(image_size[1])
-    out = np.zeros((n, n), dtype=np.uint8)
-    for box in boxes:
-        out += afloc_box2mask(afloc_box_mapping(box, w, h, n), n, n)
-    return out
-
-
-def afloc_mask_to_frame(mask: np.ndarray, n: int) -> np.ndarray:
-    """AFLoc's mask mapping: ``_resize_img`` (INTER_AREA + zero padding) then ``>= 1e-5``.
-
-    The dtype decides the rounding, as in the official loaders: a uint8 0/1 mask
-    (CheXlocalize RLE) is rounded by OpenCV, so a frame pixel needs about half coverage; a
-    float mask (COVID Rural PNG read as float32) keeps any partial coverage.
-    """
-    if not mask.any():
-        return np.zeros((n, n), dtype=np.uint8)
-    return (letterbox_array(mask, n) >= AFLOC_MASK_EPS).astype(np.uint8)
-
-
-def afloc_margin_valid(frame_size: Sequence[int], resize: int = AFLOC_MARGIN_RESIZE,
-                       crop: int = AFLOC_MARGIN_CROP) -> np.ndarray:
-    """Boolean (H, W) map of the pixels AFLoc's ``set_margin`` keeps (True = valid).
-
-    The kept square has side ``int(crop * min(H, W) / resize)`` (196 for 224), placed with
-    floor on the left/top; everything else becomes NaN.
-    """
-    h, w = int(frame_size[0]), int(frame_size[1])
-    side = int(crop * min(h, w) / resize)
-    top, left = (h - side) // 2, (w - side) // 2
-    valid = np.zeros((h, w), dtype=bool)
-    valid[top:top + side, left:left + side] = True
-    return valid
-
-
-def apply_nan_margin(heatmap: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Copy of ``heatmap`` (…, H, W) with NaN where ``valid`` is False (float dtype kept)."""
-    out = np.array(heatmap, dtype=np.result_type(heatmap.dtype, np.float32), copy=True)
-    out[..., ~valid] = np.nan
-    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -440,9 +347,6 @@ class Letterbox(Geometry):
         out[~self.footprint(image_size)] = np.nan
         return out
 
-    def afloc_boxes_mask(self, boxes: Iterable[Sequence[float]], image_size: Sequence[int]) -> np.ndarray:
-        return afloc_boxes_mask(boxes, image_size, self.n)
-
 
 class LetterboxCrop(Geometry):
     """Letterbox to N, then a centred C×C crop (GLoRIA: resize-and-pad 256, CenterCrop 224).
@@ -622,152 +526,3 @@ def parse_geometry(spec: str | Geometry) -> Geometry:
         return LetterboxCrop(int(m.group(1)), int(m.group(2)))
     raise ValueError(f"unknown input geometry {spec!r}; expected 'letterbox:N', 'letterbox_crop:N:C', "
                      f"'resize:HxW', 'resize_crop:R:C' or 'native'")
-
-
-# --------------------------------------------------------------------------------------
-# Ground truth rasterisation in original coordinates
-# --------------------------------------------------------------------------------------
-def box_pixel_range(start: float, length: float, n: int) -> tuple[int, int]:
-    """Pixels whose centre lies in ``[start, start + length)``, clipped to ``[0, n)``."""
-    lo = math.ceil(start - 0.5)
-    hi = math.ceil(start + length - 0.5)
-    return max(lo, 0), min(hi, n)
-
-
-def rasterize_boxes(boxes: Iterable[Sequence[float]], size: Sequence[int], *, mode: str = "union") -> np.ndarray:
-    """Boxes ``[x, y, w, h]`` → uint8 (H, W) mask; a pixel is in a box if its centre is.
-
-    ``mode="union"`` gives 0/1; ``mode="sum"`` counts covering boxes (the official AFLoc
-    merge, where overlaps hold 2).
-    """
-    if mode not in ("union", "sum"):
-        raise ValueError(f"mode must be 'union' or 'sum', got {mode!r}")
-    h, w = int(size[0]), int(size[1])
-    out = np.zeros((h, w), dtype=np.uint8)
-    for b in boxes:
-        x0, x1 = box_pixel_range(float(b[0]), float(b[2]), w)
-        y0, y1 = box_pixel_range(float(b[1]), float(b[3]), h)
-        if x1 > x0 and y1 > y0:
-            if mode == "sum":
-                out[y0:y1, x0:x1] += 1
-            else:
-                out[y0:y1, x0:x1] = 1
-    return out
-
-
-def rasterize_polygons(polygons: Iterable[Sequence[Sequence[float]]], size: Sequence[int]) -> np.ndarray:
-    """Polygons (lists of ``[x, y]``) → uint8 union mask, filled with outline (PIL).
-
-    Same drawing call as CheXlocalize's ``annotation_to_segmentation``
-    (``ImageDraw.polygon(outline=1, fill=1)``).
-    """
-    from PIL import Image, ImageDraw
-
-    h, w = int(size[0]), int(size[1])
-    img = Image.new("L", (w, h), 0)
-    draw = ImageDraw.Draw(img)
-    for poly in polygons:
-        pts = [(float(p[0]), float(p[1])) for p in poly]
-        if len(pts) >= 2:
-            draw.polygon(pts, outline=1, fill=1)
-    return (np.asarray(img) > 0).astype(np.uint8)
-
-
-def decode_rle(rle: dict[str, Any], size: Sequence[int] | None = None) -> np.ndarray:
-    """COCO RLE (compressed string/bytes or uncompressed counts list) → uint8 (H, W)."""
-    from pycocotools import mask as mask_utils
-
-    if "size" not in rle or "counts" not in rle:
-        raise _data_error(None, f"a COCO RLE dict with 'size' and 'counts', got keys {sorted(rle)}")
-    h, w = (int(v) for v in rle["size"])
-    counts = rle["counts"]
-    if isinstance(counts, list):
-        obj = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
-    else:
-        obj = {"size": [h, w], "counts": counts.encode() if isinstance(counts, str) else counts}
-    m = mask_utils.decode(obj)
-    if size is not None and tuple(m.shape) != (int(size[0]), int(size[1])):
-        raise _data_error(None, f"RLE of size {m.shape} for an image of size {tuple(size)}")
-    return m.astype(np.uint8)
-
-
-def read_mask_file(path: str | os.PathLike, size: Sequence[int] | None = None, *, raw: bool = False) -> np.ndarray:
-    """Read a mask image with ``cv2.IMREAD_UNCHANGED``; nonzero = lesion.
-
-    Returns uint8 0/1, or with ``raw=True`` the stored values as float32 (the maximum over
-    channels for colour files). Raises ``DataError`` naming the file when it cannot be read
-    or its size differs from ``size``.
-    """
-    import cv2
-
-    p = str(path)
-    if not os.path.isfile(p):
-        raise _data_error(p, "mask image file not found")
-    m = cv2.imread(p, cv2.IMREAD_UNCHANGED)
-    if m is None:
-        raise _data_error(p, "a readable mask image (PNG/JPG/TIFF); OpenCV could not decode it")
-    if m.ndim == 3:
-        m = m.max(axis=2)
-    if size is not None and tuple(m.shape) != (int(size[0]), int(size[1])):
-        raise _data_error(p, f"a mask of the image size {tuple(int(v) for v in size)} (H, W), got {m.shape}")
-    if raw:
-        return m.astype(np.float32)
-    return (m != 0).astype(np.uint8)
-
-
-def _sample_size(sample: Any, image_size: Sequence[int] | None) -> tuple[int, int]:
-    size = image_size if image_size is not None else getattr(sample, "image_size", None)
-    if size is None:
-        raise _data_error(getattr(sample, "image_path", None),
-                          f"an image size for sample {getattr(sample, 'sample_id', '?')} (the loader did not set it)")
-    return int(size[0]), int(size[1])
-
-
-def sample_mask(sample: Any, image_size: Sequence[int] | None = None, *, box_mode: str = "union") -> np.ndarray:
-    """All ground truth of a ``Sample`` as one uint8 mask in original pixels.
-
-    Boxes are rasterised with ``box_mode`` (``union`` or ``sum``); polygons, RLEs and mask
-    files are added as a union on top. A sample without localization gives zeros.
-    """
-    size = _sample_size(sample, image_size)
-    out = rasterize_boxes(sample.boxes, size, mode=box_mode) if sample.boxes else np.zeros(size, np.uint8)
-    other = np.zeros(size, dtype=bool)
-    if sample.polygons:
-        other |= rasterize_polygons(sample.polygons, size) > 0
-    for rle in sample.rles:
-        try:
-            other |= decode_rle(rle, size) > 0
-        except Exception as exc:  # name the sample in the error
-            raise _data_error(sample.image_path, f"a valid RLE for sample {sample.sample_id}: {exc}") from exc
-    for path in sample.mask_paths:
-        other |= read_mask_file(path, size) > 0
-    if box_mode == "union":
-        return (out.astype(bool) | other).astype(np.uint8)
-    return np.where(other & (out == 0), 1, out).astype(np.uint8)
-
-
-def afloc_sample_mask(sample: Any, n: int = 224, image_size: Sequence[int] | None = None) -> np.ndarray:
-    """Ground truth of a ``Sample`` in AFLoc's N×N letterbox frame, by the official rules.
-
-    - boxes: ``box_mapping`` + ``box2mask``, **summed** (overlaps hold 2);
-    - RLEs (CheXlocalize): decoded uint8, ``_resize_img`` with OpenCV rounding, ``>= 1e-5``;
-    - mask files (COVID Rural): stored values as float32, ``_resize_img``, ``>= 1e-5``;
-    - polygons (no official counterpart): rasterised in original pixels, then as mask files.
-    Sources are combined as: summed boxes, then a union with the other sources.
-    """
-    size = _sample_size(sample, image_size)
-    out = afloc_boxes_mask(sample.boxes, size, n) if sample.boxes else np.zeros((n, n), np.uint8)
-    other = np.zeros((n, n), dtype=bool)
-    if sample.rles:
-        dec = np.zeros(size, dtype=np.uint8)
-        for rle in sample.rles:
-            dec |= decode_rle(rle, size)
-        other |= afloc_mask_to_frame(dec, n) > 0
-    if sample.mask_paths:
-        raw = np.zeros(size, dtype=np.float32)
-        for path in sample.mask_paths:
-            raw = np.maximum(raw, read_mask_file(path, size, raw=True))
-        other |= afloc_mask_to_frame(raw, n) > 0
-    if sample.polygons:
-        other |= afloc_mask_to_frame(rasterize_polygons(sample.polygons, size).astype(np.float32), n) > 0
-    return np.where(other & (out == 0), 1, out).astype(np.uint8)
