@@ -2,13 +2,9 @@
 
 Official file (``Pretrained_CXR.ckpt``): a PyTorch-Lightning dict whose ``state_dict`` keys carry
 the ``afloc.`` prefix and whose ``hyper_parameters`` is a pickled omegaconf 2.0.5 ``DictConfig``.
-It is read with ``torch.load(weights_only=True)`` in which every non-tensor class the file names
-(omegaconf containers and nodes, Lightning callback classes used as dict keys, ``typing.Any``,
-``pathlib`` paths ...) is bound to an *inert record* class of this module: the pickle can only
-fill records with data, never run a constructor or ``__setstate__`` of the real class. A global
-outside the allow-list (``os.system``, ``builtins.eval`` ...) makes the load fail before any
-object is built. The configuration is then rebuilt from the records' ``_content``/``_val``
-fields as plain dicts (so the omegaconf version that wrote it does not matter).
+It is read by ``benchmark.io.checkpoints`` (``torch.load(weights_only=True)`` with every class
+the file names bound to an inert record; a global outside the allow-list stops the load), and the
+configuration is rebuilt as plain dicts, so the omegaconf version that wrote it does not matter.
 
 Key rename official → this model: strip the leading ``afloc.``; drop the
 ``text_encoder.model.embeddings.position_ids`` buffer (recent transformers no longer store it).
@@ -22,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +25,11 @@ from typing import Any
 import torch
 
 from afloc.config import ModelConfig, TextConfig, VisionConfig
+from benchmark.io.checkpoints import (
+    CheckpointError,
+    load_lightning_checkpoint,
+    to_plain,
+)
 
 OFFICIAL_PREFIX = "afloc."
 DROPPED_OFFICIAL_KEYS = ("text_encoder.model.embeddings.position_ids",)
@@ -38,117 +38,6 @@ CONFIG_FILE = "config.json"
 TOKENIZER_DIR = "tokenizer"
 FORMAT = "afloc-bench/model"
 FORMAT_VERSION = 1
-
-# Globals an official Lightning checkpoint may name; all are bound to inert records.
-ALLOWED_MODULE_PREFIXES = ("omegaconf.", "pytorch_lightning.", "lightning.", "lightning_fabric.", "typing.")
-ALLOWED_GLOBALS = {
-    "builtins.dict", "builtins.list", "builtins.tuple", "builtins.set", "builtins.int", "builtins.float",
-    "builtins.str", "builtins.bool", "builtins.object", "builtins.type", "builtins.NoneType",
-    "collections.defaultdict", "collections.OrderedDict",
-    "pathlib.Path", "pathlib.PosixPath", "pathlib.WindowsPath", "pathlib.PurePosixPath", "pathlib.PureWindowsPath",
-    "argparse.Namespace",
-    "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar", "numpy.dtype",
-    "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct", "numpy.ndarray",
-    "numpy.dtypes.Float64DType", "numpy.dtypes.Float32DType", "numpy.dtypes.Int64DType",
-}
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be used; the message names the file and what was expected."""
-
-    def __init__(self, path: str | os.PathLike | None, expected: str):
-        self.path = None if path is None else str(path)
-        super().__init__(f"{self.path}: {expected}" if self.path else expected)
-
-
-# ---------------------------------------------------------------------------------------------
-# inert records for unpickling
-class InertRecord:
-    """Stand-in for a pickled object of an allow-listed class: stores data, runs nothing."""
-
-    qualname = "?"
-
-    def __new__(cls, *args, **kwargs):
-        obj = object.__new__(cls)
-        obj.__dict__["_args"] = args
-        obj.__dict__["_state"] = None
-        return obj
-
-    def __init__(self, *args, **kwargs):  # REDUCE calls the record class like a function
-        self.__dict__["_args"] = args
-
-    def __setstate__(self, state):
-        self.__dict__["_state"] = state
-
-    def __repr__(self) -> str:
-        return f"<{self.qualname}>"
-
-
-_RECORD_CLASSES: dict[str, type] = {}
-
-
-def _record_class(full_name: str) -> type:
-    if full_name not in _RECORD_CLASSES:
-        _RECORD_CLASSES[full_name] = type("Inert_" + full_name.replace(".", "_"), (InertRecord,),
-                                          {"qualname": full_name, "__module__": __name__})
-    return _RECORD_CLASSES[full_name]
-
-
-def _is_allowed(name: str) -> bool:
-    return name in ALLOWED_GLOBALS or name.startswith(ALLOWED_MODULE_PREFIXES)
-
-
-def safe_torch_load(path: str | os.PathLike) -> Any:
-    """``torch.load(weights_only=True)`` with allow-listed globals bound to inert records."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(path, "checkpoint file not found")
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(path, "not a PyTorch zip checkpoint (expected a file written by torch.save, "
-                                    "e.g. the official Pretrained_CXR.ckpt)")
-    try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(path, f"cannot read the pickle inside the checkpoint ({type(exc).__name__}: {exc})") from exc
-    refused = sorted(n for n in names if not _is_allowed(n))
-    if refused:
-        raise CheckpointError(path, "refusing to unpickle: the file names globals outside the allow-list "
-                                    f"({', '.join(refused)}); only tensors, containers and configuration records "
-                                    "are accepted")
-    records = [(_record_class(n), n) for n in names]
-    try:
-        with torch.serialization.safe_globals(records):
-            return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(path, f"cannot load checkpoint safely ({type(exc).__name__}: {exc})") from exc
-
-
-def to_plain(obj: Any) -> Any:
-    """Records → plain Python: omegaconf containers become dicts/lists, nodes their values."""
-    if isinstance(obj, InertRecord):
-        name = obj.qualname
-        state = obj.__dict__.get("_state")
-        if name.startswith("omegaconf."):
-            if isinstance(state, dict):
-                if "_content" in state:
-                    return to_plain(state["_content"])
-                if "_val" in state:
-                    return to_plain(state["_val"])
-                return {k: to_plain(v) for k, v in state.items() if not k.startswith("_")}
-            return None
-        if name.startswith("pathlib."):
-            return os.path.join(*[str(a) for a in obj.__dict__.get("_args", ())]) if obj.__dict__.get("_args") else ""
-        if name == "argparse.Namespace" and isinstance(state, dict):
-            return {k: to_plain(v) for k, v in state.items()}
-        return repr(obj)
-    if isinstance(obj, type) and issubclass(obj, InertRecord):
-        return obj.qualname
-    if isinstance(obj, dict):
-        return {to_plain(k) if not isinstance(k, (str, int, float)) else k: to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_plain(v) for v in obj]
-    return obj
-
 
 @dataclass
 class OfficialCheckpoint:
@@ -160,18 +49,13 @@ class OfficialCheckpoint:
 
 def read_lightning_checkpoint(path: str | os.PathLike) -> OfficialCheckpoint:
     """Weights and configuration of an official AFLoc Lightning checkpoint, read safely."""
-    raw = safe_torch_load(path)
-    if not isinstance(raw, dict) or "state_dict" not in raw:
-        keys = sorted(raw)[:10] if isinstance(raw, dict) else type(raw).__name__
-        raise CheckpointError(path, f"not a Lightning checkpoint: expected a dict with 'state_dict' "
-                                    f"(and 'hyper_parameters'), found {keys}")
+    raw = load_lightning_checkpoint(path, "an official AFLoc Lightning checkpoint (Pretrained_CXR.ckpt)")
     sd = raw["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(path, "'state_dict' is not a mapping of tensors")
-    hp = to_plain(raw.get("hyper_parameters", {})) or {}
     meta = {k: to_plain(v) for k, v in raw.items() if k in ("epoch", "global_step", "pytorch-lightning_version",
                                                               "hparams_name")}
-    return OfficialCheckpoint(str(path), dict(sd), hp if isinstance(hp, dict) else {}, meta)
+    return OfficialCheckpoint(str(path), dict(sd), raw["hyper_parameters"], meta)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,23 +266,6 @@ def load_checkpoint(folder: str | os.PathLike, device: str = "cpu"):
                                                max_length=cfg.text.max_length, lowercase=cfg.text.lowercase))
     model.eval()
     return model.to(device)
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A plain state dict from ``.safetensors`` or a torch file (weights only, no pickled code)."""
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(p, "state-dict file not found")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(p))
-    obj = torch.load(str(p), map_location="cpu", weights_only=True)
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise CheckpointError(p, "expected a mapping of tensors")
-    return obj
 
 
 def load_model(path: str | os.PathLike, text_encoder: str | os.PathLike | None = None, device: str = "cpu"):

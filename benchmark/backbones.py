@@ -92,7 +92,7 @@ def load_pretrained(backbone: ResNetBackbone, source: str) -> None:
                 f"place the file {weights.url.rsplit('/', 1)[-1]} in $TORCH_HOME/hub/checkpoints or set "
                 "vision.pretrained to the path of a local state-dict file") from exc
     else:
-        from afloc.checkpoint import read_state_dict
+        from benchmark.io.checkpoints import read_state_dict
 
         state = read_state_dict(source)
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}

@@ -16,14 +16,13 @@ from test_afloc_kit import (
 )
 
 from afloc.checkpoint import (
-    CheckpointError,
     load_checkpoint,
     load_official,
     official_to_model_keys,
     read_lightning_checkpoint,
-    safe_torch_load,
     save_checkpoint,
 )
+from benchmark.io.checkpoints import CheckpointError, InertRecord, safe_torch_load
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -136,8 +135,6 @@ class _BuildsDictConfig:
 
 
 def test_allow_listed_classes_become_inert_records(tmp_path):
-    from afloc.checkpoint import InertRecord
-
     path = tmp_path / "reduce.ckpt"
     torch.save({"state_dict": {}, "x": _BuildsDictConfig()}, path)
     raw = safe_torch_load(path)
@@ -149,13 +146,13 @@ def test_allow_listed_classes_become_inert_records(tmp_path):
 def test_wrong_files_give_clear_errors(tmp_path):
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(CheckpointError, match="not a PyTorch zip checkpoint"):
+    with pytest.raises(CheckpointError, match="not a PyTorch file"):
         read_lightning_checkpoint(junk)
     with pytest.raises(CheckpointError, match="not found"):
         read_lightning_checkpoint(tmp_path / "missing.ckpt")
     plain = tmp_path / "plain.pt"
     torch.save({"weights": torch.ones(1)}, plain)
-    with pytest.raises(CheckpointError, match="not a Lightning checkpoint.*weights"):
+    with pytest.raises(CheckpointError, match=r"expected an official AFLoc Lightning checkpoint.*'state_dict'.*weights"):
         read_lightning_checkpoint(plain)
     with pytest.raises(CheckpointError, match="not an afloc-bench checkpoint folder"):
         load_checkpoint(tmp_path)

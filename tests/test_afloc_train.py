@@ -304,7 +304,7 @@ def test_ema_decay_saves_the_average_of_the_trajectory_and_leaves_training_uncha
 def test_ema_decay_resumes_to_the_identical_state_and_refuses_a_mismatched_resume(tmp_path):
     from safetensors.torch import load_file
 
-    from afloc.checkpoint import CheckpointError
+    from benchmark.io.checkpoints import CheckpointError
 
     pairs = synthetic_pairs(tmp_path / "img", 8)
     tok = tokenizer(tmp_path / "tok")

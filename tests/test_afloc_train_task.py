@@ -91,7 +91,7 @@ def test_trainer_uses_the_task_input_labels_columns_and_format(tmp_path, request
     # resume reads the task's weights back and refuses a run of another task
     cfg4 = TrainConfig(**{**cfg.to_dict(), "epochs": 4, "betas": tuple(cfg.betas)})
     assert train(cfg4, tmp_path / "run", quiet=True, resume=True, train_pairs=pairs, val_pairs=pairs)["epoch"] == 4
-    from afloc.checkpoint import CheckpointError
+    from benchmark.io.checkpoints import CheckpointError
 
     with pytest.raises(CheckpointError, match="task 'toy', not 'afloc'"):
         train(TrainConfig(batch_size=4, num_workers=0, device="cpu"), tmp_path / "run", quiet=True, resume=True,

@@ -56,15 +56,14 @@ class _Evil:
 
 # -- refusing unsafe files -------------------------------------------------------------------
 def test_malicious_pickle_is_refused_everywhere(tmp_path):
-    from baselines.common.checkpoints import CheckpointError, safe_torch_load
-    from baselines.common.lightning_ckpt import load_lightning_checkpoint
+    from benchmark.io.checkpoints import CheckpointError, load_lightning_checkpoint, safe_torch_load
 
     marker = tmp_path / "pwned"
     bad = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {"gloria.x": torch.zeros(1)}, "hyper_parameters": _Evil(marker)}, bad)
-    with pytest.raises(CheckpointError, match="refused to unpickle.*system"):
+    with pytest.raises(CheckpointError, match=r"refus\w+ to unpickle.*system"):
         load_lightning_checkpoint(bad)
-    with pytest.raises(CheckpointError, match="refused to unpickle"):
+    with pytest.raises(CheckpointError, match=r"refus\w+ to unpickle"):
         safe_torch_load(bad)
     a = _adapter("gloria", text_encoder=str(WORDPIECE))
     with pytest.raises(CheckpointError, match=str(bad)):
@@ -75,7 +74,7 @@ def test_malicious_pickle_is_refused_everywhere(tmp_path):
 def test_lightning_checkpoint_pickled_by_omegaconf_2_0_5_is_read_as_plain_data():
     """The fixture was written by torch.save of a Lightning-1.1-style dict whose hyper_parameters is an
     omegaconf 2.0.5 DictConfig of GLoRIA's repository config, with callback classes as keys."""
-    from baselines.common.lightning_ckpt import load_lightning_checkpoint
+    from benchmark.io.checkpoints import load_lightning_checkpoint
 
     ck = load_lightning_checkpoint(FIX / "lightning_omegaconf205.ckpt")
     hp = ck["hyper_parameters"]
@@ -92,7 +91,7 @@ def test_lightning_checkpoint_pickled_by_omegaconf_2_0_5_is_read_as_plain_data()
 def test_lightning_checkpoint_from_current_omegaconf(tmp_path):
     import omegaconf
 
-    from baselines.common.lightning_ckpt import load_lightning_checkpoint
+    from benchmark.io.checkpoints import load_lightning_checkpoint
 
     cfg = omegaconf.OmegaConf.create({"data": {"text": {"word_num": 50}, "image": {"imsize": 128}},
                                       "model": {"text": {"last_n_layers": 4}}, "lst": [1, "a", None]})
@@ -109,7 +108,7 @@ def test_lightning_checkpoint_from_current_omegaconf(tmp_path):
                                         ("medklip", "checkpoint_final.pth"), ("convirt", "convirt-mimic"),
                                         ("chexzero", "CheXzero")])
 def test_no_checkpoint_names_the_file_and_where_it_is_published(name, fname, tmp_path):
-    from baselines.common.checkpoints import CheckpointError
+    from benchmark.io.checkpoints import CheckpointError
 
     opts = {"text_encoder": str(BPE if name == "convirt" else WORDPIECE)}
     if name == "medklip":
@@ -130,7 +129,7 @@ def test_no_checkpoint_names_the_file_and_where_it_is_published(name, fname, tmp
 
 
 def test_text_folder_errors_say_what_is_missing(tmp_path):
-    from baselines.common.checkpoints import CheckpointError
+    from benchmark.io.checkpoints import CheckpointError
 
     with pytest.raises(CheckpointError, match="text_encoder"):
         _adapter("gloria", random_init=True).load(None, "cpu")
@@ -148,7 +147,7 @@ def gloria_source():
 
 
 def test_gloria_official_layout_round_trip_and_key_report(gloria_source, tmp_path):
-    from baselines.common.checkpoints import CheckpointError
+    from benchmark.io.checkpoints import CheckpointError
 
     sd = {f"gloria.{k}": v for k, v in gloria_source.model.state_dict().items()}
     sd["gloria.text_encoder.model.embeddings.position_ids"] = torch.arange(128)[None]  # saved by old transformers
@@ -191,7 +190,7 @@ def test_gloria_reads_inference_settings_from_hyper_parameters(gloria_source, tm
 
 
 def test_wrong_file_is_refused_with_what_was_expected(gloria_source, tmp_path):
-    from baselines.common.checkpoints import CheckpointError
+    from benchmark.io.checkpoints import CheckpointError
 
     p = tmp_path / "gloria_as_biovil.pt"
     torch.save(gloria_source.model.state_dict(), p)
@@ -251,8 +250,8 @@ def test_medklip_module_prefix_under_model(tmp_path):
 
 
 def test_medklip_descriptions_file_is_checked(tmp_path):
-    from baselines.common.checkpoints import CheckpointError
     from baselines.medklip.model import read_descriptions
+    from benchmark.io.checkpoints import CheckpointError
 
     p = tmp_path / "d.json"
     p.write_text(json.dumps({"normal": "x"}))
@@ -304,7 +303,7 @@ def test_chexzero_openai_state_dict_with_metadata_entries(tmp_path):
 
 
 def test_key_report_summary_lists_names():
-    from baselines.common.checkpoints import KeyReport
+    from benchmark.io.checkpoints import KeyReport
 
     r = KeyReport("f.pt", "x", n_module=3, n_file=3, loaded=2, missing=["a.b"], unexpected=["c"], ignored=["p"])
     s = r.summary()

@@ -242,7 +242,7 @@ def test_wrong_checkpoint_files_are_named(trained, tmp_path):
     from safetensors.torch import load_file, save_file
 
     from baselines.biovil.adapter import BioVilAdapter
-    from baselines.common.checkpoints import CheckpointError
+    from benchmark.io.checkpoints import CheckpointError
 
     bad = tmp_path / "bad"
     shutil.copytree(trained["out"] / "best", bad)

@@ -171,7 +171,7 @@ def test_training_runs_resumes_and_the_adapter_loads_best(trained):
 
 
 def test_resume_refuses_a_run_of_another_task(trained, tmp_path):
-    from afloc.checkpoint import CheckpointError
+    from benchmark.io.checkpoints import CheckpointError
     from benchmark.training.trainer import train
 
     out = tmp_path / "other"
@@ -211,8 +211,8 @@ def test_wrong_checkpoint_files_are_named(trained, tmp_path):
 
     from safetensors.torch import load_file, save_file
 
-    from baselines.common.checkpoints import CheckpointError
     from baselines.convirt.adapter import ConvirtAdapter
+    from benchmark.io.checkpoints import CheckpointError
 
     bad = tmp_path / "bad"
     shutil.copytree(trained["out"] / "best", bad)
@@ -296,8 +296,8 @@ def test_paper_preset_loads_the_text_encoder_freezes_six_layers_and_imagenet_fil
 
 
 def test_paper_preset_needs_the_text_encoder_folder():
-    from baselines.common.checkpoints import CheckpointError
     from baselines.convirt.task import ConvirtTask
+    from benchmark.io.checkpoints import CheckpointError
     from benchmark.training.config import load_train_config
 
     with pytest.raises(CheckpointError, match="text_encoder.*Bio_ClinicalBERT"):

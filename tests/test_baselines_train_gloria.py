@@ -178,8 +178,8 @@ def test_wrong_or_incomplete_folders_are_refused_by_name(trained, tmp_path):
 
     from safetensors.torch import load_file, save_file
 
-    from baselines.common.checkpoints import CheckpointError
     from baselines.gloria.adapter import GloriaAdapter
+    from benchmark.io.checkpoints import CheckpointError
 
     a = GloriaAdapter()
     a.load(str(trained["dir"] / "best" / "model.safetensors"), "cpu")  # the weights file stands for its folder
@@ -217,7 +217,7 @@ def test_no_checkpoint_means_the_demo_model(trained, monkeypatch):
     a.load(None, "cpu")
     assert calls == ["gloria"] and a.checkpoint == str(trained["dir"] / "best") and a.key_report.ok
     # random_init keeps building the official structure from the text-encoder folder, never the demo
-    from baselines.common.checkpoints import CheckpointError
+    from benchmark.io.checkpoints import CheckpointError
 
     with pytest.raises(CheckpointError, match="text_encoder"):
         GloriaAdapter(random_init=True).load(None, "cpu")
@@ -235,8 +235,8 @@ def test_shipped_configs():
 
 
 def test_paper_preset_needs_the_text_encoder_folder():
-    from baselines.common.checkpoints import CheckpointError
     from baselines.gloria.task import GloriaTask
+    from benchmark.io.checkpoints import CheckpointError
 
     with pytest.raises(CheckpointError, match="text_encoder"):
         GloriaTask().build(load_train_config("paper", "gloria"))

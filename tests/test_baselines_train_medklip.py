@@ -158,7 +158,7 @@ def test_demo_queries_are_the_entity_names_mean_pooled_by_the_frozen_text_encode
 
 
 def test_official_initialisation_and_presets():
-    from baselines.common.checkpoints import CheckpointError
+    from benchmark.io.checkpoints import CheckpointError
 
     _, model, _ = _tiny_task_model(model={**TINY, "init": "official"})
     w = model.decoder.layers[0].multihead_attn.in_proj_weight
@@ -236,7 +236,7 @@ def test_adapter_loads_the_trained_folder_and_matches_the_training_input(trained
 def test_folder_errors_name_the_file_and_the_keys(trained, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from baselines.common.checkpoints import CheckpointError
+    from benchmark.io.checkpoints import CheckpointError
 
     bad = tmp_path / "bad"
     shutil.copytree(trained["run"] / "best", bad)
@@ -257,8 +257,8 @@ def test_folder_errors_name_the_file_and_the_keys(trained, tmp_path):
 
 def test_no_checkpoint_means_the_demo_model(trained, monkeypatch):
     import benchmark.training.demo_weights as demo
-    from baselines.common.checkpoints import CheckpointError
     from baselines.medklip.adapter import MedKlipAdapter
+    from benchmark.io.checkpoints import CheckpointError
 
     asked = []
 

@@ -64,8 +64,8 @@ class BioVilAdapter(BaselineAdapter):
 
     def load(self, checkpoint: str | None, device: str) -> None:
         from baselines.biovil.model import BioVilImageModel, CXRBert
-        from baselines.common.checkpoints import load_checked, read_tensors, state_dict_from
         from baselines.common.text_folder import folder_weights, read_json, text_folder, wordpiece_tokenizer
+        from benchmark.io.checkpoints import load_checked, read_tensors, state_dict_from
 
         if checkpoint is None and not self.opt_bool("random_init"):
             checkpoint = self.demo_checkpoint()
@@ -104,8 +104,8 @@ class BioVilAdapter(BaselineAdapter):
     def _load_project(self, folder: Path, device: str) -> None:
         """A checkpoint folder written by ``afloc-bench train biovil`` (``BiovilConfig`` + weights)."""
         from baselines.biovil.model import BioViL, BiovilConfig
-        from baselines.common.checkpoints import CheckpointError, load_checked, read_tensors
         from baselines.common.text_folder import read_json, text_folder, wordpiece_tokenizer
+        from benchmark.io.checkpoints import CheckpointError, load_checked, read_tensors
 
         weights = folder / "model.safetensors"
         if not weights.is_file():
@@ -204,7 +204,7 @@ class BioVilAdapter(BaselineAdapter):
 
 def _project_folder(path: Path) -> Path | None:
     """The folder of a checkpoint written by this project (``config.json`` beside the weights), else None."""
-    from baselines.common.checkpoints import CheckpointError
+    from benchmark.io.checkpoints import CheckpointError
 
     folder = path if path.is_dir() else path.parent
     if (folder / "config.json").is_file() and (path.is_dir() or path.suffix == ".safetensors"):

@@ -60,7 +60,7 @@ class BiovilConfig:
     @classmethod
     def from_json(cls, data: dict[str, Any], source: Any = None) -> "BiovilConfig":
         """The config of a ``config.json``; a file of another format or with unknown fields is refused."""
-        from baselines.common.checkpoints import CheckpointError
+        from benchmark.io.checkpoints import CheckpointError
 
         if data.get("format") != FORMAT:
             raise CheckpointError(source, f"expected a BioViL checkpoint config (format {FORMAT!r}), "
@@ -157,8 +157,7 @@ class CXRBert(nn.Module):
         super().__init__()
         from transformers import BertModel
 
-        from baselines.common.checkpoints import call_quietly
-        from baselines.common.text_folder import bert_config
+        from baselines.common.text_folder import bert_config, call_quietly
 
         cfg = {k: v for k, v in config.items() if k != "projection_size"}
         self.config = bert_config(cfg)

@@ -144,8 +144,8 @@ class BiovilTask(TrainTask):
 def _load_text(model: Any, folder: Path) -> None:
     """CXR-BERT's weights into the text tower; the MLM head is not built, and a folder without the
     projection head (CXR-BERT-general) leaves it at its random initialisation."""
-    from baselines.common.checkpoints import load_checked
     from baselines.common.text_folder import folder_weights
+    from benchmark.io.checkpoints import load_checked
 
     load_checked(model.text, folder_weights(folder, "the CXR-BERT weights"), source=folder,
                  expected="CXR-BERT weights for BioViL's text tower",
@@ -173,9 +173,9 @@ def _load_vision(model: Any, source: str) -> None:
                                f"{weights.url.rsplit('/', 1)[-1]} in $TORCH_HOME/hub/checkpoints or set "
                                "pretrained_vision to a local state-dict file") from exc
     else:
-        from afloc.checkpoint import read_state_dict
+        from benchmark.io.checkpoints import read_state_dict
 
         state = read_state_dict(source)
-    from baselines.common.checkpoints import load_checked
+    from benchmark.io.checkpoints import load_checked
 
     load_checked(trunk, state, source=source, expected="a torchvision ResNet-50 state dict")

@@ -36,7 +36,7 @@ class ChexzeroAdapter(BaselineAdapter):
         import open_clip
 
         from baselines.chexzero.model import build_clip, openai_to_open_clip, read_arch
-        from baselines.common.checkpoints import load_checked, read_tensors, state_dict_from
+        from benchmark.io.checkpoints import load_checked, read_tensors, state_dict_from
 
         self.checkpoint = checkpoint
         self.style = self.opt_choice("prompt_style", "chexzero", ("chexzero", "given"))

@@ -47,7 +47,7 @@ def read_arch(path: str | Path) -> dict[str, Any]:
     data = read_json(Path(path))
     for key in ("embed_dim", "vision_cfg", "text_cfg"):
         if key not in data:
-            from baselines.common.checkpoints import CheckpointError
+            from benchmark.io.checkpoints import CheckpointError
 
             raise CheckpointError(path, f"expected an open_clip model config with {key!r}")
     return data

@@ -128,14 +128,9 @@ def load_conch(folder: Path) -> LoadedClip:
     cfg_path = folder / "conch_config.json"
     config = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
     model = Conch(config)
-    if weights.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from benchmark.io.checkpoints import read_state_dict
 
-        sd = load_file(str(weights))
-    else:
-        sd = torch.load(str(weights), map_location="cpu", weights_only=True)
-        if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
-            sd = sd["state_dict"]
+    sd = read_state_dict(weights)
     sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
     ignored = sorted(k for k in sd if k.startswith(IGNORED_PREFIXES))
     sd = {k: v for k, v in sd.items() if not k.startswith(IGNORED_PREFIXES)}

@@ -307,12 +307,9 @@ def load_hf_clip_folder(folder: Path) -> LoadedClip:
     weights = next((folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()), None)
     if weights is None:
         raise DataError(folder, "Hugging Face CLIP folder without model.safetensors or pytorch_model.bin")
-    if weights.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from benchmark.io.checkpoints import read_tensors
 
-        sd = load_file(str(weights))
-    else:
-        sd = torch.load(str(weights), map_location="cpu", weights_only=True)
+    sd = read_tensors(weights, expected="Hugging Face CLIP weights")
     try:
         model_cfg = hf_clip_model_cfg(hf)
         osd = hf_clip_state_dict(sd)

@@ -46,7 +46,7 @@ class BaselineAdapter(Adapter):
     # -- loading --------------------------------------------------------------------------
     def wants_random_init(self, checkpoint: str | None) -> bool:
         """True when the model is to be built without weights; otherwise the checkpoint must exist."""
-        from baselines.common.checkpoints import need_file
+        from benchmark.io.checkpoints import need_file
 
         if self.opt_bool("random_init"):
             return True

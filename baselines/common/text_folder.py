@@ -14,9 +14,9 @@ import inspect
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from baselines.common.checkpoints import CheckpointError, need_file, read_tensors
+from benchmark.io.checkpoints import CheckpointError, need_file, read_tensors
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -130,3 +130,17 @@ def folder_weights(folder: Path, expected: str) -> dict[str, Any]:
                 raise CheckpointError(p, f"expected a state dict of {expected}")
             return sd
     raise CheckpointError(folder, f"no weights file ({' or '.join(WEIGHT_FILES)}); expected {expected}")
+
+
+def call_quietly(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` with transformers' info/warning logging silenced (random-init notices)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover
+        return fn()
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return fn()
+    finally:
+        hf_logging.set_verbosity(level)

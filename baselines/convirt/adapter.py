@@ -57,9 +57,9 @@ class ConvirtAdapter(BaselineAdapter):
     checkpoint_url = PUBLISHED
 
     def load(self, checkpoint: str | None, device: str) -> None:
-        from baselines.common.checkpoints import apply_rename, load_checked, read_tensors, state_dict_from
         from baselines.common.text_folder import bpe_tokenizer, read_json, text_folder, wordpiece_tokenizer
         from baselines.convirt.model import VILMEDIC_RENAMES, CaptionTokenizer, ConVIRT, ConvirtConfig
+        from benchmark.io.checkpoints import apply_rename, load_checked, read_tensors, state_dict_from
 
         if checkpoint is None and not self.opt_bool("random_init"):
             checkpoint = self.demo_checkpoint()
@@ -93,7 +93,7 @@ class ConvirtAdapter(BaselineAdapter):
         except (TypeError, ValueError) as exc:
             if own is None:
                 raise
-            from baselines.common.checkpoints import CheckpointError
+            from benchmark.io.checkpoints import CheckpointError
 
             raise CheckpointError(own / "config.json", f"cannot build ConVIRT from this config ({exc})") from None
         if weights_path is not None:
@@ -166,9 +166,9 @@ def _project_folder(path: Path) -> Path | None:
 
 def _resolve(path: Path, kind: str, text_cfg: dict[str, Any]) -> tuple[Path, Any, str]:
     """(weights file, ConvirtConfig, format name) for a project folder/file or a ViLMedic ``.pth``."""
-    from baselines.common.checkpoints import CheckpointError
     from baselines.common.text_folder import read_json
     from baselines.convirt.model import FORMAT, ConvirtConfig
+    from benchmark.io.checkpoints import CheckpointError
 
     folder = path if path.is_dir() else path.parent
     if (folder / "config.json").is_file() and (path.is_dir() or path.suffix == ".safetensors"):
@@ -198,7 +198,7 @@ def _apply_vilmedic_yaml(cfg: Any, path: Path) -> None:
     """Projection size, tokenizer length and report cleaning from a ViLMedic ``config.yml`` (safe YAML)."""
     import yaml
 
-    from baselines.common.checkpoints import CheckpointError
+    from benchmark.io.checkpoints import CheckpointError
 
     try:
         data = yaml.safe_load(path.read_text()) or {}

@@ -103,8 +103,7 @@ class _BackboneVisual(nn.Module):
 class _Linguistic(nn.Module):
     def __init__(self, cfg: ConvirtConfig) -> None:
         super().__init__()
-        from baselines.common.checkpoints import call_quietly
-        from baselines.common.text_folder import bert_config, roberta_config
+        from baselines.common.text_folder import bert_config, call_quietly, roberta_config
 
         if cfg.text_kind == "roberta":
             from transformers import RobertaModel

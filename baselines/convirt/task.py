@@ -147,8 +147,8 @@ class ConvirtTask(TrainTask):
 
 def _load_bert(model: Any, folder: Path) -> None:
     """Bio_ClinicalBERT's weights into the text encoder (``bert.`` prefix and MLM heads as published)."""
-    from baselines.common.checkpoints import load_checked, strip_prefix
     from baselines.common.text_folder import folder_weights
+    from benchmark.io.checkpoints import load_checked, strip_prefix
 
     sd = strip_prefix(folder_weights(folder, "BERT weights"), "bert.")
     load_checked(model.linguistic.encoder, sd, source=folder, expected="BERT weights for ConVIRT's text encoder",

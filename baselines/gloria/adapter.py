@@ -79,10 +79,9 @@ class GloriaAdapter(BaselineAdapter):
 
     def _load_official(self, checkpoint: str | None) -> tuple[Any, Any]:
         """The official Lightning file (or random weights) with the Bio_ClinicalBERT folder."""
-        from baselines.common.checkpoints import load_checked
-        from baselines.common.lightning_ckpt import load_lightning_checkpoint
         from baselines.common.text_folder import read_json, text_folder, wordpiece_tokenizer
         from baselines.gloria.model import Gloria, GloriaConfig
+        from benchmark.io.checkpoints import load_checked, load_lightning_checkpoint
 
         folder = text_folder(self.opt("text_encoder"), "Bio_ClinicalBERT", TEXT_PUBLISHED,
                              files=("config.json", "vocab.txt"))
@@ -213,9 +212,9 @@ class GloriaAdapter(BaselineAdapter):
 
 def load_folder(folder: Path) -> tuple[Any, Any, Any]:
     """(model, WordPiece tokenizer, key report) of a checkpoint folder written by ``GloriaTask.save``."""
-    from baselines.common.checkpoints import CheckpointError, load_checked, read_tensors
     from baselines.common.text_folder import read_json, wordpiece_tokenizer
     from baselines.gloria.model import Gloria, GloriaConfig
+    from benchmark.io.checkpoints import CheckpointError, load_checked, read_tensors
 
     expected = f"a GLoRIA checkpoint folder (config.json of format {FOLDER_FORMAT!r}, model.safetensors, vocab.txt)"
     cfg_path = folder / "config.json"

@@ -160,8 +160,7 @@ class TextEncoder(nn.Module):
         super().__init__()
         from transformers import BertModel
 
-        from baselines.common.checkpoints import call_quietly
-        from baselines.common.text_folder import bert_config
+        from baselines.common.text_folder import bert_config, call_quietly
 
         self.cfg = cfg
         self.model = call_quietly(lambda: BertModel(bert_config(cfg.bert)))

@@ -95,22 +95,16 @@ class MedKlipAdapter(BaselineAdapter):
     def _load_official(self, checkpoint: str | None, device: str) -> None:
         from transformers import BertModel
 
-        from baselines.common.checkpoints import (
-            call_quietly,
-            load_checked,
-            need_file,
-            read_tensors,
-            state_dict_from,
-            strip_prefix,
-        )
         from baselines.common.text_folder import (
             bert_config,
+            call_quietly,
             folder_weights,
             read_json,
             text_folder,
             wordpiece_tokenizer,
         )
         from baselines.medklip.model import MedKLIP, cls_embeddings, read_descriptions, tokenize_cls_only
+        from benchmark.io.checkpoints import load_checked, need_file, read_tensors, state_dict_from, strip_prefix
 
         self.checkpoint = checkpoint
         random_init = self.wants_random_init(checkpoint)
@@ -148,9 +142,9 @@ class MedKlipAdapter(BaselineAdapter):
         """A checkpoint folder of this project: config.json + model.safetensors (+ text_encoder/)."""
         import logging
 
-        from baselines.common.checkpoints import CheckpointError, load_checked, read_tensors
         from baselines.common.text_folder import read_json
         from baselines.medklip.model import MedKLIP, MedKLIPConfig
+        from benchmark.io.checkpoints import CheckpointError, load_checked, read_tensors
 
         doc = read_json(folder / "config.json")
         if doc.get("format") != FOLDER_FORMAT:
@@ -188,8 +182,14 @@ class MedKlipAdapter(BaselineAdapter):
 
         from transformers import BertModel
 
-        from baselines.common.checkpoints import CheckpointError, call_quietly, load_checked, strip_prefix
-        from baselines.common.text_folder import bert_config, folder_weights, read_json, wordpiece_tokenizer
+        from baselines.common.text_folder import (
+            bert_config,
+            call_quietly,
+            folder_weights,
+            read_json,
+            wordpiece_tokenizer,
+        )
+        from benchmark.io.checkpoints import CheckpointError, load_checked, strip_prefix
 
         where = None
         if text.get("folder"):
@@ -318,7 +318,7 @@ def _project_folder(checkpoint: str) -> Any:
     if not p.is_dir():
         return None
     if not (p / "config.json").is_file() or not (p / "model.safetensors").is_file():
-        from baselines.common.checkpoints import CheckpointError
+        from benchmark.io.checkpoints import CheckpointError
 
         raise CheckpointError(p, "expected a MedKLIP checkpoint folder written by `afloc-bench train medklip` "
                                  "(config.json + model.safetensors) or the official checkpoint_final.pth file")

@@ -225,8 +225,8 @@ def preprocess_image(image: Any) -> torch.Tensor:
 # -- entity descriptions -------------------------------------------------------------------
 def read_descriptions(path: Any) -> list[str]:
     """The 75 descriptions of ``observation explanation.json`` in file order (checked against the entity names)."""
-    from baselines.common.checkpoints import CheckpointError
     from baselines.common.text_folder import read_json
+    from benchmark.io.checkpoints import CheckpointError
 
     data = read_json(path)
     if len(data) != N_ENTITIES or not all(isinstance(v, str) for v in data.values()):

@@ -166,9 +166,9 @@ class MedklipTask(TrainTask):
         import torch
         from transformers import BertModel
 
-        from baselines.common.checkpoints import call_quietly, load_checked, strip_prefix
         from baselines.common.text_folder import (
             bert_config,
+            call_quietly,
             folder_weights,
             read_json,
             text_folder,
@@ -184,6 +184,7 @@ class MedklipTask(TrainTask):
             read_descriptions,
             tokenize_cls_only,
         )
+        from benchmark.io.checkpoints import load_checked, strip_prefix
 
         overrides = dict(cfg.model or {})
         text_opts = {k: overrides.pop(k) for k in TASK_OPTIONS if k in overrides}

@@ -10,17 +10,15 @@ that Grad-CAM hooks record activations nothing mutates afterwards (torchvision's
 ``F.relu(features, inplace=True)`` makes CPU and GPU CAMs differ when ``features[-1]`` is
 hooked).
 
-Loading never unpickles arbitrary objects: plain state dicts go through
-``torch.load(weights_only=True)``; pickled torchxrayvision models are read with the same
-restricted unpickler, every module class being replaced by an inert stand-in from which the
-parameters are collected.
+Loading never unpickles arbitrary objects (``benchmark.io.checkpoints``): a pickled torchxrayvision
+model is read with every module class bound to an inert record, from which the parameters are
+collected.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -47,8 +45,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 XRV_SCALE = 1024.0  # torchxrayvision maps uint8 0..255 to [-1024, 1024]
 
-# Module paths whose classes may appear in a pickled classifier; anything else is refused.
-_STUB_PREFIXES = ("torch.nn.modules.", "torch.nn.backends.", "torchxrayvision.", "torchvision.models.")
 
 
 # A classifier output answers queries for its own finding. CheXpert's csv column "Lung Opacity" is
@@ -188,82 +184,19 @@ class LoadReport:
         return "; ".join(parts)
 
 
-class _ModuleStub:
-    """Inert stand-in for a pickled ``nn.Module``: keeps the pickled ``__dict__`` only."""
-
-    _qualname = ""
-
-    def __new__(cls, *args: Any, **kwargs: Any):
-        return object.__new__(cls)
-
-    def __setstate__(self, state: Any) -> None:
-        if isinstance(state, tuple) and len(state) == 2:
-            state = state[0] or {}
-        self.__dict__.update(state or {})
-
-
-def _stub_for(qualname: str) -> type:
-    return type(qualname.rsplit(".", 1)[-1], (_ModuleStub,), {"_qualname": qualname})
-
-
-def _collect_state(obj: Any, prefix: str = "", out: "OrderedDict[str, torch.Tensor] | None" = None):
-    """Flatten the parameters and persistent buffers of a stubbed module tree."""
-    out = OrderedDict() if out is None else out
-    d = getattr(obj, "__dict__", {})
-    non_persistent = set(d.get("_non_persistent_buffers_set", ()) or ())
-    for name, p in (d.get("_parameters") or {}).items():
-        if p is not None:
-            out[prefix + name] = p.detach() if isinstance(p, torch.Tensor) else p
-    for name, b in (d.get("_buffers") or {}).items():
-        if b is not None and name not in non_persistent:
-            out[prefix + name] = b
-    for name, child in (d.get("_modules") or {}).items():
-        if child is not None:
-            _collect_state(child, prefix + name + ".", out)
-    return out
-
-
-def _load_pickled_module(path: Path) -> tuple["OrderedDict[str, torch.Tensor]", str]:
-    """Read a ``torch.save(model)`` file without running its classes' code."""
-    stubs: dict[str, type] = {}
-    for _ in range(200):
-        try:
-            with torch.serialization.safe_globals([(cls, name) for name, cls in stubs.items()]):
-                obj = torch.load(str(path), map_location="cpu", weights_only=True)
-            break
-        except Exception as e:  # the restricted unpickler names the first unknown global
-            m = re.search(r"GLOBAL ([\w.]+) was not an allowed global", str(e))
-            if not m:
-                raise DataError(path, f"could not read the checkpoint with weights_only=True: {e}") from e
-            name = m.group(1)
-            if not name.startswith(_STUB_PREFIXES) or name in stubs:
-                raise DataError(path, f"the checkpoint pickles {name!r}, which is not a module class this "
-                                      f"loader accepts (allowed: {', '.join(_STUB_PREFIXES)})") from e
-            stubs[name] = _stub_for(name)
-    else:  # pragma: no cover - a file with hundreds of distinct classes
-        raise DataError(path, "too many distinct classes in the pickled model")
-    if not isinstance(obj, _ModuleStub):
-        raise DataError(path, f"expected a pickled model object, found {type(obj).__name__}")
-    return _collect_state(obj), obj._qualname
-
-
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
     """Return ``(state_dict, meta, source_format)`` for any supported classifier file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "classifier checkpoint not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from benchmark.io.checkpoints import MODULE_PREFIXES, InertRecord, module_state, read_tensors, safe_torch_load
 
-        return dict(load_file(str(path))), {}, "safetensors state dict"
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        if "was not an allowed global" not in str(e):
-            raise DataError(path, f"not a readable torch checkpoint ({e})") from e
-        sd, qualname = _load_pickled_module(path)
+    path = Path(path)
+    expected = "a classifier checkpoint (state dict, safetensors or a pickled DenseNet)"
+    if path.suffix == ".safetensors":
+        return dict(read_tensors(path, expected=expected)), {}, "safetensors state dict"
+    obj = safe_torch_load(path, expected=expected, extra_prefixes=MODULE_PREFIXES)
+    if isinstance(obj, InertRecord):  # a whole pickled model (torch.save(model)), read as records
+        qualname = obj.qualname
         fmt = "torchxrayvision pickled model" if qualname.startswith("torchxrayvision.") else f"pickled {qualname}"
-        return dict(sd), {"pickled_class": qualname}, fmt
+        return dict(module_state(obj)), {"pickled_class": qualname}, fmt
     meta: dict[str, Any] = {}
     if isinstance(obj, dict):
         if isinstance(obj.get("afloc_bench_classifier"), dict):

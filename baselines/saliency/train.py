@@ -244,7 +244,9 @@ def train_classifier(dataset_name: str, data_root: str | os.PathLike | None, out
     start_epoch = 0
     last = out / "last.pt"
     if resume and last.is_file():
-        state = torch.load(str(last), map_location="cpu", weights_only=True)
+        from benchmark.io.checkpoints import safe_torch_load
+
+        state = safe_torch_load(last, expected="a classifier training state (last.pt)")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start_epoch = int(state["epoch"])

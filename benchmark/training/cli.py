@@ -91,8 +91,8 @@ def cli_main(argv: Sequence[str], task: str = "afloc") -> int:
     if out.exists() and (out / "last").exists() and not args.resume:
         print(f"{prog}: error: {out} already holds a run; use --resume or another -o", file=sys.stderr)
         return 2
-    from afloc.checkpoint import CheckpointError
     from benchmark.dataset import DataError
+    from benchmark.io.checkpoints import CheckpointError
 
     try:
         state = train(cfg, out, quiet=args.quiet, resume=args.resume)

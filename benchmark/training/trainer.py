@@ -493,7 +493,7 @@ class Trainer:
 
     def _check_resumable(self, folder: Path) -> None:
         """Before anything is built: the folder holds a run of this task."""
-        from afloc.checkpoint import CheckpointError
+        from benchmark.io.checkpoints import CheckpointError
 
         if not (folder / STATE_FILE).is_file():
             raise CheckpointError(folder, f"nothing to resume (expected {STATE_FILE} from an earlier run)")
@@ -505,7 +505,7 @@ class Trainer:
         import torch
         from safetensors.torch import load_file
 
-        from afloc.checkpoint import CheckpointError
+        from benchmark.io.checkpoints import CheckpointError
 
         if not (folder / STATE_FILE).is_file():
             raise CheckpointError(folder, f"nothing to resume (expected {STATE_FILE} from an earlier run)")
