@@ -157,7 +157,7 @@ def test_chexlocalize_rle_polygons_and_labels(demo):
     from pycocotools import mask as mu
 
     from benchmark.demo.encode import rasterize_polygons
-    from benchmark.demo.sets import CHEXLOCALIZE_TASKS
+    from benchmark.datasets.chexlocalize.demo import CHEXLOCALIZE_TASKS
 
     root = demo[0] / "chexlocalize"
     for split in ("val", "test"):

@@ -19,10 +19,21 @@ MANIFEST = "manifest.json"
 PROVENANCE = "provenance"
 
 
-def available_sets() -> list[str]:
-    from benchmark.demo.sets import SETS
+def writers() -> dict:
+    """Folder name → demo writer, for every dataset entry of the manifests with a ``demo_writer``."""
+    from benchmark.registry import datasets, import_object
 
-    return list(SETS)
+    out = {}
+    for e in datasets.entries():
+        spec = e.get("demo_writer")
+        if spec:
+            w = import_object(spec, f"demo writer of dataset {e.name!r} ({e.source})")()
+            out[w.name] = w
+    return dict(sorted(out.items(), key=lambda kv: kv[1].code))
+
+
+def available_sets() -> list[str]:
+    return list(writers())
 
 
 def _cpus() -> int:
@@ -53,9 +64,9 @@ def _preload() -> dict:
 
 def _render_task(task):
     seed, root, name, job = task
-    from benchmark.demo.sets import SETS, job_rng
+    from benchmark.demo.writer import job_rng
 
-    s = SETS[name]
+    s = writers()[name]
     return s.render(job, job_rng(seed, s.code, job), Path(root) / name)
 
 
@@ -63,7 +74,9 @@ def generate(out_dir: str | os.PathLike, *, seed: int = 0, n_train: int | None =
              datasets: Iterable[str] | None = None, progress: bool = True, workers: int | None = None) -> dict:
     """Write the demo datasets under ``out_dir`` (one folder per loader name) and return the manifest."""
     from benchmark.demo import DEFAULT_N_TEST, DEFAULT_N_TRAIN, DEMO_VERSION
-    from benchmark.demo.sets import SETS, Context
+    from benchmark.demo.writer import Context
+
+    SETS = writers()
 
     n_train = DEFAULT_N_TRAIN if n_train is None else int(n_train)
     n_test = DEFAULT_N_TEST if n_test is None else int(n_test)
