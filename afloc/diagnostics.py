@@ -69,7 +69,8 @@ def readout_contrast(model: AFLoc, images: torch.Tensor, prompts: list[str], mas
         raise ValueError(f"masks {tuple(masks.shape)} must be on the deep grid {tuple(deep.shape[-2:])}")
     tok = model.tokenize_prompts(prompts)
     txt = model.encode_text(tok["input_ids"], tok["attention_mask"], tok["token_type_ids"])
-    queries = {"report": txt.report.float(), "cls": txt.sentences[:, 0].float(), "sentence": txt.sentences[:, 1].float()}
+    queries = {"report": txt.report.float(), "cls": txt.sentences[:, 0].float(),
+               "sentence": txt.sentences[:, 1].float()}
     out = {k: float(contrast_to_noise(torch.einsum("bdhw,bd->bhw", deep, q), masks).mean()) for k, q in queries.items()}
     out["feature_norm"] = float(contrast_to_noise(deep.norm(dim=1), masks).mean())
     return out

@@ -17,7 +17,7 @@ products with the global image feature.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -119,10 +119,3 @@ def local_loss(img: torch.Tensor, units: torch.Tensor, lens: torch.Tensor, temp1
                temp2: float = 5.0, temp3: float = 10.0, agg: str = "sum", chunk: int | None = None):
     return contrastive_pair(local_similarity(img, units, lens, temp1, temp2, agg, chunk) * temp3)
 
-
-def attention_weights(img: torch.Tensor, units: torch.Tensor, temp1: float = 4.0) -> torch.Tensor:
-    """β of one image/text pair, [N, H, W] (for visualisation). ``img`` [D,H,W], ``units`` [N,D]."""
-    D, H, W = img.shape
-    a = img.reshape(D, H * W).t() @ units.t()  # [R, N]
-    beta = torch.softmax(torch.softmax(a, dim=-1) * temp1, dim=0)
-    return beta.t().reshape(-1, H, W)

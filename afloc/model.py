@@ -14,8 +14,8 @@ D is the BERT hidden size: the official model has no text projection and no norm
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -9,9 +9,9 @@ tensor operations with the same result.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -29,7 +29,7 @@ class TokenTables:
     adds_text: torch.Tensor  # a "##" piece that adds characters to the word label ("##" alone adds none)
 
     @classmethod
-    def from_vocab(cls, vocab: dict[str, int]) -> "TokenTables":
+    def from_vocab(cls, vocab: dict[str, int]) -> TokenTables:
         n = max(vocab.values()) + 1
         t = {k: torch.zeros(n, dtype=torch.bool) for k in ("sub", "br", "sep", "per", "txt")}
         for tok, i in vocab.items():
@@ -41,7 +41,7 @@ class TokenTables:
             t["txt"][i] = sub and len(tok) > 2
         return cls(t["sub"], t["br"], t["sep"], t["per"], t["txt"])
 
-    def to(self, device) -> "TokenTables":
+    def to(self, device) -> TokenTables:
         return TokenTables(*(getattr(self, f).to(device) for f in
                              ("is_subword", "is_bracket", "is_sep", "is_period", "adds_text")))
 
@@ -57,7 +57,7 @@ class Tokenizer:
         self.id_to_token = {i: t for t, i in self.vocab.items()}
 
     @classmethod
-    def from_path(cls, path: str | os.PathLike, max_length: int = 97, lowercase: bool = True) -> "Tokenizer":
+    def from_path(cls, path: str | os.PathLike, max_length: int = 97, lowercase: bool = True) -> Tokenizer:
         """A folder with tokenizer files (e.g. Bio_ClinicalBERT) or a bare ``vocab.txt``."""
         from transformers import AutoTokenizer, BertTokenizerFast
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -175,14 +175,6 @@ def weighted_nanmean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     num, den = both[:, :m], both[:, m:]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, num / den, np.nan)
-
-
-def stacked_means(stacked: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Means from a pre-stacked ``[sums | counts]`` matrix (e.g. in unit space)."""
-    both = weights @ stacked
-    m = stacked.shape[1] // 2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(both[:, m:] > 0, both[:, :m] / both[:, m:], np.nan)
 
 
 def unique_columns(mat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,8 @@ Registered metrics (``afloc-bench ls metrics``) are registered at the bottom of 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -110,7 +111,8 @@ def minmax_normalize(maps: np.ndarray, valid: np.ndarray | None = None, *, low: 
     if const.any():
         fill = out.dtype.type(low) if constant == "low" else np.nan
         for i in np.flatnonzero(const):
-            vi = ~np.isnan(maps[i]) if valid is None else _valid(maps[i:i + 1], valid[i] if np.ndim(valid) == 3 else valid)[0]
+            vi = (~np.isnan(maps[i]) if valid is None
+                  else _valid(maps[i:i + 1], valid[i] if np.ndim(valid) == 3 else valid)[0])
             out[i][vi] = fill
     return out
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -163,7 +164,7 @@ def _match(series: pd.Series, spec: str | Iterable[str] | None) -> pd.Series:
     for s in specs:
         if any(ch in s for ch in "*?"):
             pattern = s.replace("[", "[[]")
-            mask |= series.map(lambda v: fnmatch.fnmatchcase(v, pattern))
+            mask |= series.map(lambda v, pattern=pattern: fnmatch.fnmatchcase(v, pattern))
         else:
             mask |= series == s
     return mask

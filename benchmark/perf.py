@@ -26,7 +26,7 @@ import copy
 import gc
 import time
 import tracemalloc
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

@@ -17,7 +17,8 @@ Grounding prompts are data too: ``datasets/<name>/prompts.yaml``.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 # category -> (severities, subtypes, locations), transcribed from the official table
 CXR_PROMPT_TABLE: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
@@ -225,7 +226,7 @@ def cxr_prompts(category: str) -> tuple[list[str], list[str]]:
     key = category.lower()
     if key in CXR_PROMPT_TABLE:
         sev, sub, loc = CXR_PROMPT_TABLE[key]
-        pos = [f"{category}:{s} {t} {l}" for s in sev for t in sub for l in loc]
+        pos = [f"{category}:{s} {t} {place}" for s in sev for t in sub for place in loc]
         return pos, [f"no {category}. "]
     if key == "no finding":
         return ["No finding"], ["finding"]

@@ -34,9 +34,10 @@ import importlib
 import importlib.metadata
 import logging
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Callable, Iterable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -348,6 +349,8 @@ _CHECKS: dict[str, Callable[[Entry, Any], None]] = {"models": _check_model, "dat
 _loaded = False
 _loading = threading.RLock()
 _plugin_failures: list[str] = []
+_from_manifests: list[Entry] = []  # what reload_manifests forgets
+_manifest_collections: list[tuple[str, str]] = []
 
 
 def read_manifest_text(text: str, source: str) -> dict[str, Any]:
@@ -391,12 +394,14 @@ def add_manifest(data: dict[str, Any], source: str, plugin: dict[str, str] | Non
                 str(name), spec["object"], description=str(spec.get("description", "")),
                 capabilities=tuple(spec.get("capabilities") or ()), tags=tuple(spec.get("tags") or ()),
                 options=dict(spec.get("options") or {}), source=source, plugin=plugin, **fields))
+            _from_manifests.append(added[-1])
     for kind, colls in (data.get("collections") or {}).items():
         if kind not in REGISTRIES:
             raise RegistryError(f"{source}: collections.{kind}: unknown kind; expected one of {', '.join(KINDS)}")
         for name, spec in (colls or {}).items():
             spec = spec if isinstance(spec, dict) else {"description": str(spec)}
             register_collection(kind, str(name), str(spec.get("description", "")), spec.get("members"))
+            _manifest_collections.append((kind, str(name)))
     return added
 
 
@@ -426,23 +431,31 @@ def load_manifests(force: bool = False) -> None:
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist = getattr(ep, "dist", None)
             plugin = {"entry_point": f"{ep.name} = {ep.value}",
-                      "distribution": getattr(dist, "name", None) or "", "version": getattr(dist, "version", None) or ""}
+                      "distribution": getattr(dist, "name", None) or "",
+                      "version": getattr(dist, "version", None) or ""}
             try:
                 add_manifest(*_plugin_manifest(ep), plugin=plugin)
             except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the others
-                what = f"{ENTRY_POINT_GROUP} entry point {ep.name!r} ({ep.value}" + \
-                       (f", distribution {plugin['distribution']} {plugin['version']})" if plugin["distribution"] else ")")
+                dist = plugin["distribution"]
+                dist_text = f", distribution {dist} {plugin['version']}" if dist else ""
+                what = f"{ENTRY_POINT_GROUP} entry point {ep.name!r} ({ep.value}{dist_text})"
                 msg = f"{what}: {type(exc).__name__}: {exc}"
                 _plugin_failures.append(msg)
                 log.warning("ignoring plugin %s", msg)
 
 
 def reload_manifests() -> None:
-    """Forget every manifest entry and read them again (tests that add plugins)."""
+    """Forget every entry read from a manifest and read the manifests again (after installing a
+    plugin); entries added with ``Registry.add`` in this process stay."""
     global _loaded
     with _loading:
+        ids = {id(e) for e in _from_manifests}
         for reg in REGISTRIES.values():
-            reg._entries.clear()
-        _COLLECTIONS.clear()
+            for name in [n for n, e in reg._entries.items() if id(e) in ids]:
+                del reg._entries[name]
+        _from_manifests.clear()
+        for key in _manifest_collections:
+            _COLLECTIONS.pop(key, None)
+        _manifest_collections.clear()
         _loaded = False
     load_manifests()

@@ -119,13 +119,15 @@ def test_classification_prompts_follow_the_official_tables():
         "effusion:small bilateral pleural effusion left"
     assert classification_prompts(card["chexlocalize"], "Pleural Effusion")[0][0] == \
         "Pleural Effusion: bilateral pleural effusion right"
-    assert classification_prompts(card["covid_rural"], "COVID-19") == (["Findings suggesting covid-19"], ["no COVID-19. "])
+    assert classification_prompts(card["covid_rural"], "COVID-19") == (["Findings suggesting covid-19"],
+                                                                       ["no COVID-19. "])
     assert classification_prompts(card["ms_cxr"], "No Finding") == (["No finding"], ["finding"])
     assert classification_prompts(card["sicapv2"], "Gleason Pattern 3") == \
         (["presence of prostate cancer, gleason pattern 3."], ["no G3. "])
     # the card decides, never the dataset's name: a new RSNA-like set gets the generic table and no spelling
     assert len(classification_prompts(DatasetCard(name="rsna_v2"), "Atelectasis")[0]) == 3 * 7 * 10
-    assert classification_prompts(DatasetCard(name="nih_like"), "Pleural Effusion")[0][0].startswith("Pleural Effusion:")
+    assert classification_prompts(DatasetCard(name="nih_like"), "Pleural Effusion")[0][0].startswith(
+        "Pleural Effusion:")
     assert load_prompts("covid_rural").render("simple") == "Findings suggesting pneumonia."
 
 

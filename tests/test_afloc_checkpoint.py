@@ -152,7 +152,8 @@ def test_wrong_files_give_clear_errors(tmp_path):
         read_lightning_checkpoint(tmp_path / "missing.ckpt")
     plain = tmp_path / "plain.pt"
     torch.save({"weights": torch.ones(1)}, plain)
-    with pytest.raises(CheckpointError, match=r"expected an official AFLoc Lightning checkpoint.*'state_dict'.*weights"):
+    with pytest.raises(CheckpointError,
+                       match=r"expected an official AFLoc Lightning checkpoint.*'state_dict'.*weights"):
         read_lightning_checkpoint(plain)
     with pytest.raises(CheckpointError, match="not an afloc-bench checkpoint folder"):
         load_checkpoint(tmp_path)

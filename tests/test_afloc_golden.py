@@ -34,7 +34,8 @@ def images() -> list[np.ndarray]:
     out = []
     for i, (h, w) in enumerate([(120, 100), (90, 160), (128, 128), (200, 150)]):
         yy, xx = np.mgrid[0:h, 0:w]
-        img = 60 + 0.5 * xx + 0.3 * yy + 80 * np.exp(-((xx - w * (0.3 + 0.1 * i)) ** 2 + (yy - h / 2) ** 2) / (0.02 * h * w))
+        img = 60 + 0.5 * xx + 0.3 * yy + 80 * np.exp(-((xx - w * (0.3 + 0.1 * i)) ** 2 + (yy - h / 2) ** 2)
+                                                     / (0.02 * h * w))
         out.append(np.clip(img, 0, 255).astype(np.uint8))
     return out
 
@@ -47,8 +48,8 @@ def compute(model_dir: Path) -> dict:
     batch = ad.collate([ad.preprocess(im) for im in images()])
     emb = ad.encode_images(batch)
     txt = ad.encode_texts(PROMPTS)
-    I, J = np.meshgrid(range(len(batch)), range(len(PROMPTS)), indexing="ij")
-    maps = ad.similarity_map(ad.take(emb, I.ravel()), ad.take(txt, J.ravel()))
+    img_idx, txt_idx = np.meshgrid(range(len(batch)), range(len(PROMPTS)), indexing="ij")
+    maps = ad.similarity_map(ad.take(emb, img_idx.ravel()), ad.take(txt, txt_idx.ravel()))
     pos = ad.encode_prompt_ensemble(["left pleural effusion", "small pleural effusion"])
     neg = ad.encode_prompt_ensemble(["no pleural effusion. "])
     probs = ad.score(emb, pos.expand(len(batch), -1), neg.expand(len(batch), -1))

@@ -82,7 +82,8 @@ def synthetic_pairs(folder: Path, n: int, seed: int = 0, size: tuple[int, int] =
         path = folder / f"img{i:03d}.png"
         cv2.imwrite(str(path), np.clip(img, 0, 255).astype(np.uint8))
         s = SIDES[side]
-        pairs.append((str(path), f"There is a {s} lung opacity. The heart size is normal. No pleural effusion is seen."))
+        pairs.append((str(path),
+                      f"There is a {s} lung opacity. The heart size is normal. No pleural effusion is seen."))
     return pairs
 
 

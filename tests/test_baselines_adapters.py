@@ -24,9 +24,11 @@ FIX = Path(__file__).parent / "fixtures" / "baselines"
 GOLDEN = FIX / "golden"
 WORDPIECE = FIX / "wordpiece"
 BPE = FIX / "bpe"
-PROMPTS = [Query("Findings suggesting pneumonia.", "Pneumonia"), Query("Small left pleural effusion", "Pleural Effusion")]
+PROMPTS = [Query("Findings suggesting pneumonia.", "Pneumonia"),
+           Query("Small left pleural effusion", "Pleural Effusion")]
 POS = [[Query("Atelectasis:mild subsegmental at the left lung base", "Atelectasis"),
-        Query("Atelectasis:minimal bandlike", "Atelectasis")], [Query("Pleural Effusion:small left", "Pleural Effusion")]]
+        Query("Atelectasis:minimal bandlike", "Atelectasis")],
+       [Query("Pleural Effusion:small left", "Pleural Effusion")]]
 NEG = [[Query("no Atelectasis. ", "Atelectasis")], [Query("no Pleural Effusion. ", "Pleural Effusion")]]
 
 
@@ -204,7 +206,8 @@ def test_paired_rows_are_independent(name, tmp_path_factory):
 
 def test_gloria_ensembles_of_different_sizes_concat(tmp_path_factory):
     a, _, emb, _ = get("gloria", tmp_path_factory)
-    e1, e2 = a.encode_prompt_ensemble(["mild edema", "edema at the base", "pulmonary edema"]), a.encode_prompt_ensemble(["x y"])
+    e1, e2 = (a.encode_prompt_ensemble(["mild edema", "edema at the base", "pulmonary edema"]),
+              a.encode_prompt_ensemble(["x y"]))
     both = a.concat([e1, e2])
     assert both["valid"].tolist() == [[True, True, True], [True, False, False]]
     s = a.similarities(emb, both)

@@ -201,7 +201,8 @@ def test_wrong_file_is_refused_with_what_was_expected(gloria_source, tmp_path):
     text = tmp_path / "notes.pt"
     text.write_text("not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot read"):
-        _adapter("medklip", text_encoder=str(WORDPIECE), entity_descriptions=_descriptions(tmp_path)).load(str(text), "cpu")
+        _adapter("medklip", text_encoder=str(WORDPIECE),
+                 entity_descriptions=_descriptions(tmp_path)).load(str(text), "cpu")
 
 
 @pytest.mark.slow
@@ -216,7 +217,8 @@ def test_biovil_plain_state_dict_and_cxr_bert_folder(tmp_path):
         (folder / f).write_text((WORDPIECE / f).read_text())
     tsd = dict(src.text_model.state_dict())
     hidden = src.text_model.config.hidden_size
-    tsd.update({"cls.predictions.bias": torch.zeros(186), "cls.predictions.transform.dense.weight": torch.zeros(hidden, hidden),
+    tsd.update({"cls.predictions.bias": torch.zeros(186),
+                "cls.predictions.transform.dense.weight": torch.zeros(hidden, hidden),
                 "bert.embeddings.position_ids": torch.arange(128)[None]})  # the released file's MLM head
     from safetensors.torch import save_file
 

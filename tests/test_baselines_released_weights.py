@@ -43,7 +43,8 @@ def test_released_checkpoint_loads_cleanly(name):
     assert a.key_report is not None and a.key_report.ok, a.key_report.summary()
     img = (np.random.default_rng(0).random((512, 480)) * 255).astype(np.uint8)
     emb = a.encode_images(a.collate([a.preprocess(img)]))
-    pos, neg = a.encode_prompt_ensemble(["Findings suggesting pneumonia."]), a.encode_prompt_ensemble(["no pneumonia. "])
+    pos, neg = (a.encode_prompt_ensemble(["Findings suggesting pneumonia."]),
+                a.encode_prompt_ensemble(["no pneumonia. "]))
     p = a.score(emb, pos, neg)
     assert np.isfinite(p).all() and 0 <= float(p[0]) <= 1
     if "grounding" in a.capabilities:

@@ -97,7 +97,8 @@ def test_medklip_tokenization_has_cls_and_no_sep(tok):
     ids = enc["input_ids"]
     assert ids.shape == (2, 64) and (ids[:, 0] == tok.cls_token_id).all()
     assert not (ids == tok.sep_token_id).any()
-    assert int(enc["attention_mask"][0].sum()) == 1 + len(tok("a small pleural effusion", add_special_tokens=False)["input_ids"])
+    assert int(enc["attention_mask"][0].sum()) == 1 + len(
+        tok("a small pleural effusion", add_special_tokens=False)["input_ids"])
     assert int(enc["attention_mask"][1].sum()) == 64  # truncated to [CLS] + 63 pieces
 
 

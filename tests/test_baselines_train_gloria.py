@@ -268,6 +268,7 @@ def test_paper_preset_takes_bert_weights_and_vision_init_from_local_files(tmp_pa
                                                 pretrained_vision=str(tmp_path / "resnet50.pt")))
     assert model.cfg.vision_model == "resnet_50" and model.cfg.upsample == 299 and model.cfg.embedding_dim == 32
     bert = model.text_encoder.model.state_dict()
-    assert torch.equal(bert["encoder.layer.3.output.dense.weight"], published["bert.encoder.layer.3.output.dense.weight"])
+    assert torch.equal(bert["encoder.layer.3.output.dense.weight"],
+                       published["bert.encoder.layer.3.output.dense.weight"])
     assert torch.equal(model.img_encoder.model.state_dict()["layer4.2.conv3.weight"], vision["layer4.2.conv3.weight"])
     assert tok(["left pleural effusion"])["input_ids"].shape == (1, 97)

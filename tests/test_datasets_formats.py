@@ -39,7 +39,8 @@ def write_ms_cxr(root: Path, version: str = "1.1.0", with_json: bool = True, wit
     if with_csv:
         with open(root / f"{stem}.csv", "w", newline="") as f:
             w = csv.writer(f)
-            head = ["dicom_id", "category_name", "label_text", "path", "x", "y", "w", "h", "image_width", "image_height"]
+            head = ["dicom_id", "category_name", "label_text", "path", "x", "y", "w", "h",
+                    "image_width", "image_height"]
             w.writerow(head + (["split"] if version == "1.1.0" else []))
             for r in MS_ROWS:
                 w.writerow([r[0], r[1], r[2], ms_path(r), *r[5:11]] + ([r[11]] if version == "1.1.0" else []))

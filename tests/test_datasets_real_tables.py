@@ -49,7 +49,8 @@ def test_rsna_table_counts_and_all_split(rsna_root):
     touch_all(rsna_root / "stage_2_train_images", (f"{p}.dcm" for p in table["patientId"].unique()))
     ds = RSNAPneumonia(rsna_root, split="all", check_images=False)
     c = ds.counts()
-    assert (c["table_rows"], c["table_images"], c["split_positive_images"], c["split_boxes"]) == (30227, 26684, 6012, 9555)
+    assert ((c["table_rows"], c["table_images"], c["split_positive_images"], c["split_boxes"])
+            == (30227, 26684, 6012, 9555))
     assert (c["samples"], c["positive_images"], c["boxes"], c["skipped"]) == (26684, 6012, 9555, 0)
     # several boxes per image are kept, in original 1024-pixel coordinates
     multi = [s for s in ds.samples() if len(s.boxes) > 1]
@@ -238,7 +239,8 @@ def test_chestx_det10_published_test_json(tmp_path):
     assert (c["split_images"], c["split_images_with_boxes"], c["split_boxes"]) == (542, 459, 1476)
     assert (c["samples"], c["boxes"], c["images"]) == (966, 1476, 459)
     r = next(r for r in recs if len(r["syms"]) == 3)
-    s = next(x for x in ds.samples() if x.image_id == Path(r["file_name"]).stem and x.meta["source_category"] == r["syms"][0])
+    s = next(x for x in ds.samples()
+             if x.image_id == Path(r["file_name"]).stem and x.meta["source_category"] == r["syms"][0])
     x1, y1, x2, y2 = r["boxes"][0]
     assert [x1, y1, x2 - x1, y2 - y1] in s.boxes
     rep = ds.validate()

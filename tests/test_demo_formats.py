@@ -103,7 +103,7 @@ def test_siim_rle_and_photometric_semantics(demo):
     assert any(v == ["-1"] for v in by.values())
     multi = [i for i, v in by.items() if len(v) > 1]
     assert multi, "several rows for a multi-part positive"
-    for i, rles in by.items():
+    for _i, rles in by.items():
         if rles == ["-1"]:
             continue
         masks = [siim_decode(r, 1024, 1024) for r in rles]
@@ -156,8 +156,8 @@ def test_mscxr_csv_and_coco_agree(demo):
 def test_chexlocalize_rle_polygons_and_labels(demo):
     from pycocotools import mask as mu
 
-    from benchmark.demo.encode import rasterize_polygons
     from benchmark.datasets.chexlocalize.demo import CHEXLOCALIZE_TASKS
+    from benchmark.demo.encode import rasterize_polygons
 
     root = demo[0] / "chexlocalize"
     for split in ("val", "test"):
@@ -289,7 +289,8 @@ def test_written_boxes_are_the_bounding_boxes_of_the_drawn_masks(demo):
             if f["boxes"]:
                 b = np.array(f["boxes"])
                 x0, y0 = b[:, 0].min(), b[:, 1].min()
-                drawn.append((int(x0), int(y0), int((b[:, 0] + b[:, 2]).max() - x0), int((b[:, 1] + b[:, 3]).max() - y0)))
+                drawn.append((int(x0), int(y0), int((b[:, 0] + b[:, 2]).max() - x0),
+                              int((b[:, 1] + b[:, 3]).max() - y0)))
     assert written == sorted(drawn)
 
 

@@ -182,7 +182,7 @@ def test_phrases_are_positive_real_sentences():
     reps = material.reports()
     n = 0
     for rep in reps[:1500]:
-        for cat, phrase, f in R.phrases(rep):
+        for _cat, phrase, f in R.phrases(rep):
             n += 1
             text = re.sub(r"\s+", " ", f"{rep.findings} {rep.impression}")
             assert phrase in text

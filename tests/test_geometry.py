@@ -170,9 +170,11 @@ def test_afloc_sample_mask_sums_boxes_in_the_frame():
 
 
 # ----------------------------------------------------------------------------- specs
-@pytest.mark.parametrize("spec,cls,frame", [("letterbox:224", Letterbox, (224, 224)), ("resize:224x200", Resize, (224, 200)),
+@pytest.mark.parametrize("spec,cls,frame", [("letterbox:224", Letterbox, (224, 224)),
+                                            ("resize:224x200", Resize, (224, 200)),
                                             ("resize:320", Resize, (320, 320)),
-                                            ("resize_crop:512:480", ResizeCrop, (480, 480)), ("native", Native, (300, 200))])
+                                            ("resize_crop:512:480", ResizeCrop, (480, 480)),
+                                            ("native", Native, (300, 200))])
 def test_parse_geometry(spec, cls, frame):
     g = parse_geometry(spec)
     assert isinstance(g, cls) and g.frame_size((300, 200)) == frame

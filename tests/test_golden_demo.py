@@ -45,7 +45,8 @@ def test_small_demo_run_matches_golden(tmp_path, capsys):
         assert _cells(res, model) == _cells(ref, model) != set()
     # the reference really covers every demo evaluation set and every sanity model
     assert len(res["results"]) == 7 and all(len(m) == 3 for m in res["results"].values())
-    assert {m for by_model in res["results"].values() for m in by_model} == PIXEL_KEYED | set(READS_NO_PIXELS.split(","))
+    assert ({m for by_model in res["results"].values() for m in by_model}
+            == PIXEL_KEYED | set(READS_NO_PIXELS.split(",")))
 
 
 def test_regress_would_catch_a_moved_number(tmp_path):

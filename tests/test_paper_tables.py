@@ -221,7 +221,8 @@ def cross_checks():
         ed5 = paper_cells(table="ed_table5", version=A, model="afloc")
         a = cell(version, table, "afloc", "iou", dataset="chexlocalize")
         if version == A:
-            checks.append(("EDT3 full = mean EDT5 afloc", abs(_macro(ed5) - a.value) <= 1e-3, [a, *[r for _, r in ed5.iterrows()]]))
+            checks.append(("EDT3 full = mean EDT5 afloc", abs(_macro(ed5) - a.value) <= 1e-3,
+                           [a, *[r for _, r in ed5.iterrows()]]))
     # Text encoders: the BioClinicalBERT row is AFLoc itself
     for version, table, ref_table in ((A, "ed_table7", "ed_table1"), (J, "supp_table10", "table1")):
         for metric in ("iou", "dice", "cnr"):

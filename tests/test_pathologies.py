@@ -75,6 +75,7 @@ def test_real_tables_categories_are_all_known():
 
     bbox = pd.read_csv(txv_data("nih_bbox"), header=None, skiprows=1)[1].unique()
     vindr = pd.read_csv(txv_data("vindr"), usecols=["class_name"])["class_name"].unique()
-    entry = {x for labels in pd.read_csv(txv_data("nih_entry"), usecols=["Finding Labels"])["Finding Labels"].unique() for x in labels.split("|")}
+    entry = {x for labels in pd.read_csv(txv_data("nih_entry"), usecols=["Finding Labels"])["Finding Labels"].unique()
+             for x in labels.split("|")}
     for name in [*bbox, *vindr, *entry]:
         assert P.is_known(name), name

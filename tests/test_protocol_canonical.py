@@ -118,7 +118,8 @@ def test_without_replicates_points_stand_and_intervals_are_empty():
                                                                          score=rng.random(len(rec))))):
         none = proto.summarize(frame, task, n_boot=0, seed=0, unit="image")
         boot = proto.summarize(frame, task, n_boot=20, seed=0, unit="image")
-        assert [(r["metric"], r["category"], r["n"]) for r in none] == [(r["metric"], r["category"], r["n"]) for r in boot]
+        assert ([(r["metric"], r["category"], r["n"]) for r in none]
+                == [(r["metric"], r["category"], r["n"]) for r in boot])
         for a, b in zip(none, boot):
             assert (np.isnan(a["point"]) and np.isnan(b["point"])) or a["point"] == b["point"]
             assert np.isnan(a["boot_mean"]) and np.isnan(a["lo"]) and np.isnan(a["hi"])

@@ -26,3 +26,19 @@ def test_ci_runs_the_readme_test_command():
     tail = test_cmd.split("&& ", 2)[-1]  # after venv creation and activation
     ci = (ROOT / ".ci" / "run").read_text()
     assert tail in ci, f"{tail!r} not in .ci/run"
+
+
+def test_layout_table_matches_the_tree():
+    """Every path of the README's layout table exists, and every top-level folder is in the table."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^\| `([^`]+)`", section, flags=re.M)
+    assert listed, "no layout table"
+    for path in listed:
+        assert (ROOT / path.replace("<model>/", "gloria/")).exists(), path
+    top = {p.name + "/" for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith(".")
+           and p.name not in ("build", "dist") and not p.name.endswith(".egg-info")}
+    assert top <= {p.split("/")[0] + "/" for p in listed}, top - {p.split("/")[0] + "/" for p in listed}
+    for model in ("gloria", "biovil", "medklip", "convirt", "chexzero", "saliency", "clip_family", "sanity",
+                  "human_benchmark"):
+        assert model in section and (ROOT / "baselines" / model / "README.md").is_file(), model

@@ -271,14 +271,6 @@ def test_unknown_dataset_suggests():
     assert "unknown dataset 'toy_tesst'" in out.stderr
 
 
-def test_not_yet_available_commands_are_loud():
-    for cmd in ("build", "regress", "report"):
-        out = subprocess.run([sys.executable, "-m", "benchmark.cli.main", cmd], capture_output=True, text=True,
-                             timeout=120)
-        if "not yet available" in out.stderr:
-            assert out.returncode == 3
-
-
 def test_runner_hooks_per_sample_maps_and_grounding_probability(tmp_path, toy_root):
     import numpy as np
 

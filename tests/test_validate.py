@@ -121,7 +121,8 @@ def test_manifest_counts_translation():
                          "rsna_pneumonia": {"expected_counts": {"test": {"samples": 5}}}}}
     assert manifest_counts(data, "chexlocalize", "demo_chexlocalize") == {
         "val": {"split_images": 2, "table_images": 1}, "test": {"split_images": 6, "table_images": 3}}
-    assert manifest_counts(data, "covid_rural", "demo_covid_rural") == {"all": {"split_images": 6, "positive_images": 6}}
+    assert manifest_counts(data, "covid_rural", "demo_covid_rural") == {
+        "all": {"split_images": 6, "positive_images": 6}}
     assert manifest_counts(data, "ms_cxr", "demo_ms_cxr")["all"] == {"split_boxes": 9, "split_images": 7}
     assert manifest_counts(data, "rsna_pneumonia", "demo_rsna") == {"test": {"samples": 5}}
     assert manifest_counts(data, "nih_bbox", "demo_nih_bbox") == {}

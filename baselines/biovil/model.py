@@ -22,8 +22,9 @@ keeps hi-ml's ResNet-50 layout key for key, so the released image file loads str
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,7 +59,7 @@ class BiovilConfig:
         return {"format": FORMAT, "version": 1, **asdict(self)}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], source: Any = None) -> "BiovilConfig":
+    def from_json(cls, data: dict[str, Any], source: Any = None) -> BiovilConfig:
         """The config of a ``config.json``; a file of another format or with unknown fields is refused."""
         from benchmark.io.checkpoints import CheckpointError
 

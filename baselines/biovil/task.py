@@ -43,7 +43,8 @@ DEMO_BERT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, int
                  max_position_embeddings=128, type_vocab_size=2, hidden_act="gelu", hidden_dropout_prob=0.0,
                  attention_probs_dropout_prob=0.0, layer_norm_eps=1e-12, initializer_range=0.02)
 # ResNet-18 at width 16 (128 channels at layer4) on a 160 crop of a 183 resize (the crop keeps 7/8 of
-# the shorter side, as 224 of 256): a 5x5 patch grid (docs/notes/2026-12-07-demo-baselines-builds.md has the measurements)
+# the shorter side, as 224 of 256): a 5x5 patch grid
+# (docs/notes/2026-12-07-demo-baselines-builds.md has the measurements)
 DEMO_MODEL = dict(vision_arch="resnet18", vision_width=16, resize=183, crop=160)
 CXR_BERT = "https://huggingface.co/microsoft/BiomedVLP-CXR-BERT-specialized (config.json, vocab.txt, weights)"
 

@@ -10,7 +10,8 @@ as CheXzero's ``zeroshot_classifier`` does).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -14,7 +14,6 @@ std 83.43944, then ``Resize(224, bicubic)`` on the tensor without antialiasing (
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +83,3 @@ def to_model_input(square: np.ndarray) -> Any:
         x = F.interpolate(x[None], size=(INPUT, INPUT), mode="bicubic", align_corners=False, antialias=False)[0]
     return x
 
-
-def save_arch(arch: dict[str, Any], path: str | Path) -> None:
-    Path(path).write_text(json.dumps(arch, indent=1))

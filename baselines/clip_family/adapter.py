@@ -24,7 +24,8 @@ Options: ``arch`` (with a single weights file), ``cam_method``, ``cam_output``, 
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

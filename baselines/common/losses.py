@@ -10,7 +10,7 @@ They plug into the trainer as ``loss = fn(...)``; each follows its reference for
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -13,8 +13,9 @@ from __future__ import annotations
 import inspect
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from benchmark.io.checkpoints import CheckpointError, need_file, read_tensors
 
@@ -48,7 +49,8 @@ def bert_config(cfg: dict[str, Any], **overrides: Any):
     """A transformers ``BertConfig`` from a config dict (eager attention, hidden states returned)."""
     from transformers import BertConfig
 
-    keep = {k: v for k, v in cfg.items() if k not in ("architectures", "auto_map", "model_type", "transformers_version")}
+    keep = {k: v for k, v in cfg.items()
+            if k not in ("architectures", "auto_map", "model_type", "transformers_version")}
     keep.update(overrides)
     keep.setdefault("attn_implementation", "eager")
     return BertConfig(**keep)
@@ -57,7 +59,8 @@ def bert_config(cfg: dict[str, Any], **overrides: Any):
 def roberta_config(cfg: dict[str, Any], **overrides: Any):
     from transformers import RobertaConfig
 
-    keep = {k: v for k, v in cfg.items() if k not in ("architectures", "auto_map", "model_type", "transformers_version")}
+    keep = {k: v for k, v in cfg.items()
+            if k not in ("architectures", "auto_map", "model_type", "transformers_version")}
     keep.update(overrides)
     keep.setdefault("attn_implementation", "eager")
     return RobertaConfig(**keep)

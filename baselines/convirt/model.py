@@ -56,7 +56,7 @@ class ConvirtConfig:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "ConvirtConfig":
+    def from_json(cls, data: dict[str, Any]) -> ConvirtConfig:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 

@@ -20,8 +20,9 @@ use and cached). Both variants use the same weights.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -197,7 +198,8 @@ class GloriaAdapter(BaselineAdapter):
                 if len(rows) == 0:
                     continue
                 r = rows.to(loc.device)
-                local = local_similarity(loc[r], text_emb["words"][rows, k].to(loc.device), text_emb["char_len"][rows, k])
+                local = local_similarity(loc[r], text_emb["words"][rows, k].to(loc.device),
+                                         text_emb["char_len"][rows, k])
                 glob = global_similarity(g[r], text_emb["sent"][rows, k].to(g.device))
                 out[rows, k] = ((local + glob) / 2).double().cpu()
         return out

@@ -65,7 +65,7 @@ class GloriaConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "GloriaConfig":
+    def from_dict(cls, d: dict[str, Any]) -> GloriaConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -73,7 +73,7 @@ class GloriaConfig:
         return cls(**d)
 
     @classmethod
-    def from_hparams(cls, hp: dict[str, Any], bert: dict[str, Any]) -> "GloriaConfig":
+    def from_hparams(cls, hp: dict[str, Any], bert: dict[str, Any]) -> GloriaConfig:
         """Values from a checkpoint's ``hyper_parameters`` (missing entries keep the repo defaults)."""
 
         def get(path: str, default: Any) -> Any:
@@ -246,7 +246,7 @@ class TokenTables:
     is_sep: torch.Tensor
 
     @classmethod
-    def from_tokenizer(cls, tok: Any) -> "TokenTables":
+    def from_tokenizer(cls, tok: Any) -> TokenTables:
         vocab = tok.get_vocab()
         n = max(vocab.values()) + 1
         sub, br, sep = (torch.zeros(n, dtype=torch.bool) for _ in range(3))
@@ -392,12 +392,4 @@ def global_similarity(img_g: torch.Tensor, sent: torch.Tensor) -> torch.Tensor:
     a = img_g / img_g.norm(dim=1, keepdim=True).clamp(min=torch.finfo(img_g.dtype).tiny)
     b = sent / sent.norm(dim=1, keepdim=True).clamp(min=torch.finfo(sent.dtype).tiny)
     return (a * b).sum(1)
-
-
-def zero_shot_scores(sims: np.ndarray) -> np.ndarray:
-    """Official ``zero_shot_classification`` normalisation: z-score each class over the images (ddof 0)."""
-    sims = np.asarray(sims, dtype=np.float64)
-    if sims.shape[0] > 1:
-        sims = (sims - sims.mean(axis=0)) / sims.std(axis=0)
-    return sims
 

@@ -8,7 +8,8 @@ prompt → ``disease_embedding_layer``) appended after the 75 in a separate deco
 75 standard outputs are never changed by it.
 
 Heatmap: the decoder's cross-attention to the 14×14 patches, averaged over heads and over the 4
-layers (as the official RSNA grounding script does), for the mapped entity. The official ×16 nearest upsampling and its 0.008 threshold belong
+layers (as the official RSNA grounding script does), for the mapped entity. The official ×16 nearest \
+upsampling and its 0.008 threshold belong
 to a protocol.
 
 Zero-shot: softmax over the 2-way head, probability of "present" for the mapped entity (the
@@ -27,7 +28,8 @@ Checkpoints (``--ckpt medklip=PATH``):
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -109,7 +110,7 @@ class MedKLIPConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "config") -> "MedKLIPConfig":
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> MedKLIPConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -137,7 +138,7 @@ class MedKLIP(nn.Module):
             self.register_buffer("entity_book", torch.zeros(N_ENTITIES, text_dim))
 
     @classmethod
-    def from_config(cls, cfg: MedKLIPConfig) -> "MedKLIP":
+    def from_config(cls, cfg: MedKLIPConfig) -> MedKLIP:
         return cls(**cfg.to_dict())
 
     def image_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -33,8 +33,9 @@ would leave an all-zero map — ``describe()["maps"]`` counts those), ``seed`` (
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -7,7 +7,8 @@ library's forward pass, targets, backward pass and per-method weighting (``get_c
 and stops before ``scale_cam_image``: it returns ``ReLU(cam)`` on the target layer's native
 grid. When a class's CAM is negative everywhere the ReLU leaves an all-zero map (grad-cam issue
 #214), which carries no location; ``relu=False`` returns the signed map instead, and
-``count_empty`` lets adapters report how often that happened. ``output="library"`` returns the library's own normalised maps (used for parity tests
+``count_empty`` lets adapters report how often that happened. ``output="library"`` returns the library's \
+own normalised maps (used for parity tests
 and for users who want the library's exact output).
 
 Targets: one ``ClassifierOutputTarget(k)`` per image (the raw logit or similarity of the
@@ -18,7 +19,7 @@ hence the length check.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch

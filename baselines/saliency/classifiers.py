@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -100,7 +101,7 @@ class ClassifierSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ClassifierSpec":
+    def from_dict(cls, d: dict[str, Any]) -> ClassifierSpec:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         if "block_config" in known:
             known["block_config"] = tuple(int(b) for b in known["block_config"])

@@ -27,8 +27,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -324,7 +325,8 @@ def predict(model, x, *, device: str = "cpu", batch_size: int = 32) -> np.ndarra
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="afloc-bench train classifier",
                                 description="Train a DenseNet multi-label classifier for the saliency baselines.")
-    p.add_argument("dataset", nargs="?", default=None, help="registered dataset with image-level labels (e.g. demo_mimic)")
+    p.add_argument("dataset", nargs="?", default=None,
+                   help="registered dataset with image-level labels (e.g. demo_mimic)")
     p.add_argument("--dataset", dest="dataset_opt", default=None, metavar="DATASET",
                    help="the same as the positional argument (as in `train afloc --dataset`)")
     p.add_argument("--data-root", default=None, help="dataset root (default: the registered/demo root)")

@@ -28,7 +28,8 @@ q-value across the overall rows. Comparing a run with itself gives a zero differ
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_a", help="run folder A")
     parser.add_argument("run_b", help="run folder B")
-    parser.add_argument("--metric", action="append", help="per-sample metric column to compare (repeatable); default all")
+    parser.add_argument("--metric", action="append",
+                        help="per-sample metric column to compare (repeatable); default all")
     parser.add_argument("--dataset", help="only this dataset")
     parser.add_argument("--n-boot", type=n_boot_arg, default=1000,
                         help="bootstrap replicates (default 1000; 0 = differences only, no CI or p-value)")
@@ -55,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     shown = df if args.all_categories else df[df["category"] == "all"]
-    print(f"A = {args.run_a}\nB = {args.run_b}\npaired bootstrap: n_boot={args.n_boot} seed={args.seed} unit={args.unit}")
+    print(f"A = {args.run_a}\nB = {args.run_b}\n"
+          f"paired bootstrap: n_boot={args.n_boot} seed={args.seed} unit={args.unit}")
     print(tabulate(shown.drop(columns=["n_only_a", "n_only_b"]), headers="keys", showindex=False, floatfmt=".4f"))
     skipped = df.groupby("dataset")[["n_only_a", "n_only_b"]].max()
     for ds, r in skipped.iterrows():

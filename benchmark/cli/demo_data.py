@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     if names:
         unknown = [n for n in names if n not in available_sets()]
         if unknown:
-            print(f"afloc-bench demo-data: unknown dataset(s) {unknown}; choose from {available_sets()}", file=sys.stderr)
+            print(f"afloc-bench demo-data: unknown dataset(s) {unknown}; choose from {available_sets()}",
+                  file=sys.stderr)
             return 2
     quiet = bool(getattr(args, "quiet", False))
     m = read_manifest(out)

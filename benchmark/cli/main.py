@@ -25,10 +25,6 @@ COMMANDS = {
 }
 
 
-class NotYetAvailable(RuntimeError):
-    """A subcommand that is declared but not implemented in this version."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="afloc-bench",
@@ -62,9 +58,6 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose, args.quiet)
     try:
         return int(args._module.run(args) or 0)
-    except NotYetAvailable as exc:
-        print(f"afloc-bench {args.command}: not yet available: {exc}", file=sys.stderr)
-        return 3
     except RegistryError as exc:
         print(f"afloc-bench {args.command}: error: {exc}", file=sys.stderr)
         return 2

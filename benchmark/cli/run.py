@@ -27,7 +27,8 @@ examples:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("what to run")
     g.add_argument("--models", "-m", default=None, help="models: names, collections, globs or 'all' (default: all)")
-    g.add_argument("--datasets", "-d", default=None, help="datasets: names, collections, globs or 'all' (default: demo)")
+    g.add_argument("--datasets", "-d", default=None,
+                   help="datasets: names, collections, globs or 'all' (default: demo)")
     g.add_argument("--protocol", "-p", default=None, help="protocol name[@version] (default: afloc-compat@1)")
     g.add_argument("--config", default=None, help="YAML file with run options; flags override it")
     g.add_argument("--split", default=None, help="dataset split to evaluate (default: each card's default, test)")

@@ -7,8 +7,9 @@ import json
 import math
 import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -72,7 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--native-grid", action="store_true",
                         help="heatmaps are native grids: smooth (sigma 1.5) and upsample them to the mask size")
     parser.add_argument("--official-dataset", default="GENERIC",
-                        choices=("GENERIC", "MS_CXR", "MS_CXR_CLS", "RSNA_GROUNDING", "COVID_RURAL", "SICAPV2_GROUNDING"),
+                        choices=("GENERIC", "MS_CXR", "MS_CXR_CLS", "RSNA_GROUNDING", "COVID_RURAL",
+                                 "SICAPV2_GROUNDING"),
                         help="afloc-compat: official dataset switch; MS_CXR adds the per-threshold IoU bootstraps "
                              "before iou/cnr/dice in the seed-0 stream, as the official run does")
     parser.add_argument("--official-rounding", action="store_true",
@@ -256,7 +258,8 @@ def _clean(x: Any) -> Any:
 def _nest(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for r in rows:
-        out.setdefault(r["metric"], {})[r["category"]] = {k: _clean(r[k]) for k in ("point", "boot_mean", "lo", "hi", "n")}
+        out.setdefault(r["metric"], {})[r["category"]] = {
+            k: _clean(r[k]) for k in ("point", "boot_mean", "lo", "hi", "n")}
     return out
 
 

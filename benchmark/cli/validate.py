@@ -23,7 +23,8 @@ examples:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datasets", required=True,
-                        help="names, collections or globs, comma-separated (e.g. 'rsna_pneumonia,ms_cxr', 'chest', 'demo')")
+                        help="names, collections or globs, comma-separated "
+                             "(e.g. 'rsna_pneumonia,ms_cxr', 'chest', 'demo')")
     parser.add_argument("--data-root", default=None, metavar="TEMPLATE",
                         help="root folder template with {dataset}, e.g. /data/{dataset} "
                              "(default: $AFLOC_BENCH_DATA_ROOT or ~/data/{dataset}); demo sets ignore it")
@@ -127,7 +128,8 @@ DEMO_KEYS: dict[str, dict[str, list[tuple[str, str]]]] = {
                "boxes": [("all", "split_boxes")]},
     "chexlocalize": {"val_with_positive": [("val", "table_images")], "test_with_positive": [("test", "table_images")]},
     "chestx_det10": {"boxes_test": [("test", "split_boxes")], "positive_test": [("test", "split_images_with_boxes")],
-                     "boxes_train": [("train", "split_boxes")], "positive_train": [("train", "split_images_with_boxes")]},
+                     "boxes_train": [("train", "split_boxes")],
+                     "positive_train": [("train", "split_images_with_boxes")]},
     # the NIH box table lists only boxed images; the generator's per-split count includes unboxed ones
     "nih_bbox": {"test": [], "positive": [("test", "images")], "boxes": [("test", "boxes")]},
     "mimic_cxr": {"train": [("train", "split_images")], "validate": [("validate", "split_images")],

@@ -11,9 +11,10 @@ import json
 import logging
 import os
 import string
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -219,7 +220,7 @@ def read_id_csv(path: Path, id_column: str, label_column: str | None = None) -> 
     return out
 
 
-def read_split(ds: "Loader", split: str) -> SplitList | None:
+def read_split(ds: Loader, split: str) -> SplitList | None:
     """The id list of ``split``: ``<root>/splits/<split>.txt`` if present, else the shipped list.
 
     Returns None when the card declares no list for the split (the split is then defined by the

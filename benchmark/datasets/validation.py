@@ -3,7 +3,6 @@ prompts render. Returns a plain report dict; ``benchmark/cli/validate.py`` print
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +14,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from benchmark.datasets.common import Loader
 
 
-def validate_loader(ds: "Loader", expected: dict[str, int] | None = None, card_checks: bool = True) -> dict[str, Any]:
+def validate_loader(ds: Loader, expected: dict[str, int] | None = None, card_checks: bool = True) -> dict[str, Any]:
     """``card_checks=False`` (demo data): skip the comparisons with the real dataset (documented counts,
     published files' sha256); the expected counts then come from the caller (the demo manifest)."""
     card = ds.card
@@ -165,8 +164,3 @@ def _check_prompts(ds, samples, problems: list[str]) -> str:
     return f"{len(samples)} sample(s) × {sets} rendered; e.g. " + "; ".join(
         f"{k}: {v[:60]!r}" for k, v in example.items() if k in sets)
 
-
-def list_files_line(paths: list[str], limit: int | None = None) -> str:
-    shown = paths if limit is None else paths[:limit]
-    more = "" if limit is None or len(paths) <= limit else f" ... and {len(paths) - limit} more"
-    return ", ".join(os.fspath(p) for p in shown) + more

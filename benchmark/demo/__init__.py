@@ -12,8 +12,8 @@ Importing this package is cheap; the generator's modules load on first use.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 DEMO_VERSION = "2"  # bump whenever the generated files change
 DEFAULT_N_TRAIN = 1000

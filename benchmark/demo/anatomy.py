@@ -336,7 +336,8 @@ def finish(img_work: np.ndarray, an: Anatomy, *, noise: float | None = None) -> 
         y = int(H * rng.uniform(0.04, 0.10)) + size
         x0, y0 = max(0, x - 4), max(0, y - size - 8)
         patch = np.zeros((min(H, y + 8) - y0, min(W, x + size + 8) - x0), np.uint8)
-        cv2.putText(patch, "L", (x - x0, y - y0), cv2.FONT_HERSHEY_DUPLEX, size / 22.0, 255, max(1, size // 8), cv2.LINE_AA)
+        cv2.putText(patch, "L", (x - x0, y - y0), cv2.FONT_HERSHEY_DUPLEX, size / 22.0, 255, max(1, size // 8),
+                    cv2.LINE_AA)
         region = img[y0:y0 + patch.shape[0], x0:x0 + patch.shape[1]]
         a = patch[: region.shape[0], : region.shape[1]].astype(np.float32) / 255.0
         region[...] = region * (1 - a) + 0.97 * a
@@ -477,7 +478,8 @@ def _shoulders(h, w, midline, ly0, lh, lw, shoulder_half, rng, view):
         cy = ly0 + rng.uniform(0.00, 0.06) * lh
         r = rng.uniform(0.06, 0.08) * w
         cv2.circle(out, (int(cx), int(cy)), int(r), 0.9, -1, cv2.LINE_AA)
-        cv2.line(out, (int(cx), int(cy)), (int(cx + sgn * 0.05 * w), int(cy + 0.6 * lh)), 0.7, int(r * 0.8), cv2.LINE_AA)
+        cv2.line(out, (int(cx), int(cy)), (int(cx + sgn * 0.05 * w), int(cy + 0.6 * lh)), 0.7, int(r * 0.8),
+                 cv2.LINE_AA)
         # scapula: a faint triangle along the lateral chest wall
         tri = np.array([[cx - sgn * 0.6 * r, cy + 0.1 * r], [cx - sgn * 2.2 * r, cy + 0.9 * r],
                         [cx - sgn * 0.9 * r, cy + 0.50 * lh]], np.int32)
@@ -568,7 +570,7 @@ def _trachea(h, w, midline, carina, hila) -> np.ndarray:
     cx, cy = carina
     tw = max(2, int(0.034 * w))
     cv2.line(out, (int(midline), 0), (int(cx), int(cy)), 1.0, tw, cv2.LINE_AA)
-    for side, (hx, hy) in hila.items():
+    for _side, (hx, hy) in hila.items():
         cv2.line(out, (int(cx), int(cy)), (int((hx + cx) / 2), int((hy + cy) / 2 + 0.01 * h)), 0.8,
                  max(1, int(tw * 0.7)), cv2.LINE_AA)
     return blur(out, 0.006 * w) * 0.10

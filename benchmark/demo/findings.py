@@ -228,7 +228,8 @@ def table_box(kind: str, side: str, zone: str | None, severity: str,
     ok = u < 0.5 if side == RIGHT else u >= 0.5
     lat = np.clip((0.5 - u) / 0.5 if side == RIGHT else (u - 0.5) / 0.5, 0, 1)
     zones = {"upper": v < 0.42, "apex": v < 0.25, "mid": (v > 0.30) & (v < 0.68), "lower": v > 0.55,
-             "base": v > 0.68, "hilar": (v > 0.25) & (v < 0.65) & (lat < 0.55), "retrocardiac": (v > 0.55) & (lat < 0.5),
+             "base": v > 0.68, "hilar": (v > 0.25) & (v < 0.65) & (lat < 0.55),
+             "retrocardiac": (v > 0.55) & (lat < 0.5),
              "peripheral": lat > 0.55, "middle": (v > 0.45) & (v < 0.85) & (lat < 0.7),
              "lingula": (v > 0.45) & (v < 0.85) & (lat < 0.75)}
     if zone in zones:
@@ -480,7 +481,7 @@ def _edema(an: Anatomy, f: Finding):
     lw, lh = x1 - x0, y1 - y0
     sev = SEVERITY_SCALE.get(f.severity, 1.0)
     acc = np.zeros(an.hw, np.float32)
-    for side, (hx, hy) in an.hila.items():
+    for _side, (hx, hy) in an.hila.items():
         sx, sy = 0.20 * lw * sev, 0.24 * lh * sev
         acc = np.maximum(acc, np.exp(-(((xx - hx) / sx) ** 2 + ((yy - hy - 0.05 * lh) / sy) ** 2)))
     acc *= 0.85 + 0.3 * smooth_field(rng, an.hw, 0.03 * an.hw[1])
@@ -520,7 +521,8 @@ def _round(an: Anatomy, f: Finding, *, rel: float, strength: float, lobulated: f
         r = max(2.0, r)
         yy, xx = _grid(an)
         ang = np.arctan2(yy - cy, xx - cx)
-        rad = r * (1 + lobulated * (0.5 * np.sin(3 * ang + rng.uniform(0, 6)) + 0.5 * np.sin(5 * ang + rng.uniform(0, 6))))
+        rad = r * (1 + lobulated * (0.5 * np.sin(3 * ang + rng.uniform(0, 6))
+                                    + 0.5 * np.sin(5 * ang + rng.uniform(0, 6))))
         d = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2)
         blob = np.clip((rad - d) / max(1.0, 0.15 * r) + 0.5, 0, 1).astype(np.float32)
         blob = _clip_lungs(an, blob, sd, full=True)
@@ -559,7 +561,8 @@ def _fibrosis(an: Anatomy, f: Finding):
             px, py = cx + rng.uniform(-ax, ax), cy + rng.uniform(-ay, ay)
             a = rng.uniform(0, math.pi)
             L = rng.uniform(0.02, 0.05) * lw
-            cv2.line(net, (int(px), int(py)), (int(px + L * math.cos(a)), int(py + L * math.sin(a))), 1.0, 1, cv2.LINE_AA)
+            cv2.line(net, (int(px), int(py)), (int(px + L * math.cos(a)), int(py + L * math.sin(a))), 1.0, 1,
+                     cv2.LINE_AA)
         env = _patch(an, cx, cy, ax, ay, rng, roughness=0.3)
         net = _clip_lungs(an, blur(net, 0.7) * env, sd)
         env = _clip_lungs(an, env, sd)
@@ -675,10 +678,11 @@ def _device(an: Anatomy, f: Finding):
             cv2.ellipse(m, (int(mid), int(yk)), (int(0.018 * lw), int(0.010 * lw)), rng.uniform(-10, 10), 0, 360, 1.0,
                         max(1, int(0.006 * lw)), cv2.LINE_AA)
     else:  # ecg leads
-        for k in range(int(rng.integers(3, 6))):
+        for _k in range(int(rng.integers(3, 6))):
             px, py = x0 + rng.uniform(0.05, 0.95) * lw, y0 + rng.uniform(0.02, 0.9) * lh
             cv2.circle(m, (int(px), int(py)), max(2, int(0.022 * lw)), 1.0, max(1, int(0.008 * lw)), cv2.LINE_AA)
-            line(curve((px, py), (px + rng.uniform(-0.2, 0.2) * lw, py + 0.1 * lh), (px + rng.uniform(-0.3, 0.3) * lw, h)),
+            line(curve((px, py), (px + rng.uniform(-0.2, 0.2) * lw, py + 0.1 * lh),
+                       (px + rng.uniform(-0.3, 0.3) * lw, h)),
                  0.005 * lw)
     m = np.clip(m, 0, 1)
     an.density += blur(m, 0.5) * 0.55

@@ -8,8 +8,8 @@ import multiprocessing as mp
 import os
 import shutil
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from benchmark.dataset import DataError
 

@@ -124,8 +124,8 @@ def lung_shapes() -> tuple[LungShape, ...]:
     if cached.is_file():
         try:
             with np.load(cached, allow_pickle=False) as z:
-                return tuple(LungShape(name=str(n), labels=l, aspect=float(a), frame=tuple(float(v) for v in f))
-                             for n, l, a, f in zip(z["names"], z["labels"], z["aspects"], z["frames"]))
+                return tuple(LungShape(name=str(n), labels=lbl, aspect=float(a), frame=tuple(float(v) for v in f))
+                             for n, lbl, a, f in zip(z["names"], z["labels"], z["aspects"], z["frames"]))
         except Exception:  # noqa: BLE001 - a damaged cache is rebuilt
             pass
     shapes = _select_lung_shapes(path)

@@ -36,7 +36,7 @@ def _mimic(root: Path, k: int):
         body = " ".join(txt.split("FINDINGS:")[-1].split())
         boxes = [b for f in p["findings"] for b in f["boxes"]]
         labels = [f"{f['kind']} {f['side'] or ''}".strip() for f in p["findings"] for _ in f["boxes"]]
-        out.append(("mimic_cxr (train)", img, lambda ax, b=boxes, l=labels: _boxes_rect(ax, b, "yellow", l), body))
+        out.append(("mimic_cxr (train)", img, lambda ax, b=boxes, lab=labels: _boxes_rect(ax, b, "yellow", lab), body))
     return out
 
 
@@ -85,7 +85,7 @@ def _chexlocalize(root: Path, k: int):
         pos = [(t, mu.decode(r)) for t, r in tasks.items() if mu.area(r) > 0]
 
         def draw(ax, pos=pos):
-            for i, (t, m) in enumerate(pos):
+            for i, (_t, m) in enumerate(pos):
                 _contours(ax, m, colors[i % len(colors)])
 
         out.append(("chexlocalize", img, draw, ", ".join(t for t, _ in pos)))
@@ -149,8 +149,8 @@ def _nih(root: Path, k: int):
     out = []
     for img, items in list(by.items())[:k]:
         out.append(("nih_bbox", read_image(d / "images" / img),
-                    lambda ax, it=items: _boxes_rect(ax, [b for _, b in it], "orange", [l for l, _ in it]),
-                    ", ".join(l for l, _ in items)))
+                    lambda ax, it=items: _boxes_rect(ax, [b for _, b in it], "orange", [lab for lab, _ in it]),
+                    ", ".join(lab for lab, _ in items)))
     return out
 
 

@@ -153,7 +153,8 @@ def findings_from_report(rep: Report) -> list[Finding]:
         if head == "costophrenic angle":
             sev = "small"
         mention = _mention(sents, kind)
-        if side is None and kind not in ("cardiomegaly", "enlarged_cm", "device", "edema", "hyperinflation", "emphysema"):
+        if side is None and kind not in ("cardiomegaly", "enlarged_cm", "device", "edema", "hyperinflation",
+                                         "emphysema"):
             side = side_of(mention) if mention else None
         if zone is None and mention and kind not in ("cardiomegaly", "enlarged_cm", "device", "edema"):
             zone = zone_of(mention)

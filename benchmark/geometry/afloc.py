@@ -3,7 +3,8 @@ its box masks (summed, not unioned), its resized-mask threshold and its 14-pixel
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -96,17 +96,6 @@ def smooth_grid(grid: np.ndarray, sigma: float = 1.5) -> np.ndarray:
     if grid.ndim == 2:
         return ndimage.gaussian_filter(grid, sigma=(sigma, sigma), order=0)
     return np.stack([ndimage.gaussian_filter(g, sigma=(sigma, sigma), order=0) for g in grid])
-
-
-def _source_coords(n_out: int, n_in: int, scale: float | None = None, offset: float = 0.0) -> np.ndarray:
-    """Index-space source coordinate of each output pixel centre (align_corners=False).
-
-    ``scale`` is input pixels per output pixel (default ``n_in / n_out``) and ``offset`` is
-    the output-edge position of the input's left edge, in output pixels.
-    """
-    if scale is None:
-        scale = n_in / n_out
-    return (np.arange(n_out, dtype=np.float64) + 0.5 - offset) * scale - 0.5
 
 
 def _axis_taps(src: np.ndarray, n_in: int, clamp_low: bool = True):
@@ -218,7 +207,8 @@ class Affine:
         return self.sx * np.asarray(x, dtype=np.float64) + self.tx, self.sy * np.asarray(y, dtype=np.float64) + self.ty
 
     def to_original(self, u: np.ndarray | float, v: np.ndarray | float):
-        return (np.asarray(u, dtype=np.float64) - self.tx) / self.sx, (np.asarray(v, dtype=np.float64) - self.ty) / self.sy
+        return ((np.asarray(u, dtype=np.float64) - self.tx) / self.sx,
+                (np.asarray(v, dtype=np.float64) - self.ty) / self.sy)
 
 
 class Geometry:
@@ -245,32 +235,6 @@ class Geometry:
         x, y = a.to_original(np.arange(fw) + 0.5, np.arange(fh) + 0.5)
         return ((y >= 0) & (y < h))[:, None] & ((x >= 0) & (x < w))[None, :]
 
-    def boxes_to_frame(self, boxes: Iterable[Sequence[float]], image_size: Sequence[int]) -> np.ndarray:
-        """Float boxes ``[x, y, w, h]`` in frame coordinates (no rounding)."""
-        a = self.affine(image_size)
-        out = []
-        for b in boxes:
-            x0, y0 = a.to_frame(b[0], b[1])
-            out.append([float(x0), float(y0), float(b[2]) * a.sx, float(b[3]) * a.sy])
-        return np.asarray(out, dtype=np.float64).reshape(-1, 4)
-
-    def points_to_frame(self, points: np.ndarray, image_size: Sequence[int]) -> np.ndarray:
-        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        u, v = self.affine(image_size).to_frame(pts[:, 0], pts[:, 1])
-        return np.stack([u, v], axis=1)
-
-    def mask_to_frame(self, mask: np.ndarray, image_size: Sequence[int] | None = None, *,
-                      min_coverage: float = 0.5) -> np.ndarray:
-        """Binary original-resolution mask → binary frame mask.
-
-        A frame pixel is lesion when the fraction of its area covered by lesion is at least
-        ``min_coverage`` (INTER_AREA average); ``min_coverage=1e-5`` gives AFLoc's "any
-        coverage" rule. Frame pixels off the image are 0.
-        """
-        image_size = tuple(mask.shape[:2]) if image_size is None else image_size
-        cover = self.map_to_frame(mask.astype(np.float32), image_size, area=True)
-        return (np.nan_to_num(cover, nan=0.0) >= min_coverage).astype(np.uint8)
-
     def map_to_frame(self, omap: np.ndarray, image_size: Sequence[int], *, area: bool = False) -> np.ndarray:
         """Original-resolution float map → frame (NaN off the image).
 
@@ -293,10 +257,6 @@ class Geometry:
         a = self.affine(image_size)
         h, w = int(image_size[0]), int(image_size[1])
         return sample_bilinear(np.asarray(fmap), a.sy, a.ty, a.sx, a.tx, (h, w))
-
-    def grid_to_frame(self, grid: np.ndarray, image_size: Sequence[int], *, use_torch: bool | None = None) -> np.ndarray:
-        """Native grid (covering the whole frame) → frame resolution, bilinear."""
-        return bilinear_resize(grid, self.frame_size(image_size), use_torch=use_torch)
 
     def grid_to_original(self, grid: np.ndarray, image_size: Sequence[int]) -> np.ndarray:
         """Native grid → original image coordinates in one bilinear step; NaN off the frame.

@@ -21,9 +21,10 @@ import pickle
 import re
 import zipfile
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from benchmark.dataset import DataError
 

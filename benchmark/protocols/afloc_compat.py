@@ -135,7 +135,8 @@ def afloc_chexlocalize_scores(emaps: np.ndarray, gts: np.ndarray) -> dict[str, n
 
 
 class AflocCompat(Protocol):
-    """Official AFLoc evaluation exactly (quirks included): smoothing, 14-px margin, [-1,1], t=0.1..0.5, seed-0 bootstrap."""
+    """Official AFLoc evaluation exactly (quirks included): smoothing, 14-px margin, [-1,1], t=0.1..0.5, \
+seed-0 bootstrap."""
 
     name = "afloc-compat"
     version = 1
@@ -243,7 +244,8 @@ class AflocCompat(Protocol):
         # Step 2: per-category confidence gate maximising nanmean IoU (only_pos=False).
         conf = rec["confidence"].to_numpy(dtype=np.float64)
         gt_empty = rec["gt_valid"].to_numpy() == 0
-        iou_all = np.array([rec.at[i, f"opt_iou_all@{threshold_label(mask_th[c])}"] for i, c in enumerate(rec["category"])],
+        iou_all = np.array([rec.at[i, f"opt_iou_all@{threshold_label(mask_th[c])}"]
+                            for i, c in enumerate(rec["category"])],
                            dtype=np.float64)
         table2 = []
         for t in OPT_CONF_THRESHOLDS:

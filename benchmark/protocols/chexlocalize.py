@@ -17,7 +17,8 @@ The human benchmark has no map to point with: its readers marked salient points
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -94,7 +95,8 @@ def salient_point_hit(points: Iterable[Sequence[float]], gt_mask: np.ndarray) ->
 
 
 class CheXlocalize(Protocol):
-    """CheXlocalize protocol: native-resolution masks, Otsu or val-tuned thresholds, mIoU on true positives, hit rate."""
+    """CheXlocalize protocol: native-resolution masks, Otsu or val-tuned thresholds, mIoU on true positives, \
+hit rate."""
 
     name = "chexlocalize"
     version = 1

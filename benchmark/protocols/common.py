@@ -6,9 +6,9 @@ Not a plugin module (leading underscore): nothing here registers anything.
 from __future__ import annotations
 
 import logging
-import math
 import warnings
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -180,10 +180,6 @@ def metric_columns(records: pd.DataFrame, prefixes: Sequence[str]) -> list[str]:
     return out
 
 
-def threshold_of(column: str) -> float:
-    return float(column.split("@", 1)[1])
-
-
 def units_for(records: pd.DataFrame, unit: str) -> np.ndarray:
     """Resampling unit id of each record: ``image`` → image_id, ``patient`` → patient_id.
 
@@ -194,7 +190,8 @@ def units_for(records: pd.DataFrame, unit: str) -> np.ndarray:
         raise ValueError(f"unit must be 'image', 'patient' or 'sample', got {unit!r}")
     if unit == "sample" or ("image_id" not in records and unit == "image"):
         return np.asarray(records["sample_id"] if "sample_id" in records else np.arange(len(records))).astype(str)
-    img = records["image_id"].astype(str).to_numpy() if "image_id" in records else records["sample_id"].astype(str).to_numpy()
+    img = (records["image_id"].astype(str).to_numpy() if "image_id" in records
+           else records["sample_id"].astype(str).to_numpy())
     if unit == "image":
         return img
     if "patient_id" not in records:
@@ -210,13 +207,6 @@ def units_for(records: pd.DataFrame, unit: str) -> np.ndarray:
 
 def finite_count(x: np.ndarray) -> int:
     return int(np.isfinite(np.asarray(x, dtype=np.float64)).sum())
-
-
-def is_nan(x: Any) -> bool:
-    try:
-        return math.isnan(float(x))
-    except (TypeError, ValueError):
-        return False
 
 
 def per_threshold_columns(thresholds: Sequence[float], **arrays: np.ndarray) -> dict[str, np.ndarray]:

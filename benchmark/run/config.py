@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 
 @dataclass
@@ -35,7 +36,7 @@ class RunConfig:
     quiet: bool = False
 
     @classmethod
-    def from_mapping(cls, data: dict[str, Any], source: str = "config") -> "RunConfig":
+    def from_mapping(cls, data: dict[str, Any], source: str = "config") -> RunConfig:
         known = {f.name for f in fields(cls)}
         data = {k.replace("-", "_"): v for k, v in (data or {}).items()}
         unknown = sorted(set(data) - known)
@@ -47,7 +48,7 @@ class RunConfig:
         cfg.normalise()
         return cfg
 
-    def override(self, **flags: Any) -> "RunConfig":
+    def override(self, **flags: Any) -> RunConfig:
         """Flags given on the command line (not None) win over the YAML values."""
         for k, v in flags.items():
             if v is not None:

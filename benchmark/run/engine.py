@@ -17,9 +17,10 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -202,6 +203,7 @@ class Runner:
     def _model_record(self, name: str, adapter: Adapter) -> dict[str, Any]:
         ckpt = self.cfg.ckpt.get(name) or getattr(adapter, "checkpoint", None)
         rec = adapter.describe()
+        rec["plugin"] = model_registry.entry(name).plugin  # distribution and version of an out-of-tree model
         rec["checkpoint"] = str(ckpt) if ckpt else None
         rec["checkpoint_sha256"] = checkpoint_sha256(ckpt) if ckpt else None
         return rec

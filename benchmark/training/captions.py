@@ -17,7 +17,7 @@ Everything here reproduces the official behaviour, quirks included, because it c
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -7,8 +7,8 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from benchmark.training.config import TrainConfig, load_train_config
 from benchmark.training.trainer import train
@@ -31,7 +31,8 @@ def build_parser(task: str = "afloc") -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="paper (default), demo (default for demo_mimic) or a YAML file")
     p.add_argument("-o", "--output", default=None, help="run folder (default results/runs/train-afloc-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last/ checkpoint")
-    p.add_argument("--text-encoder", default=None, help="local BERT folder with weights and tokenizer (Bio_ClinicalBERT)")
+    p.add_argument("--text-encoder", default=None,
+                   help="local BERT folder with weights and tokenizer (Bio_ClinicalBERT)")
     p.add_argument("--vocab", default=None, help="vocab.txt for a randomly initialised text encoder")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)

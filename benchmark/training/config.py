@@ -61,7 +61,7 @@ class TrainConfig:
     text_pretrain: dict[str, Any] | None = None
 
     @classmethod
-    def from_mapping(cls, d: dict[str, Any], source: str = "config") -> "TrainConfig":
+    def from_mapping(cls, d: dict[str, Any], source: str = "config") -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:

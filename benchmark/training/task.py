@@ -24,11 +24,12 @@ NAME`` runs it and ``build_demo`` makes the demo weights (``benchmark.training.d
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 
-def get_task(name: str) -> "TrainTask":
+def get_task(name: str) -> TrainTask:
     """The training task registered as ``name`` (a ``training`` entry of a manifest)."""
     from benchmark.registry import training
 

@@ -6,7 +6,8 @@ states for ``[CLS]``, the words, the sentences and the report point in unrelated
 whether the heatmap (deep features · report embedding) follows the features that the sentence
 loss aligns with ``[CLS]`` is left to chance, and so is whether the local losses leave chance
 within a short budget. A few hundred masked-word steps on the training split's own reports give
-the encoder that start (the training option ``text_pretrain``; docs/notes/2026-12-07-demo-afloc-builds.md has the figures).
+the encoder that start (the training option ``text_pretrain``; \
+docs/notes/2026-12-07-demo-afloc-builds.md has the figures).
 
 The recipe is BERT's: 15% of the non-special tokens are chosen; 80% of those become ``[MASK]``,
 10% a random token, 10% stay; the last hidden layer predicts them through a dense + GELU +
@@ -18,8 +19,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,7 +41,7 @@ class TextPretrainConfig:
     mask_prob: float = 0.15
 
     @classmethod
-    def from_mapping(cls, d: dict[str, Any], source: str = "text_pretrain") -> "TextPretrainConfig":
+    def from_mapping(cls, d: dict[str, Any], source: str = "text_pretrain") -> TextPretrainConfig:
         if not isinstance(d, dict):
             raise ValueError(f"{source}: expected a mapping of masked-LM options, got {d!r}")
         unknown = sorted(set(d) - set(cls.__dataclass_fields__))

@@ -128,7 +128,8 @@ class Trainer:
         self.device = self.dist.device
         n_groups = self.dist.world * cfg.forward_chunks
         if cfg.batch_size % n_groups:
-            raise ValueError(f"batch_size {cfg.batch_size} must be divisible by world_size x forward_chunks = {n_groups}")
+            raise ValueError(f"batch_size {cfg.batch_size} must be divisible by "
+                             f"world_size x forward_chunks = {n_groups}")
         self.model, self.tokenizer = self._build_model()
         self.model.to(self.device)
         if self.dist.world > 1:  # same initial weights everywhere (DDP semantics)

@@ -34,13 +34,14 @@ class CheXlocalizeDemo(DemoSet):
     def plan(self, ctx):
         rng = self.plan_rng(ctx)
         reps = real_reports()
-        useful = [r for r in reps if any(any(f.kind in k for k in TASK_KINDS.values()) for f in R.findings_from_report(r))]
+        useful = [r for r in reps
+                  if any(any(f.kind in k for k in TASK_KINDS.values()) for f in R.findings_from_report(r))]
         normal = [r for r in reps if r.is_normal]
         n_val = max(2, int(round(0.35 * ctx.n_test)))
         jobs = []
         for split, n, first in (("val", n_val, 64541), ("test", ctx.n_test, 64741)):
             patient, study = first, 1
-            for i in range(n):
+            for _i in range(n):
                 src = normal if rng.random() < 0.2 else useful
                 rep = src[int(rng.integers(len(src)))]
                 fs = R.findings_from_report(rep)

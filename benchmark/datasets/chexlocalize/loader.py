@@ -75,7 +75,7 @@ class CheXlocalize(Loader):
                     p = Path(dirpath) / fn
                     images[cxr_id_of(p)] = p
         labels = self._labels_csv(img_dir)
-        for cid, row in labels.items():
+        for cid, _row in labels.items():
             if cid not in images:
                 self.skip(img_dir / Path(*cid.split("_", 2)).with_suffix(".jpg"),
                           f"image listed in {self.split}_labels.csv not found")

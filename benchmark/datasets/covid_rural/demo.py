@@ -21,7 +21,8 @@ class COVIDRuralDemo(DemoSet):
         patients = unique_ints(rng, ctx.n_test, 16_000_000, 17_000_000)
         jobs = []
         for i in range(ctx.n_test):
-            fs = [] if rng.random() < 0.1 else [Finding("covid", severity=str(rng.choice(["small", "moderate", "large"])))]
+            fs = ([] if rng.random() < 0.1
+                  else [Finding("covid", severity=str(rng.choice(["small", "moderate", "large"])))])
             month, day, year = int(rng.integers(3, 9)), int(rng.integers(1, 29)), 2020
             stem = f"COVID-19-AR-{patients[i]}_{month:02d}-{day:02d}-{year}-XR"
             jobs.append(Job(self.name, "test", i, image_size(rng, 600, 800, (0.85, 1.2)), fs,

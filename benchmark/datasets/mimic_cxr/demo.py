@@ -74,7 +74,8 @@ class MimicCXRDemo(DemoSet):
             date = 21000101 + (job.index % 28)
             meta_rows.append([ids["dicom_id"], ids["subject_id"], ids["study_id"], desc, job.view, job.hw[0], job.hw[1],
                               date, f"{(job.index * 7919) % 240000:06d}.000", desc, view_meaning, "Erect"])
-            chex_rows.append([ids["subject_id"], ids["study_id"], *[csv_value(res["labels"][c]) for c in R.CHEXPERT_COLUMNS]])
+            chex_rows.append([ids["subject_id"], ids["study_id"],
+                              *[csv_value(res["labels"][c]) for c in R.CHEXPERT_COLUMNS]])
         E.atomic_write_text(root / "mimic-cxr-2.0.0-split.csv", csv_text(split_rows))
         E.atomic_write_text(root / "mimic-cxr-2.0.0-metadata.csv", csv_text(meta_rows))
         E.atomic_write_text(root / "mimic-cxr-2.0.0-chexpert.csv", csv_text(chex_rows))

@@ -92,7 +92,8 @@ class MSCXRDemo(DemoSet):
             for b in res["boxes"]:
                 rows.append([job.ids["dicom_id"], job.extra["category"], job.extra["phrase"], job.ids["path"],
                              *[int(v) for v in b], w, h, job.split])
-                anns.append({"id": len(anns) + 1, "image_id": img_id, "category_id": MSCXR_CAT_IDS[job.extra["category"]],
+                anns.append({"id": len(anns) + 1, "image_id": img_id,
+                             "category_id": MSCXR_CAT_IDS[job.extra["category"]],
                              "bbox": [float(v) for v in b], "area": float(b[2] * b[3]), "iscrowd": 0,
                              "width": w, "height": h, "label_text": job.extra["phrase"]})
         coco = {"info": {"description": "afloc-bench demo (synthetic images, real OpenI report phrases)",

@@ -44,7 +44,8 @@ class MSCXR(Loader):
             if any((self.root / (STEM.format(version=v) + ext)).is_file() for ext in (".json", ".csv")):
                 return v
         raise DataError(self.root / (STEM.format(version=VERSIONS[0]) + ".json"),
-                        "no MS-CXR annotation file (MS_CXR_Local_Alignment_v1.1.0 or v1.0.0, .json or .csv) in the root")
+                        "no MS-CXR annotation file (MS_CXR_Local_Alignment_v1.1.0 or v1.0.0, .json or .csv) "
+                        "in the root")
 
     def _source(self, version: str) -> Path:
         src = self.opt("source")

@@ -108,14 +108,16 @@ def read_bbox_table(path: Path) -> list[dict[str, Any]]:
 
     df = read_csv(path, header=None, skiprows=1, dtype=str, keep_default_na=False)
     if df.shape[1] < 6:
-        raise DataError(path, f"expected 'Image Index, Finding Label' and 4 box numbers per row; found {df.shape[1]} columns")
+        raise DataError(path, "expected 'Image Index, Finding Label' and 4 box numbers per row; "
+                              f"found {df.shape[1]} columns")
     out = []
     nums = df.iloc[:, 2:6].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
     for i, (image, label) in enumerate(zip(df[0].tolist(), df[1].tolist())):
         row = i + 2
         box = nums[i].tolist()
         if any(v != v for v in box) or box[2] <= 0 or box[3] <= 0:
-            raise DataError(path, f"row {row}: box must be 4 numbers x, y, w, h with w, h > 0; got {df.iloc[i, 2:6].tolist()}")
+            raise DataError(path, f"row {row}: box must be 4 numbers x, y, w, h with w, h > 0; "
+                                  f"got {df.iloc[i, 2:6].tolist()}")
         if not image.strip() or not label.strip():
             raise DataError(path, f"row {row}: empty Image Index or Finding Label")
         out.append({"image": image.strip(), "label": label.strip(), "box": box, "row": row})

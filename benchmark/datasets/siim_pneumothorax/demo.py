@@ -61,7 +61,8 @@ class SIIMPneumothoraxDemo(DemoSet):
                 break
         ids = job.ids
         rel = f"dicom-images-train/{ids['study']}/{ids['series']}/{ids['ImageId']}.dcm"
-        E.write_dicom(root / rel, ph.image, photometric=ids["photometric"], patient_id=E.det_uuid("siim", ids["ImageId"]),
+        E.write_dicom(root / rel, ph.image, photometric=ids["photometric"],
+                      patient_id=E.det_uuid("siim", ids["ImageId"]),
                       study_uid=ids["study"], series_uid=ids["series"], sop_uid=ids["ImageId"], view=job.view,
                       sex=ids["sex"], age=ids["age"], pixel_spacing=0.143)
         rles = []

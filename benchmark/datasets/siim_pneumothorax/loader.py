@@ -144,7 +144,8 @@ def read_rle_table(path: Path) -> dict[str, dict[str, Any]]:
     df = read_csv(path, dtype=str, keep_default_na=False)
     column = RLE_COLUMN if RLE_COLUMN in df.columns else ("EncodedPixels" if "EncodedPixels" in df.columns else None)
     if "ImageId" not in df.columns or column is None:
-        raise DataError(path, f"expected columns 'ImageId' and ' EncodedPixels' (leading space); found {list(df.columns)}")
+        raise DataError(path, "expected columns 'ImageId' and ' EncodedPixels' (leading space); "
+                              f"found {list(df.columns)}")
     out: dict[str, dict[str, Any]] = {}
     for i, (image_id, text) in enumerate(zip(df["ImageId"].tolist(), df[column].tolist()), start=2):
         image_id = image_id.strip()

@@ -100,7 +100,8 @@ class VinDrCXR(Loader):
 
 
 def read_box_table(path: Path, loader: Loader) -> tuple[dict[str, dict[str, list[dict[str, Any]]]], int]:
-    """``{image_id: {canonical finding: [{box [x,y,w,h], rad_id, row, source}]}}`` (``{}`` = no box) and the row count."""
+    """``{image_id: {canonical finding: [{box [x,y,w,h], rad_id, row, source}]}}`` (``{}`` = no box) \
+and the row count."""
     import pandas as pd
 
     df = read_csv(path, BOX_COLUMNS, dtype=str, keep_default_na=False)
