@@ -23,7 +23,12 @@ from typing import Any
 
 import numpy as np
 
+from afloc.checkpoint import load_model
+from afloc.inference import GEOMETRIES, InferenceEngine, preprocess_image
 from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Adapter, Query, query_texts
+from benchmark.cache import state_dict_sha256
+from benchmark.training.config import load_train_config
+from benchmark.training.task import get_task
 
 PREPROCESSING_IDS = {
     "letterbox": "afloc-letterbox224-area-norm0.5-v1",
@@ -40,8 +45,6 @@ class AFLocAdapter(Adapter):
     color = "gray"
 
     def load(self, checkpoint: str | None, device: str) -> None:
-        from afloc.checkpoint import load_model
-        from afloc.inference import GEOMETRIES, InferenceEngine
 
         geometry = str(self.options.get("geometry", "letterbox"))
         if geometry not in GEOMETRIES:
@@ -61,7 +64,6 @@ class AFLocAdapter(Adapter):
         self.checkpoint, self.device = str(checkpoint), device
 
     def preprocess(self, image: np.ndarray) -> Any:
-        from afloc.inference import preprocess_image
 
         return preprocess_image(image, self.geometry)
 
@@ -84,10 +86,6 @@ class UntrainedAFLocAdapter(AFLocAdapter):
     measured, not assumed."""
 
     def load(self, checkpoint: str | None, device: str) -> None:
-        from afloc.inference import GEOMETRIES, InferenceEngine
-        from benchmark.cache import state_dict_sha256
-        from benchmark.training.config import load_train_config
-        from benchmark.training.task import get_task
 
         if checkpoint is not None:
             raise ValueError("afloc_untrained takes no checkpoint (it is the demo model before training); "

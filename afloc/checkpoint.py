@@ -23,8 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from afloc.config import ModelConfig, TextConfig, VisionConfig
+from afloc.model import AFLoc
+from afloc.tokenizer import Tokenizer
 from benchmark.io.checkpoints import (
     CheckpointError,
     load_lightning_checkpoint,
@@ -186,8 +189,6 @@ def load_official(path: str | os.PathLike, text_encoder: str | os.PathLike | Non
     ``local_f_embedder`` of an old configuration, are reported and ignored, as in the official
     non-strict loader).
     """
-    from afloc.model import AFLoc
-    from afloc.tokenizer import Tokenizer
 
     ck = read_lightning_checkpoint(path)
     sd, dropped = official_to_model_keys(ck.state_dict)
@@ -219,7 +220,6 @@ def _check_shapes(path, model, state: dict[str, torch.Tensor]) -> None:
 # own format
 def save_checkpoint(folder: str | os.PathLike, model, extra: dict[str, Any] | None = None) -> Path:
     """Write ``model.safetensors`` + ``config.json`` + ``tokenizer/`` into ``folder``."""
-    from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -238,10 +238,7 @@ def save_checkpoint(folder: str | os.PathLike, model, extra: dict[str, Any] | No
 
 def load_checkpoint(folder: str | os.PathLike, device: str = "cpu"):
     """Model from a folder written by ``save_checkpoint`` (weights via safetensors, config via JSON)."""
-    from safetensors.torch import load_file
 
-    from afloc.model import AFLoc
-    from afloc.tokenizer import Tokenizer
 
     folder = Path(folder)
     if folder.is_file() and folder.name in (MODEL_FILE, CONFIG_FILE):

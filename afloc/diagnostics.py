@@ -25,10 +25,18 @@ centre of the deep grid, and the prompt dependence of eight finding prompts on `
 
 from __future__ import annotations
 
+import argparse
+import json
+
 import numpy as np
 import torch
 
-from afloc.model import AFLoc
+from afloc.inference import preprocess_image
+from afloc.model import AFLoc, similarity_grid
+from benchmark.dataset import build_dataset
+from benchmark.geometry.afloc import afloc_boxes_mask
+from benchmark.io.images import read_image
+from benchmark.metrics import cnr
 
 
 def unit_saturation(deep: torch.Tensor, units: torch.Tensor, lens: torch.Tensor, threshold: float = 0.99) -> float:
@@ -50,7 +58,6 @@ def contrast_to_noise(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     grid: no smoothing, margin or normalisation, so readouts are compared on equal terms.
 
     ``maps`` [B, h, w] (any scale); ``masks`` [B, h, w] booleans on the same grid."""
-    from benchmark.metrics import cnr
 
     k = masks.bool().flatten(1)
     if not (k.any(1) & ~k.all(1)).all():
@@ -102,7 +109,6 @@ def prompt_dependence(model: AFLoc, images: torch.Tensor, prompts: list[str]) ->
     ``map_correlation``: mean within-image correlation of the heatmaps (raw deep-grid dot products
     with the report embedding) of every pair of ``prompts``; ``embedding_cosine``: mean cosine
     between the prompts' report embeddings."""
-    from afloc.model import similarity_grid
 
     if len(prompts) < 2:
         raise ValueError("prompt_dependence needs at least two prompts")
@@ -129,10 +135,6 @@ def grid_cells(frame_masks: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
 def _box_images(dataset: str, data_root: str | None, limit: int | None):
     """Letterboxed model inputs of a box dataset's samples that have boxes, with their official
     box ground truth in the same 224 frame (``benchmark.geometry.afloc.afloc_boxes_mask``)."""
-    from afloc.inference import preprocess_image
-    from benchmark.dataset import build_dataset
-    from benchmark.geometry.afloc import afloc_boxes_mask
-    from benchmark.io.images import read_image
 
     ds = build_dataset(dataset, data_root)
     samples = [s for s in ds.samples() if s.boxes][:limit]
@@ -150,8 +152,6 @@ def _box_images(dataset: str, data_root: str | None, limit: int | None):
 def main(argv: list[str] | None = None) -> int:
     """``python -m afloc.diagnostics CKPT...``: readout contrast on a box set and prompt dependence,
     one line per checkpoint folder (``untrained`` = the demo recipe's seed weights)."""
-    import argparse
-    import json
 
     ap = argparse.ArgumentParser(prog="python -m afloc.diagnostics", description=main.__doc__)
     ap.add_argument("checkpoints", nargs="+", help="checkpoint folders or files (or 'untrained')")

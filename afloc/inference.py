@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from afloc.model import AFLoc, similarity_grid, zero_shot_probability
+from benchmark.geometry.frames import letterbox_array, parse_geometry
 
 GEOMETRIES = {"letterbox": "letterbox:224", "resize_crop": "resize_crop:224:224"}
 
@@ -37,7 +38,6 @@ def to_model_input(frame: np.ndarray) -> torch.Tensor:
 
 
 def preprocess_image(image: np.ndarray, geometry: str = "letterbox", size: int = 224) -> torch.Tensor:
-    from benchmark.geometry.frames import letterbox_array, parse_geometry
     if image.ndim == 3:
         import cv2
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import BertConfig, BertModel
 
 from afloc.aggregate import TextLevels, aggregate, reduce_layers
 from afloc.config import ModelConfig, TextConfig, VisionConfig
@@ -63,7 +64,6 @@ class ImageEncoder(nn.Module):
 class TextEncoder(nn.Module):
     def __init__(self, cfg: TextConfig):
         super().__init__()
-        from transformers import BertConfig, BertModel
 
         self.cfg = cfg
         if cfg.bert:  # pretrained weights from a local folder (e.g. Bio_ClinicalBERT)

@@ -22,6 +22,13 @@ import time
 import numpy as np
 import torch
 
+from afloc import config
+from afloc.inference import InferenceEngine, preprocess_image
+from afloc.losses import local_loss
+from afloc.model import AFLoc, similarity_grid
+from afloc.tokenizer import Tokenizer
+from benchmark.demo.vocab import ensure_demo_vocab
+
 CAPTION = ("there is a small left pleural effusion. the heart size is normal. "
            "patchy opacity in the right lower lobe concerning for pneumonia")
 PROMPTS = ["Findings suggesting pneumonia.", "small left pleural effusion", "right lower lobe opacity"]
@@ -30,10 +37,6 @@ PROMPTS = ["Findings suggesting pneumonia.", "small left pleural effusion", "rig
 def _model(name: str):
     """``demo``: the demo recipe's model (its preset with the recipe's overrides: 192 input, 4 text
     layers); ``paper``; ``<preset>-preset`` or a preset name: the bare preset."""
-    from afloc import config
-    from afloc.model import AFLoc
-    from afloc.tokenizer import Tokenizer
-    from benchmark.demo.vocab import ensure_demo_vocab
 
     if name == "demo":
         from benchmark.training.config import load_train_config
@@ -100,7 +103,6 @@ RAGGED_WORDS = [93, 61, 67, 41, 48, 46, 39, 44, 37, 31, 28, 23, 20, 18, 17, 12, 
 
 def word_loss_grouping(preset: str, repeats: int) -> dict[str, float]:
     """Word-level local loss, grouped by length vs one padded group, on the preset's shallow grid."""
-    from afloc.losses import local_loss
 
     m = _model(preset).eval()
     with torch.no_grad():
@@ -125,8 +127,6 @@ def word_loss_grouping(preset: str, repeats: int) -> dict[str, float]:
 
 
 def inference_throughput(preset: str, batch: int, repeats: int) -> dict[str, float]:
-    from afloc.inference import InferenceEngine, preprocess_image
-    from afloc.model import similarity_grid
 
     m = _model(preset).eval()
     eng = InferenceEngine(m, "cpu")

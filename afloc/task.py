@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from afloc import config as C
+from afloc.aggregate import TextLevels
+from afloc.checkpoint import save_checkpoint
 from afloc.inference import to_model_input
+from afloc.model import AFLoc, ImageFeatures
+from afloc.tokenizer import Tokenizer
+from benchmark.training.distributed import gather_cat, gather_nograd
 from benchmark.training.task import TrainTask, deep_merge, pair_sum
 
 
@@ -18,11 +26,7 @@ class AFLocTask(TrainTask):
     frame_input = staticmethod(to_model_input)  # letterbox 224, Normalize(0.5, 0.5), 3 channels
 
     def build(self, cfg: Any, tokenizer: Any = None) -> tuple[Any, Any]:
-        import torch
 
-        from afloc import config as C
-        from afloc.model import AFLoc
-        from afloc.tokenizer import Tokenizer
 
         if cfg.preset not in C.PRESETS:
             raise ValueError(f"unknown preset {cfg.preset!r}; expected one of {sorted(C.PRESETS)}")
@@ -63,11 +67,7 @@ class AFLocTask(TrainTask):
 
     def global_terms(self, model: Any, batches: list[dict[str, Any]], autocast: Any, dist_on: bool) -> dict[str, Any]:
         """Features of this rank's chunks, all-gathered with gradients, scored as one global batch."""
-        import torch
 
-        from afloc.aggregate import TextLevels
-        from afloc.model import ImageFeatures
-        from benchmark.training.distributed import gather_cat, gather_nograd
 
         use_word = model.cfg.loss.use_word
         imgs, txts = [], []
@@ -94,6 +94,5 @@ class AFLocTask(TrainTask):
         return {c: pair_sum(terms, c) for c in self.metric_columns}
 
     def save(self, model: Any, folder: Path, extra: dict[str, Any]) -> None:
-        from afloc.checkpoint import save_checkpoint
 
         save_checkpoint(folder, model, extra=extra)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer, BertTokenizerFast
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
 
@@ -59,7 +60,6 @@ class Tokenizer:
     @classmethod
     def from_path(cls, path: str | os.PathLike, max_length: int = 97, lowercase: bool = True) -> Tokenizer:
         """A folder with tokenizer files (e.g. Bio_ClinicalBERT) or a bare ``vocab.txt``."""
-        from transformers import AutoTokenizer, BertTokenizerFast
 
         p = Path(path)
         if p.is_dir():

@@ -201,7 +201,7 @@ def test_two_gloo_processes_equal_one_process_with_two_chunks(tmp_path, negative
 def test_in_memory_image_cache_reads_each_image_once_and_changes_no_weight(tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    import benchmark.io.images as imageio
+    import benchmark.training.data as imageio  # where the trainer's frames are read
 
     pairs = synthetic_pairs(tmp_path / "img", 8)
     tok = tokenizer(tmp_path / "tok")

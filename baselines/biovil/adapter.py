@@ -29,9 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
+from baselines.biovil.model import BioViL, BiovilConfig, BioVilImageModel, CXRBert, encode_text_input, image_input
 from baselines.common.adapter import BaselineAdapter, softmax_pair
+from baselines.common.text_folder import folder_weights, read_json, text_folder, wordpiece_tokenizer
 from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Query, query_texts
+from benchmark.io.checkpoints import CheckpointError, load_checked, read_tensors, state_dict_from
 
 IMAGE_PUBLISHED = ("https://huggingface.co/microsoft/BiomedVLP-CXR-BERT-specialized (revision v1.1, file "
                    "biovil_image_resnet50_proj_size_128.pt)")
@@ -64,9 +69,6 @@ class BioVilAdapter(BaselineAdapter):
     checkpoint_url = IMAGE_PUBLISHED
 
     def load(self, checkpoint: str | None, device: str) -> None:
-        from baselines.biovil.model import BioVilImageModel, CXRBert
-        from baselines.common.text_folder import folder_weights, read_json, text_folder, wordpiece_tokenizer
-        from benchmark.io.checkpoints import load_checked, read_tensors, state_dict_from
 
         if checkpoint is None and not self.opt_bool("random_init"):
             checkpoint = self.demo_checkpoint()
@@ -104,9 +106,6 @@ class BioVilAdapter(BaselineAdapter):
 
     def _load_project(self, folder: Path, device: str) -> None:
         """A checkpoint folder written by ``afloc-bench train biovil`` (``BiovilConfig`` + weights)."""
-        from baselines.biovil.model import BioViL, BiovilConfig
-        from baselines.common.text_folder import read_json, text_folder, wordpiece_tokenizer
-        from benchmark.io.checkpoints import CheckpointError, load_checked, read_tensors
 
         weights = folder / "model.safetensors"
         if not weights.is_file():
@@ -154,12 +153,10 @@ class BioVilAdapter(BaselineAdapter):
         """hi-ml inference transform: min–max to uint8, Resize(512) (shorter side, PIL bilinear),
         CenterCrop(480), ToTensor, 3 channels; no mean/std normalisation. A checkpoint trained here
         sets its own sizes (the demo: 183 / 160), the ones it was trained on."""
-        from baselines.biovil.model import image_input
 
         return image_input(image, self.resize, self.crop)
 
     def encode_images(self, batch: Any) -> dict[str, Any]:
-        import torch
 
         with torch.no_grad():
             patches, glob = self.model(batch.to(self.device))
@@ -169,13 +166,11 @@ class BioVilAdapter(BaselineAdapter):
     def tokenize(self, prompts: Sequence[str]) -> dict[str, Any]:
         """hi-ml ``TextInput``: no special tokens but [MASK], trailing ``!?.`` stripped, padded to the longest
         (``baselines.biovil.model.encode_text_input``, also the training encoding)."""
-        from baselines.biovil.model import encode_text_input
 
         return encode_text_input(self.tokenizer, prompts, self.max_length)
 
     def encode_texts(self, queries: Sequence[Query]) -> Any:
         """Projected [CLS] embeddings [P, 128], not normalised (normalised where they are used)."""
-        import torch
 
         enc = self.tokenize(query_texts(queries))
         with torch.no_grad():
@@ -183,8 +178,6 @@ class BioVilAdapter(BaselineAdapter):
 
     # -- outputs -----------------------------------------------------------------------------
     def similarity_map(self, image_emb: dict[str, Any], text_emb: Any) -> np.ndarray:
-        import torch
-        import torch.nn.functional as F
 
         with torch.no_grad():
             t = F.normalize(text_emb.to(image_emb["patch"].device), dim=-1)
@@ -192,7 +185,6 @@ class BioVilAdapter(BaselineAdapter):
         return maps.float().cpu().numpy()
 
     def cosine(self, image_emb: dict[str, Any], text_emb: Any) -> Any:
-        import torch.nn.functional as F
 
         g = F.normalize(image_emb["global"], dim=-1)
         return (g * F.normalize(text_emb.to(g.device), dim=-1)).sum(-1).double().cpu()
@@ -205,7 +197,6 @@ class BioVilAdapter(BaselineAdapter):
 
 def _project_folder(path: Path) -> Path | None:
     """The folder of a checkpoint written by this project (``config.json`` beside the weights), else None."""
-    from benchmark.io.checkpoints import CheckpointError
 
     folder = path if path.is_dir() else path.parent
     if (folder / "config.json").is_file() and (path.is_dir() or path.suffix == ".safetensors"):

@@ -22,14 +22,25 @@ keeps hi-ml's ResNet-50 layout key for key, so the released image file loads str
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import save_file
+from torchvision.models import resnet50
+from transformers import BertModel
+
+from baselines.common.image_prep import center_crop, pil_resize_shorter, to_gray, to_tensor
+from baselines.common.text_folder import bert_config, call_quietly
+from benchmark.backbones import ResNetBackbone
+from benchmark.io.checkpoints import CheckpointError
 
 JOINT_FEATURE_SIZE = 128
 FORMAT = "afloc-bench/biovil"
@@ -61,7 +72,6 @@ class BiovilConfig:
     @classmethod
     def from_json(cls, data: dict[str, Any], source: Any = None) -> BiovilConfig:
         """The config of a ``config.json``; a file of another format or with unknown fields is refused."""
-        from benchmark.io.checkpoints import CheckpointError
 
         if data.get("format") != FORMAT:
             raise CheckpointError(source, f"expected a BioViL checkpoint config (format {FORMAT!r}), "
@@ -78,7 +88,6 @@ class _ResNetHolder(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        from torchvision.models import resnet50
 
         self.encoder = resnet50(weights=None)
 
@@ -109,7 +118,6 @@ class _BackboneHolder(nn.Module):
 
     def __init__(self, arch: str, width: int) -> None:
         super().__init__()
-        from benchmark.backbones import ResNetBackbone
 
         self.encoder = ResNetBackbone(arch, width)
         self.channels = self.encoder.channels[-1]
@@ -156,9 +164,7 @@ class CXRBert(nn.Module):
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
-        from transformers import BertModel
 
-        from baselines.common.text_folder import bert_config, call_quietly
 
         cfg = {k: v for k, v in config.items() if k != "projection_size"}
         self.config = bert_config(cfg)
@@ -174,7 +180,6 @@ class CXRBert(nn.Module):
 
 def remap_to_uint8(array: Any) -> Any:
     """hi-ml's ``remap_to_uint8``: global min–max to [0, 255], truncated to uint8."""
-    import numpy as np
 
     a = np.asarray(array).astype(float)
     a -= a.min()
@@ -201,7 +206,6 @@ def image_input(image: Any, resize: int = RESIZE, crop: int = CROP, *, share_cha
 
     ``share_channels``: the three channels are one tensor expanded (a third of the memory; the
     training data keeps every input in memory), with the same values."""
-    from baselines.common.image_prep import center_crop, pil_resize_shorter, to_gray, to_tensor
 
     x = center_crop(pil_resize_shorter(remap_to_uint8(to_gray(image)), resize), crop)
     if share_channels:
@@ -245,11 +249,7 @@ def save_checkpoint(model: BioViL, folder: Any, tokenizer_folder: Any = None,
                     extra: dict[str, Any] | None = None) -> None:
     """``model.safetensors`` + ``config.json`` (the format the ``biovil`` adapter loads) in ``folder``, plus
     the vocabulary files of ``tokenizer_folder`` (then the folder loads without ``text_encoder``)."""
-    import json
-    import shutil
-    from pathlib import Path
 
-    from safetensors.torch import save_file
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)

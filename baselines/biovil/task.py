@@ -36,7 +36,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmark.training.task import TrainTask
+import torch
+
+from baselines.biovil.model import BioViL, BiovilConfig, CaptionTokenizer, image_input, save_checkpoint
+from baselines.common.losses import biovil_global_loss
+from baselines.common.text_folder import folder_weights, read_json, text_folder, wordpiece_tokenizer
+from benchmark.backbones import ResNetBackbone, load_pretrained
+from benchmark.io.checkpoints import load_checked
+from benchmark.io.images import read_image
+from benchmark.training.task import TrainTask, deep_merge
 
 # the small BERT of the demo (as AFLoc's demo preset): 2 layers, 64 wide, no dropout
 DEMO_BERT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
@@ -60,11 +68,7 @@ class BiovilTask(TrainTask):
 
     # -- model -----------------------------------------------------------------------------
     def build(self, cfg: Any, tokenizer: Any = None) -> tuple[Any, Any]:
-        import torch
 
-        from baselines.biovil.model import BioViL, BiovilConfig, CaptionTokenizer
-        from baselines.common.text_folder import read_json, text_folder, wordpiece_tokenizer
-        from benchmark.training.task import deep_merge
 
         text_weights = None
         if cfg.preset == "paper":
@@ -106,8 +110,6 @@ class BiovilTask(TrainTask):
 
     def image_fn(self, path: str) -> Any:
         """The adapter's input (``baselines.biovil.model.image_input``) at the model's sizes."""
-        from baselines.biovil.model import image_input
-        from benchmark.io.images import read_image
 
         if self._sizes is None:
             raise RuntimeError("BiovilTask.image_fn before build(): the input sizes come from the model config")
@@ -115,9 +117,7 @@ class BiovilTask(TrainTask):
 
     # -- objective -------------------------------------------------------------------------
     def loss_terms(self, model: Any, batch: dict[str, Any], autocast: Any) -> dict[str, Any]:
-        import torch
 
-        from baselines.common.losses import biovil_global_loss
 
         with autocast:
             _, v = model.image(batch["images"])
@@ -131,7 +131,6 @@ class BiovilTask(TrainTask):
 
     # -- checkpoints -----------------------------------------------------------------------
     def save(self, model: Any, folder: Path, extra: dict[str, Any]) -> None:
-        from baselines.biovil.model import save_checkpoint
 
         folder = Path(folder)
         vocab = getattr(model, "tokenizer_folder", None)
@@ -145,8 +144,6 @@ class BiovilTask(TrainTask):
 def _load_text(model: Any, folder: Path) -> None:
     """CXR-BERT's weights into the text tower; the MLM head is not built, and a folder without the
     projection head (CXR-BERT-general) leaves it at its random initialisation."""
-    from baselines.common.text_folder import folder_weights
-    from benchmark.io.checkpoints import load_checked
 
     load_checked(model.text, folder_weights(folder, "the CXR-BERT weights"), source=folder,
                  expected="CXR-BERT weights for BioViL's text tower",
@@ -157,7 +154,6 @@ def _load_text(model: Any, folder: Path) -> None:
 def _load_vision(model: Any, source: str) -> None:
     """ImageNet (``imagenet``: torchvision's ResNet-50 file from the local cache) or a local state-dict file,
     into the image trunk (hi-ml's ``encoder.encoder``; ``fc`` included, as hi-ml's ImageNet init)."""
-    from benchmark.backbones import ResNetBackbone, load_pretrained
 
     trunk = model.image.encoder.encoder
     if isinstance(trunk, ResNetBackbone):
@@ -177,6 +173,5 @@ def _load_vision(model: Any, source: str) -> None:
         from benchmark.io.checkpoints import read_state_dict
 
         state = read_state_dict(source)
-    from benchmark.io.checkpoints import load_checked
 
     load_checked(trunk, state, source=source, expected="a torchvision ResNet-50 state dict")

@@ -14,9 +14,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
 
+from baselines.chexzero.model import build_clip, letterbox_320, openai_to_open_clip, read_arch, to_model_input
 from baselines.common.adapter import BaselineAdapter, softmax_pair
+from baselines.common.image_prep import to_gray
 from benchmark.adapter import ZEROSHOT_CLS, Query, as_queries, query_texts
+from benchmark.io.checkpoints import load_checked, read_tensors, state_dict_from
 
 PUBLISHED = ("https://github.com/rajpurkarlab/CheXzero (README: Google Drive folder "
              "1makFLiEMbSleYltaRxw81aBhEDMpVwno, e.g. best_64_5e-05_original_22000_0.864.pt)")
@@ -34,10 +40,7 @@ class ChexzeroAdapter(BaselineAdapter):
     checkpoint_url = PUBLISHED
 
     def load(self, checkpoint: str | None, device: str) -> None:
-        import open_clip
 
-        from baselines.chexzero.model import build_clip, openai_to_open_clip, read_arch
-        from benchmark.io.checkpoints import load_checked, read_tensors, state_dict_from
 
         self.checkpoint = checkpoint
         self.style = self.opt_choice("prompt_style", "chexzero", ("chexzero", "given"))
@@ -57,14 +60,10 @@ class ChexzeroAdapter(BaselineAdapter):
 
     # -- images -----------------------------------------------------------------------------
     def preprocess(self, image: np.ndarray) -> Any:
-        from baselines.chexzero.model import letterbox_320, to_model_input
-        from baselines.common.image_prep import to_gray
 
         return to_model_input(letterbox_320(to_gray(image)))
 
     def encode_images(self, batch: Any) -> Any:
-        import torch
-        import torch.nn.functional as F
 
         with torch.no_grad():
             return F.normalize(self.model.encode_image(batch.to(self.device)), dim=-1)
@@ -72,8 +71,6 @@ class ChexzeroAdapter(BaselineAdapter):
     # -- text ------------------------------------------------------------------------------
     def encode_texts(self, queries: Sequence[Query]) -> Any:
         """Normalised text features [P, 512] (sequences longer than 77 tokens are truncated)."""
-        import torch
-        import torch.nn.functional as F
 
         tokens = self.tokenizer(query_texts(queries)).to(self.device)
         with torch.no_grad():
@@ -81,7 +78,6 @@ class ChexzeroAdapter(BaselineAdapter):
 
     def encode_prompt_ensemble(self, queries: Sequence[Query]) -> dict[str, Any]:
         """Mean of normalised prompt embeddings, and CheXzero's own pair for the queries' finding."""
-        import torch
 
         queries = as_queries(queries)
         given = self.encode_texts(queries).mean(0, keepdim=True)
@@ -97,12 +93,10 @@ class ChexzeroAdapter(BaselineAdapter):
     # -- outputs -----------------------------------------------------------------------------
     @staticmethod
     def _cos(img: Any, txt: Any) -> Any:
-        import torch.nn.functional as F
 
         return (img * F.normalize(txt.to(img.device), dim=-1)).sum(-1).double().cpu()
 
     def score(self, image_emb: Any, positive: Any, negative: Any) -> np.ndarray:
-        import torch
 
         if negative is None:
             raise ValueError("chexzero.score needs negative prompts (softmax of positive vs negative)")

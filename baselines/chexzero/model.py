@@ -18,6 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+from PIL import Image
+
+from baselines.common.text_folder import read_json
 
 CXR_MEAN, CXR_STD = 101.48761, 83.43944
 LETTERBOX, INPUT = 320, 224
@@ -32,7 +38,6 @@ VIT_B_32 = {
 
 def build_clip(arch: dict[str, Any] | None = None) -> Any:
     """An open_clip ``CLIP`` from an architecture dict (default: ViT-B/32 with QuickGELU), fp32."""
-    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
     a = arch or VIT_B_32
     return CLIP(embed_dim=int(a["embed_dim"]), vision_cfg=CLIPVisionCfg(**a["vision_cfg"]),
@@ -41,7 +46,6 @@ def build_clip(arch: dict[str, Any] | None = None) -> Any:
 
 def read_arch(path: str | Path) -> dict[str, Any]:
     """An open_clip-format model config (JSON) for non-standard architectures (tests use a tiny one)."""
-    from baselines.common.text_folder import read_json
 
     data = read_json(Path(path))
     for key in ("embed_dim", "vision_cfg", "text_cfg"):
@@ -60,7 +64,6 @@ def openai_to_open_clip(sd: dict[str, Any]) -> dict[str, Any]:
 def letterbox_320(gray: np.ndarray, size: int = LETTERBOX) -> np.ndarray:
     """CheXzero's ``preprocess``: longer side to ``size`` with LANCZOS (sizes ``int(x * ratio)``), pasted
     at ``((size - w) // 2, (size - h) // 2)`` on a black square."""
-    from PIL import Image
 
     img = Image.fromarray(gray)
     w, h = img.size
@@ -74,8 +77,6 @@ def letterbox_320(gray: np.ndarray, size: int = LETTERBOX) -> np.ndarray:
 
 def to_model_input(square: np.ndarray) -> Any:
     """0–255 square → normalised 3×224×224 tensor (bicubic, no antialias)."""
-    import torch
-    import torch.nn.functional as F
 
     x = torch.tensor(np.asarray(square), dtype=torch.float32)[None].repeat(3, 1, 1)
     x = (x - CXR_MEAN) / CXR_STD

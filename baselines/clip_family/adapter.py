@@ -28,8 +28,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
+from PIL import Image
+from sklearn.metrics import balanced_accuracy_score
 
+from baselines.clip_family import loader as clip_loader
+from baselines.saliency import cam
 from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Adapter, Query, flag_option, query_texts
+from benchmark.prompts import classification_prompts
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +70,7 @@ class _ClipAdapter(Adapter):
         self.loaded = None
 
     def load(self, checkpoint: str | None, device: str) -> None:
-        import torch
 
-        from baselines.clip_family import loader as clip_loader
 
         super().load(checkpoint, device)
         if not checkpoint:
@@ -96,13 +100,11 @@ class _ClipAdapter(Adapter):
 
     # -- the contract -------------------------------------------------------
     def preprocess(self, image: np.ndarray):
-        from PIL import Image
 
         self._require()
         return self.loaded.preprocess(Image.fromarray(np.ascontiguousarray(image)).convert("RGB"))
 
     def encode_images(self, batch) -> dict[str, Any]:
-        import torch
 
         self._require()
         x = batch.to(self._device())
@@ -111,7 +113,6 @@ class _ClipAdapter(Adapter):
         return {"x": x, "emb": emb}
 
     def encode_texts(self, queries: Sequence[Query]):
-        import torch
 
         self._require()
         tokens = self.loaded.tokenizer(query_texts(queries)).to(self._device())
@@ -120,13 +121,11 @@ class _ClipAdapter(Adapter):
 
     def encode_prompt_ensemble(self, queries: Sequence[Query]):
         """Mean of the normalised prompt embeddings, renormalised (the CLIP ensembling convention)."""
-        import torch
 
         emb = self.encode_texts(list(queries)).mean(0, keepdim=True)
         return torch.nn.functional.normalize(emb, dim=-1)
 
     def similarity_map(self, image_emb: dict[str, Any], text_emb) -> np.ndarray:
-        from baselines.saliency import cam
 
         self._require()
         method = str(self.options.get("cam_method", "gradcam"))
@@ -141,7 +140,6 @@ class _ClipAdapter(Adapter):
             self._sim.text = None
 
     def score(self, image_emb: dict[str, Any], positive, negative) -> np.ndarray:
-        import torch
 
         img = image_emb["emb"]
         logits = self.loaded.logit_scale * torch.stack([(img * positive).sum(-1), (img * negative).sum(-1)], dim=1)
@@ -149,7 +147,6 @@ class _ClipAdapter(Adapter):
 
     def class_probabilities(self, image_emb: dict[str, Any], class_emb) -> np.ndarray:
         """Softmax over classes of ``logit_scale · cos(img, class)`` → ``[B, K]`` (single-label tasks)."""
-        import torch
 
         logits = self.loaded.logit_scale * image_emb["emb"] @ class_emb.t()
         return torch.softmax(logits, dim=1).detach().cpu().numpy().astype(np.float64)
@@ -203,7 +200,6 @@ def zero_shot_probabilities(adapter: _ClipAdapter, image_emb: dict[str, Any], ca
     ``benchmark.prompts.classification_prompts`` (SICAPv2: "presence of CLASSNAME." with AFLoc's
     class names), as AFLoc's pathology evaluation scores classes: argmax over a softmax.
     """
-    from benchmark.prompts import classification_prompts
 
     rows = [adapter.encode_prompt_ensemble([Query(t, c) for t in classification_prompts(card, c)[0]])
             for c in categories]
@@ -212,6 +208,5 @@ def zero_shot_probabilities(adapter: _ClipAdapter, image_emb: dict[str, Any], ca
 
 def balanced_accuracy(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
     """Mean per-class recall over the classes present in ``y_true`` (the paper's pathology metric)."""
-    from sklearn.metrics import balanced_accuracy_score
 
     return float(balanced_accuracy_score(np.asarray(y_true), np.asarray(y_pred)))

@@ -28,10 +28,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from open_clip.transform import PreprocessCfg, image_transform_v2
+from open_clip.transformer import AttentionalPooler, TextTransformer
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+from transformers import PreTrainedTokenizerFast
 
 from baselines.clip_family.loader import ClipLoadReport, LoadedClip, find_weights
 from benchmark.dataset import DataError
+from benchmark.io.checkpoints import read_state_dict
 
 # conch_ViT-B-16 (the released model)
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -50,8 +55,6 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 class ConchVisual(nn.Module):
     def __init__(self, embed_dim: int, vision_cfg: dict[str, Any]):
         super().__init__()
-        from open_clip.transformer import AttentionalPooler
-        from timm.models.vision_transformer import VisionTransformer
 
         v = {**DEFAULT_CONFIG["vision_cfg"], **vision_cfg}
         self.trunk = VisionTransformer(embed_dim=v["width"], depth=v["layers"], num_heads=v["heads"],
@@ -75,7 +78,6 @@ class Conch(nn.Module):
 
     def __init__(self, config: dict[str, Any] | None = None):
         super().__init__()
-        from open_clip.transformer import TextTransformer
 
         cfg = {**DEFAULT_CONFIG, **(config or {})}
         t = {**DEFAULT_CONFIG["text_cfg"], **cfg.get("text_cfg", {})}
@@ -99,7 +101,6 @@ class ConchTokenizer:
     """CONCH's byte-level BPE: ``<start_of_text> … <end_of_text>``, padded to 127, plus a pad slot."""
 
     def __init__(self, tokenizer_file: Path, context_length: int = 128):
-        from transformers import PreTrainedTokenizerFast
 
         self.tok = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file), bos_token="<start_of_text>",
                                            eos_token="<end_of_text>", pad_token="<pad>")
@@ -113,7 +114,6 @@ class ConchTokenizer:
 
 
 def load_conch(folder: Path) -> LoadedClip:
-    from open_clip.transform import PreprocessCfg, image_transform_v2
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -128,7 +128,6 @@ def load_conch(folder: Path) -> LoadedClip:
     cfg_path = folder / "conch_config.json"
     config = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
     model = Conch(config)
-    from benchmark.io.checkpoints import read_state_dict
 
     sd = read_state_dict(weights)
     sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}

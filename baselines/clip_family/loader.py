@@ -38,10 +38,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import open_clip
 import torch
+from open_clip.transform import PreprocessCfg, image_transform_v2
 from torch import nn
 
+from baselines.saliency.cam import vit_reshape
 from benchmark.dataset import DataError
+from benchmark.io.checkpoints import read_tensors
 
 WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
                 "open_clip_pytorch_model.pth", "model.safetensors", "pytorch_model.bin", "pytorch_model.pth",
@@ -119,7 +123,6 @@ def register_model_cfg(model_cfg: dict[str, Any]) -> str:
     open_clip only builds architectures it has a JSON file for, so the config is written (once,
     atomically) to a shared folder named by its hash and added to open_clip's registry.
     """
-    import open_clip
 
     blob = json.dumps(model_cfg, sort_keys=True)
     name = "afloc_local_" + hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -168,10 +171,8 @@ def _tokenizer_dir(folder: Path, text_dir: Path | None) -> Path | None:
 
 def _build_open_clip(model_cfg: dict[str, Any], weights: Path, preprocess_cfg: dict[str, Any],
                      report: ClipLoadReport) -> LoadedClip:
-    import open_clip
 
     name = register_model_cfg(model_cfg)
-    from open_clip.transform import PreprocessCfg, image_transform_v2
 
     with hub_offline():
         model = open_clip.create_model(name, pretrained=None, pretrained_image=False, pretrained_text=False,
@@ -230,7 +231,6 @@ def load_open_clip_folder(folder: Path) -> LoadedClip:
 
 
 def load_open_clip_file(path: Path, arch: str) -> LoadedClip:
-    import open_clip
 
     report = ClipLoadReport(str(path), f"weights file for open_clip architecture {arch}")
     if arch.endswith(".json") and Path(arch).is_file():
@@ -302,13 +302,11 @@ def hf_clip_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def load_hf_clip_folder(folder: Path) -> LoadedClip:
-    import open_clip
 
     hf = json.loads((folder / "config.json").read_text())
     weights = next((folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()), None)
     if weights is None:
         raise DataError(folder, "Hugging Face CLIP folder without model.safetensors or pytorch_model.bin")
-    from benchmark.io.checkpoints import read_tensors
 
     sd = read_tensors(weights, expected="Hugging Face CLIP weights")
     try:
@@ -330,7 +328,6 @@ def load_hf_clip_folder(folder: Path) -> LoadedClip:
     size = model_cfg["vision_cfg"]["image_size"]
     pcfg = {"size": size, "mean": open_clip.OPENAI_DATASET_MEAN, "std": open_clip.OPENAI_DATASET_STD,
             "interpolation": "bicubic", "resize_mode": "shortest"}
-    from open_clip.transform import PreprocessCfg, image_transform_v2
 
     preprocess = image_transform_v2(PreprocessCfg(**pcfg), is_train=False)
     tokenizer = open_clip.SimpleTokenizer(context_length=model_cfg["text_cfg"]["context_length"])
@@ -386,7 +383,6 @@ def cam_target(visual: nn.Module) -> tuple[nn.Module, Callable | None, str]:
     ViTs: the input LayerNorm of the last transformer block (patch tokens, CLS dropped);
     ResNets: the last bottleneck of ``layer4``.
     """
-    from baselines.saliency.cam import vit_reshape
 
     trunk = getattr(visual, "trunk", None)
     if trunk is not None and hasattr(trunk, "blocks"):  # timm ViT (BiomedCLIP, CONCH)

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+import torch
+
 from benchmark.adapter import Adapter, flag_option
+from benchmark.io.checkpoints import need_file
 
 
 class BaselineAdapter(Adapter):
@@ -46,7 +50,6 @@ class BaselineAdapter(Adapter):
     # -- loading --------------------------------------------------------------------------
     def wants_random_init(self, checkpoint: str | None) -> bool:
         """True when the model is to be built without weights; otherwise the checkpoint must exist."""
-        from benchmark.io.checkpoints import need_file
 
         if self.opt_bool("random_init"):
             return True
@@ -55,13 +58,11 @@ class BaselineAdapter(Adapter):
         return False
 
     def seed_init(self) -> None:
-        import torch
 
         torch.manual_seed(int(self.opt("seed", 0)))
 
     def place(self, model: Any, device: str) -> Any:
         """Move to ``device`` in eval mode (the official inference paths are compared in eval mode)."""
-        import torch
 
         self.device = str(device or "cpu")
         if self.device == "auto":
@@ -80,7 +81,6 @@ class BaselineAdapter(Adapter):
 
 def softmax_pair(pos: Any, neg: Any) -> Any:
     """P(positive) from two scores: exp(p) / (exp(p) + exp(n)), computed stably (numpy or torch)."""
-    import numpy as np
 
     try:
         import torch

@@ -8,7 +8,10 @@ declared by each adapter's ``input_geometry`` and handled by ``benchmark.geometr
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
+import torch
+from PIL import Image
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:
@@ -25,7 +28,6 @@ def to_gray(image: np.ndarray) -> np.ndarray:
 def gloria_letterbox(img: np.ndarray, scale: int) -> np.ndarray:
     """GLoRIA's ``_resize_img``: longer side to ``scale`` (other side ``int()``-truncated) with
     INTER_AREA, then centred zero padding (floor before, ceil after) to ``scale``×``scale``."""
-    import cv2
 
     h, w = img.shape[:2]
     if h >= w:  # taller (ties count as taller, as ``size.index(max)`` picks axis 0)
@@ -57,7 +59,6 @@ def center_crop(img: np.ndarray, size: int) -> np.ndarray:
 def pil_resize_shorter(img: np.ndarray, size: int) -> np.ndarray:
     """torchvision ``Resize(size)`` on a PIL image: shorter side to ``size``, the other ``int(size*long/short)``,
     PIL bilinear (with PIL's antialiasing)."""
-    from PIL import Image
 
     h, w = img.shape[:2]
     if h <= w:
@@ -71,7 +72,6 @@ def pil_resize_shorter(img: np.ndarray, size: int) -> np.ndarray:
 
 def pil_resize_exact(img: np.ndarray, height: int, width: int, resample: str = "bilinear") -> np.ndarray:
     """torchvision ``Resize([h, w])`` on a PIL image (aspect ratio not kept)."""
-    from PIL import Image
 
     mode = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[resample]
     return np.asarray(Image.fromarray(img).resize((width, height), mode))
@@ -79,7 +79,6 @@ def pil_resize_exact(img: np.ndarray, height: int, width: int, resample: str = "
 
 def to_tensor(img: np.ndarray, mean: tuple[float, ...] | None, std: tuple[float, ...] | None, channels: int = 3):
     """``ToTensor`` (uint8 → [0, 1]) of a gray image replicated to ``channels``, then ``Normalize``."""
-    import torch
 
     x = torch.tensor(np.asarray(img), dtype=torch.float32).div(255.0)
     if x.ndim == 2:

@@ -17,6 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from transformers import (
+    BertConfig,
+    BertTokenizer,
+    RobertaConfig,
+    RobertaTokenizer,
+    RobertaTokenizerFast,  # pragma: no cover - transformers 4.x
+)
+
 from benchmark.io.checkpoints import CheckpointError, need_file, read_tensors
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -47,7 +55,6 @@ def read_json(path: Path) -> dict[str, Any]:
 
 def bert_config(cfg: dict[str, Any], **overrides: Any):
     """A transformers ``BertConfig`` from a config dict (eager attention, hidden states returned)."""
-    from transformers import BertConfig
 
     keep = {k: v for k, v in cfg.items()
             if k not in ("architectures", "auto_map", "model_type", "transformers_version")}
@@ -57,7 +64,6 @@ def bert_config(cfg: dict[str, Any], **overrides: Any):
 
 
 def roberta_config(cfg: dict[str, Any], **overrides: Any):
-    from transformers import RobertaConfig
 
     keep = {k: v for k, v in cfg.items()
             if k not in ("architectures", "auto_map", "model_type", "transformers_version")}
@@ -77,7 +83,6 @@ def wordpiece_tokenizer(folder: Path, do_lower_case: bool | None = None):
     Without a tokenizer_config.json the transformers default (lower-case) applies, as it did for
     the official code loading the same folder.
     """
-    from transformers import BertTokenizer
 
     vocab = folder / "vocab.txt"
     if not vocab.is_file():
@@ -111,14 +116,12 @@ def save_wordpiece(tokenizer: Any, folder: Path) -> None:
 
 def bpe_tokenizer(folder: Path):
     """RoBERTa byte-level BPE tokenizer from ``vocab.json`` + ``merges.txt``."""
-    from transformers import RobertaTokenizer
 
     for f in ("vocab.json", "merges.txt"):
         if not (folder / f).is_file():
             raise CheckpointError(folder, f"missing {f} (the byte-level BPE files of the text encoder)")
     if "vocab" in inspect.signature(RobertaTokenizer.__init__).parameters:
         return RobertaTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"))
-    from transformers import RobertaTokenizerFast  # pragma: no cover - transformers 4.x
 
     return RobertaTokenizerFast(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"))
 

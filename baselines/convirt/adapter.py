@@ -29,9 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
 
 from baselines.common.adapter import BaselineAdapter, softmax_pair
+from baselines.common.text_folder import bpe_tokenizer, read_json, text_folder, wordpiece_tokenizer
+from baselines.convirt.model import FORMAT, VILMEDIC_RENAMES, CaptionTokenizer, ConVIRT, ConvirtConfig, image_input
 from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Query, query_texts
+from benchmark.io.checkpoints import CheckpointError, apply_rename, load_checked, read_tensors, state_dict_from
 
 PUBLISHED = ("no official weights exist; ViLMedic model zoo `selfsup/convirt-mimic` (Google Drive id "
              "1py2k6kFO1tbSlHroAKmHjOnayIakOtMm, listed in jbdel/vilmedic vilmedic/zoo/modeling_auto.py), or a "
@@ -58,9 +64,6 @@ class ConvirtAdapter(BaselineAdapter):
     checkpoint_url = PUBLISHED
 
     def load(self, checkpoint: str | None, device: str) -> None:
-        from baselines.common.text_folder import bpe_tokenizer, read_json, text_folder, wordpiece_tokenizer
-        from baselines.convirt.model import VILMEDIC_RENAMES, CaptionTokenizer, ConVIRT, ConvirtConfig
-        from benchmark.io.checkpoints import apply_rename, load_checked, read_tensors, state_dict_from
 
         if checkpoint is None and not self.opt_bool("random_init"):
             checkpoint = self.demo_checkpoint()
@@ -111,12 +114,10 @@ class ConvirtAdapter(BaselineAdapter):
     # -- images -----------------------------------------------------------------------------
     def preprocess(self, image: np.ndarray) -> Any:
         """ViLMedic evaluation transform: Resize((224, 224)) (PIL bilinear), ToTensor, ImageNet normalisation."""
-        from baselines.convirt.model import image_input
 
         return image_input(image)
 
     def encode_images(self, batch: Any) -> dict[str, Any]:
-        import torch
 
         with torch.no_grad():
             g, dense = self.model.encode_image(batch.to(self.device))
@@ -128,7 +129,6 @@ class ConvirtAdapter(BaselineAdapter):
         return self.tokenizer(list(prompts))
 
     def encode_texts(self, queries: Sequence[Query]) -> Any:
-        import torch
 
         enc = self.tokenize(query_texts(queries))
         with torch.no_grad():
@@ -136,8 +136,6 @@ class ConvirtAdapter(BaselineAdapter):
 
     # -- outputs -----------------------------------------------------------------------------
     def similarity_map(self, image_emb: dict[str, Any], text_emb: Any) -> np.ndarray:
-        import torch
-        import torch.nn.functional as F
 
         with torch.no_grad():
             d = F.normalize(image_emb["dense"], dim=-1)
@@ -145,7 +143,6 @@ class ConvirtAdapter(BaselineAdapter):
             return torch.einsum("bhwd,bd->bhw", d, t).float().cpu().numpy()
 
     def cosine(self, image_emb: dict[str, Any], text_emb: Any) -> Any:
-        import torch.nn.functional as F
 
         g = image_emb["global"]
         return F.cosine_similarity(g, text_emb.to(g.device), dim=-1, eps=1e-8).double().cpu()
@@ -167,9 +164,6 @@ def _project_folder(path: Path) -> Path | None:
 
 def _resolve(path: Path, kind: str, text_cfg: dict[str, Any]) -> tuple[Path, Any, str]:
     """(weights file, ConvirtConfig, format name) for a project folder/file or a ViLMedic ``.pth``."""
-    from baselines.common.text_folder import read_json
-    from baselines.convirt.model import FORMAT, ConvirtConfig
-    from benchmark.io.checkpoints import CheckpointError
 
     folder = path if path.is_dir() else path.parent
     if (folder / "config.json").is_file() and (path.is_dir() or path.suffix == ".safetensors"):
@@ -197,9 +191,7 @@ def _resolve(path: Path, kind: str, text_cfg: dict[str, Any]) -> tuple[Path, Any
 
 def _apply_vilmedic_yaml(cfg: Any, path: Path) -> None:
     """Projection size, tokenizer length and report cleaning from a ViLMedic ``config.yml`` (safe YAML)."""
-    import yaml
 
-    from benchmark.io.checkpoints import CheckpointError
 
     try:
         data = yaml.safe_load(path.read_text()) or {}

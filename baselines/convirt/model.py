@@ -19,12 +19,21 @@ heatmap grid. The default (``vision_arch`` None) keeps the ViLMedic layout key f
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
+from safetensors.torch import save_file
+from torchvision.models import resnet50
+
+from baselines.common.image_prep import IMAGENET_MEAN, IMAGENET_STD, pil_resize_exact, to_gray, to_tensor
+from baselines.common.text_folder import bert_config, call_quietly, roberta_config
+from benchmark.backbones import ResNetBackbone
 
 FORMAT = "afloc-bench/convirt"
 TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "vocab.json", "merges.txt")
@@ -68,7 +77,6 @@ class _Visual(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        from torchvision.models import resnet50
 
         net = resnet50(weights=None)
         children = []
@@ -89,7 +97,6 @@ class _BackboneVisual(nn.Module):
 
     def __init__(self, arch: str, width: int) -> None:
         super().__init__()
-        from benchmark.backbones import ResNetBackbone
 
         self.model = ResNetBackbone(arch, width)
         self.channels = self.model.channels[-1]
@@ -103,7 +110,6 @@ class _BackboneVisual(nn.Module):
 class _Linguistic(nn.Module):
     def __init__(self, cfg: ConvirtConfig) -> None:
         super().__init__()
-        from baselines.common.text_folder import bert_config, call_quietly, roberta_config
 
         if cfg.text_kind == "roberta":
             from transformers import RobertaModel
@@ -215,7 +221,6 @@ def r2gen_clean(text: str) -> str:
 def image_input(image: Any) -> torch.Tensor:
     """ViLMedic's evaluation transform (the adapter's input, and the training input of this project):
     gray, ``Resize((224, 224))`` (PIL bilinear, aspect ratio not kept), ToTensor, ImageNet normalisation."""
-    from baselines.common.image_prep import IMAGENET_MEAN, IMAGENET_STD, pil_resize_exact, to_gray, to_tensor
 
     return to_tensor(pil_resize_exact(to_gray(image), 224, 224), IMAGENET_MEAN, IMAGENET_STD)
 
@@ -239,11 +244,7 @@ def save_checkpoint(model: ConVIRT, folder: Any, tokenizer_folder: Any = None,
                     extra: dict[str, Any] | None = None) -> None:
     """Write ``model.safetensors`` + ``config.json`` (the format ``convirt`` loads) into ``folder``,
     plus the tokenizer files of ``tokenizer_folder`` (then the folder loads without ``text_encoder``)."""
-    import json
-    import shutil
-    from pathlib import Path
 
-    from safetensors.torch import save_file
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmark.training.task import TrainTask
+import torch
+
+from baselines.common.losses import convirt_loss
+from baselines.common.text_folder import folder_weights, read_json, text_folder, wordpiece_tokenizer
+from baselines.convirt.model import (
+    CaptionTokenizer,
+    ConVIRT,
+    ConvirtConfig,
+    _BackboneVisual,
+    image_input,
+    save_checkpoint,
+)
+from benchmark.backbones import ARCHS, ResNetBackbone, load_pretrained
+from benchmark.io.checkpoints import load_checked, strip_prefix
+from benchmark.io.images import read_image
+from benchmark.training.task import TrainTask, deep_merge
 
 # the small BERT of the demo (as AFLoc's demo preset): 2 layers, 64 wide, no dropout
 DEMO_BERT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
@@ -51,7 +66,6 @@ def trunk_channels(arch: str | None, width: int) -> int:
     """Channels of the pooled ``layer4`` output (ViLMedic's ResNet-50 when ``arch`` is None)."""
     if arch is None:
         return 2048
-    from benchmark.backbones import ARCHS
 
     if arch not in ARCHS:
         raise ValueError(f"unknown vision_arch {arch!r}; expected one of {sorted(ARCHS)}")
@@ -66,11 +80,7 @@ class ConvirtTask(TrainTask):
 
     # -- model -----------------------------------------------------------------------------
     def build(self, cfg: Any, tokenizer: Any = None) -> tuple[Any, Any]:
-        import torch
 
-        from baselines.common.text_folder import read_json, text_folder, wordpiece_tokenizer
-        from baselines.convirt.model import CaptionTokenizer, ConVIRT, ConvirtConfig
-        from benchmark.training.task import deep_merge
 
         bert_weights = None
         if cfg.preset == "paper":
@@ -113,14 +123,11 @@ class ConvirtTask(TrainTask):
 
     def image_fn(self, path: str) -> Any:
         """The adapter's input (``baselines.convirt.model.image_input``) of the image file."""
-        from baselines.convirt.model import image_input
-        from benchmark.io.images import read_image
 
         return image_input(read_image(path, "gray"))
 
     # -- objective -------------------------------------------------------------------------
     def loss_terms(self, model: Any, batch: dict[str, Any], autocast: Any) -> dict[str, Any]:
-        from baselines.common.losses import convirt_loss
 
         c = model.cfg
         with autocast:
@@ -134,7 +141,6 @@ class ConvirtTask(TrainTask):
 
     # -- checkpoints -----------------------------------------------------------------------
     def save(self, model: Any, folder: Path, extra: dict[str, Any]) -> None:
-        from baselines.convirt.model import save_checkpoint
 
         folder = Path(folder)
         vocab = getattr(model, "tokenizer_folder", None)
@@ -147,8 +153,6 @@ class ConvirtTask(TrainTask):
 
 def _load_bert(model: Any, folder: Path) -> None:
     """Bio_ClinicalBERT's weights into the text encoder (``bert.`` prefix and MLM heads as published)."""
-    from baselines.common.text_folder import folder_weights
-    from benchmark.io.checkpoints import load_checked, strip_prefix
 
     sd = strip_prefix(folder_weights(folder, "BERT weights"), "bert.")
     load_checked(model.linguistic.encoder, sd, source=folder, expected="BERT weights for ConVIRT's text encoder",
@@ -161,8 +165,6 @@ _SEQUENTIAL_INDEX = {"conv1": "0", "bn1": "1", "layer1": "4", "layer2": "5", "la
 
 def _load_vision(model: Any, source: str) -> None:
     """ImageNet (``imagenet``: torchvision's file from the local cache) or a local state-dict file."""
-    from baselines.convirt.model import _BackboneVisual
-    from benchmark.backbones import ResNetBackbone, load_pretrained
 
     visual = model.visual
     if isinstance(visual, _BackboneVisual):

@@ -25,9 +25,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from baselines.common.adapter import BaselineAdapter, softmax_pair
+from baselines.common.text_folder import read_json, text_folder, wordpiece_tokenizer
+from baselines.gloria.model import (
+    Gloria,
+    GloriaConfig,
+    TokenTables,
+    char_cap_len,
+    encode_captions,
+    global_similarity,
+    image_input,
+    local_feature_map,
+    local_similarity,
+    word_attention_map,
+)
 from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Query, query_texts
+from benchmark.io.checkpoints import CheckpointError, load_checked, load_lightning_checkpoint, read_tensors
 
 PUBLISHED = "https://stanfordmedicine.box.com/s/j5h7q99f3pfi7enc0dom73m4nsm6yzvh (GLoRIA README)"
 TEXT_PUBLISHED = "https://huggingface.co/emilyalsentzer/Bio_ClinicalBERT (config.json and vocab.txt)"
@@ -54,7 +69,6 @@ class GloriaAdapter(BaselineAdapter):
     checkpoint_url = PUBLISHED
 
     def load(self, checkpoint: str | None, device: str) -> None:
-        from baselines.gloria.model import TokenTables
 
         self.heatmap = self.opt_choice("heatmap", "attention", ("attention", "dot"))
         self.keep_short = self.opt_bool("keep_short_sentences", False)
@@ -80,9 +94,6 @@ class GloriaAdapter(BaselineAdapter):
 
     def _load_official(self, checkpoint: str | None) -> tuple[Any, Any]:
         """The official Lightning file (or random weights) with the Bio_ClinicalBERT folder."""
-        from baselines.common.text_folder import read_json, text_folder, wordpiece_tokenizer
-        from baselines.gloria.model import Gloria, GloriaConfig
-        from benchmark.io.checkpoints import load_checked, load_lightning_checkpoint
 
         folder = text_folder(self.opt("text_encoder"), "Bio_ClinicalBERT", TEXT_PUBLISHED,
                              files=("config.json", "vocab.txt"))
@@ -111,12 +122,10 @@ class GloriaAdapter(BaselineAdapter):
     # -- images -----------------------------------------------------------------------------
     def preprocess(self, image: np.ndarray) -> Any:
         """cv2 gray → letterbox to 256 (INTER_AREA) → centre crop 224 → [-1, 1] ('half' normalisation)."""
-        from baselines.gloria.model import image_input
 
         return image_input(image, self.cfg)
 
     def encode_images(self, batch: Any) -> dict[str, Any]:
-        import torch
 
         with torch.no_grad():
             g, loc = self.model.img_encoder(batch.to(self.device))
@@ -124,9 +133,7 @@ class GloriaAdapter(BaselineAdapter):
 
     # -- text ------------------------------------------------------------------------------
     def tokenize(self, prompts: Sequence[str]) -> dict[str, Any]:
-        import torch
 
-        from baselines.gloria.model import char_cap_len, encode_captions
 
         out = encode_captions(self.tokenizer, self.tables, list(prompts), self.cfg.word_num, self.keep_short)
         out["char_len"] = torch.tensor([char_cap_len(p) for p in prompts], dtype=torch.long)
@@ -134,7 +141,6 @@ class GloriaAdapter(BaselineAdapter):
 
     def encode_texts(self, queries: Sequence[Query]) -> dict[str, Any]:
         """Rows of one prompt each: words [P,1,D,97], sent [P,1,D], cap_len/char_len/valid [P,1]."""
-        import torch
 
         prompts = query_texts(queries)
         t = self.tokenize(prompts)
@@ -153,7 +159,6 @@ class GloriaAdapter(BaselineAdapter):
     @staticmethod
     def concat(embs: Sequence[Any]) -> Any:
         """Rows with different prompt counts are padded (``valid`` marks the real prompts)."""
-        import torch
 
         if not isinstance(embs[0], dict) or "valid" not in embs[0]:
             return BaselineAdapter.concat(embs)
@@ -170,9 +175,7 @@ class GloriaAdapter(BaselineAdapter):
 
     # -- outputs -----------------------------------------------------------------------------
     def similarity_map(self, image_emb: dict[str, Any], text_emb: dict[str, Any]) -> np.ndarray:
-        import torch
 
-        from baselines.gloria.model import local_feature_map, word_attention_map
 
         loc = image_emb["local"]
         with torch.no_grad():
@@ -185,9 +188,7 @@ class GloriaAdapter(BaselineAdapter):
 
     def similarities(self, image_emb: dict[str, Any], text_emb: dict[str, Any]) -> Any:
         """Official combined similarity (local + global) / 2 per paired row and prompt: [B, K]."""
-        import torch
 
-        from baselines.gloria.model import global_similarity, local_similarity
 
         loc, g = image_emb["local"], image_emb["global"]
         B, K = text_emb["valid"].shape
@@ -214,9 +215,6 @@ class GloriaAdapter(BaselineAdapter):
 
 def load_folder(folder: Path) -> tuple[Any, Any, Any]:
     """(model, WordPiece tokenizer, key report) of a checkpoint folder written by ``GloriaTask.save``."""
-    from baselines.common.text_folder import read_json, wordpiece_tokenizer
-    from baselines.gloria.model import Gloria, GloriaConfig
-    from benchmark.io.checkpoints import CheckpointError, load_checked, read_tensors
 
     expected = f"a GLoRIA checkpoint folder (config.json of format {FOLDER_FORMAT!r}, model.safetensors, vocab.txt)"
     cfg_path = folder / "config.json"

@@ -30,6 +30,19 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from transformers import BertModel
+
+from baselines.common.image_prep import (
+    HALF,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    center_crop,
+    gloria_letterbox,
+    to_gray,
+    to_tensor,
+)
+from baselines.common.text_folder import bert_config, call_quietly
+from benchmark.backbones import ARCHS
 
 WORD_NUM = 97
 OFFICIAL_VISION = "resnet_50"  # the official name: torchvision's ResNet-50
@@ -158,9 +171,7 @@ class TextEncoder(nn.Module):
 
     def __init__(self, cfg: GloriaConfig):
         super().__init__()
-        from transformers import BertModel
 
-        from baselines.common.text_folder import bert_config, call_quietly
 
         self.cfg = cfg
         self.model = call_quietly(lambda: BertModel(bert_config(cfg.bert)))
@@ -199,7 +210,6 @@ class Gloria(nn.Module):
 
     def __init__(self, cfg: GloriaConfig):
         super().__init__()
-        from benchmark.backbones import ARCHS
 
         if cfg.vision_model != OFFICIAL_VISION and cfg.vision_model not in ARCHS:
             raise ValueError(f"GLoRIA vision model {cfg.vision_model!r} is not supported (official: resnet_50; the "
@@ -304,15 +314,6 @@ class CaptionTokenizer:
 def image_input(image: np.ndarray, cfg: GloriaConfig) -> torch.Tensor:
     """The official test transform: gray → letterbox to ``imsize`` (INTER_AREA) → centre crop
     ``crop_size`` → [-1, 1] ('half') or ImageNet normalisation; 3 equal channels."""
-    from baselines.common.image_prep import (
-        HALF,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        center_crop,
-        gloria_letterbox,
-        to_gray,
-        to_tensor,
-    )
 
     x = gloria_letterbox(to_gray(image), cfg.imsize)
     if cfg.crop_size:

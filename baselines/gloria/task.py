@@ -31,7 +31,17 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from benchmark.training.task import TrainTask, pair_sum
+import torch
+from safetensors.torch import save_file
+
+from baselines.common.losses import gloria_loss
+from baselines.common.text_folder import folder_weights, read_json, text_folder, wordpiece_tokenizer
+from baselines.gloria.adapter import FOLDER_FORMAT
+from baselines.gloria.model import CaptionTokenizer, Gloria, GloriaConfig, image_input
+from benchmark.backbones import ResNetBackbone, load_pretrained
+from benchmark.io.checkpoints import load_checked, strip_prefix
+from benchmark.io.images import read_image
+from benchmark.training.task import TrainTask, deep_merge, pair_sum
 
 # the small BERT of the demo (as AFLoc's demo preset): 2 layers, 64 wide, no dropout
 DEMO_BERT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
@@ -54,11 +64,7 @@ class GloriaTask(TrainTask):
 
     # -- model -----------------------------------------------------------------------------
     def build(self, cfg: Any, tokenizer: Any = None) -> tuple[Any, Any]:
-        import torch
 
-        from baselines.common.text_folder import read_json, text_folder, wordpiece_tokenizer
-        from baselines.gloria.model import CaptionTokenizer, Gloria, GloriaConfig
-        from benchmark.training.task import deep_merge
 
         bert_weights = None
         if cfg.preset == "paper":
@@ -98,14 +104,11 @@ class GloriaTask(TrainTask):
 
     def image_fn(self, path: str) -> Any:
         """The adapter's input for this model's config (``baselines.gloria.model.image_input``)."""
-        from baselines.gloria.model import GloriaConfig, image_input
-        from benchmark.io.images import read_image
 
         return image_input(read_image(path, "gray"), self._input_cfg or GloriaConfig())
 
     # -- objective -------------------------------------------------------------------------
     def loss_terms(self, model: Any, batch: dict[str, Any], autocast: Any) -> dict[str, Any]:
-        from baselines.common.losses import gloria_loss
 
         c = model.cfg
         with autocast:
@@ -122,9 +125,7 @@ class GloriaTask(TrainTask):
 
     # -- checkpoints -----------------------------------------------------------------------
     def save(self, model: Any, folder: Path, extra: dict[str, Any]) -> None:
-        from safetensors.torch import save_file
 
-        from baselines.gloria.adapter import FOLDER_FORMAT
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -145,8 +146,6 @@ class GloriaTask(TrainTask):
 
 def _load_bert(model: Any, folder: Path) -> None:
     """Bio_ClinicalBERT's weights into the text encoder (``bert.`` prefix and MLM heads as published)."""
-    from baselines.common.text_folder import folder_weights
-    from benchmark.io.checkpoints import load_checked, strip_prefix
 
     sd = strip_prefix(folder_weights(folder, "BERT weights"), "bert.")
     load_checked(model.text_encoder.model, sd, source=folder, expected="BERT weights for GLoRIA's text encoder",
@@ -155,7 +154,6 @@ def _load_bert(model: Any, folder: Path) -> None:
 
 def _load_vision(model: Any, source: str) -> None:
     """ImageNet (``imagenet``, torchvision's file from the local cache) or a local state-dict file."""
-    from benchmark.backbones import ResNetBackbone, load_pretrained
 
     trunk = model.img_encoder.model
     if isinstance(trunk, ResNetBackbone):

@@ -44,6 +44,9 @@ import numpy as np
 
 from benchmark.adapter import GROUNDING, Adapter
 from benchmark.dataset import DataError
+from benchmark.datasets.chexlocalize.loader import LOCALIZATION_TASKS, SCOPE, cxr_id_of, read_segmentations
+from benchmark.geometry.rasterize import decode_rle
+from benchmark.pathologies import canonical_name
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +56,6 @@ POINTS_FORMAT = "{cxr_id: {task: [[x, y], ...]}} with x, y finite numbers in nat
 
 def read_salient_points(path: str | Path) -> dict[tuple[str, str], list[tuple[float, float]]]:
     """``hb_salient_pt_test.json`` → ``{(cxr_id, canonical task): [(x, y), ...]}``, every entry checked."""
-    from benchmark.datasets.chexlocalize.loader import LOCALIZATION_TASKS, SCOPE
-    from benchmark.pathologies import canonical_name
 
     path = Path(path)
     try:
@@ -92,8 +93,6 @@ def read_salient_points(path: str | Path) -> dict[tuple[str, str], list[tuple[fl
 
 def _cxr_task(sample: Any) -> tuple[str, str]:
     """(CXR id, CheXlocalize task) of a sample: the keys of the human-benchmark files."""
-    from benchmark.datasets.chexlocalize.loader import SCOPE, cxr_id_of
-    from benchmark.pathologies import canonical_name
 
     cid = (sample.meta or {}).get("cxr_id") or cxr_id_of(sample.image_path)
     return cid, canonical_name(sample.category, scope=SCOPE)
@@ -119,7 +118,6 @@ class HumanBenchmark(Adapter):
         self.points_outside = 0
 
     def load(self, checkpoint: str | None, device: str) -> None:
-        from benchmark.datasets.chexlocalize.loader import read_segmentations
 
         path = checkpoint or self.options.get("hb_path")
         if not path:
@@ -162,7 +160,6 @@ class HumanBenchmark(Adapter):
     def similarity_map_for_samples(self, samples: Sequence[Any],
                                    image_sizes: Sequence[tuple[int, int] | None] | None = None) -> list[np.ndarray]:
         """One float32 map per sample at the image's native size: the human mask (1 in, 0 out)."""
-        from benchmark.geometry.rasterize import decode_rle
         if self.masks is None:
             raise RuntimeError("human_benchmark: call load() first")
         sizes = list(image_sizes) if image_sizes is not None else [None] * len(samples)

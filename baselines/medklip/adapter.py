@@ -28,13 +28,43 @@ Checkpoints (``--ckpt medklip=PATH``):
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from transformers import BertModel
 
 from baselines.common.adapter import BaselineAdapter
+from baselines.common.text_folder import (
+    bert_config,
+    call_quietly,
+    folder_weights,
+    read_json,
+    text_folder,
+    wordpiece_tokenizer,
+)
+from baselines.medklip.model import (
+    ENTITIES,
+    MedKLIP,
+    MedKLIPConfig,
+    cls_embeddings,
+    preprocess_image,
+    read_descriptions,
+    tokenize_cls_only,
+)
 from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Query, as_queries
+from benchmark.io.checkpoints import (
+    CheckpointError,
+    load_checked,
+    need_file,
+    read_tensors,
+    state_dict_from,
+    strip_prefix,
+)
 
 PUBLISHED = ("https://github.com/MediaBrain-SJTU/MedKLIP (checkpoints/README.md: Google Drive folder "
              "1HBShH7J_pO8onkzuweDgDq2QPqj6zjG_, file checkpoint_final.pth)")
@@ -79,7 +109,6 @@ class MedKlipAdapter(BaselineAdapter):
     needs_checkpoint = False  # no checkpoint: the demo model, trained on first use
 
     def load(self, checkpoint: str | None, device: str) -> None:
-        import logging
 
         self.checkpoint = checkpoint
         self.free_text = self.opt_bool("free_text", True)
@@ -95,18 +124,7 @@ class MedKlipAdapter(BaselineAdapter):
             self._load_official(checkpoint, device)
 
     def _load_official(self, checkpoint: str | None, device: str) -> None:
-        from transformers import BertModel
 
-        from baselines.common.text_folder import (
-            bert_config,
-            call_quietly,
-            folder_weights,
-            read_json,
-            text_folder,
-            wordpiece_tokenizer,
-        )
-        from baselines.medklip.model import MedKLIP, cls_embeddings, read_descriptions, tokenize_cls_only
-        from benchmark.io.checkpoints import load_checked, need_file, read_tensors, state_dict_from, strip_prefix
 
         self.checkpoint = checkpoint
         random_init = self.wants_random_init(checkpoint)
@@ -142,11 +160,7 @@ class MedKlipAdapter(BaselineAdapter):
 
     def _load_folder(self, folder: Any, device: str) -> None:
         """A checkpoint folder of this project: config.json + model.safetensors (+ text_encoder/)."""
-        import logging
 
-        from baselines.common.text_folder import read_json
-        from baselines.medklip.model import MedKLIP, MedKLIPConfig
-        from benchmark.io.checkpoints import CheckpointError, load_checked, read_tensors
 
         doc = read_json(folder / "config.json")
         if doc.get("format") != FOLDER_FORMAT:
@@ -180,18 +194,8 @@ class MedKlipAdapter(BaselineAdapter):
     def _folder_text_encoder(self, folder: Any, text: dict[str, Any], dim: int, device: str) -> tuple:
         """The text encoder free-text prompts need: the folder's own ``text_encoder/``, else the
         ``text_encoder`` option, else the folder recorded at training; (None, None, None) when absent."""
-        from pathlib import Path
 
-        from transformers import BertModel
 
-        from baselines.common.text_folder import (
-            bert_config,
-            call_quietly,
-            folder_weights,
-            read_json,
-            wordpiece_tokenizer,
-        )
-        from benchmark.io.checkpoints import CheckpointError, load_checked, strip_prefix
 
         where = None
         if text.get("folder"):
@@ -225,12 +229,10 @@ class MedKlipAdapter(BaselineAdapter):
     def preprocess(self, image: np.ndarray) -> Any:
         """Resize to 224×224 (PIL bilinear, aspect ratio not kept), ToTensor, ImageNet normalisation
         (the training input of ``afloc-bench train medklip`` too)."""
-        from baselines.medklip.model import preprocess_image
 
         return preprocess_image(image)
 
     def encode_images(self, batch: Any) -> Any:
-        import torch
 
         with torch.no_grad():
             return self.model.image_features(batch.to(self.device))
@@ -238,9 +240,7 @@ class MedKlipAdapter(BaselineAdapter):
     # -- text ------------------------------------------------------------------------------
     def encode_texts(self, queries: Sequence[Query]) -> dict[str, Any]:
         """Per query: ``weights`` [P, 76] over the 75 entities plus the extra query, ``extra`` [P, 768]."""
-        import torch
 
-        from baselines.medklip.model import ENTITIES, cls_embeddings, tokenize_cls_only
 
         queries = as_queries(queries)
         P = len(queries)
@@ -279,7 +279,6 @@ class MedKlipAdapter(BaselineAdapter):
     # -- outputs -----------------------------------------------------------------------------
     def _decode(self, memory: Any, text_emb: dict[str, Any]) -> tuple[Any, Any]:
         """(P(present) [B, 76], attention [B, 76, 196]); column 75 only where an extra query is used."""
-        import torch
 
         B = memory.shape[0]
         with torch.no_grad():
@@ -298,7 +297,6 @@ class MedKlipAdapter(BaselineAdapter):
         return prob.double().cpu(), attn.double().cpu()
 
     def similarity_map(self, image_emb: Any, text_emb: dict[str, Any]) -> np.ndarray:
-        import torch
 
         _, attn = self._decode(image_emb, text_emb)
         maps = torch.einsum("bq,bqn->bn", text_emb["weights"], attn)
@@ -312,7 +310,6 @@ class MedKlipAdapter(BaselineAdapter):
 
 def _project_folder(checkpoint: str) -> Any:
     """The checkpoint folder when ``checkpoint`` is one of this project's (or a file inside one), else None."""
-    from pathlib import Path
 
     p = Path(checkpoint)
     if p.is_file() and p.name in ("model.safetensors", "config.json"):
@@ -328,6 +325,5 @@ def _project_folder(checkpoint: str) -> Any:
 
 
 def _tensor_sha(t: Any) -> str:
-    import hashlib
 
     return hashlib.sha256(t.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()

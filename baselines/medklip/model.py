@@ -31,6 +31,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from baselines.common.image_prep import IMAGENET_MEAN, IMAGENET_STD, pil_resize_exact, to_gray, to_tensor
+from baselines.common.text_folder import read_json
+from benchmark.backbones import ResNetBackbone, load_pretrained
+from benchmark.io.checkpoints import CheckpointError
+
 ENTITIES = (
     "normal", "clear", "sharp", "sharply", "unremarkable", "intact", "stable", "free",
     "effusion", "opacity", "pneumothorax", "edema", "atelectasis", "tube", "consolidation", "process", "abnormality",
@@ -174,7 +179,6 @@ def _trunk(backbone: str | None, width: int) -> tuple[nn.Sequential, int]:
 
         resnet = resnet50(weights=None)
         return nn.Sequential(*list(resnet.children())[:-3]), 1024
-    from benchmark.backbones import ResNetBackbone
 
     b = ResNetBackbone(backbone, width)
     return nn.Sequential(b.conv1, b.bn1, b.relu, b.maxpool, b.layer1, b.layer2, b.layer3), b.channels[1]
@@ -207,7 +211,6 @@ def entity_ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def load_trunk_weights(model: MedKLIP, source: str) -> None:
     """ImageNet (``"imagenet"``) or a local state-dict file into ``res_features`` (layers up to layer3)."""
-    from benchmark.backbones import ResNetBackbone, load_pretrained
 
     b = ResNetBackbone(model.cfg.backbone or "resnet50", model.cfg.width if model.cfg.backbone else 64)
     load_pretrained(b, source)
@@ -218,7 +221,6 @@ def load_trunk_weights(model: MedKLIP, source: str) -> None:
 def preprocess_image(image: Any) -> torch.Tensor:
     """The official test transform: resize to 224×224 (PIL bilinear, aspect ratio not kept), ToTensor,
     ImageNet normalisation; gray input is replicated to 3 channels."""
-    from baselines.common.image_prep import IMAGENET_MEAN, IMAGENET_STD, pil_resize_exact, to_gray, to_tensor
 
     return to_tensor(pil_resize_exact(to_gray(image), 224, 224), IMAGENET_MEAN, IMAGENET_STD)
 
@@ -226,8 +228,6 @@ def preprocess_image(image: Any) -> torch.Tensor:
 # -- entity descriptions -------------------------------------------------------------------
 def read_descriptions(path: Any) -> list[str]:
     """The 75 descriptions of ``observation explanation.json`` in file order (checked against the entity names)."""
-    from baselines.common.text_folder import read_json
-    from benchmark.io.checkpoints import CheckpointError
 
     data = read_json(path)
     if len(data) != N_ENTITIES or not all(isinstance(v, str) for v in data.values()):

@@ -61,10 +61,39 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors.torch import save_file
+from transformers import BertModel
+
+from baselines.common.text_folder import (
+    bert_config,
+    call_quietly,
+    folder_weights,
+    read_json,
+    text_folder,
+    wordpiece_tokenizer,
+)
+from baselines.medklip.adapter import FOLDER_FORMAT, FOLDER_FORMAT_VERSION
+from baselines.medklip.model import (
+    ENTITIES,
+    MedKLIP,
+    MedKLIPConfig,
+    cls_embeddings,
+    entity_ce_loss,
+    load_trunk_weights,
+    official_init,
+    preprocess_image,
+    read_descriptions,
+    tokenize_cls_only,
+)
+from benchmark.demo.vocab import ensure_demo_vocab
+from benchmark.io.checkpoints import load_checked, strip_prefix
+from benchmark.io.images import read_image
 from benchmark.training.task import TrainTask
 
 CHEXPERT_TO_ENTITIES: dict[str, tuple[str, ...]] = {
@@ -94,7 +123,6 @@ TASK_OPTIONS = ("entity_descriptions", "description_max_length", "description_po
 
 def entity_labels(labels: dict | None) -> list[int]:
     """One study's CheXpert labels → 75 entity labels (1 present, 0 absent, -1 unknown)."""
-    from baselines.medklip.model import ENTITIES
 
     out = [UNKNOWN] * len(ENTITIES)
     for col, value in (labels or {}).items():
@@ -119,7 +147,6 @@ def entity_labels(labels: dict | None) -> list[int]:
 
 def labels_tensor(batch_labels: Sequence[dict | None]):
     """The trainer's ``label_fn``: per-pair label dicts → LongTensor [B, 75] (-1 unknown)."""
-    import torch
 
     if batch_labels and all(lab is None for lab in batch_labels):
         raise ValueError("the MedKLIP objective needs per-study labels and no pair of this batch has any; "
@@ -129,8 +156,6 @@ def labels_tensor(batch_labels: Sequence[dict | None]):
 
 def read_input(path: str):
     """The trainer's ``image_fn``: image file → the adapter's input tensor (3×224×224)."""
-    from baselines.medklip.model import preprocess_image
-    from benchmark.io.images import read_image
 
     return preprocess_image(read_image(path, "gray"))
 
@@ -142,7 +167,6 @@ class CaptionTokenizer:
         self.hf, self.max_length = hf_tokenizer, int(max_length)
 
     def __call__(self, texts: Sequence[str]) -> dict[str, Any]:
-        from baselines.medklip.model import tokenize_cls_only
 
         return tokenize_cls_only(self.hf, texts, self.max_length)
 
@@ -164,28 +188,7 @@ class MedklipTask(TrainTask):
     label_fn = staticmethod(labels_tensor)
 
     def build(self, cfg: Any, tokenizer: Any = None) -> tuple[Any, Any]:
-        import torch
-        from transformers import BertModel
 
-        from baselines.common.text_folder import (
-            bert_config,
-            call_quietly,
-            folder_weights,
-            read_json,
-            text_folder,
-            wordpiece_tokenizer,
-        )
-        from baselines.medklip.model import (
-            ENTITIES,
-            MedKLIP,
-            MedKLIPConfig,
-            cls_embeddings,
-            load_trunk_weights,
-            official_init,
-            read_descriptions,
-            tokenize_cls_only,
-        )
-        from benchmark.io.checkpoints import load_checked, strip_prefix
 
         overrides = dict(cfg.model or {})
         text_opts = {k: overrides.pop(k) for k in TASK_OPTIONS if k in overrides}
@@ -252,12 +255,10 @@ class MedklipTask(TrainTask):
             return Path(cfg.text_encoder)
         if cfg.vocab:
             return Path(cfg.vocab).parent if Path(cfg.vocab).is_file() else Path(cfg.vocab)
-        from benchmark.demo.vocab import ensure_demo_vocab
 
         return ensure_demo_vocab()
 
     def loss_terms(self, model: Any, batch: dict[str, Any], autocast: Any) -> dict[str, Any]:
-        from baselines.medklip.model import entity_ce_loss
 
         with autocast:
             logits, _ = model.decode(model.image_features(batch["images"]))
@@ -269,9 +270,7 @@ class MedklipTask(TrainTask):
     def save(self, model: Any, folder: Path, extra: dict[str, Any]) -> None:
         """``model.safetensors`` (with the entity_book) + ``config.json`` (+ ``text_encoder/`` when the
         text encoder was randomly initialised: weights, config and vocabulary)."""
-        from safetensors.torch import save_file
 
-        from baselines.medklip.adapter import FOLDER_FORMAT, FOLDER_FORMAT_VERSION
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -293,9 +292,7 @@ class MedklipTask(TrainTask):
 
     @staticmethod
     def _save_text_encoder(side: TextSide, where: Path) -> None:
-        import shutil
 
-        from safetensors.torch import save_file
 
         where.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().contiguous().cpu() for k, v in side.bert.state_dict().items()},

@@ -38,15 +38,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from baselines.saliency import cam
+from baselines.saliency import classifiers as C
 from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Adapter, Query, as_queries, flag_option
+from benchmark.geometry.frames import parse_geometry
 
 log = logging.getLogger(__name__)
 
 
 def frame(image: np.ndarray, geometry: str) -> np.ndarray:
     """The image in the classifier's input frame, by the benchmark's geometry module."""
-    from benchmark.geometry.frames import parse_geometry
     return parse_geometry(geometry).image_to_frame(np.ascontiguousarray(image))
 
 
@@ -71,9 +74,7 @@ class _SaliencyAdapter(Adapter):
 
     # -- lifecycle ----------------------------------------------------------
     def load(self, checkpoint: str | None, device: str) -> None:
-        import torch
 
-        from baselines.saliency import classifiers as C
 
         if not checkpoint and not flag_option(self.options, "random_init"):
             checkpoint = str(Path(self.demo_checkpoint()) / "classifier.pt")
@@ -102,14 +103,12 @@ class _SaliencyAdapter(Adapter):
 
     # -- the contract -------------------------------------------------------
     def preprocess(self, image: np.ndarray):
-        from baselines.saliency import classifiers as C
 
         self._require()
         return C.to_input_tensor(frame(image, self.input_geometry), self.spec)
 
     def encode_images(self, batch) -> dict[str, Any]:
         """Keep the input batch (CAMs need a forward/backward pass) plus the class probabilities."""
-        import torch
 
         self._require()
         x = batch.to(next(self.model.parameters()).device)
@@ -119,9 +118,7 @@ class _SaliencyAdapter(Adapter):
 
     def encode_texts(self, queries: Sequence[Query]):
         """Query → index of the classifier output that answers its finding."""
-        import torch
 
-        from baselines.saliency import classifiers as C
 
         self._require()
         return torch.tensor([C.label_index(self._finding(q), self.spec.labels) for q in as_queries(queries)],
@@ -135,7 +132,6 @@ class _SaliencyAdapter(Adapter):
 
     def unsupported(self, query: Query) -> str | None:
         """Why this classifier cannot answer ``query`` (no output for its finding), else None."""
-        from baselines.saliency import classifiers as C
 
         self._require()
         try:
@@ -152,7 +148,6 @@ class _SaliencyAdapter(Adapter):
         return idx[:1]
 
     def similarity_map(self, image_emb: dict[str, Any], text_emb) -> np.ndarray:
-        from baselines.saliency import cam
 
         self._require()
         output = str(self.options.get("cam_output", "raw"))

@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 METHODS = ("gradcam", "gradcam++", "eigencam")
@@ -31,7 +33,6 @@ OUTPUTS = ("raw", "library")
 
 def cam_class(method: str):
     """The library class implementing ``method``."""
-    from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus
 
     table = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM}
     if method not in table:
@@ -78,7 +79,6 @@ def compute_cams(method: str, model: nn.Module, layer: nn.Module, x: torch.Tenso
     """
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, not {output!r}")
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     targets = [ClassifierOutputTarget(int(k)) for k in class_index]
     if len(targets) != int(x.shape[0]):

@@ -26,9 +26,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torchxrayvision as xrv
 from torch import nn
+from torchvision.models import DenseNet
 
 from benchmark.dataset import DataError
+from benchmark.io.checkpoints import MODULE_PREFIXES, InertRecord, module_state, read_tensors, safe_torch_load
+from benchmark.pathologies import canonical_name, is_known
 
 # CheXpert's 14 observations in the order of CheXlocalize's ``CHEXPERT_TASKS`` (which says
 # "Airspace Opacity" where CheXpert's csv says "Lung Opacity").
@@ -59,7 +63,6 @@ FALLBACKS = {"Mass": "Lung Lesion", "Nodule": "Lung Lesion", "Infiltration": "Ai
 def output_key(name: str) -> str:
     """The finding an output (or label column) answers: its canonical name, "Lung Opacity" folded into
     "Airspace Opacity"; a name outside the canonical table is kept as written."""
-    from benchmark.pathologies import canonical_name, is_known
 
     canon = canonical_name(name) if is_known(name) else str(name).strip()
     return SAME_OUTPUT.get(canon, canon)
@@ -117,7 +120,6 @@ class DenseNetClassifier(nn.Module):
 
     def __init__(self, spec: ClassifierSpec):
         super().__init__()
-        from torchvision.models import DenseNet
 
         base = DenseNet(growth_rate=spec.growth_rate, block_config=tuple(spec.block_config),
                         num_init_features=spec.num_init_features, bn_size=spec.bn_size,
@@ -187,7 +189,6 @@ class LoadReport:
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
     """Return ``(state_dict, meta, source_format)`` for any supported classifier file."""
-    from benchmark.io.checkpoints import MODULE_PREFIXES, InertRecord, module_state, read_tensors, safe_torch_load
 
     path = Path(path)
     expected = "a classifier checkpoint (state dict, safetensors or a pickled DenseNet)"
@@ -273,7 +274,6 @@ def infer_spec(sd: dict[str, torch.Tensor], labels: Sequence[str] | None = None)
 
 def xrv_labels(weights_name: str | None = None) -> list[str]:
     """Output names of a torchxrayvision DenseNet (from the package's own tables, no download)."""
-    import torchxrayvision as xrv
 
     if weights_name:
         if weights_name not in xrv.models.model_urls:

@@ -32,6 +32,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import roc_auc_score
+from tqdm.auto import tqdm
+
+from baselines.saliency import classifiers as C
+from baselines.saliency.adapter import frame
+from baselines.saliency.classifiers import output_key
+from benchmark.dataset import DataError, build_dataset, demo_root
+from benchmark.demo import ensure
+from benchmark.io.images import read_image
+from benchmark.run.config import choose_device
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +65,7 @@ def _plain_id(v: Any) -> str:
 def read_study_labels(path: str | os.PathLike) -> dict[tuple[str, str], dict[str, Any]]:
     """A CheXpert-style label csv (``subject_id, study_id, <finding columns>``; MIMIC-CXR's
     ``mimic-cxr-2.0.0-chexpert.csv``) → ``{(subject, study): {finding: 1.0 | 0.0 | -1.0 | None}}``."""
-    import pandas as pd
 
-    from benchmark.dataset import DataError
 
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -100,7 +110,6 @@ def collect_labels(samples: Sequence[Any], labels: Sequence[str], *, uncertain: 
     Returns ``(image_paths, matrix, counts)``; ``counts`` reports what was used and ignored so
     nothing is dropped silently.
     """
-    from baselines.saliency.classifiers import output_key
 
     if uncertain not in ("ignore", "ones", "zeros"):
         raise ValueError(f"uncertain must be ignore, ones or zeros, not {uncertain!r}")
@@ -152,7 +161,6 @@ def collect_labels(samples: Sequence[Any], labels: Sequence[str], *, uncertain: 
 
 
 def _auroc(y: np.ndarray, p: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
 
     ok = ~np.isnan(y)
     if ok.sum() < 2 or len(np.unique(y[ok])) < 2:
@@ -175,13 +183,7 @@ def train_classifier(dataset_name: str, data_root: str | os.PathLike | None, out
     (default: ``mimic-cxr-2.0.0-chexpert.csv[.gz]`` in the dataset root, joined by subject and
     ``meta["study_id"]``). With ``resume`` an interrupted run continues from ``<out_dir>/last.pt``.
     """
-    import torch
 
-    from baselines.saliency import classifiers as C
-    from baselines.saliency.adapter import frame
-    from benchmark.dataset import DataError, build_dataset
-    from benchmark.io.images import read_image
-    from benchmark.run.config import choose_device
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -224,7 +226,6 @@ def train_classifier(dataset_name: str, data_root: str | os.PathLike | None, out
     tensors: list[Any] = []
     keep: list[int] = []
     show = (sys.stderr.isatty() if progress is None else progress)
-    from tqdm.auto import tqdm
 
     for i, p in enumerate(tqdm(paths, desc="reading images", disable=not show, leave=False)):
         try:
@@ -312,7 +313,6 @@ def train_classifier(dataset_name: str, data_root: str | os.PathLike | None, out
 
 def predict(model, x, *, device: str = "cpu", batch_size: int = 32) -> np.ndarray:
     """Sigmoid probabilities ``[N, n_labels]`` of a batch tensor, in eval mode without gradients."""
-    import torch
 
     model.eval()
     out = []
@@ -394,8 +394,6 @@ class ClassifierTraining:
 
     @staticmethod
     def build_demo(work: Path, quiet: bool = True) -> Path:
-        from benchmark.dataset import demo_root
-        from benchmark.demo import ensure
 
         ensure(demo_root())
         run = work / "run"

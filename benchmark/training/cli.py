@@ -10,6 +10,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
+
+from benchmark.dataset import DataError
+from benchmark.io.checkpoints import CheckpointError
 from benchmark.training.config import TrainConfig, load_train_config
 from benchmark.training.trainer import train
 
@@ -53,7 +57,6 @@ def build_parser(task: str = "afloc") -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace, task: str = "afloc") -> TrainConfig:
-    import yaml
 
     spec = args.config or ("demo" if (args.dataset or "").startswith("demo") else "paper")
     cfg = load_train_config(spec, task)
@@ -92,8 +95,6 @@ def cli_main(argv: Sequence[str], task: str = "afloc") -> int:
     if out.exists() and (out / "last").exists() and not args.resume:
         print(f"{prog}: error: {out} already holds a run; use --resume or another -o", file=sys.stderr)
         return 2
-    from benchmark.dataset import DataError
-    from benchmark.io.checkpoints import CheckpointError
 
     try:
         state = train(cfg, out, quiet=args.quiet, resume=args.resume)

@@ -28,6 +28,7 @@ shortest captions), and N ranks with one chunk each see exactly the same groups.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -36,7 +37,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from benchmark.dataset import build_dataset
+from benchmark.geometry.frames import letterbox_array
+from benchmark.io.images import read_image
 from benchmark.training.captions import report_sentences, sample_caption
 
 
@@ -49,7 +54,6 @@ class Pair:
 
 def pairs_from_dataset(name: str, split: str, data_root: str | None = None, **options) -> tuple[list[Pair], dict]:
     """(image, report) pairs of a registered dataset split, plus what the loader skipped."""
-    from benchmark.dataset import build_dataset
 
     ds = build_dataset(name, data_root, split=split, **options)
     samples = ds.samples()
@@ -135,8 +139,6 @@ class PretrainingData:
         return x
 
     def _frame(self, path: str) -> np.ndarray:
-        from benchmark.geometry.frames import letterbox_array
-        from benchmark.io.images import read_image
 
         cached = None
         if self.image_cache is not None:
@@ -173,9 +175,7 @@ def random_affine(images: torch.Tensor, indices: Sequence[int], epoch: int, seed
     """Per-sample random shift / zoom / rotation (torchvision ``RandomAffine`` semantics), drawn
     from ``(seed, epoch, index)`` so an epoch's inputs do not depend on workers or ranks; the
     uncovered border takes the letterbox padding value (-1 after normalisation)."""
-    import math
 
-    import torch.nn.functional as F
 
     theta = []
     for i in indices:

@@ -9,23 +9,28 @@ changes whenever the recipe, the model or the demo data changes, so a stale fold
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from benchmark.dataset import cache_home
+from benchmark.registry import training
 
 log = logging.getLogger(__name__)
 
 
 def demo_weights_dir(weights_id: str) -> Path:
-    from benchmark.dataset import cache_home
 
     return cache_home() / "models" / weights_id
 
 
 def ensure_demo_weights(weights_id: str, target: str, quiet: bool = True) -> Path:
     """The folder of demo weights ``weights_id``, built by training target ``target`` when absent."""
-    from benchmark.registry import training
 
     job = training.get(target)()
     final = demo_weights_dir(weights_id)
@@ -43,8 +48,6 @@ def build_once(final: str | os.PathLike, complete: Any, build: Any) -> Path:
     demo model). ``complete(folder) -> bool`` says whether a folder is usable. Concurrent callers
     wait on a file lock and find the finished folder; the folder appears by one rename, so nobody
     sees a partial one, and the work folder is removed whatever happens."""
-    import fcntl
-    import shutil
 
     final = Path(final)
     if complete(final):
@@ -78,14 +81,12 @@ class fixed_threads:
         self.n = n
 
     def __enter__(self):
-        import torch
 
         self.before = torch.get_num_threads()
         torch.set_num_threads(self.n)
         return self
 
     def __exit__(self, *exc):
-        import torch
 
         torch.set_num_threads(self.before)
         return False

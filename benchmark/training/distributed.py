@@ -5,18 +5,19 @@ from __future__ import annotations
 import os
 
 import torch
+import torch.distributed as dist
+
+from benchmark.run.config import choose_device
 
 
 class Distributed:
     """torchrun environment (or a single process)."""
 
     def __init__(self, device_pref: str = "auto"):
-        import torch
 
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        from benchmark.run.config import choose_device
 
         choose_device(device_pref)  # the same names and GPU check as `run`, before anything is built
         cuda = torch.cuda.is_available() and device_pref in ("auto", "cuda") or device_pref.startswith("cuda")
@@ -65,7 +66,6 @@ class GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
-        import torch.distributed as dist
 
         ctx.rank, ctx.n = dist.get_rank(), x.shape[0]
         parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
@@ -74,7 +74,6 @@ class GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        import torch.distributed as dist
 
         grad = grad.contiguous().clone()
         dist.all_reduce(grad)
@@ -84,8 +83,6 @@ class GatherWithGrad(torch.autograd.Function):
 def gather_nograd(x, dist_on: bool):
     if not dist_on:
         return x
-    import torch
-    import torch.distributed as dist
 
     out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(out, x.contiguous())

@@ -41,9 +41,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+from tqdm.auto import tqdm
 
+from benchmark.io.checkpoints import CheckpointError
+from benchmark.training.captions import report_sentences
 from benchmark.training.config import TrainConfig
+from benchmark.training.data import GroupLoader, Pair, PretrainingData, epoch_batches, pairs_from_dataset
 from benchmark.training.distributed import Distributed
+from benchmark.training.task import get_task
+from benchmark.training.text_pretrain import TextPretrainConfig, pretrain_text_encoder
 
 log = logging.getLogger("benchmark.training.trainer")
 STATE_FILE = "trainer_state.json"
@@ -74,7 +83,6 @@ def param_groups(model: Any, lr: float, lr_by_prefix: dict[str, float]) -> list[
 class Trainer:
     def __init__(self, cfg: TrainConfig, out_dir: str | os.PathLike, *, quiet: bool = False, resume: bool = False,
                  train_pairs=None, val_pairs=None, tokenizer=None):
-        from benchmark.training.task import get_task
 
         self.cfg = cfg
         self.task = get_task(cfg.task)
@@ -97,7 +105,6 @@ class Trainer:
         given = self._train_pairs if split == self.cfg.train_split else self._val_pairs
         if given is not None:
             return list(given), {"source": "pairs", "n_samples": len(given)}
-        from benchmark.training.data import pairs_from_dataset
 
         if self.cfg.dataset.startswith("demo"):
             from benchmark.dataset import demo_root, is_demo
@@ -119,7 +126,6 @@ class Trainer:
             raise
 
     def setup(self) -> None:
-        import torch
 
         cfg = self.cfg
         if self.resume:
@@ -137,7 +143,6 @@ class Trainer:
 
             for t in self.model.state_dict().values():
                 dist.broadcast(t, 0)
-        from benchmark.training.data import PretrainingData
 
         tr_pairs, self.train_info = self._pairs(cfg.train_split)
         va_pairs, self.val_info = self._pairs(cfg.val_split)
@@ -186,7 +191,6 @@ class Trainer:
 
     # -- one optimisation (or evaluation) step ------------------------------------------------
     def _forward_terms(self, groups: list[dict], train: bool):
-        import torch
 
         model, dev = self.model, self.device
         chunks = len(groups)
@@ -211,8 +215,6 @@ class Trainer:
     def _reduce_mean(self, values: dict[str, float]) -> dict[str, float]:
         if self.dist.world == 1:
             return values
-        import torch
-        import torch.distributed as dist
 
         keys = sorted(values)
         t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device)
@@ -223,8 +225,6 @@ class Trainer:
     def _sync_grads(self) -> None:
         if self.dist.world == 1:
             return
-        import torch.distributed as dist
-        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         for dtype in {g.dtype for g in grads}:
@@ -238,13 +238,11 @@ class Trainer:
     def _sync_buffers(self) -> None:
         if self.dist.world == 1:
             return
-        import torch.distributed as dist
 
         for b in self.model.buffers():
             dist.broadcast(b, 0)
 
     def train_step(self, groups: list[dict]) -> dict[str, float]:
-        import torch
 
         self.model.train()
         self.opt.zero_grad(set_to_none=True)
@@ -266,7 +264,6 @@ class Trainer:
 
     def _ema_update(self) -> None:
         """avg ← d·avg + (1 − d)·w for floating weights and buffers; counters are copied."""
-        import torch
 
         d = float(self.cfg.ema_decay)
         with torch.no_grad():
@@ -291,9 +288,7 @@ class Trainer:
             self.model.load_state_dict(raw, strict=True)
 
     def evaluate(self) -> dict[str, float] | None:
-        import torch
 
-        from benchmark.training.data import epoch_batches
 
         if len(self.val_data) < self.cfg.batch_size:
             return None
@@ -311,9 +306,7 @@ class Trainer:
 
     def _rank_groups(self, data, batches, epoch: int, skip: int = 0):
         """Yield, per global batch, this rank's collated groups (DataLoader workers prefetch)."""
-        import torch
 
-        from benchmark.training.data import GroupLoader
 
         cfg, w, r = self.cfg, self.dist.world, self.dist.rank
         mine = range(r * cfg.forward_chunks, (r + 1) * cfg.forward_chunks)
@@ -331,9 +324,7 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
-        from tqdm.auto import tqdm
 
-        from benchmark.training.data import epoch_batches
 
         cfg, st = self.cfg, self.state
         t_start = time.time()
@@ -397,9 +388,6 @@ class Trainer:
     # -- records ----------------------------------------------------------------------------------
     def _pretrain_text(self, pairs) -> None:
         """Masked-LM steps on the training reports (main process; the result is broadcast)."""
-        from benchmark.training.captions import report_sentences
-        from benchmark.training.data import Pair
-        from benchmark.training.text_pretrain import TextPretrainConfig, pretrain_text_encoder
 
         cfg = self.cfg
         mlm = TextPretrainConfig.from_mapping(cfg.text_pretrain)
@@ -453,8 +441,6 @@ class Trainer:
         """Atomic checkpoint folder: model + config + tokenizer (+ optimizer and trainer state)."""
         if not self.dist.main:
             return
-        import torch
-        from safetensors.torch import save_file
 
         final = self.out / which
         tmp = self.out / f".{which}.tmp"
@@ -494,7 +480,6 @@ class Trainer:
 
     def _check_resumable(self, folder: Path) -> None:
         """Before anything is built: the folder holds a run of this task."""
-        from benchmark.io.checkpoints import CheckpointError
 
         if not (folder / STATE_FILE).is_file():
             raise CheckpointError(folder, f"nothing to resume (expected {STATE_FILE} from an earlier run)")
@@ -503,10 +488,7 @@ class Trainer:
             raise CheckpointError(folder, f"a run of task {done!r}, not {self.cfg.task!r}")
 
     def _load_state(self, folder: Path) -> None:
-        import torch
-        from safetensors.torch import load_file
 
-        from benchmark.io.checkpoints import CheckpointError
 
         if not (folder / STATE_FILE).is_file():
             raise CheckpointError(folder, f"nothing to resume (expected {STATE_FILE} from an earlier run)")
