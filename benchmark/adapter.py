@@ -96,6 +96,8 @@ class Adapter:
     preprocessing_id: str = ""
     color: str = "gray"
     needs_checkpoint: bool = False
+    takes_checkpoint: bool = True  # False: weight-free (the sanity floors); a --ckpt for it is an error
+    code_version: str | None = None  # set to version the code by hand instead of hashing its source files
     demo_weights: str | None = None
     train_target: str | None = None
     grounding_probability: bool = False
@@ -232,6 +234,34 @@ def _mean_rows(emb: Any) -> Any:
     if isinstance(emb, (tuple, list)):
         return type(emb)(_mean_rows(v) for v in emb)
     return emb.mean(0, keepdims=True) if isinstance(emb, np.ndarray) else emb.mean(0, keepdim=True)
+
+
+# the one image reader every adapter's input goes through: its changes change every model's outputs
+_SHARED_INPUT_CODE = ("io/images.py",)
+
+
+def code_version(cls: type) -> str:
+    """Identity of an adapter's code, part of every cache key and pair fingerprint: the harness
+    version and the class's explicit ``code_version`` when it sets one, else a hash of the source
+    files of its package folder (``baselines/gloria/*.py``) and of the shared image reader."""
+    from benchmark import __version__
+
+    explicit = getattr(cls, "code_version", None)
+    if explicit:
+        return f"{__version__}:{explicit}"
+    import hashlib
+    import inspect
+    from pathlib import Path
+
+    h = hashlib.sha256()
+    try:
+        files = sorted(Path(inspect.getfile(cls)).parent.glob("*.py"))
+    except (TypeError, OSError):  # a class without a source file (built at run time)
+        files = []
+    files += [Path(__file__).parent / rel for rel in _SHARED_INPUT_CODE]
+    for f in files:
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return f"{__version__}:{h.hexdigest()[:16]}"
 
 
 def build_adapter(name: str) -> Adapter:

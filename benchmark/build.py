@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchmark.regress import Cell, load_results, run_cells
+from benchmark.tables import OPEN_BOUND_NOTE, dataset_line
 
 SANITY = {"random", "uniform", "center_prior"}
 OUTSIDE_CI = "†"
@@ -52,11 +53,29 @@ def paper_reference(version: str | None) -> dict[tuple, Cell]:
 
 
 def build_tables(run_paths: list[str], *, digits: int = 3, paper_version: str | None = None,
-                 with_paper: bool = True, category: str = "all") -> list[Table]:
+                 with_paper: bool = True, category: str = "all", allow_mismatch: bool = False) -> list[Table]:
+    """Tables of one or more runs. A (dataset, model) pair may come from one run only, and runs that
+    share a dataset must be like runs (``records.run_mismatches``) unless ``allow_mismatch``."""
+    from benchmark.records import run_mismatches
+
     states = [load_results(p) for p in run_paths]
     majors = {s.get("schema_version") for s in states}
     if len(majors) > 1:
         raise ValueError(f"runs have different schema versions {sorted(majors)}; build them separately")
+    owner: dict[tuple[str, str], str] = {}
+    for path, st in zip(run_paths, states):
+        for ds, per_model in (st.get("results") or {}).items():
+            for model in per_model:
+                if (ds, model) in owner:
+                    raise ValueError(f"{model} on {ds} is in both {owner[(ds, model)]} and {path}; build one of "
+                                     "them (a table shows one result per pair)")
+                owner[(ds, model)] = str(path)
+    for i in range(len(states)):
+        for j in range(i + 1, len(states)):
+            bad = run_mismatches(states[i], states[j])
+            if bad and not allow_mismatch:
+                raise ValueError(f"{run_paths[i]} and {run_paths[j]} are unlike runs ({'; '.join(bad)}); pass "
+                                 "--allow-mismatch to put them in one table anyway")
     cells: dict[tuple, Cell] = {}
     meta: dict[str, Any] = {"protocols": set(), "limits": set(), "harness": set(), "datasets": {},
                             "prompt_sets": set()}
@@ -67,7 +86,7 @@ def build_tables(run_paths: list[str], *, digits: int = 3, paper_version: str | 
         if s.get("limit"):
             meta["limits"].add(s["limit"])
         for name, d in s.get("datasets", {}).items():
-            meta["datasets"][name] = f"{name} v{d.get('card_version')} ({d.get('split')}, n={d.get('n_samples_used')})"
+            meta["datasets"][name] = f"v{d.get('card_version')}, split {d.get('split')}; {dataset_line(name, d)}"
         for c in run_cells(s, source=str(path)):
             if c.category == category and "[" not in c.dataset:
                 cells[(c.dataset, c.task, c.model, c.metric)] = c
@@ -107,6 +126,9 @@ def build_tables(run_paths: list[str], *, digits: int = 3, paper_version: str | 
             notes.append(f"paper: published value [CI]; Δ = reproduced − paper; {OUTSIDE_CI} = outside the paper's CI")
         if limit_mark:
             notes.append(limit_mark.strip(" []") + ": not comparable with full runs")
+        shown = [c for k, c in cells.items() if k[0] == ds and k[1] == task]
+        if any(c.value is not None and (c.lo is None) != (c.hi is None) for c in shown):
+            notes.append(OPEN_BOUND_NOTE)
         tables.append(Table(f"{ds} · {task}{limit_mark}", header, rows, notes))
     return tables
 

@@ -115,21 +115,28 @@ def state_dict_sha256(state: dict[str, Any]) -> str:
 
 
 def cache_key(kind: str, *, model_id: str, checkpoint_sha: str, preprocessing_id: str,
-              image_sha: str, prompt: str | None = None, extra: dict[str, Any] | None = None) -> str:
-    """Stable key over every input that changes the cached output."""
+              image_sha: str, prompt: str | None = None, code_version: str = "",
+              extra: dict[str, Any] | None = None) -> str:
+    """Stable key over every input that changes the cached output (``code_version``: the adapter's,
+    ``benchmark.adapter.code_version``, so a changed adapter never reads its old outputs)."""
     payload = {"kind": kind, "model": model_id, "ckpt": checkpoint_sha, "prep": preprocessing_id,
-               "image": image_sha, "prompt": prompt, "extra": extra or {}}
+               "image": image_sha, "prompt": prompt, "code": code_version, "extra": extra or {}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 class ArrayCache:
-    """A folder of ``.npz`` files addressed by ``cache_key``; writes are atomic."""
+    """A folder of ``.npz`` entries addressed by ``cache_key``; writes are atomic, and each entry starts
+    with the sha256 of its payload, checked on every read: a torn or altered entry is deleted,
+    counted in ``corrupt`` and recomputed, never served and never fatal."""
+
+    MAGIC = b"afloc-bench-cache-1\n"
 
     def __init__(self, root: str | os.PathLike, enabled: bool = True):
         self.root = Path(root)
         self.enabled = enabled
         self.hits = 0
         self.misses = 0
+        self.corrupt = 0
 
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.npz"
@@ -138,14 +145,22 @@ class ArrayCache:
         if not self.enabled:
             return None
         p = self._path(key)
-        if not p.is_file():
+        try:
+            data = p.read_bytes()
+        except FileNotFoundError:
             self.misses += 1
             return None
+        n = len(self.MAGIC)
+        payload = data[n + 32:]
         try:
-            with np.load(p, allow_pickle=False) as z:
+            if data[:n] != self.MAGIC or hashlib.sha256(payload).digest() != data[n:n + 32]:
+                raise ValueError("checksum mismatch")
+            with np.load(io.BytesIO(payload), allow_pickle=False) as z:
                 out = {k: z[k] for k in z.files}
-        except (OSError, ValueError, EOFError):  # a torn or foreign file: recompute
+        except Exception:  # noqa: BLE001 - any unreadable entry is recomputed
+            self.corrupt += 1
             self.misses += 1
+            p.unlink(missing_ok=True)
             return None
         self.hits += 1
         return out
@@ -155,4 +170,5 @@ class ArrayCache:
             return
         buf = io.BytesIO()
         np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
-        atomic_write_bytes(self._path(key), buf.getvalue())
+        payload = buf.getvalue()
+        atomic_write_bytes(self._path(key), self.MAGIC + hashlib.sha256(payload).digest() + payload)

@@ -30,7 +30,7 @@ from benchmark.bootstrap import DEFAULT_N_BOOT, bh_fdr, bootstrap_p_value, perce
 from benchmark.metrics import auroc_weighted
 from benchmark.protocols import common as C
 from benchmark.protocols.base import OVERALL
-from benchmark.records import parse_stem
+from benchmark.records import limit_note, parse_stem, run_mismatches
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class RunSamples:
     root: Path
     protocol: str | None
     tables: dict[tuple[str, str], Path]  # (dataset, model) -> parquet path
+    state: dict[str, Any] | None = None  # its results.json, when there is one
 
 
 def load_run(run_dir: str | Path) -> RunSamples:
@@ -68,14 +69,15 @@ def load_run(run_dir: str | Path) -> RunSamples:
         tables[(ds, model)] = p
     if not tables:
         raise _error(sdir, "at least one <dataset>__<model>.parquet file")
-    protocol = None
+    protocol, state = None, None
     rj = root / "results.json"
     if rj.is_file():
         try:
-            protocol = json.loads(rj.read_text()).get("config", {}).get("protocol")
+            state = json.loads(rj.read_text())
         except (ValueError, OSError) as exc:
             raise _error(rj, f"a readable results.json ({exc})") from exc
-    return RunSamples(root, protocol, tables)
+        protocol = (state.get("config") or {}).get("protocol")
+    return RunSamples(root, protocol, tables, state)
 
 
 def pair_tables(a: RunSamples, b: RunSamples, dataset: str | None = None) -> list[tuple[str, str, str, Path, Path]]:
@@ -232,15 +234,25 @@ def _emit(rows: list, metric: str, cats: list, pa: np.ndarray, pb: np.ndarray, a
 
 def compare_runs(run_a: str | Path, run_b: str | Path, *, metric: str | Sequence[str] | None = None,
                  n_boot: int = DEFAULT_N_BOOT, seed: int = 0, unit: str = "image",
-                 dataset: str | None = None) -> pd.DataFrame:
-    """Compare two run folders; one row per dataset × metric × category (``all`` first)."""
+                 dataset: str | None = None, allow_mismatch: bool = False) -> pd.DataFrame:
+    """Compare two run folders; one row per dataset × metric × category (``all`` first).
+
+    Runs that differ in what makes numbers comparable (``records.run_mismatches``: limit, protocol,
+    harness version, and per compared dataset its samples, prompt set, card version and split) are
+    refused unless ``allow_mismatch``; the differences are then in ``df.attrs["mismatches"]``."""
     a, b = load_run(run_a), load_run(run_b)
-    if a.protocol and b.protocol and a.protocol != b.protocol:
-        log.warning("runs use different protocols (%s vs %s): per-sample values may not be comparable",
-                    a.protocol, b.protocol)
+    pairs = pair_tables(a, b, dataset)
+    mismatches = []
+    if a.state is not None and b.state is not None:
+        mismatches = run_mismatches(a.state, b.state, sorted({p[0] for p in pairs}))
+    elif a.protocol and b.protocol and a.protocol != b.protocol:
+        mismatches = [f"protocol: {a.protocol!r} against {b.protocol!r}"]
+    if mismatches and not allow_mismatch:
+        raise ValueError(f"{run_a} and {run_b} are unlike runs ({'; '.join(mismatches)}); pass --allow-mismatch "
+                         "to compare them anyway")
     metrics = [metric] if isinstance(metric, str) else (list(metric) if metric else None)
     out: list[dict[str, Any]] = []
-    for ds, ma, mb, pa, pb in pair_tables(a, b, dataset):
+    for ds, ma, mb, pa, pb in pairs:
         try:
             fa, fb = pd.read_parquet(pa), pd.read_parquet(pb)
         except Exception as exc:
@@ -253,4 +265,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path, *, metric: str | Sequence
     df["q_value"] = np.nan
     if overall.any():
         df.loc[overall, "q_value"] = bh_fdr(df.loc[overall, "p_value"].to_numpy())
-    return df[list(RESULT_COLUMNS)]
+    df = df[list(RESULT_COLUMNS)]
+    df.attrs["mismatches"] = mismatches
+    df.attrs["limit_note"] = limit_note(*[r.state for r in (a, b) if r.state is not None])
+    return df

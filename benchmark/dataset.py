@@ -85,7 +85,7 @@ class Dataset:
         if self._samples is None:
             if not self.root.exists():
                 raise DataError(self.root, self.missing_root_message())
-            samples = self.load_samples()
+            samples = self._checked(self.load_samples())
             for s in samples:  # what the protocols need to know of the dataset, from its card
                 meta = s.meta if s.meta is not None else {}
                 meta.setdefault("afloc_dataset", self.card.afloc_mode)
@@ -93,6 +93,40 @@ class Dataset:
                 s.meta = meta
             self._samples = samples
         return self._samples
+
+    def _checked(self, samples: list[Sample]) -> list[Sample]:
+        """Samples whose ground truth can be scored; each other one is a counted skip naming the sample
+        and why: a repeated sample id, a box with a non-finite or non-positive size, a box listed twice,
+        or a box that lies wholly outside its image."""
+        import math
+
+        out, seen = [], {}
+        for s in samples:
+            where = f"{s.image_path} (sample {s.sample_id})"
+            if s.sample_id in seen:
+                self.skip(where, f"duplicate sample id: the same id as an earlier sample ({seen[s.sample_id]}); "
+                                 "the first is kept")
+                continue
+            bad = None
+            for b in s.boxes:
+                if len(b) != 4 or not all(math.isfinite(float(v)) for v in b):
+                    bad = f"box {list(b)} has a non-finite coordinate"
+                elif float(b[2]) <= 0 or float(b[3]) <= 0:
+                    bad = f"box {list(b)} has no area (width and height must be positive)"
+                elif s.image_size is not None:
+                    h, w = s.image_size
+                    if b[0] >= w or b[1] >= h or b[0] + b[2] <= 0 or b[1] + b[3] <= 0:
+                        bad = f"box {list(b)} lies wholly outside the {h}x{w} image"
+                if bad:
+                    break
+            if not bad and len({tuple(map(float, b)) for b in s.boxes}) != len(s.boxes):
+                bad = "a box is listed twice (a repeated table row)"
+            if bad:
+                self.skip(where, bad)
+                continue
+            seen[s.sample_id] = s.image_path
+            out.append(s)
+        return out
 
     def prompt_findings(self) -> dict[str, str]:
         """Prompt set → the canonical finding its prompt asks about, where that is not the sample's
@@ -113,7 +147,7 @@ class Dataset:
         if c.source_url:
             msg += f"; download it from {c.source_url}"
         if c.layout:
-            msg += "; expected layout:\n" + "\n".join("  " + ln for ln in c.layout.strip().splitlines())
+            msg += f" (`afloc-bench validate --datasets {c.name}` shows the expected layout)"
         return msg
 
     def validate(self) -> dict[str, Any]:
@@ -152,7 +186,11 @@ def resolve_root(name: str, template: str | None = None) -> Path:
         template = os.environ.get("AFLOC_BENCH_DATA_ROOT", DEFAULT_DATA_ROOT)
     if root and "{dataset}" not in template and template == DEFAULT_DATA_ROOT:
         return Path(os.path.expanduser(str(root)))
-    return Path(os.path.expanduser(template.format(dataset=name)))
+    try:
+        return Path(os.path.expanduser(template.format(dataset=name)))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"--data-root {template!r}: expected a folder, or a template whose only field is "
+                         f"{{dataset}} (e.g. '/data/{{dataset}}'); {type(exc).__name__}: {exc}") from None
 
 
 def build_dataset(name: str, data_root: str | None = None, **overrides: Any) -> Dataset:

@@ -45,12 +45,20 @@ def parse_stem(stem: str) -> tuple[str, str]:
     return unquote(ds), unquote(model)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary sibling then rename, so readers never see a partial file."""
+    """Write to a temporary sibling then rename, so readers never see a partial file. The file gets
+    the mode a plain ``open`` would give it (0666 less the process umask), not mkstemp's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -209,3 +217,32 @@ def validate_results(obj: dict[str, Any]) -> list[str]:
                 if missing:
                     problems.append(f"results[{ds}][{model}][{i}] lacks {missing}")
     return problems
+
+
+# Per-dataset fields of two run records that must agree before their numbers are compared.
+COMPARED_DATASET_FIELDS = ("sample_hash", "prompt_set", "card_version", "split")
+
+
+def run_mismatches(a: dict[str, Any], b: dict[str, Any], datasets: list[str] | None = None) -> list[str]:
+    """Why two run records are unlike (empty when their numbers can be compared): limit, protocol,
+    harness version, and per shared dataset its samples (hash), prompt set, card version and split."""
+    out = []
+    for what, x, y in (("limit", a.get("limit"), b.get("limit")),
+                       ("protocol", (a.get("protocol") or {}).get("id"), (b.get("protocol") or {}).get("id")),
+                       ("harness_version", a.get("harness_version"), b.get("harness_version"))):
+        if x != y:
+            out.append(f"{what}: {x!r} against {y!r}")
+    da, db = a.get("datasets") or {}, b.get("datasets") or {}
+    for ds in sorted(set(da) & set(db) if datasets is None else set(datasets) & set(da) & set(db)):
+        for f in COMPARED_DATASET_FIELDS:
+            x, y = da[ds].get(f), db[ds].get(f)
+            if x != y:
+                short = (lambda v: v[:12] + "…" if isinstance(v, str) and len(v) > 16 else v)
+                out.append(f"{ds} {f}: {short(x)!r} against {short(y)!r}")
+    return out
+
+
+def limit_note(*states: dict[str, Any]) -> str:
+    """A line marking limited runs (``--limit``), empty when none is."""
+    limits = sorted({s["limit"] for s in states if s.get("limit")})
+    return f"LIMITED RUN (--limit {', '.join(map(str, limits))}): not comparable to a full run" if limits else ""

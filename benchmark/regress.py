@@ -30,6 +30,7 @@ class Cell:
     hi: float | None = None
     digits: int | None = None  # printed precision of a paper value
     source: str = ""
+    prompt_set: str | None = None  # of a run's cell: the prompt set its dataset was run with
 
     def key(self, with_task: bool = True) -> tuple:
         return (self.dataset, self.model, self.task if with_task else None, self.metric, self.category)
@@ -48,17 +49,25 @@ def load_results(path: str | Path) -> dict[str, Any]:
 
 
 def run_cells(state: dict[str, Any], source: str = "") -> list[Cell]:
-    """Cells of a run. Each is also listed under ``dataset[prompt=<prompt set>]``, the name the
-    paper's tables give datasets evaluated with a named prompt set (MS-CXR)."""
-    prompt_set = (state.get("config") or {}).get("prompt_set") or "simple"
+    """Cells of a run, one per (dataset, model, task, metric, category), each with the prompt set its
+    dataset was run with (what a reference named ``dataset[prompt=<set>]`` asks for)."""
+    default_set = (state.get("config") or {}).get("prompt_set") or "simple"
     cells = []
     for ds, per_model in state.get("results", {}).items():
+        prompt_set = ((state.get("datasets") or {}).get(ds) or {}).get("prompt_set") or default_set
         for model, rows in per_model.items():
             for r in rows:
-                for name in (ds, f"{ds}[prompt={prompt_set}]"):
-                    cells.append(Cell(name, model, r.get("task"), r["metric"], r.get("category", "all"),
-                                      r.get("point"), r.get("lo"), r.get("hi"), source=source))
+                cells.append(Cell(ds, model, r.get("task"), r["metric"], r.get("category", "all"),
+                                  r.get("point"), r.get("lo"), r.get("hi"), source=source, prompt_set=prompt_set))
     return cells
+
+
+def _base_and_prompt_set(dataset: str) -> tuple[str, str | None]:
+    """``ms_cxr[prompt=precise]`` → ``("ms_cxr", "precise")``; a plain name → ``(name, None)``."""
+    from benchmark.paper import split_name
+
+    base, quals = split_name(dataset)
+    return base, quals.get("prompt")
 
 
 def paper_cells_as_reference(spec: str) -> list[Cell]:
@@ -131,6 +140,8 @@ class Diff:
 
 
 def compare_cells(run: Iterable[Cell], ref: Iterable[Cell], tolerance: str | float = "ci") -> list[Diff]:
+    """One comparison per reference cell. A reference dataset named ``name[prompt=<set>]`` matches
+    the run's ``name`` only when the run used that prompt set."""
     run = list(run)
     by_task = {c.key(True): c for c in run}
     by_any = {c.key(False): c for c in run}
@@ -138,7 +149,12 @@ def compare_cells(run: Iterable[Cell], ref: Iterable[Cell], tolerance: str | flo
     for rc in ref:
         if rc.value is None:
             continue
-        cell = by_task.get(rc.key(True)) if rc.task is not None else by_any.get(rc.key(False))
+        base, wanted = _base_and_prompt_set(rc.dataset)
+        key = (base, *rc.key(True)[1:])
+        cell = by_task.get(key) if rc.task is not None else by_any.get((base, rc.model, None, rc.metric, rc.category))
+        if cell is not None and wanted is not None and cell.prompt_set != wanted:
+            diffs.append(Diff(rc, None, "missing", f"the run used prompt set {cell.prompt_set!r}, not {wanted!r}"))
+            continue
         if cell is None or cell.value is None:
             diffs.append(Diff(rc, None, "missing", "not in the run"))
             continue

@@ -37,7 +37,15 @@ def test_missing_root_names_download_page_and_layout(tmp_path):
     msg = str(err.value)
     assert str(tmp_path / "nowhere") in msg
     assert "https://www.kaggle.com/c/rsna-pneumonia-detection-challenge" in msg
-    assert "stage_2_train_labels.csv" in msg and "stage_2_train_images/<patientId>.dcm" in msg
+    assert "\n" not in msg and "afloc-bench validate --datasets rsna_pneumonia" in msg  # one line, and where to look
+    from benchmark.cli.validate import print_report
+
+    report = RSNAPneumonia(tmp_path / "nowhere").validate()
+    import io
+
+    buf = io.StringIO()
+    print_report(report, buf)
+    assert "stage_2_train_labels.csv" in buf.getvalue() and "stage_2_train_images/<patientId>.dcm" in buf.getvalue()
 
 
 def test_missing_table_in_existing_root_names_file_and_layout(tmp_path):

@@ -119,9 +119,8 @@ def test_skip_existing_resumes_without_recomputing(tmp_path, toy_root, monkeypat
     assert rc == 0
     again = json.loads((out / "results.json").read_text())
     assert again["results"] == first["results"]
-    # a changed setting invalidates the finished pairs
-    with pytest.raises(AssertionError, match="recomputed"):
-        _run(tmp_path, toy_root, "--skip-existing", "--n-boot", "20")
+    # a run with other settings is refused in this folder (its record would mix two settings)
+    assert _run(tmp_path, toy_root, "--skip-existing", "--n-boot", "20")[0] == 2
 
 
 def test_skip_existing_redoes_a_pair_whose_fallback_weights_changed(tmp_path, toy_root, monkeypatch):
@@ -204,7 +203,7 @@ def test_missing_images_are_counted_not_dropped(tmp_path):
     pair = json.loads((out / "pairs" / "toy_test__random.json").read_text())
     assert pair["n_run_skipped"] == 2 + 1  # two missing images: 1 positive (grounding) + 2 (classification)
     assert all("not found" in s["reason"] for s in pair["run_skipped"])
-    assert res["datasets"]["toy_test"]["n_run_skipped"] >= 1
+    assert min(res["datasets"]["toy_test"]["n_run_skipped"].values()) >= 1
 
 
 def test_config_file_and_flag_override(tmp_path, toy_root):

@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +34,6 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
-from tqdm.auto import tqdm
 
 from baselines.saliency import classifiers as C
 from baselines.saliency.adapter import frame
@@ -43,6 +41,7 @@ from baselines.saliency.classifiers import output_key
 from benchmark.dataset import DataError, build_dataset, demo_root
 from benchmark.demo import ensure
 from benchmark.io.images import read_image
+from benchmark.progress import progress as with_progress
 from benchmark.run.config import choose_device
 
 log = logging.getLogger(__name__)
@@ -225,9 +224,9 @@ def train_classifier(dataset_name: str, data_root: str | os.PathLike | None, out
     skipped: list[dict[str, str]] = []
     tensors: list[Any] = []
     keep: list[int] = []
-    show = (sys.stderr.isatty() if progress is None else progress)
+    show = True if progress is None else bool(progress)
 
-    for i, p in enumerate(tqdm(paths, desc="reading images", disable=not show, leave=False)):
+    for i, p in enumerate(with_progress(paths, "reading images", unit="img", enabled=show)):
         try:
             tensors.append(C.to_input_tensor(frame(read_image(p, "gray"), spec.input_geometry), spec))
             keep.append(i)
@@ -262,7 +261,7 @@ def train_classifier(dataset_name: str, data_root: str | os.PathLike | None, out
         perm = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
         losses = []
         batches = range(0, len(perm), batch_size)
-        for b in tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not show, leave=False):
+        for b in with_progress(batches, f"classifier epoch {epoch + 1}/{epochs}", unit="batch", enabled=show):
             idx = torch.from_numpy(perm[b:b + batch_size])
             if len(idx) < 2 and len(perm) > 1:
                 continue  # BatchNorm needs two images; the remainder is reported as skipped steps

@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-paper", action="store_true", help="omit the paper's values")
     parser.add_argument("--category", default="all", help="category rows to show (default: overall 'all')")
     parser.add_argument("-o", "--output", default=None, help="write to a file instead of stdout")
+    parser.add_argument("--allow-mismatch", action="store_true",
+                        help="put unlike runs (other samples, limit, protocol or versions) in one table")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         tables = build_tables(args.runs, digits=args.digits, paper_version=args.paper_version,
-                              with_paper=not args.no_paper, category=args.category)
+                              with_paper=not args.no_paper, category=args.category,
+                              allow_mismatch=args.allow_mismatch)
     except (FileNotFoundError, ValueError) as exc:
         print(f"afloc-bench build: error: {exc}", file=sys.stderr)
         return 2

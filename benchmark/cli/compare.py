@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--all-categories", action="store_true", help="print per-category rows too")
     parser.add_argument("--json", help="write all rows to this JSON file")
     parser.add_argument("--csv", help="write all rows to this CSV file")
+    parser.add_argument("--allow-mismatch", action="store_true",
+                        help="compare runs that differ in samples, limit, protocol or versions (printed)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         df = compare_runs(args.run_a, args.run_b, metric=args.metric, n_boot=args.n_boot, seed=args.seed,
-                          unit=args.unit, dataset=args.dataset)
+                          unit=args.unit, dataset=args.dataset, allow_mismatch=args.allow_mismatch)
     except (DataError, ValueError) as exc:
         print(f"afloc-bench compare: error: {exc}", file=sys.stderr)
         return 2
@@ -56,6 +58,10 @@ def run(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     shown = df if args.all_categories else df[df["category"] == "all"]
+    for m in df.attrs.get("mismatches", []):
+        print(f"MISMATCH (allowed): {m}")
+    if df.attrs.get("limit_note"):
+        print(df.attrs["limit_note"])
     print(f"A = {args.run_a}\nB = {args.run_b}\n"
           f"paired bootstrap: n_boot={args.n_boot} seed={args.seed} unit={args.unit}")
     print(tabulate(shown.drop(columns=["n_only_a", "n_only_b"]), headers="keys", showindex=False, floatfmt=".4f"))

@@ -12,10 +12,12 @@ Compare a run with a reference and exit non-zero on drift.
 REF is a run folder / results.json (a golden run), or `paper:<table id>[:<dataset>]` for the
 paper's tables (ids in results/paper/index.yaml). Every reference cell must be present in the
 run. --tolerance ci (default) accepts a value inside the reference CI (or within the printed
-rounding when the reference has no CI); a number is an absolute tolerance.
+rounding when the reference has no CI); a number is an absolute tolerance. A run reference must
+be a like run: the same limit, protocol, harness version and, per dataset, the same samples,
+prompt set, card version and split (--allow-mismatch compares anyway and prints what differs).
 
 examples:
-  afloc-bench regress results/runs/latest --against results/demo/golden --tolerance 1e-9
+  afloc-bench regress results/runs/demo --against results/demo/golden-full --tolerance 1e-6
   afloc-bench regress results/runs/paper --against paper:arxiv_v5/table1
 """
 
@@ -26,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerance", default="ci", help="'ci' (default) or an absolute tolerance, e.g. 0.01")
     parser.add_argument("--all-rows", action="store_true", help="print every compared cell, not only failures")
     parser.add_argument("--models", default=None, help="only reference cells of these models (comma list, globs)")
+    parser.add_argument("--allow-mismatch", action="store_true",
+                        help="compare with a run reference that differs in samples, limit, protocol or versions")
     parser.add_argument("--datasets", default=None,
                         help="only reference cells of these datasets (comma list, globs; 'ms_cxr*' covers prompt sets)")
 
@@ -40,12 +44,24 @@ def run(args: argparse.Namespace) -> int:
         except ValueError:
             print(f"afloc-bench regress: --tolerance must be 'ci' or a number, got {tol!r}", file=sys.stderr)
             return 2
-    try:
-        ref = load_reference(args.against)
-        cells = run_cells(load_results(args.run))
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"afloc-bench regress: error: {exc}", file=sys.stderr)
-        return 2
+    from benchmark.records import limit_note, run_mismatches
+
+    state = load_results(args.run)
+    ref = load_reference(args.against)
+    cells = run_cells(state)
+    if not args.against.startswith("paper:"):
+        ref_state = load_results(args.against)
+        mismatches = run_mismatches(state, ref_state)
+        if mismatches and not args.allow_mismatch:
+            raise ValueError(f"{args.run} and {args.against} are unlike runs ({'; '.join(mismatches)}); "
+                             "pass --allow-mismatch to compare them anyway")
+        for m in mismatches:
+            print(f"MISMATCH (allowed): {m}")
+        note = limit_note(state, ref_state)
+    else:
+        note = limit_note(state)
+    if note:
+        print(note)
     ref = filter_cells(ref, models=args.models, datasets=args.datasets)
     diffs = compare_cells(cells, ref, tol)
     bad = [d for d in diffs if d.status != "ok"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from benchmark.cli import n_boot_arg
 
@@ -94,21 +93,11 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmark.dataset import DataError
     from benchmark.run.engine import Runner
     from benchmark.tables import summary_table
 
-    try:
-        cfg = config_from_args(args)
-        runner = Runner(cfg)  # resolves every name before anything heavy loads
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"afloc-bench run: error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        state = runner.run()
-    except DataError as exc:
-        print(f"afloc-bench run: data error: {exc}", file=sys.stderr)
-        return 1
+    runner = Runner(config_from_args(args))  # resolves every name before anything heavy loads
+    state = runner.run()  # failures are one line from benchmark.cli.main (exit 2: input, 3: environment)
     print(summary_table(state))
     print(f"\nrun record: {runner.out / 'results.json'}")
     return 0

@@ -194,24 +194,18 @@ def score_file(path: str, protocol_id: str, *, n_boot: int = 1000, seed: int = 0
     if not native_grid and info["heatmap_shape"][1:] != info["mask_shape"][1:]:
         raise _error(path, f"heatmaps of the masks' size {info['mask_shape'][1:]} (got {info['heatmap_shape'][1:]}); "
                            "pass --native-grid for native grids")
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
+    from benchmark.progress import Progress
+
     parts: list[dict[str, np.ndarray]] = []
     chunks = zip(iter_npz_chunks(path, "heatmaps", chunk), iter_npz_chunks(path, "masks", chunk))
-    bar = None
-    if tqdm is not None and not quiet and sys.stderr.isatty():
-        bar = tqdm(total=n, desc="scoring", unit="map")
+    bar = Progress(n, "scoring", unit="map", enabled=not quiet)
     for hm, mk in chunks:
         if np.any(np.asarray(mk) < 0):
             raise _error(path, "'masks' with values >= 0")
         parts.append(proto.score_chunk(hm, np.asarray(mk), margin=margin, native_grid=native_grid,
                                        pathology=pathology))
-        if bar is not None:
-            bar.update(len(hm))
-    if bar is not None:
-        bar.close()
+        bar.update(len(hm))
+    bar.close()
     values = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
     ids = np.array([f"score/{i}" for i in range(n)])
     image_ids = info.get("image_ids", ids).astype(str)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 HELP = "check dataset roots against their cards: files present, counts, one mask decodes, prompts render"
@@ -65,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         except DataError as exc:
             rep = {"dataset": name, "split": args.split, "root": str(exc.path or ""), "ok": False,
                    "problems": [str(exc)], "warnings": []}
+            if exc.path and not Path(exc.path).exists():  # a missing root: show what should be there
+                rep["layout"] = datasets.get(name).card.layout
         rep["demo"] = is_demo(name)
         if rep["demo"]:
             rep["demo_root"] = str(demo_root())
@@ -183,5 +186,7 @@ def print_report(rep: dict[str, Any], out=None) -> None:
               file=out)
     for p in rep.get("problems", []):
         print("  ERROR " + p.replace("\n", "\n        "), file=out)
+    if rep.get("layout"):
+        print("  expected layout:\n" + "\n".join("    " + ln for ln in rep["layout"].strip().splitlines()), file=out)
     for w in rep.get("warnings", []):
         print("  warning: " + w, file=out)

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import string
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -294,14 +294,6 @@ def index_files(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
                 stem = fn.rsplit(".", 1)[0]
                 out.setdefault(stem, Path(dirpath) / fn)
     return out
-
-
-def progress(iterable: Iterable[Any], desc: str, total: int | None = None) -> Iterator[Any]:
-    """tqdm bar, off when stderr is not a TTY or logging is quieter than INFO (``--quiet``)."""
-    from tqdm.auto import tqdm
-
-    quiet = logging.getLogger().getEffectiveLevel() > logging.INFO
-    yield from tqdm(iterable, desc=desc, total=total, disable=True if quiet else None, leave=False)
 
 
 def parse_views(views: Any) -> set[str] | None:

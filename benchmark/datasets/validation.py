@@ -34,6 +34,7 @@ def validate_loader(ds: Loader, expected: dict[str, int] | None = None, card_che
     problems, warnings = rep["problems"], rep["warnings"]
     if not ds.root.exists():
         problems.append(f"{ds.root}: {ds.missing_root_message()}")
+        rep["layout"] = card.layout
         return _done(rep)
     for rel in ds.required_files():
         if not (ds.root / rel).exists():

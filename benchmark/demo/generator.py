@@ -7,7 +7,6 @@ import logging
 import multiprocessing as mp
 import os
 import shutil
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -120,11 +119,11 @@ def generate(out_dir: str | os.PathLike, *, seed: int = 0, n_train: int | None =
 
 
 def _run(tasks: list, workers: int | None, progress: bool) -> list[dict]:
-    from tqdm import tqdm
+    from benchmark.progress import Progress
 
     if workers is None:
         workers = 1 if len(tasks) < 24 else _cpus()
-    bar = tqdm(total=len(tasks), desc="demo images", unit="img", disable=not (progress and sys.stderr.isatty()))
+    bar = Progress(len(tasks), "demo images", unit="img", enabled=progress)
     out: list[dict] = []
     try:
         if workers <= 1:

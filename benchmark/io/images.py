@@ -15,6 +15,29 @@ import numpy as np
 from benchmark.dataset import DataError
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
+_TAIL = 64  # bytes read from the end of a file to find its end marker
+
+
+def check_complete(path: Path) -> None:
+    """Raise ``DataError`` for an empty or truncated image file (cheap: the size and the last bytes).
+
+    A JPEG cut short decodes without an error (OpenCV only prints "Premature end of JPEG file" and
+    fills the rest with grey), so its end-of-image marker is required; a PNG must end with its IEND
+    chunk. DICOM files fail in their own decoder."""
+    size = path.stat().st_size
+    if size == 0:
+        raise DataError(path, "empty image file (0 bytes)")
+    suffix = path.suffix.lower()
+    if suffix not in (".jpg", ".jpeg", ".png"):
+        return
+    with open(path, "rb") as f:
+        head = f.read(8)
+        f.seek(max(0, size - _TAIL))
+        tail = f.read()
+    if head.startswith(b"\xff\xd8") and b"\xff\xd9" not in tail:
+        raise DataError(path, "truncated JPEG (no end-of-image marker): the file was cut short")
+    if head.startswith(b"\x89PNG") and b"IEND" not in tail:
+        raise DataError(path, "truncated PNG (no IEND chunk): the file was cut short")
 
 
 def read_image(path: str | os.PathLike, color: str = "gray") -> np.ndarray:
@@ -25,6 +48,7 @@ def read_image(path: str | os.PathLike, color: str = "gray") -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "image file not found")
+    check_complete(path)
     if path.suffix.lower() in DICOM_SUFFIXES:
         img = _read_dicom(path)
     else:
@@ -47,6 +71,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "image file not found")
+    check_complete(path)
     try:
         if path.suffix.lower() in DICOM_SUFFIXES:
             import pydicom

@@ -300,8 +300,10 @@ seed-0 bootstrap."""
         if "has_gt" in records:
             empty = records["has_gt"] == 0
             if empty.any():
-                log.warning("afloc-compat@1 (%s): %d of %d samples have no ground truth and are left out, as the "
-                            "official loaders skip them", mode, int(empty.sum()), len(records))
+                ids = ", ".join(map(str, records.loc[empty, "sample_id"].head(5))) if "sample_id" in records else ""
+                log.warning("afloc-compat@1 (%s): %d of %d samples have no ground truth in the evaluation frame and "
+                            "are left out, as the official loaders skip them%s", mode, int(empty.sum()), len(records),
+                            f" (e.g. {ids})" if ids else "")
                 records = records[~empty]
             if len(records) == 0:
                 return []

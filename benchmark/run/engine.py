@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from benchmark import __version__
-from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Adapter, Query, build_adapter
+from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Adapter, Query, build_adapter, code_version
 from benchmark.cache import ArrayCache, cache_key, checkpoint_sha256, file_sha256
 from benchmark.dataset import DataError, Dataset, build_dataset, cache_home, is_demo
 from benchmark.prompts import classification_prompts
@@ -68,18 +67,24 @@ class Runner:
         self.models = model_registry.resolve(config.models)
         self.datasets = dataset_registry.resolve(config.datasets)
         self.protocol: Protocol = resolve_protocol(config.protocol)
-        for name in self.cfg.ckpt:
+        for name, path in self.cfg.ckpt.items():
             if name not in self.models:
                 raise RegistryError(f"--ckpt given for {name!r}, which is not among the models of this run "
                                     f"({', '.join(self.models)})")
+            if not model_registry.get(name).takes_checkpoint:
+                raise RegistryError(f"--ckpt {name}={path}: {name!r} is a weight-free model and takes no checkpoint")
+            if not Path(path).expanduser().exists():
+                raise DataError(path, f"checkpoint of {name!r} not found (--ckpt {name}=PATH: a local file or folder)")
         self.device = choose_device(config.device)
         self.out = Path(config.output) if config.output else default_output_dir()
         self.cache = ArrayCache(Path(config.cache_dir) if config.cache_dir else cache_home() / "arrays",
                                 enabled=config.cache)
-        self.progress = not config.quiet and sys.stderr.isatty()
+        self.progress = not config.quiet
         self._datasets: dict[str, Dataset] = {}
+        self._ds_records: dict[str, dict[str, Any]] = {}
         self._adapters: dict[str, Adapter] = {}
         self._image_shas: dict[str, str] = {}
+        self._previous: dict[str, Any] | None = None
 
     # -- planning ---------------------------------------------------------
     def check_models(self) -> list[str]:
@@ -121,14 +126,69 @@ class Runner:
         return plans
 
     # -- the run ------------------------------------------------------------
+    def preflight(self) -> None:
+        """Everything that can be checked before the run folder is touched: every dataset root (all
+        missing ones named at once), the prompt set, and the run folder's earlier record."""
+        missing = []
+        for name in self.datasets:
+            try:
+                ds = self.dataset(name)
+            except DataError as exc:
+                missing.append(str(exc))
+                continue
+            if not ds.root.exists():
+                missing.append(f"{ds.root}: dataset root of {name!r} does not exist")
+        if missing:
+            raise DataError(None, f"{len(missing)} dataset(s) cannot be read: " + "; ".join(missing))
+        sets = {n: set(self._datasets[n].card.prompt_sets) for n in self.datasets}
+        if self.cfg.prompt_set != "simple" and not any(self.cfg.prompt_set in v for v in sets.values()):
+            known = sorted(set().union(*sets.values()))
+            raise ValueError(f"--prompt-set {self.cfg.prompt_set!r}: none of the datasets has it (they have "
+                             f"{', '.join(known)})")
+        self._previous = self._previous_results()
+
+    def _previous_results(self) -> dict[str, Any] | None:
+        """A run folder already holding another run's results: its pairs are kept (merged) when it was
+        made with the same settings, and the run is refused otherwise, never silently replaced."""
+        path = self.out / "results.json"
+        if not path.is_file():
+            return None
+        try:
+            old = json.loads(path.read_text())
+        except ValueError as exc:
+            raise DataError(path, f"an unreadable run record ({exc}); move it away or choose another -o") from None
+        ours = self._new_results()
+        for key, mine, theirs in (("protocol", ours["protocol"]["id"], (old.get("protocol") or {}).get("id")),
+                                  ("limit", self.cfg.limit, old.get("limit")),
+                                  ("n_boot", self.cfg.n_boot, (old.get("config") or {}).get("n_boot")),
+                                  ("seed", self.cfg.seed, (old.get("config") or {}).get("seed")),
+                                  ("prompt_set", self.cfg.prompt_set, (old.get("config") or {}).get("prompt_set")),
+                                  ("split", self.cfg.split, (old.get("config") or {}).get("split")),
+                                  ("harness_version", __version__, old.get("harness_version"))):
+            if mine != theirs:
+                raise ValueError(f"-o {self.out}: holds a run with {key} {theirs!r}, this run has {mine!r}; "
+                                 "choose another run folder (a run folder holds one set of settings)")
+        return old
+
     def run(self) -> dict[str, Any]:
         plans = self.plan()
+        self.preflight()
         self.out.mkdir(parents=True, exist_ok=True)
         import yaml
 
-        atomic_write_text(self.out / "config.resolved.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=True))
-        atomic_write_json(self.out / "env.json", environment(self.device))
+        with _run_log(self.out / "run.log"):
+            atomic_write_text(self.out / "config.resolved.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=True))
+            atomic_write_json(self.out / "env.json", environment(self.device))
+            return self._run(plans)
+
+    def _run(self, plans: list[PairPlan]) -> dict[str, Any]:
         state = self._new_results()
+        if self._previous is not None:  # pairs of an earlier run into this folder stay in its record
+            for key in ("datasets", "models", "results"):
+                state[key] = dict(self._previous.get(key) or {})
+            state["results"] = {d: dict(m) for d, m in state["results"].items()}
+            state["skipped_pairs"] = [p for p in self._previous.get("skipped_pairs") or []
+                                      if (p["dataset"], p["model"]) not in {(q.dataset, q.model) for q in plans}]
         skipped_models: dict[tuple[str, str], list[str]] = {}
         for plan in plans:
             if not plan.tasks:
@@ -143,6 +203,12 @@ class Runner:
             state["results"].setdefault(plan.dataset, {})[plan.model] = pair["rows"]
             atomic_write_json(self.out / "results.json", nan_to_none(state))
         atomic_write_json(self.out / "results.json", nan_to_none(state))
+        skipped = {d: sum(rec.get("n_run_skipped", {}).values()) + rec.get("n_skipped", 0)
+                   for d, rec in state["datasets"].items()}
+        for d, n in skipped.items():
+            if n:
+                log.warning("%s: %d sample(s) skipped (unreadable files or no model output; results.json lists them)",
+                            d, n)
         return state
 
     def _new_results(self) -> dict[str, Any]:
@@ -167,12 +233,15 @@ class Runner:
         h = hashlib.sha256()
         p = hashlib.sha256()
         root = Path(ds.root).resolve()
+        prompt_set = self.cfg.prompt_set if self.cfg.prompt_set in ds.card.prompt_sets else "simple"
+        if prompt_set != self.cfg.prompt_set:
+            log.warning("%s has no prompt set %r: its samples use 'simple' (recorded so)", name, self.cfg.prompt_set)
         for s in samples:
             h.update(json.dumps([s.sample_id, s.category, s.label, s.boxes, s.polygons,
                                  [r.get("counts") if isinstance(r.get("counts"), str) else str(r.get("counts"))
                                   for r in s.rles], [_under_root(m, root) for m in s.mask_paths]],
                                 default=str).encode())
-            p.update(s.prompt(self.cfg.prompt_set).encode() + b"\0")
+            p.update(s.prompt(prompt_set).encode() + b"\0")
         card = ds.card
         return {
             "name": name,
@@ -187,8 +256,9 @@ class Runner:
             "n_skipped": len(ds.skipped),
             "skipped": ds.skipped[:100],
             "sample_hash": h.hexdigest(),
-            "prompt_set": self.cfg.prompt_set,
+            "prompt_set": prompt_set,
             "prompt_hash": p.hexdigest(),
+            "n_run_skipped": {},  # per model: samples that failed at run time (unreadable image, no output)
         }
 
     def _adapter(self, name: str) -> Adapter:
@@ -208,13 +278,23 @@ class Runner:
         rec["checkpoint_sha256"] = checkpoint_sha256(ckpt) if ckpt else None
         return rec
 
-    def _pair_fingerprint(self, plan: PairPlan, ds_rec: dict[str, Any]) -> str:
+    def _pair_fingerprint(self, plan: PairPlan, ds_rec: dict[str, Any], samples: list[Sample]) -> str:
+        """What a finished pair's numbers depend on, by content: the checkpoint's bytes, every image's
+        bytes, the adapter's code, the samples and prompts, the protocol and its settings. A resume
+        (``--skip-existing``) reuses a pair only when all of it is unchanged."""
         entry = model_registry.entry(plan.model)
         ckpt = self.cfg.ckpt.get(plan.model)
+        images = hashlib.sha256()
+        for path in sorted({s.image_path for s in samples}):
+            try:
+                images.update(f"{path}\0{self._image_sha(path)}\0".encode())
+            except OSError:
+                images.update(f"{path}\0missing\0".encode())
         payload = {"protocol": self.protocol.id, "n_boot": self.cfg.n_boot, "seed": self.cfg.seed,
-                   "limit": self.cfg.limit, "ckpt": ckpt,
+                   "limit": self.cfg.limit, "ckpt_sha256": checkpoint_sha256(ckpt) if ckpt else None,
                    "model_options": self.cfg.model_options.get(plan.model, {}), "registered": entry.options,
                    "sample_hash": ds_rec["sample_hash"], "prompt_hash": ds_rec["prompt_hash"],
+                   "images": images.hexdigest(), "code": code_version(entry.load()),
                    "harness": __version__, "tasks": plan.tasks,
                    "default_weights": None if ckpt else entry.get("demo_weights")}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
@@ -226,16 +306,19 @@ class Runner:
         samples = ds.samples()
         if self.cfg.limit is not None:
             samples = samples[: self.cfg.limit]
-        ds_rec = self._dataset_record(plan.dataset, ds, samples)
+        if plan.dataset not in self._ds_records:
+            self._ds_records[plan.dataset] = self._dataset_record(plan.dataset, ds, samples)
+        ds_rec = self._ds_records[plan.dataset]
         state["datasets"][plan.dataset] = ds_rec
         stem = record_stem(plan.dataset, plan.model)
         pair_path = self.out / "pairs" / f"{stem}.json"
-        fingerprint = self._pair_fingerprint(plan, ds_rec)
+        fingerprint = self._pair_fingerprint(plan, ds_rec, samples)
         if self.cfg.skip_existing and pair_path.is_file():
             old = json.loads(pair_path.read_text())
             if old.get("fingerprint") == fingerprint and (self.out / "samples" / f"{stem}.parquet").is_file():
                 log.info("skip-existing: %s on %s already done", plan.model, plan.dataset)
                 state["models"][plan.model] = old["model"]
+                ds_rec["n_run_skipped"][plan.model] = int(old.get("n_run_skipped", 0))
                 return old
         adapter = self._adapter(plan.model)
         state["models"][plan.model] = self._model_record(plan.model, adapter)
@@ -264,8 +347,8 @@ class Runner:
                 "rows": nan_to_none(rows), "protocol_params": nan_to_none(used_params),
                 "model": state["models"][plan.model], "n_run_skipped": len(run_skips),
                 "run_skipped": run_skips[:100], "seconds": round(time.time() - t0, 3),
-                "cache": {"hits": self.cache.hits, "misses": self.cache.misses}}
-        ds_rec["n_run_skipped"] = ds_rec.get("n_run_skipped", 0) + len(run_skips)
+                "cache": {"hits": self.cache.hits, "misses": self.cache.misses, "corrupt": self.cache.corrupt}}
+        ds_rec["n_run_skipped"][plan.model] = len(run_skips)
         atomic_write_json(pair_path, pair)
         if run_skips:
             log.warning("%s on %s: %d sample(s) skipped at run time (see results.json)", plan.model, plan.dataset,
@@ -412,9 +495,10 @@ class Runner:
         skipped samples)``; an image that cannot be read is reported once per sample, never dropped.
         """
         ckpt_sha = self._ckpt_sha(plan.model, adapter)
+        code = code_version(type(adapter))
 
         def cache_key_of(path: str, key: str) -> str:
-            return cache_key(kind, model_id=adapter.model_id, checkpoint_sha=ckpt_sha,
+            return cache_key(kind, model_id=adapter.model_id, checkpoint_sha=ckpt_sha, code_version=code,
                              preprocessing_id=adapter.preprocessing_id, image_sha=self._image_sha(path), prompt=key)
 
         by_image: dict[str, list[Sample]] = {}
@@ -528,6 +612,35 @@ class Runner:
         if ckpt:
             return checkpoint_sha256(ckpt)
         return adapter.weights_fingerprint() or "none"
+
+
+class _run_log:
+    """Everything the run logs at INFO and above also goes to ``run.log`` in the run folder, whatever
+    the console shows (``-q`` keeps the console to warnings)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self) -> _run_log:
+        root = logging.getLogger()
+        self.level = root.level
+        self.handlers = [(h, h.level) for h in root.handlers]
+        for h, lvl in self.handlers:  # the console keeps its threshold when the root's is lowered
+            h.setLevel(max(lvl, self.level))
+        self.handler = logging.FileHandler(self.path, encoding="utf-8")
+        self.handler.setLevel(logging.INFO)
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(self.handler)
+        root.setLevel(min(self.level, logging.INFO) if self.level else logging.INFO)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        root = logging.getLogger()
+        root.removeHandler(self.handler)
+        self.handler.close()
+        root.setLevel(self.level)
+        for h, lvl in self.handlers:
+            h.setLevel(lvl)
 
 
 def _under_root(path: str | os.PathLike, root: Path) -> str:

@@ -35,11 +35,12 @@ def image_batches(adapter: Adapter, paths: list[str], *, batch_size: int, num_wo
     """Yield ``(paths, model batch, image sizes, unreadable (path, message) pairs)`` per batch."""
     import torch
     from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
+
+    from benchmark.progress import Progress
 
     loader = DataLoader(ImageSet(paths, adapter), batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=list)
-    with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+    with Progress(len(paths), desc, unit="img", enabled=progress) as bar:
         for items in loader:
             bar.update(len(items))
             ok = [it for it in items if it[3] is None]

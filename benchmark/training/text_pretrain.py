@@ -128,11 +128,9 @@ def pretrain_text_encoder(bert: nn.Module, tokenizer: Any, texts: Sequence[str],
     bert.train()
     losses: list[float] = []
     window: list[float] = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    from benchmark.progress import Progress
 
-        bar = tqdm(total=cfg.steps, desc="masked-LM pretraining", unit="step")
+    bar = Progress(cfg.steps, "masked-LM pretraining", unit="step", enabled=progress)
     for step in range(cfg.steps):
         lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup)) * (1.0 - step / cfg.steps)
         for g in opt.param_groups:

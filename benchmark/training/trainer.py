@@ -35,7 +35,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -44,9 +43,9 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
-from tqdm.auto import tqdm
 
 from benchmark.io.checkpoints import CheckpointError
+from benchmark.progress import Progress
 from benchmark.training.captions import report_sentences
 from benchmark.training.config import TrainConfig
 from benchmark.training.data import GroupLoader, Pair, PretrainingData, epoch_batches, pairs_from_dataset
@@ -330,13 +329,13 @@ class Trainer:
         t_start = time.time()
         deadline = t_start + cfg.max_minutes * 60 if cfg.max_minutes else None
         stop = False
-        show = self.dist.main and not self.quiet and sys.stderr.isatty()
+        show = self.dist.main and not self.quiet
         while st["epoch"] < cfg.epochs and not stop:
             epoch = st["epoch"]
             batches = epoch_batches(len(self.train_data), cfg.batch_size, epoch, cfg.seed)
             skip = st["step_in_epoch"]
-            bar = tqdm(total=len(batches), initial=skip, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show,
-                       unit="batch", leave=False)
+            bar = Progress(len(batches), f"{cfg.task} epoch {epoch + 1}/{cfg.epochs}", unit="batch", enabled=show,
+                           initial=skip)
             t0, n0 = time.time(), 0
             for groups in self._rank_groups(self.train_data, batches, epoch, skip):
                 terms = self.train_step(groups)
@@ -405,7 +404,7 @@ class Trainer:
             t0 = time.time()
             losses = pretrain_text_encoder(bert, self.tokenizer, texts, mlm, seed=cfg.seed, device=self.device,
                                            on_log=on_log, log_every=max(1, cfg.log_every),
-                                           progress=not self.quiet and sys.stderr.isatty())
+                                           progress=self.dist.main and not self.quiet)
             log.info("masked-LM pretraining: %d steps on %d reports (%d without a usable sentence left out), "
                      "loss %.3f -> %.3f (%.0f s)", mlm.steps, len(texts), len(reports) - len(texts), losses[0],
                      losses[-1], time.time() - t0)

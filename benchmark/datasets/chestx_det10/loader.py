@@ -16,7 +16,8 @@ from typing import Any
 
 from benchmark.cache import file_sha256
 from benchmark.dataset import DataError
-from benchmark.datasets.common import Loader, load_card, progress, read_split
+from benchmark.datasets.common import Loader, load_card, read_split
+from benchmark.progress import progress
 from benchmark.sample import Sample
 
 CATEGORIES = ("Atelectasis", "Calcification", "Consolidation", "Effusion", "Emphysema", "Fibrosis", "Fracture",

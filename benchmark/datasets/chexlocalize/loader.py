@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 
 from benchmark.dataset import DataError
-from benchmark.datasets.common import Loader, check_coco_rle, load_card, progress, read_csv, read_split
+from benchmark.datasets.common import Loader, check_coco_rle, load_card, read_csv, read_split
 from benchmark.geometry.rasterize import decode_rle
 from benchmark.pathologies import canonical_name
+from benchmark.progress import progress
 from benchmark.sample import Sample
 
 LOCALIZATION_TASKS = ("Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Lesion", "Airspace Opacity", "Edema",

@@ -15,7 +15,8 @@ import json
 from pathlib import Path
 
 from benchmark.dataset import DataError
-from benchmark.datasets.common import Loader, load_card, mask_nonzero_count, progress, read_split
+from benchmark.datasets.common import Loader, load_card, mask_nonzero_count, read_split
+from benchmark.progress import progress
 from benchmark.sample import Sample
 
 LUNG_LABELS = {"right_lung", "left_lung", "lung", "right lung", "left lung"}

@@ -18,7 +18,8 @@ import re
 from pathlib import Path
 
 from benchmark.dataset import DataError
-from benchmark.datasets.common import Loader, first_existing, load_card, parse_views, progress, read_csv
+from benchmark.datasets.common import Loader, first_existing, load_card, parse_views, read_csv
+from benchmark.progress import progress
 from benchmark.sample import Sample
 
 SPLIT_CSVS = ("mimic-cxr-2.0.0-split.csv", "mimic-cxr-2.0.0-split.csv.gz")

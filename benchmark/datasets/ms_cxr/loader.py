@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.dataset import DataError
-from benchmark.datasets.common import Loader, load_card, progress, read_csv, read_split
+from benchmark.datasets.common import Loader, load_card, read_csv, read_split
+from benchmark.progress import progress
 from benchmark.sample import Sample
 
 VERSIONS = ("1.1.0", "1.0.0")

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.dataset import DataError
-from benchmark.datasets.common import Loader, first_existing, load_card, parse_views, progress, read_csv, read_split
+from benchmark.datasets.common import Loader, first_existing, load_card, parse_views, read_csv, read_split
+from benchmark.progress import progress
 from benchmark.sample import Sample
 
 BBOX_CSV = "BBox_List_2017.csv"

@@ -24,10 +24,10 @@ from benchmark.datasets.common import (
     check_list_overlap,
     load_card,
     parse_views,
-    progress,
     read_csv,
     read_split,
 )
+from benchmark.progress import progress
 from benchmark.sample import Sample
 
 LABELS_CSV = "stage_2_train_labels.csv"

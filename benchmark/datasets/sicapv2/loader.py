@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmark.dataset import DataError
-from benchmark.datasets.common import Loader, load_card, mask_nonzero_count, progress, read_split
+from benchmark.datasets.common import Loader, load_card, mask_nonzero_count, read_split
+from benchmark.progress import progress
 from benchmark.sample import Sample
 
 CLASSES = ("NC", "G3", "G4", "G5")

@@ -27,12 +27,12 @@ from benchmark.datasets.common import (
     kaggle_rle_runs,
     load_card,
     parse_views,
-    progress,
     read_csv,
     read_split,
     runs_to_counts,
     runs_union,
 )
+from benchmark.progress import progress
 from benchmark.sample import Sample
 
 RLE_CSV = "train-rle.csv"

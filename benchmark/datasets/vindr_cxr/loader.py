@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.dataset import DataError
-from benchmark.datasets.common import DicomHeaders, Loader, load_card, progress, read_csv, read_split
+from benchmark.datasets.common import DicomHeaders, Loader, load_card, read_csv, read_split
+from benchmark.progress import progress
 from benchmark.sample import Sample
 
 NO_FINDING = "no finding"
