@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from afloc.config import ModelConfig, TextConfig, VisionConfig
 from afloc.model import AFLoc
@@ -31,6 +31,7 @@ from afloc.tokenizer import Tokenizer
 from benchmark.io.checkpoints import (
     CheckpointError,
     load_lightning_checkpoint,
+    read_tensors,
     to_plain,
 )
 
@@ -239,21 +240,27 @@ def save_checkpoint(folder: str | os.PathLike, model, extra: dict[str, Any] | No
 def load_checkpoint(folder: str | os.PathLike, device: str = "cpu"):
     """Model from a folder written by ``save_checkpoint`` (weights via safetensors, config via JSON)."""
 
-
     folder = Path(folder)
     if folder.is_file() and folder.name in (MODEL_FILE, CONFIG_FILE):
         folder = folder.parent
     cfg_path, w_path = folder / CONFIG_FILE, folder / MODEL_FILE
     if not cfg_path.is_file() or not w_path.is_file():
         raise CheckpointError(folder, f"not an afloc-bench checkpoint folder (expected {CONFIG_FILE} and {MODEL_FILE})")
-    doc = json.loads(cfg_path.read_text())
-    if doc.get("format") != FORMAT:
-        raise CheckpointError(cfg_path, f"expected format {FORMAT!r}, found {doc.get('format')!r}")
-    cfg = ModelConfig.from_dict(doc["model"])
+    try:
+        doc = json.loads(cfg_path.read_text())
+    except ValueError as exc:
+        raise CheckpointError(cfg_path, f"not valid JSON ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise CheckpointError(cfg_path, f"expected format {FORMAT!r}, found {found!r}")
+    try:
+        cfg = ModelConfig.from_dict(doc["model"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(cfg_path, f"not an AFLoc model configuration ({type(exc).__name__}: {exc})") from None
     cfg.text.bert = None
     cfg.vision.pretrained = None
     model = AFLoc(cfg)
-    state = load_file(str(w_path))
+    state = read_tensors(w_path, expected="AFLoc weights (model.safetensors)")
     _check_shapes(w_path, model, state)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:

@@ -68,7 +68,6 @@ class AFLocTask(TrainTask):
     def global_terms(self, model: Any, batches: list[dict[str, Any]], autocast: Any, dist_on: bool) -> dict[str, Any]:
         """Features of this rank's chunks, all-gathered with gradients, scored as one global batch."""
 
-
         use_word = model.cfg.loss.use_word
         imgs, txts = [], []
         for b in batches:

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.dataset import DataError, Dataset, DatasetCard
+from benchmark.io.images import image_size
 from benchmark.protocols.base import Protocol
 from benchmark.registry import datasets, protocols
 from benchmark.sample import Sample
@@ -31,7 +32,12 @@ class ToyDataset(Dataset):
             for row in csv.DictReader(f):
                 label = int(row["label"])
                 boxes = [[float(row[k]) for k in "xywh"]] if label else []
-                out.append(Sample(sample_id=f"toy/{row['image']}", image_path=str(self.root / row["image"]),
+                path = self.root / row["image"]
+                try:
+                    size = image_size(path)
+                except DataError:
+                    size = None  # missing or unreadable: the runner names it
+                out.append(Sample(sample_id=f"toy/{row['image']}", image_path=str(path), image_size=size,
                                   split="test", category="Pneumonia", label=label, boxes=boxes,
                                   patient_id=row["image"][:3],
                                   prompts={"simple": "Findings suggesting pneumonia."}))

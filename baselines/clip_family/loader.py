@@ -171,7 +171,9 @@ def _tokenizer_dir(folder: Path, text_dir: Path | None) -> Path | None:
 
 def _build_open_clip(model_cfg: dict[str, Any], weights: Path, preprocess_cfg: dict[str, Any],
                      report: ClipLoadReport) -> LoadedClip:
+    from benchmark.io.checkpoints import read_tensors
 
+    read_tensors(weights, expected="open_clip weights")  # names a file that is not a checkpoint, runs no pickle
     name = register_model_cfg(model_cfg)
 
     with hub_offline():
@@ -180,8 +182,8 @@ def _build_open_clip(model_cfg: dict[str, Any], weights: Path, preprocess_cfg: d
         tokenizer = open_clip.get_tokenizer(name)
     try:
         result = open_clip.load_checkpoint(model, str(weights), strict=False, weights_only=True)
-    except Exception as e:
-        raise DataError(weights, f"could not read open_clip weights with weights_only=True: {e}") from e
+    except Exception as e:  # noqa: BLE001 - open_clip raises what its own loader meets
+        raise DataError(weights, f"could not load as open_clip weights ({type(e).__name__}: {e})") from e
     report.weights = str(weights)
     benign = ("position_ids", "attn_mask")
     report.missing = sorted(k for k in getattr(result, "missing_keys", []) if not k.endswith(benign))

@@ -192,7 +192,6 @@ def _resolve(path: Path, kind: str, text_cfg: dict[str, Any]) -> tuple[Path, Any
 def _apply_vilmedic_yaml(cfg: Any, path: Path) -> None:
     """Projection size, tokenizer length and report cleaning from a ViLMedic ``config.yml`` (safe YAML)."""
 
-
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:

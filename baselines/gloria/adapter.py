@@ -189,7 +189,6 @@ class GloriaAdapter(BaselineAdapter):
     def similarities(self, image_emb: dict[str, Any], text_emb: dict[str, Any]) -> Any:
         """Official combined similarity (local + global) / 2 per paired row and prompt: [B, K]."""
 
-
         loc, g = image_emb["local"], image_emb["global"]
         B, K = text_emb["valid"].shape
         out = torch.full((B, K), float("-inf"), dtype=torch.float64)

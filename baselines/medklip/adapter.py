@@ -161,7 +161,6 @@ class MedKlipAdapter(BaselineAdapter):
     def _load_folder(self, folder: Any, device: str) -> None:
         """A checkpoint folder of this project: config.json + model.safetensors (+ text_encoder/)."""
 
-
         doc = read_json(folder / "config.json")
         if doc.get("format") != FOLDER_FORMAT:
             raise CheckpointError(folder / "config.json", f"expected format {FOLDER_FORMAT!r} (a MedKLIP checkpoint "
@@ -240,7 +239,6 @@ class MedKlipAdapter(BaselineAdapter):
     # -- text ------------------------------------------------------------------------------
     def encode_texts(self, queries: Sequence[Query]) -> dict[str, Any]:
         """Per query: ``weights`` [P, 76] over the 75 entities plus the extra query, ``extra`` [P, 768]."""
-
 
         queries = as_queries(queries)
         P = len(queries)

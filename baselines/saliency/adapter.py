@@ -119,7 +119,6 @@ class _SaliencyAdapter(Adapter):
     def encode_texts(self, queries: Sequence[Query]):
         """Query → index of the classifier output that answers its finding."""
 
-
         self._require()
         return torch.tensor([C.label_index(self._finding(q), self.spec.labels) for q in as_queries(queries)],
                             dtype=torch.long)

@@ -17,8 +17,8 @@ be a like run: the same limit, protocol, harness version and, per dataset, the s
 prompt set, card version and split (--allow-mismatch compares anyway and prints what differs).
 
 examples:
-  afloc-bench regress results/runs/demo --against results/demo/golden-full --tolerance 1e-6
-  afloc-bench regress results/runs/paper --against paper:arxiv_v5/table1
+  afloc-bench regress RUN --against results/demo/golden-full --tolerance 1e-6
+  afloc-bench regress RUN --against paper:arxiv_v5/table1 --datasets "ms_cxr[prompt=simple]"
 """
 
 

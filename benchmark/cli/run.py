@@ -35,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s = parser.add_argument_group("statistics")
     s.add_argument("--n-boot", type=n_boot_arg, default=None,
                    help="bootstrap resamples (default 1000; 0 = points only, no intervals)")
-    s.add_argument("--seed", type=int, default=None, help="seed of the bootstrap and of seeded models (default 0)")
+    s.add_argument("--seed", type=int, default=None,
+                   help="seed of the bootstrap (default 0); a seeded model takes its own, e.g. "
+                        "--model-option random.seed=1")
     w = parser.add_argument_group("weights and data")
     w.add_argument("--ckpt", action="append", default=None, metavar="MODEL=PATH",
                    help="local checkpoint for a model; repeat for several models")

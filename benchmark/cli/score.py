@@ -170,6 +170,13 @@ def read_inputs(path: str) -> dict[str, Any]:
             if a.shape != (hshape[0],) or a.dtype.kind not in kind:
                 raise _error(path, f"{key!r} of shape [{hshape[0]}] ({kind} dtype), got {a.dtype} {a.shape}")
             out[key] = a
+    if "labels" in out:
+        bad = sorted({int(v) for v in out["labels"] if int(v) not in (0, 1)})
+        if bad:
+            raise _error(path, f"'labels' of 0 or 1 (absent, present); found {bad[:10]}")
+    if "scores" in out and not np.all(np.isfinite(out["scores"].astype(np.float64))):
+        n_bad = int((~np.isfinite(out["scores"].astype(np.float64))).sum())
+        raise _error(path, f"'scores' that are all finite probabilities; {n_bad} are NaN or infinite")
     return out
 
 
@@ -199,9 +206,15 @@ def score_file(path: str, protocol_id: str, *, n_boot: int = 1000, seed: int = 0
     parts: list[dict[str, np.ndarray]] = []
     chunks = zip(iter_npz_chunks(path, "heatmaps", chunk), iter_npz_chunks(path, "masks", chunk))
     bar = Progress(n, "scoring", unit="map", enabled=not quiet)
+    done = 0
     for hm, mk in chunks:
         if np.any(np.asarray(mk) < 0):
             raise _error(path, "'masks' with values >= 0")
+        inf = np.isinf(np.asarray(hm, dtype=np.float64)).reshape(len(hm), -1).any(1)
+        if inf.any():
+            raise _error(path, f"'heatmaps' without infinite values (NaN marks a pixel that is not evaluated); "
+                               f"map {done + int(np.argmax(inf))} has one")
+        done += len(hm)
         parts.append(proto.score_chunk(hm, np.asarray(mk), margin=margin, native_grid=native_grid,
                                        pathology=pathology))
         bar.update(len(hm))

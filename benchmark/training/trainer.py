@@ -306,7 +306,6 @@ class Trainer:
     def _rank_groups(self, data, batches, epoch: int, skip: int = 0):
         """Yield, per global batch, this rank's collated groups (DataLoader workers prefetch)."""
 
-
         cfg, w, r = self.cfg, self.dist.world, self.dist.rank
         mine = range(r * cfg.forward_chunks, (r + 1) * cfg.forward_chunks)
         workers = cfg.num_workers if cfg.num_workers is not None else min(4, max(0, (os.cpu_count() or 1) - 1))
