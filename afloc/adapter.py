@@ -6,9 +6,10 @@ Checkpoints (``--ckpt afloc=PATH``):
   * a folder written by ``afloc-bench train afloc`` (safetensors + JSON);
   * nothing: the demo weights (``demo_weights`` in ``afloc/manifest.yaml``; built on first use).
 
-Options: ``text_encoder`` (tokenizer folder for official files), ``geometry`` (``letterbox``,
-the official localization preprocessing and the default, or ``resize_crop``, the official
-zero-shot classification preprocessing), ``text_batch`` (prompts per forward pass).
+Options: ``text_encoder`` (tokenizer folder for official files), ``geometry`` (``official``, the
+default: each task as the official code preprocesses it, grounding letterboxed from a
+``cv2.imread(p, 0)`` read, zero-shot classification resized and centre-cropped from a PIL RGB read;
+``letterbox`` or ``resize_crop``: that one for both tasks), ``text_batch`` (prompts per forward pass).
 
 ``similarity_map`` returns the raw 19×19 grid over the letterboxed 224 frame; the protocol
 smooths, upsamples, masks and normalises it.
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from afloc.checkpoint import load_model
-from afloc.inference import GEOMETRIES, InferenceEngine, preprocess_image
+from afloc.inference import DECODE_OF, GEOMETRIES, OFFICIAL_GEOMETRY, InferenceEngine, preprocess_image
 from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Adapter, Query, query_texts
 from benchmark.cache import state_dict_sha256
 from benchmark.training.config import load_train_config
@@ -42,16 +43,16 @@ class AFLocAdapter(Adapter):
     capabilities = (GROUNDING, ZEROSHOT_CLS)
     input_geometry = "letterbox:224"
     preprocessing_id = PREPROCESSING_IDS["letterbox"]
-    color = "gray"
+    decode = DECODE_OF["letterbox"]
+    geometry_choice = "official"
 
     def load(self, checkpoint: str | None, device: str) -> None:
 
-        geometry = str(self.options.get("geometry", "letterbox"))
-        if geometry not in GEOMETRIES:
-            raise ValueError(f"afloc option geometry must be one of {sorted(GEOMETRIES)}, not {geometry!r}")
-        self.geometry = geometry
-        self.input_geometry = GEOMETRIES[geometry]
-        self.preprocessing_id = PREPROCESSING_IDS[geometry]
+        choice = str(self.options.get("geometry", "official"))
+        if choice != "official" and choice not in GEOMETRIES:
+            raise ValueError(f"afloc option geometry must be official or one of {sorted(GEOMETRIES)}, not {choice!r}")
+        self.geometry_choice = choice
+        self.for_task("grounding")
         if checkpoint is None:
             checkpoint = self.demo_checkpoint()
         model = load_model(checkpoint, text_encoder=self.options.get("text_encoder"), device="cpu")
@@ -62,6 +63,16 @@ class AFLocAdapter(Adapter):
             logging.getLogger("afloc.adapter").warning("%s: %s", checkpoint, self.load_report)
         self.engine = InferenceEngine(model, device, text_batch=int(self.options.get("text_batch", 64)))
         self.checkpoint, self.device = str(checkpoint), device
+
+    def for_task(self, task: str) -> None:
+        """Grounding: letterbox from a ``cv2-gray`` read; classification: resize-crop from ``pil-rgb``
+        (unless the ``geometry`` option fixes one for both)."""
+        geometry = OFFICIAL_GEOMETRY.get(task, "letterbox") if self.geometry_choice == "official" \
+            else self.geometry_choice
+        self.geometry = geometry
+        self.input_geometry = GEOMETRIES[geometry]
+        self.preprocessing_id = PREPROCESSING_IDS[geometry]
+        self.decode = DECODE_OF[geometry]
 
     def preprocess(self, image: np.ndarray) -> Any:
 
@@ -90,9 +101,8 @@ class UntrainedAFLocAdapter(AFLocAdapter):
         if checkpoint is not None:
             raise ValueError("afloc_untrained takes no checkpoint (it is the demo model before training); "
                              "use --ckpt afloc=PATH for trained weights")
-        self.geometry = "letterbox"
-        self.input_geometry = GEOMETRIES[self.geometry]
-        self.preprocessing_id = PREPROCESSING_IDS[self.geometry]
+        self.geometry_choice = str(self.options.get("geometry", "official"))
+        self.for_task("grounding")
         cfg = load_train_config("demo")
         task = get_task(cfg.task)
         model, _ = task.build(cfg)

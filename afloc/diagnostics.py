@@ -142,7 +142,7 @@ def _box_images(dataset: str, data_root: str | None, limit: int | None):
         raise ValueError(f"{dataset} ({ds.root}): no sample with a box; readout contrast needs box ground truth")
     images, masks = [], []
     for s in samples:
-        img = read_image(s.image_path)
+        img = read_image(s.image_path, "cv2-gray")
         x = preprocess_image(img)
         images.append(x)
         masks.append(afloc_boxes_mask(s.boxes, img.shape[:2], x.shape[-1]))

@@ -3,8 +3,8 @@
 Preprocessing (official ``process_img``): grayscale uint8 → letterbox to 224 (INTER_AREA,
 longest side, centred zero padding; ``benchmark.geometry.frames.letterbox_array``) → 3 identical
 channels → ``ToTensor`` → ``Normalize(0.5, 0.5)`` (values in [−1, 1]); the model upsamples to
-299 itself. The official zero-shot classification script preprocesses differently
-(``Resize(224)`` of the shorter side + ``CenterCrop(224)``): ``geometry="resize_crop"``.
+299 itself. The official zero-shot classification script reads and preprocesses differently
+(PIL RGB, ``Resize(224)`` of the shorter side + ``CenterCrop(224)``): ``geometry="resize_crop"``.
 
 Heatmap (official ``get_similarity_map_from_raw_data``): raw dot product of each deep local
 vector (layer3 → 1×1 conv, 19×19) with the report embedding of the prompt, no normalisation.
@@ -26,22 +26,28 @@ from afloc.model import AFLoc, similarity_grid, zero_shot_probability
 from benchmark.geometry.frames import letterbox_array, parse_geometry
 
 GEOMETRIES = {"letterbox": "letterbox:224", "resize_crop": "resize_crop:224:224"}
+# the official code's file reading for each geometry: ``cv2.imread(p, 0)`` in localization and
+# pretraining, ``PIL.Image.open(p).convert("RGB")`` in zero-shot classification
+DECODE_OF = {"letterbox": "cv2-gray", "resize_crop": "pil-rgb"}
+# the official preprocessing of each task (``geometry=official``, the default)
+OFFICIAL_GEOMETRY = {"grounding": "letterbox", "classification": "resize_crop"}
 
 
 def to_model_input(frame: np.ndarray) -> torch.Tensor:
-    """uint8 (H, W) → float [3, H, W] in [−1, 1], the same float operations as torchvision."""
-    if frame.dtype != np.uint8 or frame.ndim != 2:
-        raise ValueError(f"expected a grayscale uint8 image, got {frame.dtype} {frame.shape}")
+    """uint8 (H, W) or RGB (H, W, 3) → float [3, H, W] in [−1, 1], the same float operations as
+    torchvision's ``ToTensor`` + ``Normalize([0.5], [0.5])`` (gray is replicated to 3 channels, as
+    ``convert("RGB")`` does)."""
+    if frame.dtype != np.uint8 or not (frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] == 3)):
+        raise ValueError(f"expected a uint8 gray (H, W) or RGB (H, W, 3) image, got {frame.dtype} {frame.shape}")
     t = torch.from_numpy(np.ascontiguousarray(frame)).float().div(255)
     t = (t - 0.5) / 0.5
-    return t.unsqueeze(0).expand(3, -1, -1).contiguous()
+    if t.ndim == 2:
+        return t.unsqueeze(0).expand(3, -1, -1).contiguous()
+    return t.permute(2, 0, 1).contiguous()
 
 
 def preprocess_image(image: np.ndarray, geometry: str = "letterbox", size: int = 224) -> torch.Tensor:
-    if image.ndim == 3:
-        import cv2
-
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    """The image as decoded by the task's recipe → the model input of ``geometry``."""
     if geometry == "letterbox":
         frame = letterbox_array(image, size)
     elif geometry == "resize_crop":

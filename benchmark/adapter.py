@@ -74,7 +74,9 @@ class Adapter:
       input_geometry: spec of the frame the similarity grid covers, understood by
         ``benchmark.geometry`` (``letterbox:224``, ``resize_crop:512:480``, ``resize:224x224``).
       preprocessing_id: changes whenever preprocessing changes; part of every cache key.
-      color: ``gray`` (H, W) or ``rgb`` (H, W, 3) uint8 images are given to ``preprocess``.
+      decode: how an image file becomes the uint8 array given to ``preprocess``: the recipe of the
+        model's official code (``benchmark.io.images.RECIPES``: ``cv2-gray``, ``pil-rgb``,
+        ``hi-ml``, ...; ``canonical`` for models without an official reader).
       needs_checkpoint: True if ``load(None, ...)`` cannot give meaningful weights (the manifest
         entry says the same; the registry checks that they agree).
 
@@ -87,14 +89,17 @@ class Adapter:
       per_sample_maps: maps come from ``similarity_map_for_samples`` (the sample itself, e.g. a
         reader's segmentation) instead of the image/text embeddings;
       ``unsupported(query)``: why the model cannot answer a query (a classifier without that output);
-      ``salient_points_for_samples``: points a reader marked, scored where a protocol scores points.
+      ``salient_points_for_samples``: points a reader marked, scored where a protocol scores points;
+      ``for_task(task)``: called before each task of a run, for a model whose official code
+        preprocesses each task differently (AFLoc: letterbox for grounding, resize-crop for
+        classification); it sets ``input_geometry``, ``preprocessing_id`` and ``decode``.
     """
 
     name: str = ""
     capabilities: tuple[str, ...] = (GROUNDING,)
     input_geometry: str = "letterbox:224"
     preprocessing_id: str = ""
-    color: str = "gray"
+    decode: str = "canonical"
     needs_checkpoint: bool = False
     takes_checkpoint: bool = True  # False: weight-free (the sanity floors); a --ckpt for it is an error
     code_version: str | None = None  # set to version the code by hand instead of hashing its source files
@@ -223,9 +228,18 @@ class Adapter:
             "capabilities": list(self.capabilities),
             "input_geometry": self.input_geometry,
             "preprocessing_id": self.preprocessing_id,
-            "color": self.color,
+            "decode": self.decode,
             "options": dict(self.options),
         }
+
+    def for_task(self, task: str) -> None:
+        """Switch to the official preprocessing of ``task`` (``grounding`` or ``classification``).
+
+        Default: one preprocessing for every task."""
+
+    def preprocessing(self) -> dict[str, str]:
+        """What the current task's inputs went through (recorded per task in the run record)."""
+        return {"decode": self.decode, "input_geometry": self.input_geometry, "preprocessing_id": self.preprocessing_id}
 
 
 def _mean_rows(emb: Any) -> Any:

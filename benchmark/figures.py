@@ -164,7 +164,7 @@ def overlays(run_dir: str | Path, dataset: str, path: str | Path, n_samples: int
     for row, sid in enumerate(ids):
         i0 = list(first["sample_id"]).index(sid)
         sample = Sample.from_dict(json.loads(str(first["sample_json"][i0])))
-        img = read_image(sample.image_path, "gray")
+        img = read_image(sample.image_path)
         size = img.shape[:2]
         gt = sample_mask(sample, size)
         for col in range(len(models) + 1):

@@ -40,7 +40,7 @@ class ToyTask(TrainTask):
 
         from benchmark.io.images import read_image
 
-        return torch.from_numpy(cv2.resize(read_image(path, "gray"), (4, 4))).float().flatten() / 255
+        return torch.from_numpy(cv2.resize(read_image(path), (4, 4))).float().flatten() / 255
 
     @staticmethod
     def label_fn(labels):

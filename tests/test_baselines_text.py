@@ -123,8 +123,8 @@ def test_gloria_letterbox_and_crop():
 
 
 def test_biovil_transform_sizes_and_minmax():
-    from baselines.biovil.model import remap_to_uint8
     from baselines.common.image_prep import center_crop, pil_resize_shorter
+    from benchmark.io.images import remap_to_uint8
 
     img = (np.arange(600 * 400).reshape(600, 400) % 97 + 50).astype(np.uint8)
     r = remap_to_uint8(img)

@@ -155,7 +155,7 @@ def test_training_input_and_tokens_are_the_adapters(tmp_path):
     a.load(str(folder), "cpu")
     p = _pairs(tmp_path / "img", 1, 3)[0].image_path
     x = task.image_fn(p)
-    assert tuple(x.shape) == (3, 64, 64) and torch.equal(x, a.preprocess(read_image(p, "gray")))
+    assert tuple(x.shape) == (3, 64, 64) and torch.equal(x, a.preprocess(read_image(p, a.decode)))
     assert a.input_geometry == "resize_crop:72:64" and "resize72-crop64" in a.preprocessing_id
     prompts = ["Small left pleural effusion.", "Findings suggesting pneumonia"]
     enc, ref = tok(prompts), a.tokenize(prompts)
@@ -201,7 +201,7 @@ def test_training_runs_resumes_and_the_adapter_loads_best(trained):
     for k, v in a.text_model.state_dict().items():
         assert torch.equal(v, saved[f"text.{k}"]), k
     assert a.input_geometry == "resize_crop:72:64"
-    imgs = [read_image(p.image_path, "gray") for p in trained["pairs"][:2]]
+    imgs = [read_image(p.image_path, a.decode) for p in trained["pairs"][:2]]
     emb = a.encode_images(a.collate([a.preprocess(i) for i in imgs]))
     maps = np.asarray(a.similarity_map(emb, a.encode_texts(["pleural effusion", "pneumonia"])))
     assert maps.shape == (2, 2, 2) and np.isfinite(maps).all() and np.abs(maps).max() <= 1 + 1e-6

@@ -127,7 +127,7 @@ def test_training_input_and_tokens_are_the_adapters(tmp_path):
     a = ConvirtAdapter()
     a.load(str(folder), "cpu")
     p = _pairs(tmp_path / "img", 1, 3)[0].image_path
-    assert torch.equal(task.image_fn(p), a.preprocess(read_image(p, "gray")))
+    assert torch.equal(task.image_fn(p), a.preprocess(read_image(p, a.decode)))
     enc, ref = tok(REPORTS), a.tokenize(REPORTS)
     assert torch.equal(enc["input_ids"], ref["input_ids"]) and torch.equal(enc["attention_mask"], ref["attention_mask"])
     assert enc["input_ids"][0, 0] == tok.tokenizer.cls_token_id  # [CLS] ... [SEP] as BERT was built for
@@ -162,7 +162,7 @@ def test_training_runs_resumes_and_the_adapter_loads_best(trained):
         assert torch.equal(v, saved[k]), k
     from benchmark.io.images import read_image
 
-    imgs = [read_image(p.image_path, "gray") for p in trained["pairs"][:2]]
+    imgs = [read_image(p.image_path, a.decode) for p in trained["pairs"][:2]]
     emb = a.encode_images(a.collate([a.preprocess(i) for i in imgs]))
     maps = np.asarray(a.similarity_map(emb, a.encode_texts(["pleural effusion", "pneumonia"])))
     assert maps.shape == (2, 7, 7) and np.isfinite(maps).all()

@@ -128,7 +128,7 @@ def test_training_input_and_tokens_are_the_adapters(trained):
     task = GloriaTask()
     _, tok = task.build(tiny_cfg(trained["vocab"]))
     path = trained["pairs"][0].image_path
-    assert torch.equal(task.image_fn(path), a.preprocess(read_image(path, "gray")))
+    assert torch.equal(task.image_fn(path), a.preprocess(read_image(path, a.decode)))
     caps = ["There is a left lung opacity. The heart size is normal.", "pneumothorax"]
     mine, theirs = tok(caps), a.tokenize(caps)
     for k in mine:

@@ -219,9 +219,9 @@ def test_adapter_loads_the_trained_folder_and_matches_the_training_input(trained
     saved = load_file(str(trained["run"] / "best" / "model.safetensors"))
     assert torch.equal(a.entity_book, saved["entity_book"])
     path = trained["pairs"][0].image_path
-    img = read_image(path, "gray")
+    img = read_image(path, a.decode)
     assert torch.equal(a.preprocess(img), read_input(path))  # training input == inference input
-    batch = a.collate([a.preprocess(read_image(p.image_path, "gray")) for p in trained["pairs"][:2]])
+    batch = a.collate([a.preprocess(read_image(p.image_path, a.decode)) for p in trained["pairs"][:2]])
     emb = a.encode_images(batch)
     prompts = ["Findings suggesting pneumonia.", "a bright round spot"]  # the second is a free-text query
     te = a.encode_texts(prompts)

@@ -53,7 +53,7 @@ def test_registered_models():
     for name in ("clip:openai", "biomedclip", "plip", "quiltnet", "conch"):
         entry = models.entry(name)
         assert "clip" in entry.tags and set(entry.capabilities) == {"grounding", "zeroshot_cls"}
-        assert entry.obj.color == "rgb" and entry.obj.needs_checkpoint
+        assert entry.obj.decode == "pil" and entry.obj.needs_checkpoint
 
 
 def test_open_clip_folder_round_trip(tiny_open_clip):
@@ -320,3 +320,23 @@ def test_zero_shot_over_sicapv2_classes(tiny_open_clip):
     direct = a.class_probabilities(img, a.encode_texts(texts))
     np.testing.assert_allclose(probs, direct, rtol=1e-5)
     assert balanced_accuracy([0, 0, 1, 2], [0, 1, 1, 1]) == pytest.approx((0.5 + 1 + 0) / 3)
+
+
+def test_clip_input_is_open_clips_transform_of_the_opened_file(tiny_open_clip, tmp_path):
+    """open_clip's own usage: ``preprocess(Image.open(path))`` (its transform converts to RGB), for
+    gray, 16-bit, RGBA and colour JPEG files."""
+    import cv2
+    from PIL import Image
+
+    from benchmark.io.images import read_image
+
+    a = _load(QuiltNetAdapter, tiny_open_clip[1])
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 256, (61, 83, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "g.png"), rgb[..., 0])
+    cv2.imwrite(str(tmp_path / "g16.png"), rgb[..., 0].astype(np.uint16) * 200)
+    cv2.imwrite(str(tmp_path / "a.png"), np.dstack([rgb, rgb[..., 1]]))
+    cv2.imwrite(str(tmp_path / "c.jpg"), rgb)
+    for name in ("g.png", "g16.png", "a.png", "c.jpg"):
+        want = a.loaded.preprocess(Image.open(tmp_path / name))
+        assert torch.equal(a.preprocess(read_image(tmp_path / name, a.decode)), want), name

@@ -56,7 +56,8 @@ class BioVilAdapter(BaselineAdapter):
     Checkpoint: ``biovil_image_resnet50_proj_size_128.pt`` (image model, loaded strictly), a folder
     trained by this project, or none (the demo model).
     Options: ``text_encoder`` (local folder of microsoft/BiomedVLP-CXR-BERT-specialized: config,
-    vocab and weights; not needed for folders that carry their vocabulary), ``random_init``, ``seed``.
+    vocab and weights; not needed for folders that carry their vocabulary), ``interpolation``
+    (bilinear, the default, or nearest: hi-ml's default upsampling of the grid), ``random_init``, ``seed``.
     """
 
     capabilities = (GROUNDING, ZEROSHOT_CLS)
@@ -64,7 +65,7 @@ class BioVilAdapter(BaselineAdapter):
     input_geometry = f"resize_crop:{RESIZE}:{CROP}"
     preprocessing_id = preprocessing_id_for(RESIZE, CROP)
     resize, crop = RESIZE, CROP
-    color = "gray"
+    decode = "hi-ml"  # load_image: skimage / pydicom, remap_to_uint8, PIL "L"
     checkpoint_name = "biovil_image_resnet50_proj_size_128.pt"
     checkpoint_url = IMAGE_PUBLISHED
 
@@ -137,9 +138,13 @@ class BioVilAdapter(BaselineAdapter):
         self.max_length = int(self.text_model.config.max_position_embeddings)
 
     def _set_transform(self, resize: int, crop: int) -> None:
-        """The input transform, and with it the grid's frame and the cache identity of the inputs."""
+        """The input transform, and with it the grid's frame and the cache identity of the inputs.
+
+        ``interpolation=nearest``: the grid is upsampled as hi-ml's ``get_similarity_map_from_raw_data``
+        does by default (nearest), not bilinearly."""
         self.resize, self.crop = int(resize), int(crop)
-        self.input_geometry = f"resize_crop:{self.resize}:{self.crop}"
+        mode = self.opt_choice("interpolation", "bilinear", ("bilinear", "nearest"))
+        self.input_geometry = f"resize_crop:{self.resize}:{self.crop}" + (":nearest" if mode == "nearest" else "")
         self.preprocessing_id = preprocessing_id_for(self.resize, self.crop)
 
     def describe(self) -> dict[str, Any]:

@@ -178,18 +178,6 @@ class CXRBert(nn.Module):
         return self.cls_projection_head(out.last_hidden_state[:, 0, :])
 
 
-def remap_to_uint8(array: Any) -> Any:
-    """hi-ml's ``remap_to_uint8``: global min–max to [0, 255], truncated to uint8."""
-
-    a = np.asarray(array).astype(float)
-    a -= a.min()
-    mx = a.max()
-    if mx > 0:
-        a /= mx
-    a *= 255
-    return a.astype(np.uint8)
-
-
 class BioViL(nn.Module):
     """Both towers under one module (``image.*``, ``text.*``): what this project trains and saves."""
 
@@ -201,13 +189,14 @@ class BioViL(nn.Module):
 
 
 def image_input(image: Any, resize: int = RESIZE, crop: int = CROP, *, share_channels: bool = False) -> torch.Tensor:
-    """hi-ml's inference transform at any size: min–max to uint8, Resize(``resize``) (shorter side, PIL
-    bilinear), CenterCrop(``crop``), ToTensor, 3 channels; no mean/std normalisation.
+    """hi-ml's inference transform at any size, on the image as its ``load_image`` decodes it (the
+    ``hi-ml`` recipe: min–max to uint8, PIL ``L``): Resize(``resize``) (shorter side, PIL bilinear),
+    CenterCrop(``crop``), ToTensor, 3 channels; no mean/std normalisation.
 
     ``share_channels``: the three channels are one tensor expanded (a third of the memory; the
     training data keeps every input in memory), with the same values."""
 
-    x = center_crop(pil_resize_shorter(remap_to_uint8(to_gray(image)), resize), crop)
+    x = center_crop(pil_resize_shorter(to_gray(image), resize), crop)
     if share_channels:
         return torch.tensor(np.asarray(x), dtype=torch.float32).div(255.0).unsqueeze(0).expand(3, -1, -1)
     return to_tensor(x, None, None)

@@ -113,7 +113,7 @@ class BiovilTask(TrainTask):
 
         if self._sizes is None:
             raise RuntimeError("BiovilTask.image_fn before build(): the input sizes come from the model config")
-        return image_input(read_image(path, "gray"), *self._sizes, share_channels=True)
+        return image_input(read_image(path, "hi-ml"), *self._sizes, share_channels=True)
 
     # -- objective -------------------------------------------------------------------------
     def loss_terms(self, model: Any, batch: dict[str, Any], autocast: Any) -> dict[str, Any]:

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 
 from baselines.chexzero.model import build_clip, letterbox_320, openai_to_open_clip, read_arch, to_model_input
 from baselines.common.adapter import BaselineAdapter, softmax_pair
-from baselines.common.image_prep import to_gray
 from benchmark.adapter import ZEROSHOT_CLS, Query, as_queries, query_texts
 from benchmark.io.checkpoints import load_checked, read_tensors, state_dict_from
 
@@ -35,7 +34,7 @@ class ChexzeroAdapter(BaselineAdapter):
     capabilities = (ZEROSHOT_CLS,)
     input_geometry = "letterbox:320"  # then uniformly scaled to 224: the same frame
     preprocessing_id = "chexzero-lanczos-letterbox320-cxrnorm-bicubic224-v1"
-    color = "gray"
+    decode = "cv2-rgb"  # img_to_hdf5: cv2.imread(path), BGR to RGB
     checkpoint_name = "a CheXzero .pt state dict (OpenAI CLIP layout)"
     checkpoint_url = PUBLISHED
 
@@ -61,7 +60,7 @@ class ChexzeroAdapter(BaselineAdapter):
     # -- images -----------------------------------------------------------------------------
     def preprocess(self, image: np.ndarray) -> Any:
 
-        return to_model_input(letterbox_320(to_gray(image)))
+        return to_model_input(letterbox_320(image))
 
     def encode_images(self, batch: Any) -> Any:
 

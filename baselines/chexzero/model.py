@@ -61,11 +61,12 @@ def openai_to_open_clip(sd: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in sd.items() if k not in OPENAI_METADATA_KEYS}
 
 
-def letterbox_320(gray: np.ndarray, size: int = LETTERBOX) -> np.ndarray:
+def letterbox_320(image: np.ndarray, size: int = LETTERBOX) -> np.ndarray:
     """CheXzero's ``preprocess``: longer side to ``size`` with LANCZOS (sizes ``int(x * ratio)``), pasted
-    at ``((size - w) // 2, (size - h) // 2)`` on a black square."""
+    at ``((size - w) // 2, (size - h) // 2)`` on a black ``L`` square (a colour image is resized in RGB
+    and turned gray by the paste, as in CheXzero's ``img_to_hdf5``)."""
 
-    img = Image.fromarray(gray)
+    img = Image.fromarray(image)
     w, h = img.size
     ratio = float(size) / max(w, h)
     new = (int(w * ratio), int(h * ratio))

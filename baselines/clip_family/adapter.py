@@ -61,7 +61,7 @@ class _ClipAdapter(Adapter):
     capabilities = (GROUNDING, ZEROSHOT_CLS)
     input_geometry = "resize_crop:224:224"
     preprocessing_id = "open_clip-shortest-224-v1"
-    color = "rgb"
+    decode = "pil"  # open_clip: preprocess(Image.open(path)), converted to RGB after the resize
     needs_checkpoint = True
     family = "clip"
 
@@ -102,7 +102,7 @@ class _ClipAdapter(Adapter):
     def preprocess(self, image: np.ndarray):
 
         self._require()
-        return self.loaded.preprocess(Image.fromarray(np.ascontiguousarray(image)).convert("RGB"))
+        return self.loaded.preprocess(Image.fromarray(np.ascontiguousarray(image)))
 
     def encode_images(self, batch) -> dict[str, Any]:
 

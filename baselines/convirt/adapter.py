@@ -59,7 +59,7 @@ class ConvirtAdapter(BaselineAdapter):
     needs_checkpoint = False  # no --ckpt: the demo model
     input_geometry = "resize:224x224"
     preprocessing_id = "convirt-pilbilinear-resize224x224-imagenet-v1"
-    color = "gray"
+    decode = "pil-rgb"  # ViLMedic: PIL RGB
     checkpoint_name = "convirt-mimic (ViLMedic zoo .pth) or model.safetensors + config.json"
     checkpoint_url = PUBLISHED
 

@@ -31,7 +31,7 @@ import torch.nn as nn
 from safetensors.torch import save_file
 from torchvision.models import resnet50
 
-from baselines.common.image_prep import IMAGENET_MEAN, IMAGENET_STD, pil_resize_exact, to_gray, to_tensor
+from baselines.common.image_prep import IMAGENET_MEAN, IMAGENET_STD, pil_resize_exact, to_tensor
 from baselines.common.text_folder import bert_config, call_quietly, roberta_config
 from benchmark.backbones import ResNetBackbone
 
@@ -220,9 +220,10 @@ def r2gen_clean(text: str) -> str:
 
 def image_input(image: Any) -> torch.Tensor:
     """ViLMedic's evaluation transform (the adapter's input, and the training input of this project):
-    gray, ``Resize((224, 224))`` (PIL bilinear, aspect ratio not kept), ToTensor, ImageNet normalisation."""
+    the PIL RGB image (gray is replicated), ``Resize((224, 224))`` (PIL bilinear, aspect ratio not kept),
+    ToTensor, ImageNet normalisation."""
 
-    return to_tensor(pil_resize_exact(to_gray(image), 224, 224), IMAGENET_MEAN, IMAGENET_STD)
+    return to_tensor(pil_resize_exact(image, 224, 224), IMAGENET_MEAN, IMAGENET_STD)
 
 
 class CaptionTokenizer:

@@ -124,7 +124,7 @@ class ConvirtTask(TrainTask):
     def image_fn(self, path: str) -> Any:
         """The adapter's input (``baselines.convirt.model.image_input``) of the image file."""
 
-        return image_input(read_image(path, "gray"))
+        return image_input(read_image(path, "pil-rgb"))
 
     # -- objective -------------------------------------------------------------------------
     def loss_terms(self, model: Any, batch: dict[str, Any], autocast: Any) -> dict[str, Any]:

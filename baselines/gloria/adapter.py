@@ -57,6 +57,7 @@ class GloriaAdapter(BaselineAdapter):
     Options: ``text_encoder`` (folder with Bio_ClinicalBERT's config.json and vocab.txt, for the
     official file; the BERT weights are in the checkpoint), ``heatmap`` (attention | dot),
     ``keep_short_sentences`` (false = official cleaning, which empties one-word prompts),
+    ``train_mode`` (true = the image encoder in training mode, as the official loader leaves it),
     ``random_init``, ``seed``.
     """
 
@@ -64,7 +65,7 @@ class GloriaAdapter(BaselineAdapter):
     needs_checkpoint = False  # no --ckpt: the demo model
     input_geometry = "letterbox_crop:256:224"
     preprocessing_id = "gloria-cv2area-letterbox256-crop224-half-v1"
-    color = "gray"
+    decode = "cv2-gray"  # GLoRIA.process_img: cv2.imread(path, 0)
     checkpoint_name = "chexpert_resnet50.ckpt"
     checkpoint_url = PUBLISHED
 
@@ -84,6 +85,10 @@ class GloriaAdapter(BaselineAdapter):
         else:
             model, self.tokenizer = self._load_official(checkpoint)
         self.model = self.place(model, device)
+        if self.opt_bool("train_mode", False):
+            # the official loader never calls .eval(): the ResNet's BatchNorm uses (and updates) the
+            # statistics of each batch, so outputs depend on the batch; off by default (eval mode)
+            self.model.img_encoder.train()
         self.tables = TokenTables.from_tokenizer(self.tokenizer)
         cfg = self.cfg
         if cfg.crop_size:

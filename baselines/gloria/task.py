@@ -105,7 +105,7 @@ class GloriaTask(TrainTask):
     def image_fn(self, path: str) -> Any:
         """The adapter's input for this model's config (``baselines.gloria.model.image_input``)."""
 
-        return image_input(read_image(path, "gray"), self._input_cfg or GloriaConfig())
+        return image_input(read_image(path, "cv2-gray"), self._input_cfg or GloriaConfig())
 
     # -- objective -------------------------------------------------------------------------
     def loss_terms(self, model: Any, batch: dict[str, Any], autocast: Any) -> dict[str, Any]:

@@ -104,7 +104,6 @@ class HumanBenchmark(Adapter):
     capabilities = (GROUNDING,)
     input_geometry = "native"
     preprocessing_id = "chexlocalize-hb-segmentations-v1"
-    color = "gray"
     needs_checkpoint = True
     per_sample_maps = True  # the map is the reader's segmentation of this sample, not an image/text product
 

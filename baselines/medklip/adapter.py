@@ -103,7 +103,7 @@ class MedKlipAdapter(BaselineAdapter):
     capabilities = (GROUNDING, ZEROSHOT_CLS)
     input_geometry = "resize:224x224"
     preprocessing_id = "medklip-pilbilinear-resize224x224-imagenet-v1"
-    color = "gray"
+    decode = "medklip"  # PIL RGB (RSNA DICOM: histogram-equalised)
     checkpoint_name = "checkpoint_final.pth"
     checkpoint_url = PUBLISHED
     needs_checkpoint = False  # no checkpoint: the demo model, trained on first use

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from baselines.common.image_prep import IMAGENET_MEAN, IMAGENET_STD, pil_resize_exact, to_gray, to_tensor
+from baselines.common.image_prep import IMAGENET_MEAN, IMAGENET_STD, pil_resize_exact, to_tensor
 from baselines.common.text_folder import read_json
 from benchmark.backbones import ResNetBackbone, load_pretrained
 from benchmark.io.checkpoints import CheckpointError
@@ -220,9 +220,9 @@ def load_trunk_weights(model: MedKLIP, source: str) -> None:
 
 def preprocess_image(image: Any) -> torch.Tensor:
     """The official test transform: resize to 224×224 (PIL bilinear, aspect ratio not kept), ToTensor,
-    ImageNet normalisation; gray input is replicated to 3 channels."""
+    ImageNet normalisation, on the PIL RGB image (gray input is replicated to 3 channels)."""
 
-    return to_tensor(pil_resize_exact(to_gray(image), 224, 224), IMAGENET_MEAN, IMAGENET_STD)
+    return to_tensor(pil_resize_exact(image, 224, 224), IMAGENET_MEAN, IMAGENET_STD)
 
 
 # -- entity descriptions -------------------------------------------------------------------

@@ -157,7 +157,7 @@ def labels_tensor(batch_labels: Sequence[dict | None]):
 def read_input(path: str):
     """The trainer's ``image_fn``: image file → the adapter's input tensor (3×224×224)."""
 
-    return preprocess_image(read_image(path, "gray"))
+    return preprocess_image(read_image(path, "medklip"))
 
 
 class CaptionTokenizer:

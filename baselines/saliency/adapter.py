@@ -59,7 +59,6 @@ class _SaliencyAdapter(Adapter):
     capabilities = (GROUNDING, ZEROSHOT_CLS)
     input_geometry = "resize:320x320"
     preprocessing_id = "densenet-chexpert-resize320-imagenet-v1"
-    color = "gray"
     method = "gradcam"
     # ``score(image, positive, positive)`` is the classifier's probability for the map's class, which
     # CheXlocalize's per-task probability cut-offs need next to each grounding record (``prob``).

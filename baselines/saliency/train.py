@@ -228,7 +228,7 @@ def train_classifier(dataset_name: str, data_root: str | os.PathLike | None, out
 
     for i, p in enumerate(with_progress(paths, "reading images", unit="img", enabled=show)):
         try:
-            tensors.append(C.to_input_tensor(frame(read_image(p, "gray"), spec.input_geometry), spec))
+            tensors.append(C.to_input_tensor(frame(read_image(p), spec.input_geometry), spec))
             keep.append(i)
         except DataError as e:
             skipped.append({"path": p, "reason": str(e)})

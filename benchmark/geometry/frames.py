@@ -14,6 +14,8 @@ Input-geometry specs understood by :func:`parse_geometry`:
 - ``resize_crop:R:C``: shorter side to R then a centred C×C crop (BioViL: 512 then 480
   or 448). The crop footprint in original pixels follows hi-ml: side
   ``s = int(C * min(H, W) / R)``, placed at ``floor((W - s) / 2)``, ``floor((H - s) / 2)``.
+  ``resize_crop:R:C:nearest`` upsamples the grid to that footprint with nearest instead of
+  bilinear (hi-ml's default ``interpolation``).
 - ``native``: the original image itself (frame = original pixels).
 
 Only numpy at module level; cv2, PIL, pycocotools and torch are imported where used.
@@ -374,11 +376,13 @@ class Resize(Geometry):
 class ResizeCrop(Geometry):
     """Shorter side to R, centred C×C crop (BioViL). Footprint placement follows hi-ml."""
 
-    def __init__(self, resize: int, crop: int):
-        self.resize, self.crop = int(resize), int(crop)
+    def __init__(self, resize: int, crop: int, grid_mode: str = "bilinear"):
+        self.resize, self.crop, self.grid_mode = int(resize), int(crop), grid_mode
         if self.crop > self.resize:
             raise ValueError(f"crop {self.crop} larger than resize {self.resize}")
-        self.spec = f"resize_crop:{self.resize}:{self.crop}"
+        if grid_mode not in ("bilinear", "nearest"):
+            raise ValueError(f"grid interpolation must be bilinear or nearest, not {grid_mode!r}")
+        self.spec = f"resize_crop:{self.resize}:{self.crop}" + ("" if grid_mode == "bilinear" else f":{grid_mode}")
 
     def crop_window(self, image_size: Sequence[int]) -> tuple[int, int, int]:
         """(top, left, side) of the crop in original pixels (hi-ml's arithmetic)."""
@@ -420,7 +424,14 @@ class ResizeCrop(Geometry):
         """hi-ml's ``convert_similarity_to_image_size``: interpolate to (s, s), NaN padding."""
         h, w = int(image_size[0]), int(image_size[1])
         top, left, side = self.crop_window(image_size)
-        inner = bilinear_resize(grid, (side, side)).astype(np.float64)
+        if self.grid_mode == "nearest":
+            import torch
+            import torch.nn.functional as F
+
+            g = torch.from_numpy(np.ascontiguousarray(grid, dtype=np.float32))[None, None]
+            inner = F.interpolate(g, size=(side, side), mode="nearest")[0, 0].numpy().astype(np.float64)
+        else:
+            inner = bilinear_resize(grid, (side, side)).astype(np.float64)
         out = np.full((h, w), np.nan, dtype=np.float64)
         out[top:top + side, left:left + side] = inner
         return out
@@ -463,7 +474,7 @@ def transfer_map(fmap: np.ndarray, src: Geometry | str, dst: Geometry | str, ima
 _SPEC_RE = {
     "letterbox": re.compile(r"^letterbox:(\d+)$"),
     "resize": re.compile(r"^resize:(\d+)(?:x(\d+))?$"),
-    "resize_crop": re.compile(r"^resize_crop:(\d+):(\d+)$"),
+    "resize_crop": re.compile(r"^resize_crop:(\d+):(\d+)(?::(bilinear|nearest))?$"),
     "letterbox_crop": re.compile(r"^letterbox_crop:(\d+):(\d+)$"),
 }
 
@@ -481,8 +492,8 @@ def parse_geometry(spec: str | Geometry) -> Geometry:
         h = int(m.group(1))
         return Resize(h, int(m.group(2)) if m.group(2) else h)
     if m := _SPEC_RE["resize_crop"].match(s):
-        return ResizeCrop(int(m.group(1)), int(m.group(2)))
+        return ResizeCrop(int(m.group(1)), int(m.group(2)), m.group(3) or "bilinear")
     if m := _SPEC_RE["letterbox_crop"].match(s):
         return LetterboxCrop(int(m.group(1)), int(m.group(2)))
     raise ValueError(f"unknown input geometry {spec!r}; expected 'letterbox:N', 'letterbox_crop:N:C', "
-                     f"'resize:HxW', 'resize_crop:R:C' or 'native'")
+                     f"'resize:HxW', 'resize_crop:R:C[:nearest]' or 'native'")

@@ -325,7 +325,10 @@ class Runner:
         t0 = time.time()
         frames, rows, run_skips, used_params = [], [], [], {}
         unit = ds.card.resampling_unit
+        preprocessing: dict[str, dict[str, str]] = {}
         for task in plan.tasks:
+            adapter.for_task(task)
+            preprocessing[task] = adapter.preprocessing()
             records, skipped = self._records(task, adapter, ds, samples, plan)
             run_skips.extend(skipped)
             if records.empty:
@@ -344,7 +347,7 @@ class Runner:
         if frames:
             write_parquet_atomic(pd.concat(frames, ignore_index=True), self.out / "samples" / f"{stem}.parquet")
         pair = {"dataset": plan.dataset, "fingerprint": fingerprint, "tasks": plan.tasks,
-                "rows": nan_to_none(rows), "protocol_params": nan_to_none(used_params),
+                "rows": nan_to_none(rows), "protocol_params": nan_to_none(used_params), "preprocessing": preprocessing,
                 "model": state["models"][plan.model], "n_run_skipped": len(run_skips),
                 "run_skipped": run_skips[:100], "seconds": round(time.time() - t0, 3),
                 "cache": {"hits": self.cache.hits, "misses": self.cache.misses, "corrupt": self.cache.corrupt}}
@@ -499,7 +502,8 @@ class Runner:
 
         def cache_key_of(path: str, key: str) -> str:
             return cache_key(kind, model_id=adapter.model_id, checkpoint_sha=ckpt_sha, code_version=code,
-                             preprocessing_id=adapter.preprocessing_id, image_sha=self._image_sha(path), prompt=key)
+                             preprocessing_id=f"{adapter.preprocessing_id}|decode={adapter.decode}",
+                             image_sha=self._image_sha(path), prompt=key)
 
         by_image: dict[str, list[Sample]] = {}
         for s in samples:

@@ -23,7 +23,7 @@ class ImageSet:
 
         path = self.paths[i]
         try:
-            img = read_image(path, self.adapter.color)
+            img = read_image(path, self.adapter.decode)
         except DataError as exc:
             return path, None, None, str(exc)
         return path, self.adapter.preprocess(img), (int(img.shape[0]), int(img.shape[1])), None

@@ -147,7 +147,7 @@ class PretrainingData:
             cached = self.image_cache / key.hexdigest()[:2] / (key.hexdigest() + ".npy")
             if cached.is_file():
                 return np.load(cached)
-        frame = letterbox_array(read_image(path, "gray"), self.image_size)
+        frame = letterbox_array(read_image(path, "cv2-gray"), self.image_size)  # AFLoc pretraining: cv2.imread(p, 0)
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
             tmp = cached.with_suffix(f".tmp{os.getpid()}.npy")
