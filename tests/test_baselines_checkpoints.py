@@ -291,6 +291,35 @@ def test_convirt_project_format_and_vilmedic_zoo_format(tmp_path):
     assert (b.cfg.tau, b.cfg.max_length, b.cfg.text_processing, b.cfg.add_special_tokens) == (0.2, 64, "r2gen", False)
 
 
+def test_convirt_reads_a_file_written_by_vilmedics_own_trainer(tmp_path):
+    """ViLMedic's ``CheckpointSaver`` pickles the model state (``module.`` keys after a multi-GPU run),
+    the optimizer, its TrainingScheduler (with ``operator.gt``), the GradScaler and the OmegaConf
+    config; the adapter reads it without running pickled code and takes the settings from the config."""
+    import operator
+
+    from omegaconf import OmegaConf
+
+    src = _adapter("convirt", random_init=True, seed=4, text_encoder=str(BPE), proj_dim=40)
+    src.load(None, "cpu")
+    sd = {"module." + k.replace("visual.model.", "visual.cnn."): v for k, v in src.model.state_dict().items()}
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(3))], lr=1e-4)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max")
+    config = OmegaConf.create({"name": "convirt", "model": {"proto": "ConVIRT", "projection": {"projection_dim": 40},
+                                                          "loss": {"proto": "ConVIRTLoss", "tau": 0.3}},
+                               "dataset": {"seq": {"tokenizer_max_len": 96}}})
+    state = {"model": sd, "optimizer": opt.state_dict(),
+             "training_scheduler": {"epoch": 3, "early_stop": 0, "metric_comp_func": operator.gt, "mode": "max",
+                                    "current_best_metric": 0.41, "scheduler": sched.state_dict()},
+             "config": config, "scaler": torch.amp.GradScaler("cpu", enabled=False).state_dict(),
+             "__version__": "1.3.2"}
+    path = tmp_path / "0.41_3_0.pth"
+    torch.save(state, path)
+    b = _adapter("convirt", text_encoder=str(BPE))
+    b.load(str(path), "cpu")
+    _same_weights(b.model, src.model)
+    assert b.key_report.ok and (b.cfg.proj_dim, b.cfg.tau, b.cfg.max_length) == (40, 0.3, 96)
+
+
 def test_chexzero_openai_state_dict_with_metadata_entries(tmp_path):
     src = _adapter("chexzero", random_init=True, seed=7, architecture=str(FIX / "clip_tiny.json"))
     src.load(None, "cpu")

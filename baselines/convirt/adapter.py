@@ -37,7 +37,15 @@ from baselines.common.adapter import BaselineAdapter, softmax_pair
 from baselines.common.text_folder import bpe_tokenizer, read_json, text_folder, wordpiece_tokenizer
 from baselines.convirt.model import FORMAT, VILMEDIC_RENAMES, CaptionTokenizer, ConVIRT, ConvirtConfig, image_input
 from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Query, query_texts
-from benchmark.io.checkpoints import CheckpointError, apply_rename, load_checked, read_tensors, state_dict_from
+from benchmark.io.checkpoints import (
+    CheckpointError,
+    apply_rename,
+    load_checked,
+    read_tensors,
+    state_dict_from,
+    strip_prefix,
+    to_plain,
+)
 
 PUBLISHED = ("no official weights exist; ViLMedic model zoo `selfsup/convirt-mimic` (Google Drive id "
              "1py2k6kFO1tbSlHroAKmHjOnayIakOtMm, listed in jbdel/vilmedic vilmedic/zoo/modeling_auto.py), or a "
@@ -90,6 +98,13 @@ class ConvirtAdapter(BaselineAdapter):
                 cfg = ConvirtConfig(text_kind=kind, text_config=text_cfg, proj_dim=int(self.opt("proj_dim", 768)))
             else:
                 weights_path, cfg, fmt = _resolve(Path(checkpoint), kind, text_cfg)
+        raw = None
+        if weights_path is not None:
+            raw = read_tensors(weights_path, expected="a ConVIRT checkpoint")
+            embedded = raw.get("config") if isinstance(raw, dict) and fmt == "ViLMedic" else None
+            if embedded is not None and not (weights_path.parent / "config.yml").is_file():
+                # a file of ViLMedic's own trainer carries its (OmegaConf) config, read as plain data
+                _apply_vilmedic_config(cfg, to_plain(embedded), weights_path)
         self.cfg = cfg
         self.seed_init()
         try:
@@ -100,11 +115,10 @@ class ConvirtAdapter(BaselineAdapter):
             from benchmark.io.checkpoints import CheckpointError
 
             raise CheckpointError(own / "config.json", f"cannot build ConVIRT from this config ({exc})") from None
-        if weights_path is not None:
-            raw = read_tensors(weights_path, expected="a ConVIRT checkpoint")
+        if raw is not None:
             sd = state_dict_from(raw, weights_path, containers=("model", "state_dict"),
                                  expected="a ConVIRT state dict (ViLMedic: a dict with 'model')")
-            sd = apply_rename(sd, VILMEDIC_RENAMES)
+            sd = apply_rename(strip_prefix(sd, "module."), VILMEDIC_RENAMES)  # module.: a multi-GPU run
             self.key_report = load_checked(model, sd, source=weights_path, expected=f"a ConVIRT model ({fmt})",
                                            ignore=[r".*embeddings\.position_ids", r".*embeddings\.token_type_ids"])
         self.model = self.place(model, device)
@@ -196,6 +210,14 @@ def _apply_vilmedic_yaml(cfg: Any, path: Path) -> None:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise CheckpointError(path, f"expected ViLMedic's YAML config: {exc}") from None
+    _apply_vilmedic_config(cfg, data, path)
+
+
+def _apply_vilmedic_config(cfg: Any, data: Any, path: Path) -> None:
+    """The settings of a ViLMedic config (``config.yml``, or the ``config`` a trainer file holds)."""
+
+    if not isinstance(data, dict):
+        raise CheckpointError(path, f"expected ViLMedic's config as a mapping, found {type(data).__name__}")
     model = data.get("model") or {}
     proj = model.get("projection") or {}
     seq = (data.get("dataset") or {}).get("seq") or {}

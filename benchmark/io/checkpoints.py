@@ -43,6 +43,7 @@ CONFIG_GLOBALS = frozenset({
     "builtins.str", "builtins.bool", "builtins.bytes", "builtins.object", "builtins.type", "builtins.NoneType",
     "pathlib.Path", "pathlib.PosixPath", "pathlib.WindowsPath", "pathlib.PurePosixPath", "pathlib.PureWindowsPath",
     "argparse.Namespace",
+    "_operator.gt", "_operator.lt",  # a trainer's early-stopping comparator (ViLMedic's TrainingScheduler)
     "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar", "numpy.dtype",
     "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct", "numpy.ndarray",
     "numpy.dtypes.Float64DType", "numpy.dtypes.Float32DType", "numpy.dtypes.Int64DType",
