@@ -10,9 +10,11 @@ Conventions
   are excluded from normalisation and from every count.
 - Arithmetic that the official AFLoc code does in the map's dtype (min–max
   normalisation, thresholding, CNR moments) is done here in the same dtype and order, so
-  float32 maps give the same bits as the official code. Thresholds are cast to the map's
-  dtype before comparing, as NumPy 1.x (the official environment) does for a float64
-  scalar against a float32 array.
+  float32 maps give the same bits as the official code. Where NumPy 1.x (the official
+  environment) and NumPy 2 differ, NumPy 1.x is followed explicitly: thresholds are cast to
+  the map's dtype before comparing (a float64 scalar against a float32 array), the CNR's
+  moments are summed in NumPy 1.x's 8192-element blocks, and its final division is float64
+  (all-scalar promotion of ``pow(float32, 0.5)``).
 - NaN rules for overlap metrics (``rule``):
   ``"tp"``: NaN if the prediction or the ground truth is empty (AFLoc ``only_pos=True``,
   CheXlocalize ``true_pos_only=True``); ``"union"``: NaN only if both are empty
@@ -238,9 +240,10 @@ def cnr(norm_maps: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None, 
     0; NaN when A or Ā is empty. ``renormalize=True`` first min–max normalises the valid
     pixels to [-1, 1] again, as ``compute_cnr`` does with the already normalised map.
 
-    Moments are NumPy reductions over the extracted pixel sets in the map's dtype, in the
-    official order, so float32 results are bit-identical to the official code run with
-    the same NumPy.
+    Moments are reductions over the extracted pixel sets in the map's dtype, in the official
+    order and with NumPy 1.x's blockwise sums; the final division is float64, as NumPy 1.x
+    computes it in the official code (see ``_cnr_sets``). So float32 maps give the official
+    values, and the same values under NumPy 1.26 and 2.x.
     """
     maps = _float_maps(norm_maps)
     g = _as_batch(gt)
@@ -294,12 +297,48 @@ def _gather_area(maps: np.ndarray, g: np.ndarray, area: np.ndarray) -> tuple[np.
 
 
 def _cnr_sets(a_in: np.ndarray, a_out: np.ndarray) -> float:
-    """AFLoc's ``compute_cnr`` arithmetic on the two pixel sets (NaN if one is empty)."""
+    """AFLoc's ``compute_cnr`` arithmetic on the two pixel sets (NaN if one is empty).
+
+    Means and variances are in the map's dtype, reduced as NumPy 1.x (the official environment)
+    reduces them (:func:`_mean_var_numpy1`). The last step is float64: the official
+    ``(meanA - meanA_) / pow(varA + varA_, 0.5)`` has only scalar operands, and NumPy 1.x promotes
+    a float32 scalar with the Python float 0.5 to float64 there. NumPy 2 would keep float32, so the
+    promotion is written out: the same value under both.
+    """
     if a_in.size == 0 or a_out.size == 0:
         return np.nan
-    m1, m0 = a_in.mean(), a_out.mean()
-    s = a_in.var() + a_out.var()
-    return 0.0 if s == 0 else (m1 - m0) / pow(s, 0.5)
+    m1, v1 = _mean_var_numpy1(a_in)
+    m0, v0 = _mean_var_numpy1(a_out)
+    s = v1 + v0
+    return 0.0 if s == 0 else float((m1 - m0) / pow(np.float64(s), 0.5))
+
+
+NUMPY1_REDUCE_BLOCK = 8192  # NumPy 1.x's buffer size: its reductions see at most this many elements at once
+
+
+def _sum_numpy1(a: np.ndarray):
+    """``np.add.reduce`` of a 1-D contiguous array as NumPy 1.x computes it, in the array's dtype.
+
+    NumPy 1.x sums in consecutive blocks of 8192 elements (pairwise within a block) and adds the
+    block sums in order; NumPy 2.3 and later no longer split such a reduction into blocks, which
+    changes float32 sums of more than 8192 values in their last bits. Within a block both agree.
+    """
+    if a.size <= NUMPY1_REDUCE_BLOCK:
+        return np.add.reduce(a)
+    total = a.dtype.type(0)
+    for start in range(0, a.size, NUMPY1_REDUCE_BLOCK):
+        total = total + np.add.reduce(a[start:start + NUMPY1_REDUCE_BLOCK])
+    return total
+
+
+def _mean_var_numpy1(a: np.ndarray):
+    """``(a.mean(), a.var())`` of a non-empty 1-D array as NumPy 1.x computes them: block sums
+    (:func:`_sum_numpy1`), each divided by the count in float64 and returned in the array's dtype."""
+    n = a.size
+    kind = a.dtype.type
+    mean = kind(np.float64(_sum_numpy1(a)) / n)
+    dev = a - mean
+    return mean, kind(np.float64(_sum_numpy1(dev * dev)) / n)
 
 
 # --------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import math
 from functools import reduce
 
 import numpy as np
+import official_reference
 import pandas as pd
 import pytest
 
@@ -55,14 +56,8 @@ def ref_dice(gt, pred, nan):
 
 
 def ref_cnr(gt, heat, nan):
-    h = ref_normalize(heat, nan)[~nan]
-    g = gt[~nan]
-    a, b = h[g == 1], h[g == 0]
-    with np.errstate(all="ignore"), _quiet():
-        ma, mb, va, vb = a.mean(), b.mean(), a.var(), b.var()
-    if va + vb == 0:
-        return 0
-    return (ma - mb) / pow(va + vb, 0.5)
+    # compute_cnr with its NumPy 1.x arithmetic (blockwise float32 moments, float64 last step)
+    return official_reference.cnr(gt, heat, nan)
 
 
 class _quiet:
@@ -106,7 +101,8 @@ def ref_ci(series: pd.Series):
 def ref_summary(bs: pd.DataFrame) -> dict:
     out = {c: ref_ci(bs[c]) for c in bs.columns}
     names = sorted(out)
-    out["all"] = tuple(float(np.mean([out[n][k] for n in names])) for k in range(3))
+    # the appended row: DataFrame.mean over the categories, NaN skipped
+    out["all"] = tuple(pd.DataFrame([out[n] for n in names]).mean(axis=0))
     return out
 
 
@@ -147,16 +143,8 @@ def reference_fixed(heatmaps, masks, cats, dataset="GENERIC", margin=True):
         boots[m] = ref_summary(ref_bootstrap(avg))
     points = {}
     for m in ("iou", "cnr", "dice"):
-        # the "mean" row: a pandas column mean over the thresholds; for float32 CNR values pandas 1.x
-        # sums in float32 and divides by a float32 count
-        points[m] = {}
-        for c in percat[m][0]:
-            col = np.array([d[c] for d in percat[m]])
-            ok = ~np.isnan(col)
-            if col.dtype == np.float32:
-                points[m][c] = np.float32(col[ok].sum(dtype=np.float32)) / np.float32(ok.sum())
-            else:
-                points[m][c] = col[ok].mean()
+        # the "mean" row: a pandas column mean over the thresholds (NaN skipped)
+        points[m] = pd.DataFrame(percat[m]).mean(axis=0).to_dict()
         points[m]["all"] = np.mean(macro[m])
     for j, t in enumerate(thresholds):
         points[f"iou@{round(t, 1)}"] = {**percat["iou"][j], "all": macro["iou"][j]}
@@ -413,10 +401,9 @@ def test_pathology_classification_is_balanced_accuracy_of_argmax():
     assert abs(rows[0]["point"] - balanced_accuracy_score(true, p.argmax(1))) < 1e-12
 
 
-def test_point_estimates_do_not_depend_on_sample_order(tmp_path):
-    # float64 maps: with float32 maps the official CNR means are float32 sums, whose rounding
-    # depends on the order (up to ~1e-9), a property of the official arithmetic.
-    maps, masks, cats = random_inputs(n=40, seed=9, dtype=np.float64)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_point_estimates_do_not_depend_on_sample_order(tmp_path, dtype):
+    maps, masks, cats = random_inputs(n=40, seed=9, dtype=dtype)
     perm = np.random.default_rng(0).permutation(40)
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"
     np.savez(a, heatmaps=maps, masks=masks, categories=cats)

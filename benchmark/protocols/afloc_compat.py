@@ -3,8 +3,10 @@
 Reproduces ``localization/`` and ``classification/`` of the official repository
 (YH0517/AFLoc, the version that ships ``localization.py`` and ``run.sh``), as described in
 ``docs/protocols.md``. Every step that the official code does in float32 or in a given
-order is done here the same way, so per-sample values are bit-identical and bootstrap
-CIs equal to floating-point summation order.
+order is done here the same way, and where its result depends on the NumPy version the
+official environment's NumPy 1.x semantics are followed explicitly (float32 thresholds,
+blockwise float32 sums, a float64 CNR), so per-sample values equal the official ones under
+NumPy 1.26 and 2.x and bootstrap CIs agree up to floating-point summation order.
 
 Heatmap: Gaussian σ=1.5 on the native grid (scipy ``reflect``), bilinear
 (align_corners=False) to the 224 letterbox frame, a 14-px NaN margin (chest X-ray; off for
@@ -64,23 +66,43 @@ def afloc_scores(emaps: np.ndarray, gts: np.ndarray, thresholds: tuple[float, ..
     ``iou@t`` and ``dice@t`` (NaN when the prediction or the mask is empty), ``cnr``
     (computed, as the official code does, on the [-1, 1] map normalised once more), and
     ``hit`` (pointing game; no official counterpart).
+
+    The official code takes its NaN mask from the map before normalising and keeps using it.
+    A pixel that normalisation turns into NaN (an infinite pixel: ``+inf`` becomes NaN, and
+    ``-inf`` makes the whole map NaN; or a ``max - min`` that overflows) therefore stays in the
+    evaluated area: it is never above a threshold but its ground truth counts, and the second
+    normalisation in ``compute_cnr`` meets it and turns the whole map into NaN, so the CNR is NaN.
     """
     emaps, gts = _crop_to_shared_area(np.asarray(emaps), np.asarray(gts))
     norm = minmax_normalize(emaps, low=-1.0)
-    counts = threshold_counts(norm, gts, thresholds)
+    counted, stale = _official_area(emaps, norm)
+    counts = threshold_counts(counted, gts, thresholds)
     iou = iou_from_counts(counts, "tp")
     dice = dice_from_counts(counts, "tp", raw_gt_sum=True)
     out: dict[str, np.ndarray] = C.per_threshold_columns(thresholds, iou=iou, dice=dice)
     out["cnr"] = cnr(norm, gts, inside="eq1", renormalize=True)
+    out["cnr"][stale] = np.nan
     if with_hit:
         out["hit"] = pointing_hit(emaps, gts, rule="first")
     out["gt_pixels"] = counts["gt_count"].astype(np.float64)
-    # The official CNR values are float32 scalars for float32 maps, and so are their means.
-    out["map_float32"] = np.full(len(norm), float(norm.dtype == np.float32))
     nflat = norm.reshape(len(norm), -1)
     with np.errstate(invalid="ignore"):  # a constant map is normalised to -1 everywhere
-        out["constant_map"] = (np.fmax.reduce(nflat, axis=1) == -1).astype(np.float64)
+        out["constant_map"] = ((np.fmax.reduce(nflat, axis=1) == -1) & ~stale).astype(np.float64)
     return out
+
+
+def _official_area(maps: np.ndarray, norm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(``norm`` for counting, per-map flag) under the official NaN mask, taken before normalising.
+
+    Pixels of that mask that normalisation made NaN are still evaluated by the official code: they
+    are never above a threshold and their ground truth counts. They are set to -inf here (never
+    above a threshold, still counted); the flag marks the maps that have such pixels.
+    """
+    stale_px = np.isnan(norm) & ~np.isnan(maps)
+    stale = stale_px.reshape(len(norm), -1).any(axis=1)
+    if not stale.any():
+        return norm, stale
+    return np.where(stale_px, norm.dtype.type(-np.inf), norm), stale
 
 
 def _crop_to_shared_area(maps: np.ndarray, gts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -111,10 +133,12 @@ def afloc_chexlocalize_scores(emaps: np.ndarray, gts: np.ndarray) -> dict[str, n
     code reads back from its CSV); ``confidence``: ``max(clip(raw, 0, 2)) / 2`` over valid
     pixels of the raw (unnormalised) map; ``gt_valid``: mask pixels inside the margin.
     """
+    emaps = np.asarray(emaps)
     norm01 = minmax_normalize(emaps, low=0.0)
+    counted, _ = _official_area(emaps, norm01)
     rounded = tuple(round(t, 3) for t in OPT_MASK_THRESHOLDS)
-    c_tune = threshold_counts(norm01, gts, OPT_MASK_THRESHOLDS)
-    c_app = threshold_counts(norm01, gts, rounded)
+    c_tune = threshold_counts(counted, gts, OPT_MASK_THRESHOLDS)
+    c_app = threshold_counts(counted, gts, rounded)
     out: dict[str, np.ndarray] = {}
     tune = iou_from_counts(c_tune, "tp")
     tp = iou_from_counts(c_app, "tp")
@@ -324,31 +348,19 @@ seed-0 bootstrap."""
         per_t = {m: [rec[c].to_numpy(dtype=np.float64) for c in cols]
                  for m, cols in (("iou", iou_cols), ("dice", dice_cols))}
         per_t["cnr"] = [rec["cnr"].to_numpy(dtype=np.float64)] * len(iou_cols)
-        # metric.csv: per-threshold macro (dict_mean) and per-category nanmeans
-        f32 = "map_float32" in rec and bool((rec["map_float32"] == 1).all())
+        # metric.csv: per-threshold macro (dict_mean) and per-category nanmeans. The CNR values are
+        # float64 (NumPy 1.x promotes them, see metrics._cnr_sets), so their means are too.
         cat_means = {m: np.array([[C.nanmean(v[codes == j]) for j in range(k)] for v in vs]) for m, vs in per_t.items()}
         macro = {m: np.array([_dict_mean(cm[i]) for i in range(len(cm))]) for m, cm in cat_means.items()}
-        cnr_points = None
-        if f32:  # float32 CNR scalars: np.nanmean over lists of np.float32 stays float32
-            c32 = per_t["cnr"][0].astype(np.float32)
-            cm32 = np.array([_nanmean32(c32[codes == j]) for j in range(k)], dtype=np.float32)
-            cat_means["cnr"] = np.tile(cm32.astype(np.float64), (len(iou_cols), 1))
-            mac32 = _nanmean32(cm32)
-            macro["cnr"] = np.full(len(iou_cols), float(mac32))
-            cnr_points = (np.array([_pandas_mean32(np.repeat(cm32[j], len(iou_cols))) for j in range(k)]),
-                          float(np.mean(np.full(len(iou_cols), mac32, dtype=np.float32))))
 
         def emit(metric: str, point_cat: np.ndarray, point_all: float, ci, values: np.ndarray) -> None:
             mean, lo, hi = ci
             if rounding:
-                mean, lo, hi = (np.round(x, 3) for x in (mean, lo, hi))
-                point_cat, point_all = np.round(point_cat, 3), round(float(point_all), 3)
-            order = sorted(range(k), key=lambda j: str(cats[j]))
-            all_mean = np.mean([mean[j] for j in order])
-            all_lo = np.mean([lo[j] for j in order])
-            all_hi = np.mean([hi[j] for j in order])
+                mean, lo, hi, point_cat = (np.round(x, 3) for x in (mean, lo, hi, point_cat))
+                point_all = _official_round(point_all, 3)
+            all_mean, all_lo, all_hi = (_category_row_mean(x, cats) for x in (mean, lo, hi))
             if rounding:
-                all_mean, all_lo, all_hi = (round(float(x), 3) for x in (all_mean, all_lo, all_hi))
+                all_mean, all_lo, all_hi = (_official_round(x, 3) for x in (all_mean, all_lo, all_hi))
             out.append(C.row(metric, OVERALL, point_all, all_mean, all_lo, all_hi, C.finite_count(values)))
             for j in range(k):
                 out.append(C.row(metric, cats[j], point_cat[j], mean[j], lo[j], hi[j],
@@ -367,8 +379,6 @@ seed-0 bootstrap."""
             avg = _official_threshold_average(per_t[metric])
             point_cat = C.nanmean(cat_means[metric], axis=0)  # pandas mean over thresholds (skipna)
             point_all = float(np.mean(macro[metric]))  # np.mean of the per-threshold macro values
-            if metric == "cnr" and cnr_points is not None:
-                point_cat, point_all = cnr_points
             emit(metric, point_cat, point_all, boot(avg), avg)
         # 3. no official counterpart, drawn after the official sequence
         for i, col in enumerate(dice_cols):
@@ -405,11 +415,10 @@ seed-0 bootstrap."""
         point_all = _dict_mean(point_cat)
         if rounding:
             mean, lo, hi, point_cat = (np.round(x, 3) for x in (mean, lo, hi, point_cat))
-            point_all = round(float(point_all), 3)
-        order = sorted(range(k), key=lambda j: str(cats[j]))
-        agg = [float(np.mean([x[j] for j in order])) for x in (mean, lo, hi)]
+            point_all = _official_round(point_all, 3)
+        agg = [_category_row_mean(x, cats) for x in (mean, lo, hi)]
         if rounding:
-            agg = [round(x, 3) for x in agg]
+            agg = [_official_round(x, 3) for x in agg]
         out = [C.row("iou", OVERALL, point_all, agg[0], agg[1], agg[2], C.finite_count(iou))]
         for j in range(k):
             out.append(C.row("iou", cats[j], point_cat[j], mean[j], lo[j], hi[j], C.finite_count(iou[codes == j])))
@@ -451,7 +460,7 @@ seed-0 bootstrap."""
             point = float(balanced_accuracy_weighted(y_true[ok], y_pred[ok], w_ok[ok][None])[0])
             mean, lo, hi = official_ci(reps)
             if rounding:
-                point, mean, lo, hi = (round(float(x), digits) for x in (point, mean, lo, hi))
+                point, mean, lo, hi = (_official_round(x, digits) for x in (point, mean, lo, hi))
             return [C.row("balanced_accuracy", OVERALL, point, mean, lo, hi, int(ok.sum()))]
         reps = np.full((n_boot, k), np.nan)
         points = np.full(k, np.nan)
@@ -471,7 +480,7 @@ seed-0 bootstrap."""
         for j in cols:
             p, m, lo, hi = pts[j], stats[0][j], stats[1][j], stats[2][j]
             if rounding:
-                p, m, lo, hi = (round(float(x), digits) for x in (p, m, lo, hi))
+                p, m, lo, hi = (_official_round(x, digits) for x in (p, m, lo, hi))
             n_j = n if j == k else int((~(np.isnan(scores[:, j]) | np.isnan(labels[:, j]))).sum())
             out.append(C.row("auroc", names[j], p, m, lo, hi, n_j))
         return [out[-1]] + out[:-1]
@@ -514,22 +523,18 @@ def _dict_mean(cat_means: np.ndarray) -> float:
     return float(C.nanmean(np.asarray(cat_means, dtype=np.float64)))
 
 
-def _nanmean32(v: np.ndarray) -> np.float32:
-    """``np.nanmean`` of a float32 array (float32 sum, as the official lists of np.float32)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(np.asarray(v, dtype=np.float32))
+def _category_row_mean(values: np.ndarray, cats: list[Any]) -> float:
+    """The row ``bootci`` appends to its summary: ``DataFrame.mean`` over the categories (sorted by
+    name), NaN skipped, so one category without a bound leaves the others' mean."""
+    order = sorted(range(len(cats)), key=lambda j: str(cats[j]))
+    return float(C.nanmean([values[j] for j in order]))
 
 
-def _pandas_mean32(v: np.ndarray) -> float:
-    """pandas 1.x ``mean`` of a float32 column: float32 sum of the non-NaN values / float32 count."""
-    v = np.asarray(v, dtype=np.float32)
-    ok = ~np.isnan(v)
-    if not ok.any():
-        return float("nan")
-    return float(np.float32(v[ok].sum(dtype=np.float32)) / np.float32(ok.sum()))
+def _official_round(x: Any, digits: int) -> float:
+    """The official rounding (``DataFrame.round``, ``Series.round``, ``round(np.float64, n)``): NumPy's
+    ``np.round``, which scales, rounds half to even and scales back, so 0.1555 gives 0.156 where
+    Python's ``round`` on the float's exact binary value gives 0.155."""
+    return float(np.round(np.float64(x), digits))
 
 
 def _official_threshold_average(per_threshold: list[np.ndarray]) -> np.ndarray:

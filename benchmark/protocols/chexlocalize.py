@@ -207,11 +207,15 @@ hit rate."""
                   unit: str = "image", params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """mIoU and hit rate per task with CheXlocalize's bootstrap over CXR rows.
 
-        Rows of the bootstrap are the CXRs with at least one positive task (the keys of
-        the ground-truth JSON), sorted by id; ``unit`` is ignored (CheXlocalize resamples
-        CXRs); each metric starts a fresh ``np.random.seed(seed)`` stream as each
-        ``eval.py`` run does. ``all`` is the macro average over tasks, with its own
-        percentile interval from the same replicates (CheXlocalize reports tasks only).
+        Rows of the bootstrap are the CXRs ``eval.py`` scores, sorted by id: those with at
+        least one positive task (the keys of the ground-truth JSON) and, for IoU with
+        ``true_pos_only=False``, also every other scored CXR (``get_ious`` adds each CXR of the
+        prediction JSON that the ground truth lacks, against an empty mask: IoU 0 where
+        something is predicted, NaN where nothing is). The hit rate counts ground-truth CXRs
+        only. ``unit`` is ignored (CheXlocalize resamples CXRs); each metric starts a fresh
+        ``np.random.seed(seed)`` stream as each ``eval.py`` run does. ``all`` is the macro
+        average over tasks, with its own percentile interval from the same replicates
+        (CheXlocalize reports tasks only).
         """
         if task != "grounding":
             raise ValueError(f"chexlocalize@1 has no task {task!r}")
@@ -229,13 +233,15 @@ hit rate."""
         iou = self.final_iou(rec, params)
         img = (rec["image_id"] if "image_id" in rec else rec["sample_id"]).astype(str).to_numpy()
         positive = pd.Series(rec["gt_empty"].to_numpy() == 0).groupby(img).transform("any").to_numpy()
-        keep = positive
-        images = sorted(set(img[keep]))
+        # IoU rows: get_ious; with true_pos_only=False the prediction-only CXRs are rows too
+        iou_rows = positive if bool(params.get("true_pos_only", True)) else np.ones(len(rec), dtype=bool)
         tasks = sorted(C.first_appearance(rec["category"].astype(str)))
-        ii = {v: i for i, v in enumerate(images)}
         ti = {v: i for i, v in enumerate(tasks)}
         out: list[dict[str, Any]] = []
-        for metric, values in (("iou", iou), ("hit", rec["hit"].to_numpy(dtype=np.float64))):
+        for metric, values, keep in (("iou", iou, iou_rows),
+                                     ("hit", rec["hit"].to_numpy(dtype=np.float64), positive)):
+            images = sorted(set(img[keep]))
+            ii = {v: i for i, v in enumerate(images)}
             table = np.full((len(images), len(tasks)), np.nan)
             for v, im, t, k in zip(values, img, rec["category"].astype(str), keep):
                 if k:
