@@ -1,7 +1,10 @@
 """Deterministic file encoders: DICOM, PNG/JPG, COCO and SIIM RLE, identifiers.
 
 Every identifier (UID, patient id, DICOM id) is a hash of the seed and the image's place
-in the plan, and DICOM dates are fixed, so that the same seed writes byte-identical files.
+in the plan, and DICOM dates and implementation tags are fixed, so that the same seed writes
+byte-identical files with any supported pydicom. PNGs are written by ``pngenc`` (deflate output
+would depend on the zlib in use); JPEGs by OpenCV's libjpeg-turbo with its default integer
+("islow") DCT, baseline Huffman tables and no chroma: bit-exact whatever SIMD it uses.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import cv2
 import numpy as np
 
 UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's UID root, under which generate_uid derives UIDs
+IMPLEMENTATION_UID = UID_ROOT + "7.1"  # this writer (pydicom's own implementation UID names its version)
+IMPLEMENTATION_VERSION_NAME = "AFLOC_BENCH_DEMO"
 
 
 def digest(*parts) -> bytes:
@@ -40,8 +45,10 @@ def det_hex_id(*parts) -> str:
 
 
 def to_uint8(img: np.ndarray) -> np.ndarray:
-    """[0, 1] float → uint8, rounded and saturated."""
-    return cv2.convertScaleAbs(cv2.max(np.asarray(img, np.float32), 0.0), alpha=255.0)
+    """[0, 1] float → uint8, rounded (half to even) and saturated."""
+    from benchmark.demo.detmath import to_uint8 as _to_uint8
+
+    return _to_uint8(img)
 
 
 def write_bytes(path: Path, data: bytes) -> None:
@@ -50,21 +57,26 @@ def write_bytes(path: Path, data: bytes) -> None:
         fh.write(data)
 
 
-def write_jpg(path: Path, img: np.ndarray, quality: int = 90) -> None:
-    ok, buf = cv2.imencode(".jpg", to_uint8(img), [cv2.IMWRITE_JPEG_QUALITY, quality])
+def jpeg_bytes(u8: np.ndarray, quality: int) -> bytes:
+    """Baseline JPEG of a uint8 grayscale image (libjpeg-turbo's integer DCT and standard tables)."""
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(u8, np.uint8),
+                           [cv2.IMWRITE_JPEG_QUALITY, int(quality), cv2.IMWRITE_JPEG_OPTIMIZE, 0,
+                            cv2.IMWRITE_JPEG_PROGRESSIVE, 0])
     if not ok:
-        raise RuntimeError(f"JPEG encoding failed for {path}")
-    write_bytes(path, buf.tobytes())
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def write_jpg(path: Path, img: np.ndarray, quality: int = 90) -> None:
+    write_bytes(path, jpeg_bytes(to_uint8(img), quality))
 
 
 def write_png(path: Path, arr: np.ndarray) -> None:
-    """8-bit PNG; Huffman-only deflate is both the fastest and the smallest on noisy radiographs."""
+    """8-bit grayscale PNG (``pngenc``: Paeth filter, Huffman-coded literals, the same bytes everywhere)."""
+    from benchmark.demo.pngenc import encode
+
     a = to_uint8(arr) if arr.dtype != np.uint8 else arr
-    ok, buf = cv2.imencode(".png", a, [cv2.IMWRITE_PNG_COMPRESSION, 6,
-                                       cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY])
-    if not ok:
-        raise RuntimeError(f"PNG encoding failed for {path}")
-    write_bytes(path, buf.tobytes())
+    write_bytes(path, encode(a))
 
 
 def write_dicom(path: Path, img: np.ndarray, *, photometric: str = "MONOCHROME2", patient_id: str, study_uid: str,
@@ -75,23 +87,25 @@ def write_dicom(path: Path, img: np.ndarray, *, photometric: str = "MONOCHROME2"
     ``MONOCHROME1`` stores inverted values (bright = low), so a correct reader must invert
     them back; ``MONOCHROME2`` stores bright = high.
     """
+    import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.encaps import encapsulate
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, JPEGBaseline8Bit, SecondaryCaptureImageStorage
+    from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage
 
     u8 = to_uint8(img)
     if photometric == "MONOCHROME1":
         u8 = 255 - u8
     elif photometric != "MONOCHROME2":
         raise ValueError(f"photometric must be MONOCHROME1 or MONOCHROME2, not {photometric!r}")
-    ok, buf = cv2.imencode(".jpg", u8, [cv2.IMWRITE_JPEG_QUALITY, 92])
-    if not ok:
-        raise RuntimeError(f"JPEG encoding failed for {path}")
+    jpeg = jpeg_bytes(u8, 92)
     meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = JPEGBaseline8Bit
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    # fixed, so that the file does not carry the pydicom version (pydicom's own defaults do)
+    meta.ImplementationClassUID = IMPLEMENTATION_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.SOPClassUID = SecondaryCaptureImageStorage
@@ -125,11 +139,15 @@ def write_dicom(path: Path, img: np.ndarray, *, photometric: str = "MONOCHROME2"
     ds.PixelRepresentation = 0
     ds.LossyImageCompression = "01"
     ds.LossyImageCompressionMethod = "ISO_10918_1"
-    ds.PixelData = encapsulate([buf.tobytes()])
+    ds.PixelData = encapsulate([jpeg])
     ds["PixelData"].VR = "OB"
     ds["PixelData"].is_undefined_length = True
     path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(str(path), enforce_file_format=True)
+    if int(pydicom.__version__.split(".")[0]) >= 3:
+        ds.save_as(str(path), enforce_file_format=True)
+    else:  # pydicom 2.x: the encoding is set on the dataset, the file-format flag is spelled differently
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        ds.save_as(str(path), write_like_original=False)
 
 
 # --------------------------------------------------------------------------- RLE
@@ -169,31 +187,119 @@ def siim_rle(mask: np.ndarray) -> str:
 
 
 def polygons_of(mask: np.ndarray, *, epsilon_frac: float = 0.004, min_area: int = 8) -> list[list[list[float]]]:
-    """Outer contours of a bool mask as ``[[x, y], ...]`` polygons (simplified, pixel corners)."""
+    """Outer contours of a bool mask as ``[[x, y], ...]`` polygons (simplified, pixel corners).
+
+    The contours are OpenCV's (integer tracing, the same in every version); their area and their
+    Douglas-Peucker simplification are computed here (``approxPolyDP`` changed between versions)."""
     cnts, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     h, w = mask.shape
     eps = epsilon_frac * max(h, w)
     out = []
     for c in sorted(cnts, key=lambda c: (int(c[:, 0, 1].min()), int(c[:, 0, 0].min()))):
-        if cv2.contourArea(c) < min_area:
+        pts = c[:, 0, :].astype(np.int64)
+        if _area2(pts) < 2 * min_area:
             continue
-        approx = cv2.approxPolyDP(c, eps, True)[:, 0, :]
+        approx = pts[_simplify_closed(pts, eps)]
         if len(approx) < 3:
             continue
         out.append([[float(x), float(y)] for x, y in approx])
     return out
 
 
-def rasterize_polygons(polygons: list, hw: tuple[int, int]) -> np.ndarray:
-    """Fill polygons the way CheXlocalize's ``create_mask`` does (PIL, outline and fill = 1)."""
-    from PIL import Image, ImageDraw
+def _area2(pts: np.ndarray) -> int:
+    """Twice the area of a closed integer polygon (shoelace formula, exact)."""
+    x, y = pts[:, 0], pts[:, 1]
+    return abs(int((x * np.roll(y, -1) - np.roll(x, -1) * y).sum()))
 
-    h, w = hw
-    im = Image.new("1", (w, h))
-    draw = ImageDraw.Draw(im)
+
+def _simplify_closed(pts: np.ndarray, eps: float) -> np.ndarray:
+    """Indices kept by Douglas-Peucker simplification of a closed integer curve: split at point 0
+    and the point farthest from it, then each chain is cut at its farthest point from the chord
+    while that is more than ``eps`` away (exact integer distances, compared with ``eps**2``)."""
+    n = len(pts)
+    if n < 3:
+        return np.arange(n)
+    d = pts - pts[0]
+    far = int(np.argmax(d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1]))
+    if far == 0:
+        return np.array([0])
+    first = _dp(pts[:far + 1], eps)
+    second = _dp(np.concatenate([pts[far:], pts[:1]]), eps)
+    idx = np.concatenate([np.flatnonzero(first), far + np.flatnonzero(second[:-1])])
+    return np.unique(idx)
+
+
+def _dp(chain: np.ndarray, eps: float) -> np.ndarray:
+    keep = np.zeros(len(chain), bool)
+    keep[0] = keep[-1] = True
+    eps2 = float(eps) * float(eps)
+    stack = [(0, len(chain) - 1)]
+    while stack:
+        a, b = stack.pop()
+        if b - a < 2:
+            continue
+        px, py = int(chain[a, 0]), int(chain[a, 1])
+        dx, dy = int(chain[b, 0]) - px, int(chain[b, 1]) - py
+        sx, sy = chain[a + 1:b, 0] - px, chain[a + 1:b, 1] - py
+        length2 = dx * dx + dy * dy
+        if length2 == 0:
+            metric, limit = sx * sx + sy * sy, eps2
+        else:
+            cross = sx * dy - sy * dx  # distance * chord length
+            metric, limit = cross * cross, eps2 * length2
+        k = int(np.argmax(metric))
+        if float(metric[k]) > limit:
+            m = a + 1 + k
+            keep[m] = True
+            stack += [(m, b), (a, m)]
+    return keep
+
+
+def rasterize_polygons(polygons: list, hw: tuple[int, int]) -> np.ndarray:
+    """Fill polygons as CheXlocalize's ``create_mask`` does with PIL (``polygon(outline=1, fill=1)``,
+    which Pillow draws as the fill alone): on every integer row, from the rounded left crossing of
+    the outline to the rounded right one (even-odd rule), plus the vertices and horizontal edges.
+    Computed here because Pillow's filling changed between versions (in corner cases)."""
+    h, w = int(hw[0]), int(hw[1])
+    out = np.zeros((h, w), bool)
     for poly in polygons:
-        draw.polygon([tuple(p) for p in poly], outline=1, fill=1)
-    return np.array(im, dtype=bool)
+        p = np.asarray(poly, np.float64).reshape(-1, 2)
+        if len(p) == 0:
+            continue
+        _fill_even_odd(out, p)
+    return out
+
+
+def _fill_even_odd(out: np.ndarray, p: np.ndarray) -> None:
+    h, w = out.shape
+    x0, y0 = p[:, 0], p[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    rows, a, b = [], [], []
+    # vertices, and horizontal edges as whole runs
+    vy = np.floor(y0 + 0.5).astype(np.int64)
+    flat = y0 == y1
+    rows.append(vy)
+    a.append(np.floor(np.where(flat, np.minimum(x0, x1), x0) + 0.5).astype(np.int64))
+    b.append(np.floor(np.where(flat, np.maximum(x0, x1), x0) + 0.5).astype(np.int64))
+    # crossings of each integer row by the other edges, on the half-open range [min y, max y)
+    lo, hi = np.minimum(y0, y1), np.maximum(y0, y1)
+    first, stop = np.ceil(lo).astype(np.int64), np.ceil(hi).astype(np.int64)
+    n = np.where(flat, 0, np.maximum(stop - first, 0))
+    if n.sum():
+        e = np.repeat(np.arange(len(p)), n)
+        y = first[e] + (np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n))
+        x = x0[e] + (y - y0[e]) * ((x1[e] - x0[e]) / (y1[e] - y0[e]))
+        order = np.lexsort((x, y))
+        y, x = y[order].reshape(-1, 2), x[order].reshape(-1, 2)  # each row is crossed an even number of times
+        rows.append(y[:, 0])
+        a.append(np.floor(x[:, 0] + 0.5).astype(np.int64))
+        b.append(np.floor(x[:, 1] + 0.5).astype(np.int64))
+    row, a, b = np.concatenate(rows), np.maximum(np.concatenate(a), 0), np.minimum(np.concatenate(b), w - 1)
+    ok = (row >= 0) & (row < h) & (a <= b)
+    row, a, b = row[ok], a[ok], b[ok]
+    size = h * (w + 1)
+    diff = np.bincount(row * (w + 1) + a, minlength=size) - np.bincount(row * (w + 1) + b + 1, minlength=size)
+    out |= np.cumsum(diff.reshape(h, w + 1), axis=1)[:, :w] > 0
 
 
 def atomic_write_text(path: Path, text: str) -> None:

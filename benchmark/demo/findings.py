@@ -13,12 +13,15 @@ a pneumothorax is a peripheral lucency without lung markings behind a pleural li
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
 
+from benchmark.demo import detmath as dm
+from benchmark.demo import draw
 from benchmark.demo.anatomy import LEFT, RIGHT, Anatomy, Modifiers, blur, grid, smooth_field
 
 SIDES = (RIGHT, LEFT)
@@ -64,28 +67,29 @@ class Rendered:
 def modifiers(findings: list[Finding], rng: np.random.Generator) -> Modifiers:
     """Anatomical changes implied by the findings (drawn before the phantom)."""
     m = Modifiers(lung_height={RIGHT: 1.0, LEFT: 1.0})
+    U = functools.partial(dm.uniform, rng)
     for f in findings:
         sev = SEVERITY_SCALE.get(f.severity, 1.0)
         if f.kind == "cardiomegaly":
-            m.heart_scale = max(m.heart_scale, 1.0 + rng.uniform(0.22, 0.32) * sev)
+            m.heart_scale = max(m.heart_scale, 1.0 + U(0.22, 0.32) * sev)
         elif f.kind == "enlarged_cm":
-            m.mediastinum_scale = max(m.mediastinum_scale, 1.0 + rng.uniform(0.6, 0.9) * sev)
-            m.heart_scale = max(m.heart_scale, 1.0 + rng.uniform(0.05, 0.12))
+            m.mediastinum_scale = max(m.mediastinum_scale, 1.0 + U(0.6, 0.9) * sev)
+            m.heart_scale = max(m.heart_scale, 1.0 + U(0.05, 0.12))
         elif f.kind in ("emphysema", "hyperinflation"):
             for s in SIDES:
-                m.lung_height[s] = max(m.lung_height[s], 1.0 + rng.uniform(0.06, 0.10))
-            m.lucency = max(m.lucency, 1.0 + rng.uniform(0.12, 0.2))
+                m.lung_height[s] = max(m.lung_height[s], 1.0 + U(0.06, 0.10))
+            m.lucency = max(m.lucency, 1.0 + U(0.12, 0.2))
             m.marking_gain = min(m.marking_gain, 0.7)
         elif f.kind == "hypoinflation":
             for s in SIDES:
-                m.lung_height[s] = min(m.lung_height[s], rng.uniform(0.84, 0.90))
+                m.lung_height[s] = min(m.lung_height[s], U(0.84, 0.90))
             m.marking_gain = max(m.marking_gain, 1.15)
         elif f.kind == "elevated_diaphragm":
             for s in _sides(f, rng):
-                m.lung_height[s] = min(m.lung_height[s], rng.uniform(0.82, 0.90))
+                m.lung_height[s] = min(m.lung_height[s], U(0.82, 0.90))
         elif f.kind == "atelectasis" and f.severity == "large":
             for s in _sides(f, rng):
-                m.lung_height[s] = min(m.lung_height[s], rng.uniform(0.90, 0.95))  # volume loss
+                m.lung_height[s] = min(m.lung_height[s], U(0.90, 0.95))  # volume loss
         elif f.kind == "edema":
             m.marking_gain = max(m.marking_gain, 1.4)
     return m
@@ -189,10 +193,11 @@ def _box_region(an: Anatomy, f: Finding, rng: np.random.Generator, *, rel_w: flo
         hw_, hh = max(2.0, (b[2] - b[0]) / 2), max(2.0, (b[3] - b[1]) / 2)
         lung = an.lung[side]
         if lung.any():
-            ix, iy = int(np.clip(cx, 0, an.hw[1] - 1)), int(np.clip(cy, 0, an.hw[0] - 1))
+            ix, iy = int(min(max(cx, 0), an.hw[1] - 1)), int(min(max(cy, 0), an.hw[0] - 1))
             if not lung[iy, ix]:  # a real box centred outside this phantom's lung: nearest lung point
                 ys, xs = np.nonzero(lung)
-                k = int(np.argmin((xs - cx) ** 2 + (ys - cy) ** 2))
+                dx, dy = xs - cx, ys - cy
+                k = int(np.argmin(dx * dx + dy * dy))
                 cx, cy = float(xs[k]), float(ys[k])
         return side, cx, cy, hw_, hh
     side = _sides(f, rng)[0]
@@ -243,22 +248,56 @@ def table_box(kind: str, side: str, zone: str | None, severity: str,
     return (float(cx - hw), float(cy - hh), float(cx + hw), float(cy + hh))
 
 
+def _window(hw: tuple[int, int], cx: float, cy: float, rx: float, ry: float) -> tuple[slice, slice]:
+    """Rows and columns of the image within ``rx``, ``ry`` of a centre (possibly empty)."""
+    h, w = hw
+    y0, y1 = min(h, max(0, int(cy - ry) - 1)), min(h, max(0, int(cy + ry) + 2))
+    x0, x1 = min(w, max(0, int(cx - rx) - 1)), min(w, max(0, int(cx + rx) + 2))
+    return slice(y0, y1), slice(x0, x1)
+
+
+def _content(m: np.ndarray) -> tuple[slice, slice]:
+    """Rows and columns of the bounding box of the non-zero pixels of ``m``."""
+    rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+    if len(rows) == 0:
+        return slice(0, 0), slice(0, 0)
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+
+
+def _textured(an: Anatomy, m: np.ndarray, rng, sigma: float, lo: float, amp: float) -> np.ndarray:
+    """``m * (lo + amp * field)`` with a smooth random field drawn only where ``m`` is non-zero."""
+    ys, xs = _content(m)
+    out = np.zeros_like(m)
+    if ys.stop > ys.start:
+        tex = lo + amp * smooth_field(rng, (ys.stop - ys.start, xs.stop - xs.start), sigma)
+        out[ys, xs] = m[ys, xs] * tex
+    return out
+
+
 def _patch(an: Anatomy, cx, cy, ax, ay, rng, roughness=0.45, angle=0.0) -> np.ndarray:
-    """An irregular, ill-defined blob: an ellipse perturbed by a smooth random field (float 0..1)."""
-    yy, xx = _grid(an)
-    c, s = math.cos(angle), math.sin(angle)
-    u = ((xx - cx) * c + (yy - cy) * s) / max(ax, 1.0)
-    v = (-(xx - cx) * s + (yy - cy) * c) / max(ay, 1.0)
-    r = np.sqrt(u ** 2 + v ** 2)
-    field_ = smooth_field(rng, an.hw, max(2.0, 0.35 * min(ax, ay)))
-    core = 1.0 - r + roughness * 0.5 * field_
-    return np.clip(core * 3.0, 0, 1).astype(np.float32)
+    """An irregular, ill-defined blob: an ellipse perturbed by a smooth random field (float 0..1).
+    Only the window the blob can reach (radius ``1 + 0.5 roughness * 4.5`` in units of its axes,
+    the field being a unit-std Gaussian one) is computed."""
+    out = np.zeros(an.hw, np.float32)
+    ax, ay = max(float(ax), 1.0), max(float(ay), 1.0)
+    reach = (1.0 + 0.5 * roughness * 4.5) * max(ax, ay) + 2
+    ys, xs = _window(an.hw, cx, cy, reach, reach)
+    if ys.stop <= ys.start or xs.stop <= xs.start:
+        return out
+    yy = np.arange(ys.start, ys.stop, dtype=np.float64)[:, None] - cy
+    xx = np.arange(xs.start, xs.stop, dtype=np.float64)[None, :] - cx
+    c, s = dm.cos_s(angle), dm.sin_s(angle)
+    u = (xx * c + yy * s) / ax
+    v = (-xx * s + yy * c) / ay
+    r = np.sqrt(u * u + v * v).astype(np.float32)
+    field_ = smooth_field(rng, r.shape, max(2.0, 0.35 * min(ax, ay)))
+    core = 1.0 - r + np.float32(roughness * 0.5) * field_
+    out[ys, xs] = np.clip(core * 3.0, 0, 1)
+    return out
 
 
 def _clip_lungs(an: Anatomy, m: np.ndarray, side: str | None = None, full: bool = False) -> np.ndarray:
-    lungs = an.lung_full if full else an.lung  # type: ignore[attr-defined]
-    lm = lungs[side] if side in SIDES else (lungs[RIGHT] | lungs[LEFT])
-    return m * blur(lm.astype(np.float32), 1.0)
+    return m * an.lungs_blur(1.0, side if side in SIDES else None, full)
 
 
 def _gt(m: np.ndarray, thr: float = 0.5) -> np.ndarray:
@@ -274,15 +313,15 @@ def _airspace(an: Anatomy, f: Finding, *, strength: float, rel: tuple[float, flo
     for side in sides:
         for _ in range(count):
             g = replace(f, side=side) if side else f
-            sd, cx, cy, ax, ay = _box_region(an, g, rng, rel_w=rel[0] * rng.uniform(0.8, 1.2),
-                                             rel_h=rel[1] * rng.uniform(0.8, 1.2))
-            blob = _patch(an, cx, cy, ax, ay, rng, roughness=roughness, angle=rng.uniform(-0.4, 0.4))
+            sd, cx, cy, ax, ay = _box_region(an, g, rng, rel_w=rel[0] * dm.uniform(rng, 0.8, 1.2),
+                                             rel_h=rel[1] * dm.uniform(rng, 0.8, 1.2))
+            blob = _patch(an, cx, cy, ax, ay, rng, roughness=roughness, angle=dm.uniform(rng, -0.4, 0.4))
             blob = _clip_lungs(an, blob, sd)
             gt = _gt(blob)
             if gt.sum() < 4:
                 continue
-            tex = 0.75 + 0.25 * smooth_field(rng, an.hw, 0.01 * an.hw[1])
-            dens = blur(blob, 0.012 * an.hw[1]) * tex * strength * rng.uniform(0.85, 1.15)
+            dens = _textured(an, blur(blob, 0.012 * an.hw[1]), rng, 0.01 * an.hw[1], 0.75, 0.25)
+            dens *= np.float32(strength * dm.uniform(rng, 0.85, 1.15))
             an.density += dens
             out.append(gt)
     return out
@@ -318,13 +357,13 @@ def _covid(an: Anatomy, f: Finding):
         acc = np.zeros(an.hw, np.float32)
         for _ in range(int(rng.integers(2, 4))):
             cx, cy = _pick(region, rng)
-            acc = np.maximum(acc, _patch(an, cx, cy, 0.09 * lw * sev * rng.uniform(0.8, 1.3),
-                                         0.13 * lw * sev * rng.uniform(0.8, 1.3), rng, roughness=0.7))
+            acc = np.maximum(acc, _patch(an, cx, cy, 0.09 * lw * sev * dm.uniform(rng, 0.8, 1.3),
+                                         0.13 * lw * sev * dm.uniform(rng, 0.8, 1.3), rng, roughness=0.7))
         acc = _clip_lungs(an, acc, side)
         gt = _gt(acc)
         if gt.sum() < 4:
             continue
-        an.density += blur(acc, 0.015 * an.hw[1]) * 0.27 * (0.8 + 0.2 * smooth_field(rng, an.hw, 0.01 * an.hw[1]))
+        an.density += _textured(an, blur(acc, 0.015 * an.hw[1]), rng, 0.01 * an.hw[1], 0.8, 0.2) * 0.27
         out.append(gt)
     return out
 
@@ -340,21 +379,21 @@ def _effusion(an: Anatomy, f: Finding):
         if not full.any():
             continue
         ys, xs = np.nonzero(full)
-        top, bottom = ys.min(), ys.max()
-        x0, x1 = xs.min(), xs.max()
+        top, bottom = int(ys.min()), int(ys.max())
+        x0, x1 = int(xs.min()), int(xs.max())
         height = bottom - top
         if f.box is not None:  # the real box's top gives the fluid level
             b = an.from_canonical(f.box)
-            fl = float(np.clip((bottom - b[1]) / max(height, 1), 0.12, 0.45))
+            fl = min(max((bottom - b[1]) / max(height, 1), 0.12), 0.45)
         else:
-            fl = rng.uniform(*frac)
+            fl = dm.uniform(rng, *frac)
         lat = (x0 - xx) / max(1, x1 - x0) + 1 if side == RIGHT else (xx - x0) / max(1, x1 - x0)
         lat = np.clip(lat, 0, 1)
-        level = bottom - fl * height - rng.uniform(0.12, 0.20) * height * lat ** 1.5  # meniscus
+        level = bottom - fl * height - dm.uniform(rng, 0.12, 0.20) * height * (lat * np.sqrt(lat))  # meniscus
         fluid = (full & (yy > level)).astype(np.float32)
         ramp = np.clip((yy - level) / (0.05 * height), 0, 1)
         grade = 0.75 + 0.25 * np.clip((yy - level) / (0.5 * height), 0, 1)  # denser where deeper
-        dens = blur(fluid * ramp * grade, 1.5) * rng.uniform(0.30, 0.38)
+        dens = blur(fluid * ramp * grade, 1.5) * dm.uniform(rng, 0.30, 0.38)
         an.density += dens
         an.marking_keep *= 1 - 0.8 * blur(fluid, 2.0)
         gt = _gt(fluid)
@@ -378,8 +417,7 @@ def _pneumothorax(an: Anatomy, f: Finding):
         if f.siim is not None:
             m = siim_mask(f.siim)  # canonical frame 256²
             b = an.from_canonical((0.0, 0.0, 1.0, 1.0))
-            M = np.float32([[(b[2] - b[0]) / 256.0, 0, b[0]], [0, (b[3] - b[1]) / 256.0, b[1]]])
-            warped = cv2.warpAffine(m, M, (w, h), flags=cv2.INTER_LINEAR)
+            warped = dm.place(m, (h, w), (b[2] - b[0]) / 256.0, b[0], (b[3] - b[1]) / 256.0, b[1])
             cand = (warped > 0.5) & (an.lung[RIGHT] | an.lung[LEFT])
             if cand.sum() > 0.01 * full.sum():
                 region = cand
@@ -398,7 +436,7 @@ def _pneumothorax(an: Anatomy, f: Finding):
             pleura = edge & ((lat > 0.55) | (ry < 0.18))
             if not pleura.any():
                 continue
-            dist = cv2.distanceTransform((~pleura).astype(np.uint8), cv2.DIST_L2, 3)
+            dist = dm.distance(~pleura)
             depth = (0.10 * sev * (x1 - x0)) * (1 + 0.25 * smooth_field(rng, an.hw, 0.1 * w))
             # deepest at the apex, thinning towards the base (upright patient)
             taper = np.clip(1.15 - ry * (1.1 if f.zone != "base" else -0.2), 0.15, 1)
@@ -407,11 +445,11 @@ def _pneumothorax(an: Anatomy, f: Finding):
             continue
         rf = blur(region.astype(np.float32), 0.8)
         an.marking_keep *= 1 - rf
-        an.lucency += rf * rng.uniform(0.08, 0.11)
+        an.lucency += rf * dm.uniform(rng, 0.08, 0.11)
         # pleural line: the edge of the collapsed lung, inside the thorax
         k = np.ones((3, 3), np.uint8)
         edge = cv2.dilate(region.astype(np.uint8), k, iterations=2).astype(bool) & ~region & full
-        an.density += blur(edge.astype(np.float32), 0.6) * rng.uniform(0.10, 0.14)
+        an.density += blur(edge.astype(np.float32), 0.6) * dm.uniform(rng, 0.10, 0.14)
         # the collapsed lung is a little denser
         rim = cv2.dilate(region.astype(np.uint8), k, iterations=8).astype(bool) & ~region & full
         an.density += blur(rim.astype(np.float32), 3.0) * 0.03
@@ -445,7 +483,7 @@ def _atelectasis(an: Anatomy, f: Finding):
             hx, hy = an.hila[sd]
             tip = (hx, hy)
             base_dir = np.array([cx - hx, cy - hy])
-            n = np.linalg.norm(base_dir) + 1e-6
+            n = math.sqrt((cx - hx) * (cx - hx) + (cy - hy) * (cy - hy)) + 1e-6
             perp = np.array([-base_dir[1], base_dir[0]]) / n
             a1 = np.array([cx, cy]) + perp * 0.10 * lw + base_dir / n * 0.08 * lw
             a2 = np.array([cx, cy]) - perp * 0.10 * lw + base_dir / n * 0.08 * lw
@@ -454,15 +492,16 @@ def _atelectasis(an: Anatomy, f: Finding):
             strength = 0.30
         else:
             nlines = int(rng.integers(1, 4))
+            t1, arch = _unit_sine(12)
+            t = t1 - 0.5
             for k in range(nlines):
-                ang = rng.normal(0, 0.18)
-                L = max(ax, 0.08 * lw) * rng.uniform(1.4, 2.0)
+                ang = dm.normal(rng, 0, 0.18)
+                L = max(ax, 0.08 * lw) * dm.uniform(rng, 1.4, 2.0)
                 oy = (k - (nlines - 1) / 2) * 0.03 * lw
-                t = np.linspace(-0.5, 0.5, 12)
-                px = cx + t * L * math.cos(ang)
-                py = cy + oy + t * L * math.sin(ang) + 0.03 * lw * np.sin(math.pi * (t + 0.5)) * rng.uniform(-1, 1)
+                px = cx + t * L * dm.cos_s(ang)
+                py = cy + oy + t * L * dm.sin_s(ang) + 0.03 * lw * arch * dm.uniform(rng, -1, 1)
                 p = np.round(np.c_[px, py] * 4).astype(np.int32).reshape(-1, 1, 2)
-                cv2.polylines(acc, [p], False, 1.0, max(2, int(rng.uniform(0.012, 0.022) * lw)), cv2.LINE_AA, 2)
+                cv2.polylines(acc, [p], False, 1.0, max(2, int(dm.uniform(rng, 0.012, 0.022) * lw)), cv2.LINE_AA, 2)
             strength = 0.30
         acc = _clip_lungs(an, blur(acc, 0.8), sd)
         gt = _gt(acc, 0.4)
@@ -483,7 +522,10 @@ def _edema(an: Anatomy, f: Finding):
     acc = np.zeros(an.hw, np.float32)
     for _side, (hx, hy) in an.hila.items():
         sx, sy = 0.20 * lw * sev, 0.24 * lh * sev
-        acc = np.maximum(acc, np.exp(-(((xx - hx) / sx) ** 2 + ((yy - hy - 0.05 * lh) / sy) ** 2)))
+        ux = (xx - np.float32(hx)) * np.float32(1.0 / sx)
+        uy = (yy - np.float32(hy + 0.05 * lh)) * np.float32(1.0 / sy)
+        d2 = ux * ux + uy * uy
+        acc = np.maximum(acc, dm.curve(d2, _exp_table(), 0.0, 16.0))
     acc *= 0.85 + 0.3 * smooth_field(rng, an.hw, 0.03 * an.hw[1])
     acc = _clip_lungs(an, np.clip(acc, 0, 1.2), None, full=True)
     an.density += blur(acc, 2.0) * 0.26
@@ -496,7 +538,7 @@ def _edema(an: Anatomy, f: Finding):
             px, py = _pick(base, rng)
             L = 0.035 * lw
             sgn = 1 if side == RIGHT else -1
-            cv2.line(kerley, (int(px), int(py)), (int(px + sgn * L), int(py)), 1.0, 1, cv2.LINE_AA)
+            draw.line(kerley, (int(px), int(py)), (int(px + sgn * L), int(py)), 1.0, 1)
     an.density += blur(kerley, 0.6) * 0.10 * (an.lung[RIGHT] | an.lung[LEFT])
     gt = _gt(acc, 0.4)
     out = []
@@ -505,6 +547,25 @@ def _edema(an: Anatomy, f: Finding):
         if g.sum() >= 4:
             out.append(g.astype(np.float32))
     return out
+
+
+def _exp_table() -> np.ndarray:
+    return _EXP_TABLE if _EXP_TABLE is not None else _make_exp_table()
+
+
+_EXP_TABLE: np.ndarray | None = None
+
+
+def _make_exp_table() -> np.ndarray:
+    global _EXP_TABLE
+    _EXP_TABLE = dm.exp(-dm.nodes(0.0, 16.0))  # exp(-x) for x in [0, 16]
+    return _EXP_TABLE
+
+
+@functools.lru_cache(maxsize=4)
+def _unit_sine(n: int) -> tuple[np.ndarray, np.ndarray]:
+    t = np.arange(n, dtype=np.float64) / (n - 1)
+    return t, dm.sin(math.pi * t)
 
 
 def _round(an: Anatomy, f: Finding, *, rel: float, strength: float, lobulated: float, dense_core: bool = False,
@@ -517,20 +578,33 @@ def _round(an: Anatomy, f: Finding, *, rel: float, strength: float, lobulated: f
         g = replace(f, side=side) if side else f
         sd, cx, cy, ax, ay = _box_region(an, g, rng, rel_w=rel, rel_h=rel, erode_frac=rel / 2)
         # a nodule stays a nodule (< 3 cm), a mass a mass, whatever box it came from
-        r = float(np.clip(0.5 * (ax + ay) * rng.uniform(0.9, 1.1), r_range[0] * lw, r_range[1] * lw))
+        r = min(max(0.5 * (ax + ay) * dm.uniform(rng, 0.9, 1.1), r_range[0] * lw), r_range[1] * lw)
         r = max(2.0, r)
-        yy, xx = _grid(an)
-        ang = np.arctan2(yy - cy, xx - cx)
-        rad = r * (1 + lobulated * (0.5 * np.sin(3 * ang + rng.uniform(0, 6))
-                                    + 0.5 * np.sin(5 * ang + rng.uniform(0, 6))))
-        d = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2)
-        blob = np.clip((rad - d) / max(1.0, 0.15 * r) + 0.5, 0, 1).astype(np.float32)
+        p3, p5 = dm.uniform(rng, 0, 6), dm.uniform(rng, 0, 6)
+        reach = r * (1 + lobulated) + max(1.0, 0.15 * r) + 2
+        ys, xs = _window(an.hw, cx, cy, reach, reach)
+        blob = np.zeros(an.hw, np.float32)
+        d_full = np.zeros(an.hw, np.float32)
+        if ys.stop > ys.start and xs.stop > xs.start:
+            dy = np.arange(ys.start, ys.stop, dtype=np.float64)[:, None] - cy
+            dx = np.arange(xs.start, xs.stop, dtype=np.float64)[None, :] - cx
+            d = np.sqrt(dx * dx + dy * dy)
+            inv = 1.0 / np.where(d > 0, d, 1.0)
+            c, s = np.where(d > 0, dx * inv, 1.0), dy * inv  # cos and sin of the polar angle
+            c2, s2 = c * c, s * s
+            # sin(k angle + p) = sin(k angle) cos p + cos(k angle) sin p, multiple angles by Chebyshev
+            s3, c3 = s * (3.0 - 4.0 * s2), c * (4.0 * c2 - 3.0)
+            s5, c5 = s * (16.0 * s2 * s2 - 20.0 * s2 + 5.0), c * (16.0 * c2 * c2 - 20.0 * c2 + 5.0)
+            wave = 0.5 * (s3 * dm.cos_s(p3) + c3 * dm.sin_s(p3)) + 0.5 * (s5 * dm.cos_s(p5) + c5 * dm.sin_s(p5))
+            rad = r * (1 + lobulated * wave)
+            blob[ys, xs] = np.clip((rad - d) / max(1.0, 0.15 * r) + 0.5, 0, 1)
+            d_full[ys, xs] = np.clip(1 - d / max(r, 1), 0, 1)
         blob = _clip_lungs(an, blob, sd, full=True)
         gt = _gt(blob)
         if gt.sum() < 2:
             continue
-        body = blob * (0.8 + 0.2 * np.clip(1 - d / max(r, 1), 0, 1)) if not dense_core else blob
-        an.density += blur(body, 0.6) * strength * rng.uniform(0.9, 1.1)
+        body = blob * (0.8 + 0.2 * d_full) if not dense_core else blob
+        an.density += blur(body, 0.6) * np.float32(strength * dm.uniform(rng, 0.9, 1.1))
         out.append(gt)
     return out
 
@@ -557,12 +631,11 @@ def _fibrosis(an: Anatomy, f: Finding):
         g = replace(f, side=side, zone=f.zone or ("lower" if rng.random() < 0.6 else "upper")) if side else f
         sd, cx, cy, ax, ay = _box_region(an, g, rng, rel_w=0.24, rel_h=0.26)
         net = np.zeros(an.hw, np.float32)
-        for _ in range(int(40 * (ax * ay) / (0.12 * lw) ** 2) + 20):
-            px, py = cx + rng.uniform(-ax, ax), cy + rng.uniform(-ay, ay)
-            a = rng.uniform(0, math.pi)
-            L = rng.uniform(0.02, 0.05) * lw
-            cv2.line(net, (int(px), int(py)), (int(px + L * math.cos(a)), int(py + L * math.sin(a))), 1.0, 1,
-                     cv2.LINE_AA)
+        for _ in range(int(40 * (ax * ay) / ((0.12 * lw) * (0.12 * lw))) + 20):
+            px, py = cx + dm.uniform(rng, -ax, ax), cy + dm.uniform(rng, -ay, ay)
+            a = dm.uniform(rng, 0, math.pi)
+            L = dm.uniform(rng, 0.02, 0.05) * lw
+            draw.line(net, (int(px), int(py)), (int(px + L * dm.cos_s(a)), int(py + L * dm.sin_s(a))), 1.0, 1)
         env = _patch(an, cx, cy, ax, ay, rng, roughness=0.3)
         net = _clip_lungs(an, blur(net, 0.7) * env, sd)
         env = _clip_lungs(an, env, sd)
@@ -583,7 +656,8 @@ def _emphysema(an: Anatomy, f: Finding):
         g = replace(f, side=side, zone=f.zone or "upper") if side else f
         sd, cx, cy, ax, ay = _box_region(an, g, rng, rel_w=0.16, rel_h=0.14, erode_frac=0.05)
         yy, xx = _grid(an)
-        d = np.sqrt(((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2)
+        u, v = (xx - cx) / ax, (yy - cy) / ay
+        d = np.sqrt(u * u + v * v)
         bulla = np.clip((1 - d) * 6, 0, 1).astype(np.float32)
         bulla = _clip_lungs(an, bulla, sd)
         gt = _gt(bulla)
@@ -608,9 +682,13 @@ def _fracture(an: Anatomy, f: Finding):
     if f.box is not None:
         b = an.from_canonical(f.box)
         target = np.array([(b[0] + b[2]) / 2, (b[1] + b[3]) / 2])
-        best = min(((np.min(np.sum((p - target) ** 2, 1)), p) for p in ribs), key=lambda t: t[0])[1]
-        pts = best
-        k = int(np.argmin(np.sum((pts - target) ** 2, 1)))
+        def d2(p):
+            dx, dy = p[:, 0] - target[0], p[:, 1] - target[1]
+            return dx * dx + dy * dy
+
+        pts = min(((float(np.min(d2(p))), i) for i, p in enumerate(ribs)), key=lambda t: t[0])
+        pts = ribs[pts[1]]
+        k = int(np.argmin(d2(pts)))
     else:
         lo = 2 if f.zone not in ("lower", "base") else 5
         pts = ribs[int(rng.integers(lo, min(len(ribs), lo + 4)))]
@@ -622,10 +700,11 @@ def _fracture(an: Anatomy, f: Finding):
     cv2.ellipse(m, (int(cx), int(cy)), (int(r * 1.2), int(r)), 0, 0, 360, 1.0, -1, cv2.LINE_AA)
     an.density += blur(m, 1.0) * 0.14
     d = pts[min(k + 1, len(pts) - 1)] - pts[max(k - 1, 0)]
-    n = np.array([-d[1], d[0]]) / (np.linalg.norm(d) + 1e-6)
+    dx, dy = float(d[0]), float(d[1])
+    n = np.array([-dy, dx]) / (math.sqrt(dx * dx + dy * dy) + 1e-6)
     gap = np.zeros(an.hw, np.float32)
     p1, p2 = (np.array([cx, cy]) + n * r * 1.3), (np.array([cx, cy]) - n * r * 1.3)
-    cv2.line(gap, (int(p1[0]), int(p1[1])), (int(p2[0]), int(p2[1])), 1.0, 1, cv2.LINE_AA)
+    draw.line(gap, (int(p1[0]), int(p1[1])), (int(p2[0]), int(p2[1])), 1.0, 1)
     an.lucency += blur(gap, 0.5) * 0.12
     out.append(m)
     return out
@@ -642,31 +721,31 @@ def _device(an: Anatomy, f: Finding):
     m = np.zeros((h, w), np.float32)
 
     def line(pts, width):
-        p = np.round(np.asarray(pts, np.float64) * 4).astype(np.int32).reshape(-1, 1, 2)
-        cv2.polylines(m, [p], False, 1.0, max(1, int(round(width))), cv2.LINE_AA, 2)
+        draw.polyline(m, np.asarray(pts, np.float64), width)
 
     def curve(p0, p1, p2, n=30):
-        t = np.linspace(0, 1, n)[:, None]
-        return (1 - t) ** 2 * np.array(p0) + 2 * (1 - t) * t * np.array(p1) + t ** 2 * np.array(p2)
+        t = (np.arange(n, dtype=np.float64) / (n - 1))[:, None]
+        return (1 - t) * (1 - t) * np.array(p0) + 2 * (1 - t) * t * np.array(p1) + t * t * np.array(p2)
 
+    U = functools.partial(dm.uniform, rng)
     cx, cy = an.carina
     if kind == "et_tube":
-        tip = (mid, cy - rng.uniform(0.05, 0.12) * lh)
-        line([(mid + rng.normal(0, 0.01) * lw, 0), tip], 0.016 * lw)
+        tip = (mid, cy - U(0.05, 0.12) * lh)
+        line([(mid + dm.normal(rng, 0, 0.01) * lw, 0), tip], 0.016 * lw)
     elif kind == "ng_tube":
         ex = mid + 0.02 * lw
-        below = min(h - 2, y1 + rng.uniform(0.05, 0.12) * lh)
+        below = min(h - 2, y1 + U(0.05, 0.12) * lh)
         pts = np.vstack([curve((ex, 0), (ex - 0.01 * lw, 0.5 * (cy + y1)), (ex + 0.03 * lw, y1 - 0.05 * lh)),
                          curve((ex + 0.03 * lw, y1 - 0.05 * lh), (ex + 0.10 * lw, below), (ex + 0.20 * lw, below))])
         line(pts, 0.010 * lw)
     elif kind == "cvc":
         sgn = -1 if rng.random() < 0.65 else 1  # right-sided lines are the usual
         start = (mid + sgn * 0.42 * lw, y0 + 0.04 * lh)
-        tip = (mid - 0.05 * lw, y0 + rng.uniform(0.30, 0.40) * lh)
+        tip = (mid - 0.05 * lw, y0 + U(0.30, 0.40) * lh)
         line(curve(start, (mid + sgn * 0.12 * lw, y0 + 0.05 * lh), tip), 0.008 * lw)
     elif kind == "pacemaker":
         gx, gy = mid + 0.32 * lw, y0 + 0.10 * lh
-        cv2.ellipse(m, (int(gx), int(gy)), (int(0.07 * lw), int(0.045 * lw)), rng.uniform(-20, 20), 0, 360, 1.0, -1,
+        cv2.ellipse(m, (int(gx), int(gy)), (int(0.07 * lw), int(0.045 * lw)), U(-20, 20), 0, 360, 1.0, -1,
                     cv2.LINE_AA)
         ra = (mid - 0.02 * lw, y0 + 0.60 * lh)
         rv = (mid + 0.08 * lw, y0 + 0.78 * lh)
@@ -675,14 +754,14 @@ def _device(an: Anatomy, f: Finding):
     elif kind == "sternotomy":
         for k in range(int(rng.integers(5, 8))):
             yk = y0 + (0.22 + 0.08 * k) * lh
-            cv2.ellipse(m, (int(mid), int(yk)), (int(0.018 * lw), int(0.010 * lw)), rng.uniform(-10, 10), 0, 360, 1.0,
-                        max(1, int(0.006 * lw)), cv2.LINE_AA)
+            draw.ellipse_outline(m, (int(mid), int(yk)), (int(0.018 * lw), int(0.010 * lw)), U(-10, 10), 1.0,
+                                 max(1, int(0.006 * lw)))
     else:  # ecg leads
         for _k in range(int(rng.integers(3, 6))):
-            px, py = x0 + rng.uniform(0.05, 0.95) * lw, y0 + rng.uniform(0.02, 0.9) * lh
-            cv2.circle(m, (int(px), int(py)), max(2, int(0.022 * lw)), 1.0, max(1, int(0.008 * lw)), cv2.LINE_AA)
-            line(curve((px, py), (px + rng.uniform(-0.2, 0.2) * lw, py + 0.1 * lh),
-                       (px + rng.uniform(-0.3, 0.3) * lw, h)),
+            px, py = x0 + U(0.05, 0.95) * lw, y0 + U(0.02, 0.9) * lh
+            draw.circle_outline(m, (int(px), int(py)), max(2, int(0.022 * lw)), 1.0, max(1, int(0.008 * lw)))
+            line(curve((px, py), (px + U(-0.2, 0.2) * lw, py + 0.1 * lh),
+                       (px + U(-0.3, 0.3) * lw, h)),
                  0.005 * lw)
     m = np.clip(m, 0, 1)
     an.density += blur(m, 0.5) * 0.55
@@ -701,5 +780,4 @@ _RENDERERS = {
 
 def to_output(mask: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     """A work-resolution mask → bool mask at the output size."""
-    H, W = out_hw
-    return cv2.resize(mask.astype(np.float32), (W, H), interpolation=cv2.INTER_LINEAR) >= 0.5
+    return dm.resize(mask.astype(np.float32), out_hw) >= 0.5

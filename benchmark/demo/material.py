@@ -142,7 +142,7 @@ def lung_shapes() -> tuple[LungShape, ...]:
     return shapes
 
 
-_LUNG_SELECTION_VERSION = 1
+_LUNG_SELECTION_VERSION = 2  # 2: integer block reduction and labelling (identical on every machine)
 
 
 def _cache_dir() -> Path:
@@ -151,20 +151,22 @@ def _cache_dir() -> Path:
     return cache_home() / "demo" / "material"
 
 
+MASK_SIDE = 400  # the masks are reduced to about this longest side (the shape is all that is kept)
+
+
 def _select_lung_shapes(path: Path) -> tuple[LungShape, ...]:
+    """Decode every mask (PNG: lossless), threshold it and reduce it by an integer factor with
+    integer counts (a block is lung when most of its pixels are): no floating point, so the
+    selection is the same on every machine and library version."""
     import cv2
 
     out: list[LungShape] = []
     with zipfile.ZipFile(path) as zf:
         for name in sorted(n for n in zf.namelist() if not n.endswith("/")):
-            arr = cv2.imdecode(np.frombuffer(zf.read(name), np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_2)
+            arr = cv2.imdecode(np.frombuffer(zf.read(name), np.uint8), cv2.IMREAD_GRAYSCALE)
             if arr is None:
                 continue
-            scale = 400.0 / max(arr.shape)
-            if scale < 1.0:  # the shape is all that is kept; smaller is faster
-                arr = cv2.resize(arr, (round(arr.shape[1] * scale), round(arr.shape[0] * scale)),
-                                 interpolation=cv2.INTER_AREA)
-            shape = _lung_pair(arr > 127, name)
+            shape = _lung_pair(_reduce_mask(arr > 127), name)
             if shape is not None:
                 out.append(shape)
     if len(out) < 50:
@@ -172,20 +174,43 @@ def _select_lung_shapes(path: Path) -> tuple[LungShape, ...]:
     return tuple(out)
 
 
+def _reduce_mask(mask: np.ndarray) -> np.ndarray:
+    """A bool mask reduced by the integer factor that brings its longest side to ``MASK_SIDE`` or
+    less: a block is set when more than half of its pixels are (the ragged edge is dropped)."""
+    f = -(-max(mask.shape) // MASK_SIDE)
+    if f <= 1:
+        return mask
+    h, w = mask.shape[0] // f, mask.shape[1] // f
+    counts = mask[:h * f, :w * f].reshape(h, f, w, f).sum(axis=(1, 3), dtype=np.int32)
+    return counts * 2 > f * f
+
+
 def _lung_pair(mask: np.ndarray, name: str) -> LungShape | None:
-    import cv2
+    from scipy import ndimage
 
     h, w = mask.shape
-    n, lab, stats, cent = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    comps = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] > 0.01 * h * w]
+    lab, n = ndimage.label(mask, structure=np.ones((3, 3), bool))  # 8-connected, labels in raster order
+    if n < 2:
+        return None
+    area = np.bincount(lab.ravel(), minlength=n + 1)
+    comps = [i for i in range(1, n + 1) if area[i] > 0.01 * h * w]
     if len(comps) != 2:
         return None
-    comps.sort(key=lambda i: cent[i][0])
+    ys, xs = np.nonzero(lab)
+    sx = np.bincount(lab[ys, xs], weights=xs, minlength=n + 1)  # integer coordinates: exact sums
+    cent = {i: float(sx[i]) / int(area[i]) for i in comps}
+    comps.sort(key=lambda i: cent[i])
     a, b = comps
-    if not (cent[a][0] < w / 2 < cent[b][0]):
+    if not (cent[a] < w / 2 < cent[b]):
         return None
-    xa, ya, wa, ha = stats[a, :4]
-    xb, yb, wb, hb = stats[b, :4]
+    boxes = ndimage.find_objects(lab)
+
+    def box(i):
+        sy, sx_ = boxes[i - 1]
+        return sx_.start, sy.start, sx_.stop - sx_.start, sy.stop - sy.start
+
+    xa, ya, wa, ha = box(a)
+    xb, yb, wb, hb = box(b)
     if max(ha, hb) > 1.6 * min(ha, hb) or abs((ya + ha / 2) - (yb + hb / 2)) > 0.25 * max(ha, hb):
         return None
     x0, y0 = min(xa, xb), min(ya, yb)
@@ -205,9 +230,14 @@ def _lung_pair(mask: np.ndarray, name: str) -> LungShape | None:
     labels = np.zeros(crop.shape, np.uint8)
     labels[crop == a] = 1
     labels[crop == b] = 2
-    labels = cv2.resize(labels, (LUNG_BANK_SIZE, LUNG_BANK_SIZE), interpolation=cv2.INTER_NEAREST)
+    labels = labels[_nearest(crop.shape[0], LUNG_BANK_SIZE)][:, _nearest(crop.shape[1], LUNG_BANK_SIZE)]
     return LungShape(name=name.split("/")[-1], labels=labels, aspect=float(aspect),
                      frame=(x0 / w, y0 / h, x1 / w, y1 / h))
+
+
+def _nearest(n_src: int, n_dst: int) -> np.ndarray:
+    """Nearest-neighbour source index of each destination index (pixel centres aligned, integers only)."""
+    return ((2 * np.arange(n_dst, dtype=np.int64) + 1) * n_src) // (2 * n_dst)
 
 
 @functools.lru_cache(maxsize=1)
@@ -221,7 +251,9 @@ def canonical_lung_frame() -> tuple[float, float, float, float]:
     keep = frames[(widths > 0.6) & (widths < 0.9) & (frames[:, 1] > 0.03) & (frames[:, 3] < 0.97)]
     if len(keep) < 20:
         keep = frames
-    return tuple(float(v) for v in np.median(keep, axis=0))  # type: ignore[return-value]
+    from benchmark.demo.detmath import median
+
+    return tuple(median(keep[:, j]) for j in range(4))  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- box tables
@@ -235,19 +267,19 @@ def boxes() -> dict[str, np.ndarray]:
 
     out: dict[str, np.ndarray] = {}
     path = _source("kaggle_stage_2_train_labels.csv.zip")
-    rsna = pd.read_csv(path).dropna(subset=["x", "y", "width", "height"])
+    rsna = pd.read_csv(path, float_precision="round_trip").dropna(subset=["x", "y", "width", "height"])
     xy = rsna[["x", "y", "width", "height"]].to_numpy(float) / 1024.0
     out["rsna:Lung Opacity"] = np.c_[xy[:, 0], xy[:, 1], xy[:, 0] + xy[:, 2], xy[:, 1] + xy[:, 3]]
 
     path = _source("BBox_List_2017.csv.gz")
-    nih = pd.read_csv(path, header=None, skiprows=1, usecols=range(6),
+    nih = pd.read_csv(path, header=None, skiprows=1, usecols=range(6), float_precision="round_trip",
                       names=["image", "label", "x", "y", "w", "h"])
     for label, grp in nih.groupby("label", sort=True):
         v = grp[["x", "y", "w", "h"]].to_numpy(float) / 1024.0
         out[f"nih:{label}"] = np.c_[v[:, 0], v[:, 1], v[:, 0] + v[:, 2], v[:, 1] + v[:, 3]]
 
     path = _source("vinbigdata-train.csv.gz")
-    vin = pd.read_csv(path).dropna(subset=["x_min", "y_min", "x_max", "y_max"])
+    vin = pd.read_csv(path, float_precision="round_trip").dropna(subset=["x_min", "y_min", "x_max", "y_max"])
     cal = _vindr_calibration(vin, out["nih:Cardiomegaly"])
     for label, grp in vin.groupby("class_name", sort=True):
         v = grp[["x_min", "y_min", "x_max", "y_max"]].to_numpy(float)
@@ -263,7 +295,8 @@ def rsna_box_sets() -> tuple[np.ndarray, ...]:
     """Canonical boxes ``[x0, y0, x1, y1]`` of each RSNA positive patient (1 to 4 boxes each)."""
     import pandas as pd
 
-    rsna = pd.read_csv(_source("kaggle_stage_2_train_labels.csv.zip")).dropna(subset=["x", "y", "width", "height"])
+    rsna = pd.read_csv(_source("kaggle_stage_2_train_labels.csv.zip"), float_precision="round_trip")
+    rsna = rsna.dropna(subset=["x", "y", "width", "height"])
     rsna = rsna.sort_values("patientId", kind="stable")
     v = rsna[["x", "y", "width", "height"]].to_numpy(float) / 1024.0
     v = np.c_[v[:, 0], v[:, 1], v[:, 0] + v[:, 2], v[:, 1] + v[:, 3]]
@@ -274,12 +307,14 @@ def rsna_box_sets() -> tuple[np.ndarray, ...]:
 
 def _vindr_calibration(vin, nih_cardio: np.ndarray) -> tuple[float, float, float, float]:
     """``(ax, bx, ay, by)`` with canonical = a * pixel + b, aligning cardiomegaly boxes."""
+    from benchmark.demo.detmath import median
+
     c = vin[vin["class_name"] == "Cardiomegaly"][["x_min", "y_min", "x_max", "y_max"]].to_numpy(float)
-    vw, vh = np.median(c[:, 2] - c[:, 0]), np.median(c[:, 3] - c[:, 1])
-    vcx, vcy = np.median((c[:, 0] + c[:, 2]) / 2), np.median((c[:, 1] + c[:, 3]) / 2)
+    vw, vh = median(c[:, 2] - c[:, 0]), median(c[:, 3] - c[:, 1])
+    vcx, vcy = median((c[:, 0] + c[:, 2]) / 2), median((c[:, 1] + c[:, 3]) / 2)
     n = nih_cardio
-    nw, nh = np.median(n[:, 2] - n[:, 0]), np.median(n[:, 3] - n[:, 1])
-    ncx, ncy = np.median((n[:, 0] + n[:, 2]) / 2), np.median((n[:, 1] + n[:, 3]) / 2)
+    nw, nh = median(n[:, 2] - n[:, 0]), median(n[:, 3] - n[:, 1])
+    ncx, ncy = median((n[:, 0] + n[:, 2]) / 2), median((n[:, 1] + n[:, 3]) / 2)
     ax, ay = nw / vw, nh / vh
     return float(ax), float(ncx - ax * vcx), float(ay), float(ncy - ay * vcy)
 
@@ -316,12 +351,15 @@ def decode_relative_rle(rle: str, height: int = 1024, width: int = 1024) -> np.n
 
 @functools.lru_cache(maxsize=4096)
 def siim_mask(index: int, size: int = 256) -> np.ndarray:
-    """Union of the real pneumothorax masks of positive SIIM image ``index``, at ``size``² (float32 0..1)."""
-    import cv2
-
+    """Union of the real pneumothorax masks of positive SIIM image ``index``, at ``size``² (float32
+    0..1: the fraction of each block that is pneumothorax, from integer counts)."""
     items = siim_positive_rles()
     _, rles = items[index % len(items)]
     m = np.zeros((1024, 1024), bool)
     for r in rles:
         m |= decode_relative_rle(r)
-    return cv2.resize(m.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+    f = 1024 // size
+    if f * size != 1024:
+        raise ValueError(f"size must divide 1024, not {size}")
+    counts = m.reshape(size, f, size, f).sum(axis=(1, 3), dtype=np.int32)
+    return counts.astype(np.float32) * np.float32(1.0 / (f * f))

@@ -49,13 +49,17 @@ def job_rng(seed: int, code: int, job: Job) -> np.random.Generator:
 
 
 def image_size(rng, h_lo: int, h_hi: int, aspect: tuple[float, float]) -> tuple[int, int]:
+    from benchmark.demo.detmath import uniform
+
     h = int(rng.integers(h_lo, h_hi + 1)) // 2 * 2
-    w = int(round(h * rng.uniform(*aspect))) // 2 * 2
+    w = int(round(h * uniform(rng, *aspect))) // 2 * 2
     return h, w
 
 
 def sex_age(rng) -> tuple[str, int]:
-    return ("F" if rng.random() < 0.45 else "M"), int(np.clip(rng.normal(55, 17), 18, 95))
+    from benchmark.demo.detmath import normal
+
+    return ("F" if rng.random() < 0.45 else "M"), int(min(max(normal(rng, 55, 17), 18), 95))
 
 
 def csv_text(rows: list[list[Any]]) -> str:

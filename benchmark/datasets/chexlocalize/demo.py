@@ -124,21 +124,25 @@ def _salient_points(hb: dict[str, dict], rng: np.random.Generator) -> dict[str, 
     other files do not change. The reader's mask is shifted and resized from the truth, so
     some points miss; a task the reader left empty gets no entry (a miss on a positive).
     """
+    from benchmark.demo.detmath import uniform
     from benchmark.geometry.rasterize import decode_rle
+
     out: dict[str, list[list[float]]] = {}
     for task in CHEXLOCALIZE_TASKS:
         ys, xs = np.nonzero(decode_rle(hb[task]))
         if len(xs) == 0:
             continue
         picks = rng.integers(len(xs), size=int(rng.integers(1, 4)))
-        out[task] = [[round(float(xs[k]) + float(rng.uniform(0.05, 0.95)), 2),
-                      round(float(ys[k]) + float(rng.uniform(0.05, 0.95)), 2)] for k in picks]
+        out[task] = [[round(float(xs[k]) + uniform(rng, 0.05, 0.95), 2),
+                      round(float(ys[k]) + uniform(rng, 0.05, 0.95), 2)] for k in picks]
     return out
 
 
 def _human_reader(gt: np.ndarray, rng: np.random.Generator, lungs: np.ndarray) -> np.ndarray:
     """A noisy second reader: boundaries grown or shrunk, shifted, sometimes a miss or a false positive."""
     import cv2
+
+    from benchmark.demo.detmath import disk, normal
 
     h, w = gt.shape
     if not gt.any():
@@ -151,11 +155,12 @@ def _human_reader(gt: np.ndarray, rng: np.random.Generator, lungs: np.ndarray) -
         return gt
     if rng.random() < 0.08:
         return np.zeros((h, w), bool)
-    r = int(round(abs(rng.normal(0, 0.012)) * max(h, w))) + 1
-    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    r = int(round(abs(normal(rng, 0, 0.012)) * max(h, w))) + 1
+    k = disk(r)
     m = gt.astype(np.uint8)
-    m = cv2.dilate(m, k) if rng.random() < 0.55 else cv2.erode(m, k)
-    dx, dy = (rng.normal(0, 0.012, 2) * np.array([w, h])).round().astype(int)
-    M = np.float32([[1, 0, dx], [0, 1, dy]])
-    m = cv2.warpAffine(m, M, (w, h), flags=cv2.INTER_NEAREST)
-    return m.astype(bool) if m.any() else gt
+    m = cv2.dilate(m, k) if rng.random() < 0.55 else cv2.erode(m, k)  # min / max: exact
+    dx, dy = int(round(normal(rng, 0, 0.012) * w)), int(round(normal(rng, 0, 0.012) * h))
+    shifted = np.zeros_like(m)  # the mask moved by (dx, dy), zeros coming in
+    shifted[max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)] = m[max(0, -dy):h - max(0, dy),
+                                                                     max(0, -dx):w - max(0, dx)]
+    return shifted.astype(bool) if shifted.any() else gt
