@@ -1,10 +1,12 @@
-"""The code packages found on disk, plus two data folders of the repository shipped inside the wheel as
-resource packages (found by ``benchmark.resources``): ``datasets/`` (cards, prompt sets, split lists)
-and ``results/paper/`` (the paper's tables). Everything else is configured in pyproject.toml."""
+"""The code packages found on disk, plus three data folders of the repository shipped inside the wheel
+as resource packages (found by ``benchmark.resources``): ``datasets/`` (cards, prompt sets, split
+lists), ``results/paper/`` (the paper's tables) and ``weights/`` (the demo model weights).
+Everything else is configured in pyproject.toml."""
 
 from setuptools import find_namespace_packages, setup
 
-RESOURCES = {"afloc_bench_datasets": "datasets", "afloc_bench_paper": "results/paper"}
+RESOURCES = {"afloc_bench_datasets": "datasets", "afloc_bench_paper": "results/paper",
+             "afloc_bench_weights": "weights"}
 EXCLUDE = ["*.__pycache__", "*.__pycache__.*"]
 
 

@@ -1,7 +1,8 @@
 """Data files the package ships, found through the import system so that a wheel installed anywhere
 and a checkout read the same files: the dataset cards, prompt sets and split lists (the repository's
 ``datasets/`` folder, installed as the resource package ``afloc_bench_datasets``) and the paper's
-tables (``results/paper/``, installed as ``afloc_bench_paper``). ``setup.py`` maps the folders."""
+tables (``results/paper/``, installed as ``afloc_bench_paper``) and the shipped demo model weights
+(``weights/``, installed as ``afloc_bench_weights``). ``setup.py`` maps the folders."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 DATASETS_PACKAGE = "afloc_bench_datasets"
 PAPER_PACKAGE = "afloc_bench_paper"
+WEIGHTS_PACKAGE = "afloc_bench_weights"
 
 
 def package_dir(package: str) -> Path:
@@ -30,3 +32,8 @@ def datasets_dir() -> Path:
 def paper_dir() -> Path:
     """The paper's tables as data (``index.yaml`` and one CSV per table)."""
     return package_dir(PAPER_PACKAGE)
+
+
+def weights_dir() -> Path:
+    """Shipped model weights: ``<this folder>/demo/<weights id>/`` with a ``BUILD.json`` each."""
+    return package_dir(WEIGHTS_PACKAGE)

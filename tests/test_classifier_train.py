@@ -90,7 +90,7 @@ def test_train_save_resume_and_load_into_gradcam(blob_root, tmp_path):
     assert summary["n_train"] == 30 and summary["n_val"] == 10
     assert summary["label_counts"]["uncertain"] == 8 and summary["positives"] == {"Cardiomegaly": 20,
                                                                                  "Pneumothorax": 16}
-    assert (out / "classifier.pt").is_file() and (out / "last.pt").is_file()
+    assert (out / "classifier.safetensors").is_file() and (out / "last.pt").is_file()
     first = summary["history"]
 
     resumed = T.train_classifier("test_blobs", str(blob_root), out, 4, **common)
@@ -103,7 +103,7 @@ def test_train_save_resume_and_load_into_gradcam(blob_root, tmp_path):
     from baselines.saliency.adapter import GradCAMDenseNet
 
     a = GradCAMDenseNet()
-    a.load(str(out / "classifier.pt"), "cpu")
+    a.load(str(out / "classifier.safetensors"), "cpu")
     assert a.spec.labels == LABELS and a.input_geometry == "resize:32x32"
     import cv2
 
@@ -129,7 +129,8 @@ def test_two_builds_of_the_same_weights_give_one_checkpoint_file(blob_root, tmp_
     a = T.train_classifier("test_blobs", str(blob_root), tmp_path / "run_a", 1, **common)
     b = T.train_classifier("test_blobs", str(other), tmp_path / "run_b", 1, **common)
     assert a["root"] != b["root"]  # the summary keeps where the data was
-    assert file_sha256(tmp_path / "run_a" / "classifier.pt") == file_sha256(tmp_path / "run_b" / "classifier.pt")
+    ckpt = "classifier.safetensors"
+    assert file_sha256(tmp_path / "run_a" / ckpt) == file_sha256(tmp_path / "run_b" / ckpt)
 
 
 def test_cli_main(blob_root, tmp_path, capsys):

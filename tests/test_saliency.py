@@ -198,11 +198,10 @@ def test_signed_cam_option_and_empty_map_count(tiny_ckpt):
 
 
 def test_without_checkpoint_the_demo_classifier_is_used(tiny_ckpt, monkeypatch, tmp_path):
-    """No --ckpt: the adapters take the cached demo classifier (trained on first use)."""
-    import shutil
+    """No --ckpt: the adapters take the cached demo classifier (the shipped one)."""
 
     calls = []
-    shutil.copy(tiny_ckpt, tmp_path / "classifier.pt")
+    C.save_classifier(C.load_classifier(tiny_ckpt)[0], tmp_path / "classifier.safetensors")
 
     def fake_ensure(weights_id, target, quiet=True):
         calls.append((weights_id, target))
@@ -213,9 +212,9 @@ def test_without_checkpoint_the_demo_classifier_is_used(tiny_ckpt, monkeypatch, 
         assert not getattr(models.get(name), "needs_checkpoint", False), name
         a = build_adapter(name)
         a.load(None, "cpu")
-        assert a.checkpoint == str(tmp_path / "classifier.pt")
+        assert a.checkpoint == str(tmp_path / "classifier.safetensors")
         assert a.spec.input_geometry == TINY.input_geometry
-    assert calls == [("classifier-demo-1", "classifier")] * len(METHOD_MODELS)
+    assert calls == [("classifier-demo-2", "classifier")] * len(METHOD_MODELS)
     r = build_adapter("gradcam:densenet121")
     r.options.update(random_init="true")
     r.load(None, "cpu")  # tests only: seeded random weights, no training
@@ -235,14 +234,14 @@ def test_demo_classifier_is_trained_once_and_cached(tmp_path, monkeypatch):
         seen.append((dataset, kw))
         out = Path(out)
         model = C.build_classifier(TINY, seed=0)
-        C.save_classifier(model.eval(), out / "classifier.pt")
+        C.save_classifier(model.eval(), out / "classifier.safetensors")
         (out / "last.pt").write_bytes(b"optimizer state")
         return {}
 
     monkeypatch.setattr(classifier_train, "train_classifier", fake_train)
-    first = demo_weights.ensure_demo_weights("classifier-demo-test", "classifier") / "classifier.pt"
-    second = demo_weights.ensure_demo_weights("classifier-demo-test", "classifier") / "classifier.pt"
-    assert first == second == demo_weights.demo_weights_dir("classifier-demo-test") / "classifier.pt"
+    first = demo_weights.ensure_demo_weights("classifier-demo-test", "classifier") / "classifier.safetensors"
+    second = demo_weights.ensure_demo_weights("classifier-demo-test", "classifier") / "classifier.safetensors"
+    assert first == second == demo_weights.demo_weights_dir("classifier-demo-test") / "classifier.safetensors"
     assert first.is_file() and not (first.parent / "last.pt").exists()
     assert len(seen) == 1 and seen[0][0] == "demo_mimic"
     assert seen[0][1]["arch"] == "tiny" and seen[0][1]["split"] == "train"

@@ -76,7 +76,7 @@ class _SaliencyAdapter(Adapter):
 
 
         if not checkpoint and not flag_option(self.options, "random_init"):
-            checkpoint = str(Path(self.demo_checkpoint()) / "classifier.pt")
+            checkpoint = str(Path(self.demo_checkpoint()) / "classifier.safetensors")
             log.info("%s: no checkpoint given, using the demo classifier %s", self.name or self.method, checkpoint)
         super().load(checkpoint, device)
         labels = self.options.get("labels")

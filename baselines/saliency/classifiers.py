@@ -17,6 +17,7 @@ collected.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Sequence
@@ -193,7 +194,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     path = Path(path)
     expected = "a classifier checkpoint (state dict, safetensors or a pickled DenseNet)"
     if path.suffix == ".safetensors":
-        return dict(read_tensors(path, expected=expected)), {}, "safetensors state dict"
+        meta = _safetensors_meta(path)
+        fmt = "afloc-bench classifier (safetensors)" if meta else "safetensors state dict"
+        return dict(read_tensors(path, expected=expected)), meta, fmt
     obj = safe_torch_load(path, expected=expected, extra_prefixes=MODULE_PREFIXES)
     if isinstance(obj, InertRecord):  # a whole pickled model (torch.save(model)), read as records
         qualname = obj.qualname
@@ -325,16 +328,45 @@ def load_classifier(path: str | os.PathLike, *, labels: Sequence[str] | None = N
     return model, report
 
 
+SAFETENSORS_META_KEY = "afloc_bench_classifier"
+
+
 def save_classifier(model: DenseNetClassifier, path: str | os.PathLike, **meta: Any) -> Path:
-    """Write weights plus the spec as plain containers (readable with ``weights_only=True``)."""
+    """Write weights plus the spec. A ``.safetensors`` path keeps the spec as JSON in the file's
+    metadata; any other suffix writes plain containers (readable with ``weights_only=True``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-               "afloc_bench_classifier": {"spec": model.spec.to_dict(), **_plain(meta)}}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    record = {"spec": model.spec.to_dict(), **_plain(meta)}
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, str(tmp))
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(tmp), metadata={SAFETENSORS_META_KEY: json.dumps(record, sort_keys=True)})
+    else:
+        torch.save({"state_dict": state, "afloc_bench_classifier": record}, str(tmp))
     os.replace(tmp, path)
     return path
+
+
+def _safetensors_meta(path: Path) -> dict[str, Any]:
+    """The classifier record a ``.safetensors`` file carries in its metadata (empty when none)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get(SAFETENSORS_META_KEY)
+    except Exception:  # noqa: BLE001 - unreadable files are reported by read_tensors with their name
+        return {}
+    if not raw:
+        return {}
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"metadata {SAFETENSORS_META_KEY!r} is not JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise DataError(path, f"metadata {SAFETENSORS_META_KEY!r} must be a JSON object")
+    return meta
 
 
 def _plain(obj: Any) -> Any:

@@ -175,7 +175,7 @@ def train_classifier(dataset_name: str, data_root: str | os.PathLike | None, out
                      init: str | None = None,
                      label_csv: str | os.PathLike | None = None, device: str = "cpu", resume: bool = True,
                      progress: bool | None = None) -> dict[str, Any]:
-    """Train and save ``<out_dir>/classifier.pt``; returns the training summary (also ``summary.json``).
+    """Train and save ``<out_dir>/classifier.safetensors``; returns the training summary (also ``summary.json``).
 
     ``split=None`` uses the dataset's default split. ``init`` starts from a classifier checkpoint
     (any format the saliency adapters load). Samples without labels get them from ``label_csv``
@@ -304,7 +304,7 @@ def train_classifier(dataset_name: str, data_root: str | os.PathLike | None, out
     # location on this machine, epoch timings), so that its hash names the weights; summary.json keeps them
     portable = {k: v for k, v in summary.items() if k != "root"}
     portable["history"] = [{k: v for k, v in h.items() if k != "seconds"} for h in history]
-    ckpt = C.save_classifier(model.cpu(), out / "classifier.pt", training=portable)
+    ckpt = C.save_classifier(model.cpu(), out / "classifier.safetensors", training=portable)
     summary["checkpoint"] = str(ckpt)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", dest="dataset_opt", default=None, metavar="DATASET",
                    help="the same as the positional argument (as in `train afloc --dataset`)")
     p.add_argument("--data-root", default=None, help="dataset root (default: the registered/demo root)")
-    p.add_argument("--out", required=True, help="output folder (classifier.pt, summary.json, last.pt)")
+    p.add_argument("--out", required=True, help="output folder (classifier.safetensors, summary.json, last.pt)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--split", default="train", help="split to train on ('' = the dataset's default)")
     p.add_argument("--arch", default="densenet121", choices=["densenet121", "tiny"])
@@ -394,13 +394,16 @@ class ClassifierTraining:
     @staticmethod
     def build_demo(work: Path, quiet: bool = True) -> Path:
 
+        from benchmark.training.demo_weights import fixed_threads
+
         ensure(demo_root())
         run = work / "run"
-        train_classifier("demo_mimic", None, run, split="train", resume=False,
-                         progress=False if quiet else None, **DEMO_RECIPE)
+        with fixed_threads():
+            train_classifier("demo_mimic", None, run, split="train", resume=False,
+                             progress=False if quiet else None, **DEMO_RECIPE)
         (run / "last.pt").unlink(missing_ok=True)  # optimizer state: not needed for inference
         return run
 
     @staticmethod
     def demo_complete(folder: Path) -> bool:
-        return (folder / "classifier.pt").is_file()
+        return (folder / "classifier.safetensors").is_file()

@@ -1,15 +1,20 @@
-"""Demo weights: what a model runs on when no ``--ckpt`` is given, built once by its own recipe.
+"""Demo weights: what a model runs on when no ``--ckpt`` is given, shipped with the package.
 
-A model's manifest entry names its demo weights (``demo_weights: gloria-demo-1``) and the
-training target that makes them (``train: gloria``). ``ensure_demo_weights`` returns the cached
-folder ``<cache>/models/<weights id>``, building it first when absent with the target's
-``build_demo`` (for a ``TrainTask``: the task's ``demo`` config on the shared trainer). The id
-changes whenever the recipe, the model or the demo data changes, so a stale folder is never used.
+A model's manifest entry names its demo weights (``demo_weights: gloria-demo-2``) and the
+training target that makes them (``train: gloria``). The package ships each set, built once by that
+target's demo recipe (``python -m benchmark.training.ship``), under ``weights/demo/<id>/`` with a
+``BUILD.json`` (command, commit, environment, sha256 of every file); ``ensure_demo_weights`` returns
+it after checking the hashes, so nothing trains on first use and every machine runs the same weights.
+Without a shipped set (a recipe being developed) the target's ``build_demo`` builds one into
+``<cache>/models/<weights id>`` once. The id changes whenever the recipe, the model or the demo data
+changes, so a stale folder is never used.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -19,7 +24,11 @@ from typing import Any
 import torch
 
 from benchmark.dataset import cache_home
+from benchmark.io.checkpoints import CheckpointError
 from benchmark.registry import training
+from benchmark.resources import weights_dir
+
+BUILD_FILE = "BUILD.json"
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +38,54 @@ def demo_weights_dir(weights_id: str) -> Path:
     return cache_home() / "models" / weights_id
 
 
-def ensure_demo_weights(weights_id: str, target: str, quiet: bool = True) -> Path:
-    """The folder of demo weights ``weights_id``, built by training target ``target`` when absent."""
+def shipped_dir(weights_id: str) -> Path:
+    """Where the package keeps demo weights ``weights_id`` (folder names are package names: ``_`` for ``-``)."""
 
+    return weights_dir() / "demo" / weights_id.replace("-", "_")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def shipped_demo_weights(weights_id: str) -> Path | None:
+    """The shipped folder of ``weights_id`` after checking every file against its ``BUILD.json``,
+    or None when the package ships no such set. A file that does not match is an error naming it."""
+
+    folder = shipped_dir(weights_id)
+    build = folder / BUILD_FILE
+    if not build.is_file():
+        return None
+    try:
+        files = json.loads(build.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(build, f"unreadable build record of the shipped demo weights ({exc})") from None
+    for name, sha in sorted(files.items()):
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(path, "missing from the shipped demo weights (reinstall afloc-bench)")
+        if file_sha256(path) != sha:
+            raise CheckpointError(path, "does not match the sha256 in BUILD.json: the shipped demo weights are "
+                                        "damaged (reinstall afloc-bench)")
+    return folder
+
+
+def ensure_demo_weights(weights_id: str, target: str, quiet: bool = True) -> Path:
+    """The folder of demo weights ``weights_id``: the shipped one, else built once by training target ``target``."""
+
+    shipped = shipped_demo_weights(weights_id)
+    if shipped is not None:
+        return shipped
     job = training.get(target)()
     final = demo_weights_dir(weights_id)
 
     def build(work: Path) -> Path:
-        log.info("building the demo weights %s with `afloc-bench train %s` (once; a few minutes on CPU)",
-                 weights_id, target)
+        log.warning("the package ships no demo weights %s: building them with `afloc-bench train %s` (once; "
+                    "a few minutes on CPU)", weights_id, target)
         return Path(job.build_demo(work, quiet))
 
     return build_once(final, job.demo_complete, build)
