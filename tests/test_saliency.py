@@ -89,6 +89,20 @@ def test_batched_targets_pair_row_by_row(method, tiny_ckpt):
     assert not np.allclose(together, swapped)  # the class really changes the map
 
 
+@pytest.mark.parametrize("method", sorted(METHOD_MODELS))
+def test_maps_from_features_equal_the_library_on_the_whole_model(method, tiny_ckpt):
+    """The adapter extracts features once per image and runs the CAM on the head alone; the maps
+    are the grad-cam library's on the whole classifier, bit for bit (images repeated per class)."""
+    a = _adapter(METHOD_MODELS[method], tiny_ckpt)
+    batch = a.collate([a.preprocess(im) for im in _images(2, seed=4)])
+    img = a.encode_images(batch)
+    assert set(img) == {"features", "prob"}
+    rows, classes = [0, 0, 1, 1, 1], [2, 4, 2, 10, 0]
+    ours = a.similarity_map(a.take(img, rows), torch.tensor(classes))
+    whole = cam.compute_cams(method, a.model, a.model.cam_layer, batch[rows], classes)
+    np.testing.assert_array_equal(ours, whole)
+
+
 def test_eigencam_is_class_agnostic(tiny_ckpt):
     a = _adapter("eigencam:densenet121", tiny_ckpt)
     img = a.encode_images(a.collate([a.preprocess(im) for im in _images(2)]))

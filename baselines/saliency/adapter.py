@@ -107,13 +107,22 @@ class _SaliencyAdapter(Adapter):
         return C.to_input_tensor(frame(image, self.input_geometry), self.spec)
 
     def encode_images(self, batch) -> dict[str, Any]:
-        """Keep the input batch (CAMs need a forward/backward pass) plus the class probabilities."""
+        """The feature map before the CAM layer, once per image (each map then runs the head alone,
+        forward and backward: the CAM layer's activations and gradients are the whole model's),
+        plus the class probabilities. ``cam_output=library`` keeps the input batch instead, as the
+        library's resize to the input size needs it."""
 
         self._require()
         x = batch.to(next(self.model.parameters()).device)
         with torch.no_grad():
-            prob = torch.sigmoid(self.model(x))
-        return {"x": x, "prob": prob}
+            features = self.model.features(x)
+            prob = torch.sigmoid(self.model.head(features))
+        if self._output() == "library":
+            return {"x": x, "prob": prob}
+        return {"features": features, "prob": prob}
+
+    def _output(self) -> str:
+        return str(self.options.get("cam_output", "raw"))
 
     def encode_texts(self, queries: Sequence[Query]):
         """Query → index of the classifier output that answers its finding."""
@@ -148,10 +157,16 @@ class _SaliencyAdapter(Adapter):
     def similarity_map(self, image_emb: dict[str, Any], text_emb) -> np.ndarray:
 
         self._require()
-        output = str(self.options.get("cam_output", "raw"))
+        output = self._output()
         cls = [int(k) for k in text_emb.tolist()]
-        maps = cam.compute_cams(self.method, self.model, self.model.cam_layer, image_emb["x"], cls, output=output,
-                                 relu=flag_option(self.options, "cam_relu", True))
+        relu = flag_option(self.options, "cam_relu", True)
+        if "features" in image_emb:
+            head = self.model.head_module()
+            maps = cam.compute_cams(self.method, head, head.final_relu, image_emb["features"], cls, output=output,
+                                     relu=relu, input_requires_grad=True)
+        else:
+            maps = cam.compute_cams(self.method, self.model, self.model.cam_layer, image_emb["x"], cls,
+                                     output=output, relu=relu)
         self.n_maps += len(maps)
         empty = cam.count_empty(maps)
         if empty:

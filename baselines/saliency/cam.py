@@ -70,8 +70,11 @@ def _raw_class(base: type, relu: bool) -> type:
 
 def compute_cams(method: str, model: nn.Module, layer: nn.Module, x: torch.Tensor,
                  class_index: Sequence[int], *, output: str = "raw", relu: bool = True,
-                 reshape_transform: Callable | None = None) -> np.ndarray:
+                 reshape_transform: Callable | None = None, input_requires_grad: bool = False) -> np.ndarray:
     """CAMs of ``model`` on batch ``x`` for one class per image → float32 ``[B, h, w]``.
+
+    ``x`` may also be features entering a head module that holds ``layer``
+    (``input_requires_grad=True``, as the layer's gradient hook needs autograd there).
 
     ``output="raw"``: ``ReLU(cam)`` on the layer's grid (``relu=False`` keeps the signed
     weighted sum, which still ranks regions when every value is negative); ``"library"``: the
@@ -87,7 +90,8 @@ def compute_cams(method: str, model: nn.Module, layer: nn.Module, x: torch.Tenso
     cls = base if output == "library" else _raw_class(base, relu)
     # CAMs need autograd even when the caller runs under no_grad/inference_mode.
     with torch.inference_mode(False), torch.enable_grad():
-        x = x.clone()
+        # a feature map given to a head module must carry autograd for the layer's gradient hook
+        x = x.clone().requires_grad_(input_requires_grad)
         with cls(model=model, target_layers=[layer], reshape_transform=reshape_transform) as cam:
             maps = cam(input_tensor=x, targets=targets)
         model.zero_grad(set_to_none=True)

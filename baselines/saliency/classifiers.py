@@ -143,9 +143,29 @@ class DenseNetClassifier(nn.Module):
         return self.final_relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fmap = self.final_relu(self.features(x))
+        return self.head(self.features(x))
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from the feature map before the final ReLU (the CAM layer onwards)."""
+        fmap = self.final_relu(features)
         pooled = torch.flatten(nn.functional.adaptive_avg_pool2d(fmap, (1, 1)), 1)
         return self.classifier(pooled)
+
+    def head_module(self) -> nn.Module:
+        """The head as a module of its own (sharing these weights), for CAMs computed from features
+        already extracted: the CAM layer's activations and gradients are those of the whole model."""
+        return _Head(self)
+
+
+class _Head(nn.Module):
+    def __init__(self, model: DenseNetClassifier):
+        super().__init__()
+        self.final_relu = model.final_relu
+        self.classifier = model.classifier
+        self._model = [model]  # a plain reference: the head owns no features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self._model[0].head(features)
 
 
 def build_classifier(spec: ClassifierSpec | None = None, seed: int | None = 0) -> DenseNetClassifier:
