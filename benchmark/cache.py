@@ -171,4 +171,5 @@ class ArrayCache:
         buf = io.BytesIO()
         np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
         payload = buf.getvalue()
-        atomic_write_bytes(self._path(key), self.MAGIC + hashlib.sha256(payload).digest() + payload)
+        # no fsync: a torn entry (power loss) fails its checksum on read and is recomputed
+        atomic_write_bytes(self._path(key), self.MAGIC + hashlib.sha256(payload).digest() + payload, durable=False)

@@ -51,9 +51,10 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = True) -> None:
     """Write to a temporary sibling then rename, so readers never see a partial file. The file gets
-    the mode a plain ``open`` would give it (0666 less the process umask), not mkstemp's 0600."""
+    the mode a plain ``open`` would give it (0666 less the process umask), not mkstemp's 0600.
+    ``durable=False`` skips the fsync, for files whose reader detects a torn write (the cache)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -62,7 +63,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

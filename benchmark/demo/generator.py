@@ -7,6 +7,7 @@ import logging
 import multiprocessing as mp
 import os
 import shutil
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -178,8 +179,10 @@ def ensure(out_dir: str | os.PathLike, seed: int = 0, **kwargs) -> Path:
         old = out.parent / f".{out.name}.old-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         log.info("generating the demo datasets into %s (once; version %s)", out, DEMO_VERSION)
+        t0 = time.monotonic()
         try:
             generate(tmp, seed=seed, **kwargs)
+            log.info("demo datasets generated in %.1f s", time.monotonic() - t0)
             if out.exists():
                 os.replace(out, old)
             os.replace(tmp, out)
