@@ -16,13 +16,9 @@ from benchmark.cli.main import main
 from benchmark.golden import GOLDEN_DIR, resummarize, small_run
 from benchmark.regress import Cell, compare_cells, run_cells
 
-# The demo images are rendered with numpy and OpenCV, whose SIMD code paths round differently on
-# different instruction sets (measured: the same generation on an AVX2 machine and with numpy
-# held to its baseline code gave different bytes in 109 of 206 files; so did OpenCV with its
-# optimised paths off). ``random`` keys its noise on the image bytes, so its numbers are
-# specific to the machine that rendered the images; the other sanity models read no pixels.
-PIXEL_KEYED = {"random"}
-READS_NO_PIXELS = "center_prior,uniform"
+# The demo files are the same bytes on every machine (tests/test_demo_cpu_paths.py), so every
+# sanity model, ``random`` (whose noise is keyed on the image bytes) included, must match exactly.
+SANITY = "center_prior,random,uniform"
 BOX_SETS = ("demo_rsna", "demo_covid_rural", "demo_siim", "demo_ms_cxr", "demo_nih_bbox", "demo_chestx_det10")
 
 
@@ -35,18 +31,17 @@ def test_small_demo_run_matches_golden(tmp_path, capsys):
     golden = GOLDEN_DIR / "golden-small"
     assert (golden / "results.json").is_file(), "run `python -m benchmark.golden small` to create it"
     run = small_run(tmp_path)
-    rc = main(["regress", str(run), "--against", str(golden), "--tolerance", "1e-9", "--models", READS_NO_PIXELS])
+    rc = main(["regress", str(run), "--against", str(golden), "--tolerance", "1e-9", "--models", SANITY])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert re.search(r"\b([1-9]\d*)/\1 cells within tolerance", out), out
     res = json.loads((run / "results.json").read_text())
     ref = json.loads((golden / "results.json").read_text())
-    for model in PIXEL_KEYED:  # the same cells (not the same counts: CheXlocalize keeps a sample by its prediction)
+    for model in SANITY.split(","):
         assert _cells(res, model) == _cells(ref, model) != set()
     # the reference really covers every demo evaluation set and every sanity model
     assert len(res["results"]) == 7 and all(len(m) == 3 for m in res["results"].values())
-    assert ({m for by_model in res["results"].values() for m in by_model}
-            == PIXEL_KEYED | set(READS_NO_PIXELS.split(",")))
+    assert {m for by_model in res["results"].values() for m in by_model} == set(SANITY.split(","))
 
 
 def test_regress_would_catch_a_moved_number(tmp_path):
