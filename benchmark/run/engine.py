@@ -196,11 +196,14 @@ class Runner:
                 skipped_models.setdefault((plan.model, plan.reason), []).append(plan.dataset)
         for (model, reason), names in skipped_models.items():
             log.warning("skipping %s on %d dataset(s) (%s): %s", model, len(names), ", ".join(names), reason)
-        for plan in plans:
-            if not plan.tasks:
-                continue
+        todo = [plan for plan in plans if plan.tasks]
+        t_run = time.time()
+        for k, plan in enumerate(todo, 1):
             pair = self._run_pair(plan, state)
             state["results"].setdefault(plan.dataset, {})[plan.model] = pair["rows"]
+            # one line per finished pair, terminal or not: a long run never looks hung
+            log.info("[%d/%d] %s × %s done in %.1f s (%.0f s so far)", k, len(todo), plan.model, plan.dataset,
+                     float(pair.get("seconds") or 0.0), time.time() - t_run)
             atomic_write_json(self.out / "results.json", nan_to_none(state))
         atomic_write_json(self.out / "results.json", nan_to_none(state))
         skipped = {d: sum(rec.get("n_run_skipped", {}).values()) + rec.get("n_skipped", 0)

@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"no demo weights for {', '.join(unknown)}; expected some of {', '.join(sorted(targets))}")
     for target in args.targets or sorted(targets):
+        print(f"{target}: training {targets[target]} by its demo recipe ...", flush=True)
         dest = ship(target, targets[target], Path(args.out), quiet=not args.show)
         size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
         print(f"{target}: {dest} ({size / 1e6:.1f} MB)")
