@@ -79,3 +79,14 @@ def test_without_a_shipped_set_the_recipe_builds_one_once(monkeypatch, tmp_path)
     first = dw.ensure_demo_weights("toy-demo-1", "toy")
     again = dw.ensure_demo_weights("toy-demo-1", "toy")
     assert first == again == tmp_path / "cache" / "models" / "toy-demo-1" and len(calls) == 1
+
+
+def test_shipped_files_name_no_machine_path():
+    import re
+
+    for _target, wid in sorted(demo_targets().items()):
+        folder = dw.shipped_dir(wid)
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and path.suffix in (".json", ".csv", ".txt", ".yaml"):
+                found = re.findall(r"(?:^|[\"'\s])(/(?:tmp|home|root|work|Users|mnt)/[^\"'\s]*)", path.read_text())
+                assert not found, f"{path}: names {found[:3]}"

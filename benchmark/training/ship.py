@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmark.dataset import demo_root
 from benchmark.registry import models, training
 from benchmark.training.demo_weights import BUILD_FILE, file_sha256
 
@@ -49,6 +50,28 @@ def _commit() -> str:
         return "unknown"
 
 
+TEXT_SUFFIXES = (".json", ".csv", ".yaml", ".txt")
+
+
+def name_no_machine_path(folder: Path, placeholders: dict[str, str]) -> None:
+    """Replace this machine's folders in the text files of ``folder`` (training records name the
+    data and build folders) by placeholders, so that the shipped files name no machine path."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.suffix in TEXT_SUFFIXES:
+            text = path.read_text()
+            new = text
+            for real, placeholder in sorted(placeholders.items(), key=lambda kv: -len(kv[0])):
+                new = new.replace(json.dumps(real)[1:-1], placeholder).replace(real, placeholder)
+            if new != text:
+                path.write_text(new)
+
+
+def shipped_files(folder: Path) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file in ``folder`` but the build record."""
+    return {p.relative_to(folder).as_posix(): file_sha256(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != BUILD_FILE}
+
+
 def ship(target: str, weights_id: str, out_root: Path, quiet: bool = True) -> Path:
     """Train ``target``'s demo recipe and install the result as ``out_root/<id>`` (``-`` → ``_``)."""
     from benchmark.records import environment
@@ -61,7 +84,8 @@ def ship(target: str, weights_id: str, out_root: Path, quiet: bool = True) -> Pa
         seconds = round(time.time() - t0, 1)
         staged = Path(tmp) / "ship"
         shutil.copytree(built, staged, ignore=shutil.ignore_patterns(*LEFT_OUT))
-        files = {p.relative_to(staged).as_posix(): file_sha256(p) for p in sorted(staged.rglob("*")) if p.is_file()}
+        name_no_machine_path(staged, {str(demo_root()): "<demo data>", str(Path(tmp)): "<build folder>"})
+        files = shipped_files(staged)
         record = {
             "weights_id": weights_id,
             "target": target,
