@@ -356,12 +356,20 @@ def word_attention_map(local: torch.Tensor, words: torch.Tensor, cap_len: torch.
     left out of the mean. A caption with no words (a one-word prompt after the official cleaning)
     gives the ``[CLS]`` map, which is uniform.
     """
-    out = []
-    for i in range(local.shape[0]):
-        n = int(cap_len[i])
-        _, attn = attention_fn(words[i:i + 1, :, :n], local[i:i + 1], temp1)
-        out.append(attn[0, 1:n].mean(0) if n > 1 else attn[0, 0])
-    return torch.stack(out)
+    B, h, w = local.shape[0], local.shape[2], local.shape[3]
+    out = torch.empty((B, h, w), dtype=local.dtype, device=local.device)
+    for n, rows in _rows_by_length([int(c) for c in cap_len]):  # one batched call per caption length
+        _, attn = attention_fn(words[rows, :, :n], local[rows], temp1)
+        out[rows] = attn[:, 1:n].mean(1) if n > 1 else attn[:, 0]
+    return out
+
+
+def _rows_by_length(lengths: list[int]) -> list[tuple[int, torch.Tensor]]:
+    """``(length, row indices)`` for each distinct length, in order of first appearance."""
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        groups.setdefault(n, []).append(i)
+    return [(n, torch.tensor(rows, dtype=torch.long)) for n, rows in groups.items()]
 
 
 def local_feature_map(local: torch.Tensor, sent: torch.Tensor) -> torch.Tensor:
@@ -377,15 +385,14 @@ def local_similarity(local: torch.Tensor, words: torch.Tensor, char_len: torch.T
     max over the slots. The slice is capped at the last slot (the official code crashes on a
     prompt longer than 96 characters).
     """
-    scores = []
     W = words.shape[2]
-    for i in range(local.shape[0]):
-        n = max(1, min(int(char_len[i]), W - 1))
-        word = words[i:i + 1, :, 1:n + 1]
-        ctx, _ = attention_fn(word, local[i:i + 1], 4.0)
-        row = cosine(word.transpose(1, 2).reshape(n, -1), ctx.transpose(1, 2).reshape(n, -1))
-        scores.append((row * 5.0).exp().max().log())
-    return torch.stack(scores)
+    out = torch.empty(local.shape[0], dtype=local.dtype, device=local.device)
+    for n, rows in _rows_by_length([max(1, min(int(c), W - 1)) for c in char_len]):
+        word = words[rows, :, 1:n + 1]  # [b, D, n]
+        ctx, _ = attention_fn(word, local[rows], 4.0)
+        sim = cosine(word.transpose(1, 2), ctx.transpose(1, 2), dim=2)  # [b, n]
+        out[rows] = (sim * 5.0).exp().max(dim=1).values.log()
+    return out
 
 
 def global_similarity(img_g: torch.Tensor, sent: torch.Tensor) -> torch.Tensor:

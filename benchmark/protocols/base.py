@@ -8,6 +8,7 @@ the split that is reported), and finally ``summarize`` on the reported split.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,20 @@ class Protocol:
                          input_geometry: str) -> dict[str, Any]:
         """Native similarity grid of one (image, prompt) → flat dict of per-sample values."""
         raise NotImplementedError
+
+    def grounding_records(self, grids: Sequence[np.ndarray], samples: Sequence[Sample],
+                          image_sizes: Sequence[tuple[int, int] | None], input_geometry: str) -> list[Any]:
+        """``grounding_record`` of many maps: one dict per sample, or the ``DataError`` that sample
+        raised (the runner reports it as skipped). Protocols may compute them in chunks."""
+        from benchmark.dataset import DataError
+
+        out: list[Any] = []
+        for grid, sample, size in zip(grids, samples, image_sizes):
+            try:
+                out.append(self.grounding_record(grid, sample, size, input_geometry))
+            except DataError as exc:
+                out.append(exc)
+        return out
 
     def classification_record(self, score: float, sample: Sample) -> dict[str, Any]:
         return {"score": float(score)}

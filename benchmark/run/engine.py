@@ -431,12 +431,11 @@ class Runner:
             emb = adapter.encode_texts([Query(*json.loads(k)) for k in keys])
             return {k: adapter.take(emb, [j]) for j, k in enumerate(keys)}
 
-        def compute(images: Any, texts: list[Any]) -> dict[str, np.ndarray]:
-            txt = adapter.concat(texts)
+        def compute(images: Any, txt: Any, n: int) -> dict[str, np.ndarray]:
             maps = np.asarray(adapter.similarity_map(images, txt), dtype=np.float32)
-            if maps.ndim != 3 or len(maps) != len(texts):
+            if maps.ndim != 3 or len(maps) != n:
                 raise RuntimeError(f"{plan.model}.similarity_map returned shape {maps.shape}; expected "
-                                   f"[{len(texts)}, h, w]")
+                                   f"[{n}, h, w]")
             out = {"grid": maps}
             if adapter.grounding_probability:
                 out["prob"] = np.asarray(adapter.score(images, txt, txt), dtype=np.float64)
@@ -445,19 +444,18 @@ class Runner:
         outputs, sizes, skipped = self._infer(adapter, samples, plan, "heatmap", key_of, encode, compute,
                                               f"{plan.model} × {plan.dataset}")
         out, grids = [], {}
-        for s in samples:
-            key = (s.image_path, key_of(s))
-            if key not in outputs:
-                continue  # already reported in ``skipped``
-            grids[s.sample_id] = outputs[key]["grid"]
-            try:
-                rec = self.protocol.grounding_record(outputs[key]["grid"], s, sizes[s.image_path],
-                                                     adapter.input_geometry)
-                if "prob" in outputs[key]:
-                    rec["prob"] = float(outputs[key]["prob"])
-            except DataError as exc:
-                skipped.append({"sample_id": s.sample_id, "path": exc.path or s.image_path, "reason": str(exc)})
+        done = [s for s in samples if (s.image_path, key_of(s)) in outputs]  # the others are in ``skipped``
+        for s in done:
+            grids[s.sample_id] = outputs[(s.image_path, key_of(s))]["grid"]
+        records = self.protocol.grounding_records([grids[s.sample_id] for s in done], done,
+                                                  [sizes[s.image_path] for s in done], adapter.input_geometry)
+        for s, rec in zip(done, records):
+            if isinstance(rec, DataError):
+                skipped.append({"sample_id": s.sample_id, "path": rec.path or s.image_path, "reason": str(rec)})
                 continue
+            key = (s.image_path, key_of(s))
+            if "prob" in outputs[key]:
+                rec["prob"] = float(outputs[key]["prob"])
             out.append((s, rec))
         self._save_heatmaps(plan, adapter, [s for s, _ in out], {s.sample_id: queries[s.sample_id] for s, _ in out},
                             grids)
@@ -475,9 +473,8 @@ class Runner:
                           adapter.encode_prompt_ensemble([Query(n, category) for n in neg]))
             return out
 
-        def compute(images: Any, texts: list[Any]) -> dict[str, np.ndarray]:
-            pos = adapter.concat([t[0] for t in texts])
-            neg = adapter.concat([t[1] for t in texts])
+        def compute(images: Any, txt: Any, n: int) -> dict[str, np.ndarray]:
+            pos, neg = txt
             return {"score": np.asarray(adapter.score(images, pos, neg), dtype=np.float64)}
 
         outputs, _sizes, skipped = self._infer(adapter, samples, plan, "score", key_of, encode, compute,
@@ -491,14 +488,16 @@ class Runner:
 
     def _infer(self, adapter: Adapter, samples: list[Sample], plan: PairPlan, kind: str,
                key_of: Callable[[Sample], str], encode: Callable[[list[str]], dict[str, Any]],
-               compute: Callable[[Any, list[Any]], dict[str, np.ndarray]], desc: str):
+               compute: Callable[[Any, Any, int], dict[str, np.ndarray]], desc: str):
         """The one inference loop of every task.
 
         Samples are grouped by image; outputs cached under (model, weights, preprocessing, image
         content, ``key_of(sample)``) are reused; the other images are read in batches, encoded once,
         paired with the text side of each of their keys (``encode`` runs once per new key) and
-        ``compute`` gives one output row per pair. Returns ``(outputs by (image, key), image sizes,
-        skipped samples)``; an image that cannot be read is reported once per sample, never dropped.
+        ``compute(image rows, text rows, n)`` gives one output row per pair (the text rows are
+        the batch's distinct keys concatenated once, then indexed per pair). Returns ``(outputs by
+        (image, key), image sizes, skipped samples)``; an image that cannot be read is reported
+        once per sample, never dropped.
         """
         ckpt_sha = self._ckpt_sha(plan.model, adapter)
         code = code_version(type(adapter))
@@ -557,7 +556,10 @@ class Runner:
             new = [k for k in dict.fromkeys(pair_key) if k not in text_rows]
             if new:
                 text_rows.update(encode(new))
-            values = compute(adapter.take(img_emb, pair_img), [text_rows[k] for k in pair_key])
+            distinct = list(dict.fromkeys(pair_key))
+            where = {k: j for j, k in enumerate(distinct)}
+            txt = adapter.take(_concat_rows(adapter, [text_rows[k] for k in distinct]), [where[k] for k in pair_key])
+            values = compute(adapter.take(img_emb, pair_img), txt, len(pair_key))
             for n, (i, key) in enumerate(zip(pair_img, pair_key)):
                 path = paths[i]
                 row = {name: v[n] for name, v in values.items()}
@@ -648,6 +650,14 @@ class _run_log:
         root.setLevel(self.level)
         for h, lvl in self.handlers:
             h.setLevel(lvl)
+
+
+def _concat_rows(adapter: Adapter, rows: list[Any]) -> Any:
+    """Text rows concatenated by the adapter; tuples (positive, negative) element by element, so an
+    adapter's own ``concat`` (e.g. padding prompt ensembles) sees each kind alone."""
+    if isinstance(rows[0], tuple):
+        return tuple(adapter.concat([r[i] for r in rows]) for i in range(len(rows[0])))
+    return adapter.concat(rows)
 
 
 def _under_root(path: str | os.PathLike, root: Path) -> str:
