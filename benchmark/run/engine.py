@@ -45,7 +45,7 @@ from benchmark.registry import RegistryError
 from benchmark.registry import datasets as dataset_registry
 from benchmark.registry import models as model_registry
 from benchmark.run.config import RunConfig, choose_device, default_output_dir, default_workers
-from benchmark.run.images import image_batches
+from benchmark.run.images import InputMemo, image_batches
 from benchmark.sample import Sample
 
 log = logging.getLogger("afloc_bench.runner")
@@ -80,6 +80,7 @@ class Runner:
         self.cache = ArrayCache(Path(config.cache_dir) if config.cache_dir else cache_home() / "arrays",
                                 enabled=config.cache)
         self.progress = not config.quiet
+        self.inputs = InputMemo()  # preprocessed inputs shared by the models of the dataset being run
         self._datasets: dict[str, Dataset] = {}
         self._ds_records: dict[str, dict[str, Any]] = {}
         self._adapters: dict[str, Adapter] = {}
@@ -325,6 +326,7 @@ class Runner:
                 return old
         adapter = self._adapter(plan.model)
         state["models"][plan.model] = self._model_record(plan.model, adapter)
+        self.inputs.start(plan.dataset)
         t0 = time.time()
         frames, rows, run_skips, used_params = [], [], [], {}
         unit = ds.card.resampling_unit
@@ -536,7 +538,7 @@ class Runner:
         workers = default_workers() if self.cfg.num_workers is None else self.cfg.num_workers
         for paths, batch, bsizes, bad in image_batches(adapter, todo, batch_size=self.cfg.batch_size,
                                                        num_workers=workers, device=self.device, desc=desc,
-                                                       progress=self.progress):
+                                                       progress=self.progress, memo=self.inputs):
             for path, msg in bad:
                 skipped.extend({"sample_id": s.sample_id, "path": path, "reason": msg} for s in by_image[path])
             if not paths:
