@@ -104,12 +104,14 @@ def _portable(obj, prefixes: list[tuple[str, str]]):
 
 
 def _store(run_dir: Path, dest: Path, with_records: bool, workdir: Path | None = None) -> None:
-    """Copy a run into ``dest`` with the machine's paths (the run folder, the cache, the small
-    run's work folder) written as ``<run>``, ``<cache>`` and ``<workdir>``, so the committed
-    references name no one's disk."""
+    """Copy a run into ``dest`` with the machine's paths (the run folder, the cache, the package's
+    weights, the small run's work folder) written as ``<run>``, ``<cache>``, ``<package weights>``
+    and ``<workdir>``, so the committed references name no one's disk."""
     from benchmark.dataset import cache_home
+    from benchmark.resources import weights_dir
 
-    places = [(Path(run_dir), "<run>"), (cache_home(), "<cache>")] + ([(Path(workdir), "<workdir>")] if workdir else [])
+    places = [(Path(run_dir), "<run>"), (cache_home(), "<cache>"), (weights_dir(), "<package weights>")]
+    places += [(Path(workdir), "<workdir>")] if workdir else []
     prefixes = sorted({(str(p), name) for path, name in places for p in (path, path.resolve())},
                       key=lambda p: -len(p[0]))
 

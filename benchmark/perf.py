@@ -323,7 +323,7 @@ def run_demo(models: str, keep: str | None) -> dict:
         if made:
             figures["demo_data_s"] = float(made.group(1))
             print(f"        demo data generated in {float(made.group(1)):.1f} s")
-        for sec, ds, model in sorted(pairs, reverse=True)[:8]:
+        for sec, ds, model in sorted(pairs, key=lambda p: -p[0])[:8]:
             print(f"        {sec:6.1f} s  {model['name'] if isinstance(model, dict) else model} × {ds}")
     if not keep:
         import shutil

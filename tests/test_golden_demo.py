@@ -190,7 +190,11 @@ def test_stored_references_name_no_machine_path(tmp_path, monkeypatch):
     state = {"config": {"output": str(run), "n_boot": 3}, "note": f"{cache}x stays",
              "datasets": {"a": {"root": str(cache / "demo" / "a")}}}
     (run / "results.json").write_text(json.dumps(state))
-    (run / "pairs" / "a__m.json").write_text(json.dumps({"model": {"checkpoint": str(cache / "models" / "m")}}))
+    from benchmark.resources import weights_dir
+
+    shipped = str(weights_dir() / "demo" / "m_demo_1")
+    (run / "pairs" / "a__m.json").write_text(json.dumps({"model": {"checkpoint": str(cache / "models" / "m")},
+                                                          "shipped": shipped}))
     _store(run, tmp_path / "golden", with_records=True)
     got = json.loads((tmp_path / "golden" / "results.json").read_text())
     assert got["config"] == {"output": "<run>", "n_boot": 3}
@@ -198,6 +202,7 @@ def test_stored_references_name_no_machine_path(tmp_path, monkeypatch):
     assert got["note"] == f"{cache}x stays"  # only whole path components are rewritten
     pair = json.loads((tmp_path / "golden" / "pairs" / "a__m.json").read_text())
     assert pair["model"]["checkpoint"] == "<cache>/models/m"
+    assert pair["shipped"] == "<package weights>/demo/m_demo_1"
     assert (tmp_path / "golden" / "samples" / "a__m.parquet").read_bytes() == b"PAR1"
 
 
