@@ -20,12 +20,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from afloc.checkpoint import load_model
 from afloc.inference import DECODE_OF, GEOMETRIES, OFFICIAL_GEOMETRY, InferenceEngine, preprocess_image
+from afloc.tokenizer import Tokenizer
 from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Adapter, Query, query_texts
 from benchmark.cache import state_dict_sha256
 from benchmark.training.config import load_train_config
@@ -105,7 +107,9 @@ class UntrainedAFLocAdapter(AFLocAdapter):
         self.for_task("grounding")
         cfg = load_train_config("demo")
         task = get_task(cfg.task)
-        model, _ = task.build(cfg)
+        # the shipped demo model's vocabulary is the recipe's: nothing is built on first use
+        tok = Tokenizer.from_path(Path(self.demo_checkpoint()) / "tokenizer")
+        model, _ = task.build(cfg, tokenizer=tok)
         self.load_report = None
         self.engine = InferenceEngine(model.eval(), device, text_batch=int(self.options.get("text_batch", 64)))
         self.checkpoint, self.device = None, device

@@ -119,7 +119,7 @@ class Adapter:
         self.checkpoint, self.device = checkpoint, device
 
     def demo_checkpoint(self) -> str:
-        """The folder of this model's demo weights (built on first use by its training recipe)."""
+        """The folder of this model's demo weights (shipped with the package; ``BUILD.json`` says how)."""
         if not self.demo_weights or not self.train_target:
             raise ValueError(f"model {self.name or type(self).__name__!r} has no demo weights; give a checkpoint "
                              f"(--ckpt {self.name or 'MODEL'}=PATH)")

@@ -9,7 +9,6 @@ two checkpoints never share an entry and a renamed file still hits.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import threading
@@ -124,12 +123,53 @@ def cache_key(kind: str, *, model_id: str, checkpoint_sha: str, preprocessing_id
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+_ALIGN = 64
+
+
+def _pack_arrays(arrays: dict[str, np.ndarray]) -> bytes:
+    """A JSON header (name, dtype, shape, offset of each array) then the raw bytes, each aligned.
+
+    Not ``.npz``: a zip with one member per array costs more to open than the heatmap it holds, and
+    a run reads one entry per sample, model and task. Object arrays are refused (no pickle)."""
+    index, offset = [], 0
+    for name, a in arrays.items():
+        if a.dtype.hasobject:
+            raise TypeError(f"cache entry {name!r}: object arrays are not stored")
+        index.append({"name": name, "dtype": a.dtype.str, "shape": list(a.shape), "offset": offset})
+        offset += -(-a.nbytes // _ALIGN) * _ALIGN
+    head = json.dumps(index).encode()
+    start = -(-(8 + len(head)) // _ALIGN) * _ALIGN
+    buf = bytearray(start + offset)
+    buf[:8] = len(head).to_bytes(8, "little")
+    buf[8:8 + len(head)] = head
+    for item, a in zip(index, arrays.values()):
+        raw = np.ascontiguousarray(a).tobytes()
+        buf[start + item["offset"]:start + item["offset"] + len(raw)] = raw
+    return bytes(buf)
+
+
+def _unpack_arrays(payload: bytes) -> dict[str, np.ndarray]:
+    n = int.from_bytes(payload[:8], "little")
+    index = json.loads(payload[8:8 + n])
+    start = -(-(8 + n) // _ALIGN) * _ALIGN
+    buf = bytearray(payload)  # writable arrays, as np.load gave
+    out = {}
+    for item in index:
+        dtype = np.dtype(item["dtype"])
+        if dtype.hasobject:
+            raise ValueError("object array in a cache entry")
+        count = int(np.prod(item["shape"], dtype=np.int64))
+        out[item["name"]] = np.frombuffer(buf, dtype=dtype, count=count,
+                                          offset=start + item["offset"]).reshape(item["shape"])
+    return out
+
+
 class ArrayCache:
-    """A folder of ``.npz`` entries addressed by ``cache_key``; writes are atomic, and each entry starts
+    """A folder of entries (``_pack_arrays``) addressed by ``cache_key``; writes are atomic, and each entry starts
     with the sha256 of its payload, checked on every read: a torn or altered entry is deleted,
     counted in ``corrupt`` and recomputed, never served and never fatal."""
 
-    MAGIC = b"afloc-bench-cache-1\n"
+    MAGIC = b"afloc-bench-cache-2\n"
 
     def __init__(self, root: str | os.PathLike, enabled: bool = True):
         self.root = Path(root)
@@ -139,7 +179,7 @@ class ArrayCache:
         self.corrupt = 0
 
     def _path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.npz"
+        return self.root / key[:2] / f"{key}.arrays"
 
     def get(self, key: str) -> dict[str, np.ndarray] | None:
         if not self.enabled:
@@ -155,8 +195,7 @@ class ArrayCache:
         try:
             if data[:n] != self.MAGIC or hashlib.sha256(payload).digest() != data[n:n + 32]:
                 raise ValueError("checksum mismatch")
-            with np.load(io.BytesIO(payload), allow_pickle=False) as z:
-                out = {k: z[k] for k in z.files}
+            out = _unpack_arrays(payload)
         except Exception:  # noqa: BLE001 - any unreadable entry is recomputed
             self.corrupt += 1
             self.misses += 1
@@ -168,8 +207,6 @@ class ArrayCache:
     def put(self, key: str, **arrays: np.ndarray) -> None:
         if not self.enabled:
             return
-        buf = io.BytesIO()
-        np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
-        payload = buf.getvalue()
+        payload = _pack_arrays({k: np.asarray(v) for k, v in arrays.items()})
         # no fsync: a torn entry (power loss) fails its checksum on read and is recomputed
         atomic_write_bytes(self._path(key), self.MAGIC + hashlib.sha256(payload).digest() + payload, durable=False)

@@ -46,7 +46,7 @@ def test_corrupt_entry_is_a_miss(tmp_path):
     cache = ArrayCache(tmp_path)
     k = _key()
     cache.put(k, grid=np.zeros(3))
-    path = tmp_path / k[:2] / f"{k}.npz"
+    path = tmp_path / k[:2] / f"{k}.arrays"
     path.write_bytes(b"not a zip")
     assert cache.get(k) is None
 
@@ -214,3 +214,21 @@ def test_demo_builds_train_with_the_recorded_thread_count(tmp_path, monkeypatch)
         assert (folder / "train_config.json").is_file()
     finally:
         torch.set_num_threads(before)
+
+
+def test_entries_keep_every_array_exactly(tmp_path):
+    cache = ArrayCache(tmp_path)
+    rng = np.random.default_rng(0)
+    arrays = {"grid": rng.random((7, 5), dtype=np.float32), "scores": rng.random(3), "ok": np.array([True, False]),
+              "n": np.int64(4), "empty": np.zeros((0, 2), np.float16), "names": np.array(["a", "bcd"]),
+              "strided": rng.random((6, 6))[::2, 1::2], "big_endian": np.arange(3, dtype=">i4")}
+    cache.put(_key(), **arrays)
+    got = cache.get(_key())
+    assert list(got) == list(arrays)
+    for name, a in arrays.items():
+        a = np.asarray(a)
+        assert got[name].dtype == a.dtype and got[name].shape == a.shape, name
+        np.testing.assert_array_equal(got[name], a)
+    got["grid"][0, 0] = 2.0  # writable, as np.load gave
+    with pytest.raises(TypeError, match="object arrays"):
+        cache.put(_key(model_id="o"), bad=np.array([{"a": 1}], dtype=object))

@@ -105,7 +105,7 @@ def test_2_the_cache_knows_the_adapter_code_and_survives_a_torn_entry(tmp_path, 
     _, out = run(tmp_path, toy_root, *args, models_=scaled, out="c")
     assert json.loads((out / "pairs" / f"toy_test__{scaled}.json").read_text())["cache"]["hits"] == 0
     # a torn entry (e.g. a full disk) is recomputed and counted, never served, never fatal
-    entries = sorted((tmp_path / "cache").rglob("*.npz"))
+    entries = sorted((tmp_path / "cache").rglob("*.arrays"))
     for e in entries:
         e.write_bytes(e.read_bytes()[:40])
     rc, out = run(tmp_path, toy_root, *args, models_=scaled, out="d")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -184,6 +185,37 @@ def test_interrupted_run_resumes(tmp_path, toy_root, monkeypatch):
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
     assert set(res["results"]["toy_test"]) == {"random", "uniform", "center_prior"}
+
+
+def test_run_record_is_a_throttled_snapshot_written_whenever_the_run_ends(tmp_path, toy_root, monkeypatch):
+    import benchmark.run.engine as engine
+
+    writes = []
+    real_write = engine.atomic_write_json
+
+    def counted(path, obj):
+        if Path(path).name == "results.json":
+            writes.append(sorted((obj.get("results") or {}).get("toy_test", {})))
+        return real_write(path, obj)
+
+    monkeypatch.setattr(engine, "atomic_write_json", counted)
+    monkeypatch.setattr(Runner, "SNAPSHOT_S", 1e9)
+    assert _run(tmp_path, toy_root)[0] == 0
+    assert len(writes) == 2 and len(writes[-1]) == 3  # after the first pair, then at the end
+    writes.clear()
+    real = Runner._run_pair
+    calls = {"n": 0}
+
+    def flaky(self, plan, state):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, plan, state)
+
+    monkeypatch.setattr(Runner, "_run_pair", flaky)
+    rc, out = _run(tmp_path / "stopped", toy_root)
+    assert rc == 130
+    assert len(json.loads((out / "results.json").read_text())["results"]["toy_test"]) == 2
 
 
 def test_limit_recorded_and_marked(tmp_path, toy_root, capsys):

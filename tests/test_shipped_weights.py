@@ -40,6 +40,18 @@ def test_running_a_demo_model_trains_nothing(monkeypatch, tmp_path):
     assert not (tmp_path / "empty-cache" / "models").exists()
 
 
+def test_the_untrained_control_builds_nothing_either(monkeypatch, tmp_path):
+    """``afloc_untrained`` takes its vocabulary from the shipped demo model: the main job leaves no
+    ``<cache>/models`` (the demo vocabulary used to be written there on first use)."""
+    from benchmark.adapter import build_adapter
+
+    monkeypatch.setenv("AFLOC_BENCH_CACHE", str(tmp_path / "empty-cache"))
+    adapter = build_adapter("afloc_untrained")
+    adapter.load(None, "cpu")
+    assert adapter.engine.model.tokenizer is not None
+    assert not (tmp_path / "empty-cache" / "models").exists()
+
+
 def test_a_damaged_shipped_file_is_named(monkeypatch, tmp_path):
     target, wid = sorted(demo_targets().items())[0]
     copy = tmp_path / "weights"

@@ -137,8 +137,10 @@ def afloc_chexlocalize_scores(emaps: np.ndarray, gts: np.ndarray) -> dict[str, n
     norm01 = minmax_normalize(emaps, low=0.0)
     counted, _ = _official_area(emaps, norm01)
     rounded = tuple(round(t, 3) for t in OPT_MASK_THRESHOLDS)
-    c_tune = threshold_counts(counted, gts, OPT_MASK_THRESHOLDS)
-    c_app = threshold_counts(counted, gts, rounded)
+    both = threshold_counts(counted, gts, OPT_MASK_THRESHOLDS + rounded)  # one pass; equal cuts counted once
+    k = len(OPT_MASK_THRESHOLDS)
+    c_tune = {**both, "pred": both["pred"][:, :k], "inter": both["inter"][:, :k]}
+    c_app = {**both, "pred": both["pred"][:, k:], "inter": both["inter"][:, k:]}
     out: dict[str, np.ndarray] = {}
     tune = iou_from_counts(c_tune, "tp")
     tp = iou_from_counts(c_app, "tp")

@@ -62,6 +62,8 @@ class PairPlan:
 
 
 class Runner:
+    SNAPSHOT_S = 30.0  # results.json is rewritten during a run at most this often (and at its end)
+
     def __init__(self, config: RunConfig):
         self.cfg = config
         self.models = model_registry.resolve(config.models)
@@ -198,15 +200,21 @@ class Runner:
         for (model, reason), names in skipped_models.items():
             log.warning("skipping %s on %d dataset(s) (%s): %s", model, len(names), ", ".join(names), reason)
         todo = [plan for plan in plans if plan.tasks]
-        t_run = time.time()
-        for k, plan in enumerate(todo, 1):
-            pair = self._run_pair(plan, state)
-            state["results"].setdefault(plan.dataset, {})[plan.model] = pair["rows"]
-            # one line per finished pair, terminal or not: a long run never looks hung
-            log.info("[%d/%d] %s × %s done in %.1f s (%.0f s so far)", k, len(todo), plan.model, plan.dataset,
-                     float(pair.get("seconds") or 0.0), time.time() - t_run)
+        t_run = last_snapshot = time.time()
+        try:
+            for k, plan in enumerate(todo, 1):
+                pair = self._run_pair(plan, state)
+                state["results"].setdefault(plan.dataset, {})[plan.model] = pair["rows"]
+                # one line per finished pair, terminal or not: a long run never looks hung
+                log.info("[%d/%d] %s × %s done in %.1f s (%.0f s so far)", k, len(todo), plan.model,
+                         plan.dataset, float(pair.get("seconds") or 0.0), time.time() - t_run)
+                # pairs/ holds each finished pair at once (a resume reads those); the growing record is
+                # rewritten at most every SNAPSHOT_S, and whenever the run ends, stopped or not
+                if time.time() - last_snapshot >= self.SNAPSHOT_S or k == 1:
+                    atomic_write_json(self.out / "results.json", nan_to_none(state))
+                    last_snapshot = time.time()
+        finally:
             atomic_write_json(self.out / "results.json", nan_to_none(state))
-        atomic_write_json(self.out / "results.json", nan_to_none(state))
         skipped = {d: sum(rec.get("n_run_skipped", {}).values()) + rec.get("n_skipped", 0)
                    for d, rec in state["datasets"].items()}
         for d, n in skipped.items():
