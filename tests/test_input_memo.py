@@ -55,3 +55,17 @@ def test_the_budget_bounds_what_is_kept(tmp_path):
     _passes(build_adapter("center_prior"), paths, memo)
     _passes(build_adapter("center_prior"), paths, memo)
     assert memo.hits == 1  # only the unreadable file's report (no bytes) was kept
+
+
+def test_take_of_one_repeated_row_is_a_view_with_the_same_values():
+    import torch
+
+    from benchmark.adapter import Adapter
+
+    emb = {"words": torch.arange(24, dtype=torch.float32).reshape(3, 2, 4), "n": torch.tensor([5, 6, 7])}
+    got = Adapter.take(emb, [1, 1, 1, 1])
+    assert got["words"].shape == (4, 2, 4) and got["words"].data_ptr() == emb["words"][1].data_ptr()
+    assert torch.equal(got["words"], emb["words"][[1, 1, 1, 1]]) and got["n"].tolist() == [6] * 4
+    assert torch.equal(Adapter.take(emb["words"], [-1, -1]), emb["words"][[2, 2]])
+    mixed = Adapter.take(emb["words"], [2, 0])
+    assert torch.equal(mixed, emb["words"][[2, 0]]) and mixed.data_ptr() != emb["words"].data_ptr()
