@@ -73,64 +73,63 @@ def _overall(state: dict, dataset: str, model: str, metric: str) -> dict:
 
 
 def test_full_demo_run_keeps_what_the_docs_claim():
-    """Regenerating golden-full with a weaker demo recipe must be a visible decision: the claims
-    made for the demo models (docs/models.md, afloc/configs/demo.yaml) are checked here."""
+    """Regenerating golden-full with other demo weights must be a visible decision: what
+    docs/demo.md says the demo shows, and cannot show, is checked here."""
     state = json.loads((GOLDEN_DIR / "golden-full" / "results.json").read_text())
     models = {m for per in state["results"].values() for m in per}
-    assert {"afloc", "gradcam:densenet121", "gradcam++:densenet121", "eigencam:densenet121"} <= models
+    assert models == {"afloc", "afloc_untrained", "gloria", "gloria_dot", "biovil", "medklip", "convirt",
+                      "gradcam:densenet121", "gradcam++:densenet121", "eigencam:densenet121", *SANITY.split(",")}
     # the demo AFLoc model learned zero-shot classification (CI above chance)
     for ds in ("demo_rsna", "demo_chexlocalize"):
         assert _overall(state, ds, "afloc", "auroc")["lo"] > 0.5, ds
-    # the demo classifier's Eigen-CAM is above the centre prior on SIIM IoU (the prior misses the
-    # thin rims); on COVID Rural its IoU is above the prior's point, inside its CI
-    eig = _overall(state, "demo_siim", "eigencam:densenet121", "iou")
-    cen = _overall(state, "demo_siim", "center_prior", "iou")
-    assert eig["lo"] > cen["hi"], (eig, cen)
-    eig, cen = (_overall(state, "demo_covid_rural", m, "iou") for m in ("eigencam:densenet121", "center_prior"))
-    assert cen["point"] < eig["point"] and eig["lo"] < cen["hi"], (eig, cen)
+    # what it cannot show: AFLoc below the centre prior on CheXlocalize IoU
+    chex = [_overall(state, "demo_chexlocalize", m, "iou")["point"] for m in ("afloc", "center_prior")]
+    assert chex[0] < chex[1] and round(chex[0], 3) == 0.121 and round(chex[1], 3) == 0.133, chex
+    # the "—" cells: Grad-CAM of the demo classifier is zero on every RSNA, COVID Rural and SIIM image,
+    # and GLoRIA's and MedKLIP's raw maps never reach CheXlocalize's tuned confidence threshold
+    for ds in ("demo_rsna", "demo_covid_rural", "demo_siim"):
+        assert _overall(state, ds, "gradcam:densenet121", "iou")["n"] == 0, ds
+        assert _overall(state, ds, "gradcam:densenet121", "cnr")["point"] == 0.0, ds
+    for m in ("gloria", "medklip", "afloc_untrained"):
+        assert _overall(state, "demo_chexlocalize", m, "iou")["n"] == 0, m
 
 
 def test_full_demo_run_has_the_demo_trained_baselines_and_their_measured_wins():
-    """The four baselines run from their demo-trained models in the main job; where each beats the
-    centre prior beyond the CIs is what docs/models.md reports. ``gloria``'s word-attention maps beat
-    it nowhere: the [CLS] slot takes nearly all of the word softmax in this from-scratch model, and
-    its near-flat maps have a negative CNR on every box/mask set."""
+    """Where each demo-trained baseline beats the centre prior beyond the separate CIs (IoU, CNR on
+    the six box/mask sets); everywhere else it does not."""
     state = json.loads((GOLDEN_DIR / "golden-full" / "results.json").read_text())
-    models = {m for per in state["results"].values() for m in per}
-    assert {"gloria", "gloria_dot", "convirt", "biovil", "medklip"} <= models
-    wins = [("medklip", "demo_rsna", "iou"), ("medklip", "demo_rsna", "cnr"), ("medklip", "demo_covid_rural", "iou"),
-            ("medklip", "demo_covid_rural", "cnr"), ("medklip", "demo_nih_bbox", "cnr"),
-            ("convirt", "demo_covid_rural", "iou"), ("convirt", "demo_covid_rural", "cnr"),
-            ("convirt", "demo_siim", "iou"), ("convirt", "demo_siim", "cnr"),
-            ("biovil", "demo_covid_rural", "iou"), ("biovil", "demo_siim", "iou"), ("biovil", "demo_siim", "cnr"),
-            ("gloria_dot", "demo_covid_rural", "iou"), ("gloria_dot", "demo_siim", "iou"),
-            ("gloria_dot", "demo_siim", "cnr")]
-    for model, ds, metric in wins:
-        got, prior = _overall(state, ds, model, metric), _overall(state, ds, "center_prior", metric)
-        assert got["lo"] > prior["hi"], (model, ds, metric, got, prior)
-    for ds in BOX_SETS:
-        assert _overall(state, ds, "gloria", "cnr")["point"] < 0, ds
+    wins = {"medklip": {("demo_rsna", "iou"), ("demo_covid_rural", "iou"), ("demo_nih_bbox", "iou"),
+                        ("demo_chestx_det10", "iou"), ("demo_rsna", "cnr"), ("demo_covid_rural", "cnr"),
+                        ("demo_nih_bbox", "cnr")},
+            "biovil": {("demo_covid_rural", "iou"), ("demo_siim", "iou"), ("demo_siim", "cnr")},
+            "gloria": {("demo_siim", "cnr")}, "gloria_dot": {("demo_siim", "iou")}, "convirt": {("demo_siim", "iou")},
+            "eigencam:densenet121": {("demo_siim", "iou")}, "gradcam:densenet121": {("demo_siim", "cnr")},
+            "gradcam++:densenet121": set()}
+    for model, expected in wins.items():
+        got = set()
+        for ds in BOX_SETS:
+            for metric in ("iou", "cnr"):
+                row, prior = _overall(state, ds, model, metric), _overall(state, ds, "center_prior", metric)
+                if row["lo"] is not None and row["lo"] > prior["hi"]:
+                    got.add((ds, metric))
+        assert got == expected, (model, got ^ expected)
 
 
 def test_full_demo_run_afloc_beats_its_untrained_start_and_the_centre_prior():
-    """What the demo AFLoc model (afloc/configs/demo.yaml, version 7) learned, as docs/afloc.md
-    states it, on the separate CIs. Beyond its own seed weights (``afloc_untrained``) on IoU and CNR
-    on all six box/mask sets; beyond ``center_prior`` on CNR on all six and on IoU on four. Where the
-    separate CIs overlap (MS-CXR and NIH IoU against the prior) the overlap is pinned too, so that a
-    better demo model has to update the docs; the paired tests below decide those."""
+    """The demo AFLoc model against its seed weights (``afloc_untrained``) and the centre prior on the
+    separate CIs: ``>`` beyond, ``<`` below beyond, ``~`` overlapping (the paired tests decide those)."""
     state = json.loads((GOLDEN_DIR / "golden-full" / "results.json").read_text())
-    for metric in ("iou", "cnr"):
-        for ds in BOX_SETS:
-            got, floor = (_overall(state, ds, m, metric) for m in ("afloc", "afloc_untrained"))
-            assert got["lo"] > floor["hi"], (ds, metric, got, floor)
-    beyond_prior = {"iou": ("demo_rsna", "demo_covid_rural", "demo_siim", "demo_chestx_det10"), "cnr": BOX_SETS}
-    for metric, sets in beyond_prior.items():
-        for ds in sets:
-            got, prior = (_overall(state, ds, m, metric) for m in ("afloc", "center_prior"))
-            assert got["lo"] > prior["hi"], (ds, metric, got, prior)
-    for ds in ("demo_ms_cxr", "demo_nih_bbox"):
-        got, prior = (_overall(state, ds, m, "iou") for m in ("afloc", "center_prior"))
-        assert prior["point"] < got["point"] and got["lo"] < prior["hi"], (ds, got, prior)
+    expected = {
+        "afloc_untrained": {"iou": ">>~>>>", "cnr": ">>~>>>"},
+        "center_prior": {"iou": ">>>~~>", "cnr": "><>~~~"},
+    }
+    for other, by_metric in expected.items():
+        for metric, signs in by_metric.items():
+            got = ""
+            for ds in BOX_SETS:
+                a, b = (_overall(state, ds, m, metric) for m in ("afloc", other))
+                got += ">" if a["lo"] > b["hi"] else "<" if a["hi"] < b["lo"] else "~"
+            assert got == signs, (other, metric, dict(zip(BOX_SETS, got)))
 
 
 def _paired(tmp_path, model_b: str):
@@ -149,31 +148,30 @@ def _paired(tmp_path, model_b: str):
     return df
 
 
+def _paired_signs(df) -> dict[str, str]:
+    """Per dataset, the paired difference's sign per metric (cnr, iou@0.1, @0.3, @0.5): ``+`` CI above
+    0, ``-`` below, ``0`` straddling."""
+    out = {}
+    for ds in (*BOX_SETS, "demo_chexlocalize"):
+        out[ds] = "".join("+" if df.loc[(ds, m)]["lo"] > 0 else "-" if df.loc[(ds, m)]["hi"] < 0 else "0"
+                          for m in ("cnr", "iou@0.1", "iou@0.3", "iou@0.5"))
+    return out
+
+
 def test_full_demo_run_afloc_against_the_centre_prior_paired_on_the_same_images(tmp_path):
-    """Paired on the same images, the demo model's CNR and its IoU at thresholds 0.1, 0.3 and 0.5 are
-    above the centre prior's on every box/mask set, also where the separate CIs overlap (MS-CXR and
-    NIH IoU). On CheXlocalize its CNR is above, its IoU level at 0.3 and 0.5 and below at 0.1 (the
-    cardiac silhouette, docs/afloc.md)."""
-    df = _paired(tmp_path, "center_prior")
-    for ds in BOX_SETS:
-        for metric in ("cnr", "iou@0.1", "iou@0.3", "iou@0.5"):
-            r = df.loc[(ds, metric)]
-            assert r["lo"] > 0 and r["p_value"] < 0.01, (ds, metric, r.to_dict())
-    chex = "demo_chexlocalize"
-    assert df.loc[(chex, "cnr")]["lo"] > 0
-    for metric in ("iou@0.3", "iou@0.5"):
-        assert df.loc[(chex, metric)]["lo"] < 0 < df.loc[(chex, metric)]["hi"], metric
-    assert df.loc[(chex, "iou@0.1")]["hi"] < 0
+    """Paired on the same images, the demo model is above the centre prior on CNR and IoU at 0.3 and
+    0.5 on every box/mask set but COVID Rural's CNR, also where the separate CIs overlap (MS-CXR,
+    NIH); on CheXlocalize its CNR is above, its IoU below at 0.1 and level at 0.3 and 0.5."""
+    assert _paired_signs(_paired(tmp_path, "center_prior")) == {
+        "demo_rsna": "++++", "demo_covid_rural": "-0++", "demo_siim": "++++", "demo_ms_cxr": "+0++",
+        "demo_nih_bbox": "++++", "demo_chestx_det10": "++++", "demo_chexlocalize": "+-00"}
 
 
 def test_full_demo_run_afloc_against_its_untrained_start_paired_on_the_same_images(tmp_path):
     """Paired on the same images, the demo model is above its seed weights on CNR and on IoU at every
-    threshold on every set, SIIM and CheXlocalize included (docs/afloc.md)."""
-    df = _paired(tmp_path, "afloc_untrained")
-    for ds in (*BOX_SETS, "demo_chexlocalize"):
-        for metric in ("cnr", "iou@0.1", "iou@0.3", "iou@0.5"):
-            r = df.loc[(ds, metric)]
-            assert r["lo"] > 0 and r["p_value"] < 0.01, (ds, metric, r.to_dict())
+    threshold on every set, but at IoU 0.1 on SIIM (level)."""
+    signs = _paired_signs(_paired(tmp_path, "afloc_untrained"))
+    assert signs == {**{ds: "++++" for ds in (*BOX_SETS, "demo_chexlocalize")}, "demo_siim": "+0++"}
 
 
 def test_stored_references_name_no_machine_path(tmp_path, monkeypatch):

@@ -236,6 +236,33 @@ def test_grounding_record_follows_the_official_heatmap_and_mask_pipeline():
     assert rec["afloc_dataset"] == "MS_CXR" and rec["modality"] == "chest_xray"
 
 
+@pytest.mark.parametrize("geometry", ["letterbox:224", "resize_crop:512:448", "resize:224"])
+def test_grounding_records_of_many_maps_equal_one_map_at_a_time(geometry):
+    """The batched path (maps of one size moved into AFLoc's frame together, metrics over chunks)
+    gives every sample the values ``grounding_record`` gives it alone, pathology and CheXlocalize
+    rows included."""
+    rng = np.random.default_rng(3)
+    samples, grids, sizes = [], [], []
+    for k in range(23):
+        size = [(1000, 800), (512, 512), (700, 900)][k % 3]
+        chex = k % 4 == 0
+        meta = {"afloc_dataset": "CHEXLOCALIZE"} if chex else {"afloc_dataset": "MS_CXR"}
+        if k % 7 == 3:
+            meta = {"afloc_dataset": "SICAPV2_GROUNDING", "modality": "pathology"}
+        x, y = rng.uniform(0, size[1] / 2), rng.uniform(0, size[0] / 2)
+        samples.append(Sample(sample_id=f"s{k}", image_path=f"x{k}.jpg", split="test", category="Pneumonia",
+                              image_size=size, boxes=[[x, y, size[1] / 3, size[0] / 4]], meta=meta))
+        grids.append(rng.standard_normal((14, 14)).astype(np.float32) * (k % 5 + 1))
+        sizes.append(size)
+    proto = AflocCompat()
+    together = proto.grounding_records(grids, samples, sizes, geometry, chunk=4)
+    for rec, grid, s, size in zip(together, grids, samples, sizes):
+        alone = AflocCompat().grounding_record(grid, s, size, geometry)
+        assert rec.keys() == alone.keys(), s.sample_id
+        for key, v in alone.items():
+            assert v == rec[key] or (isinstance(v, float) and math.isnan(v) and math.isnan(rec[key])), (key, s)
+
+
 def test_pathology_has_no_margin_and_negative_thresholds():
     s = Sample(sample_id="sicapv2/a/G3", image_path="x.png", split="test", category="G3", image_size=(64, 64),
                boxes=[[10, 10, 30, 30]], meta={"afloc_dataset": "SICAPV2_GROUNDING", "modality": "pathology"})

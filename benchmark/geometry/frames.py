@@ -174,22 +174,23 @@ def _torch_available() -> bool:
 
 def sample_bilinear(fmap: np.ndarray, sy: float, ty: float, sx: float, tx: float,
                     out_hw: Sequence[int]) -> np.ndarray:
-    """Resample ``fmap`` onto an output grid related by ``u = s * x + t`` (edge coords).
+    """Resample ``fmap`` (h, w) or a batch (B, h, w) onto an output grid related by ``u = s * x + t``
+    (edge coords).
 
     Output pixels whose centre falls outside ``fmap`` are NaN; inside, bilinear with the
-    align_corners=False border rule. float64 result.
+    align_corners=False border rule. float64 result; a batch gives each map's values exactly.
     """
-    ih, iw = fmap.shape
+    ih, iw = fmap.shape[-2:]
     oh, ow = int(out_hw[0]), int(out_hw[1])
     src_y = (np.arange(oh) + 0.5) * sy + ty - 0.5
     src_x = (np.arange(ow) + 0.5) * sx + tx - 0.5
     y0, y1, wy0, wy1, iny = _axis_taps(src_y, ih)
     x0, x1, wx0, wx1, inx = _axis_taps(src_x, iw)
     a = fmap.astype(np.float64)
-    rows = a[:, x0] * wx0 + a[:, x1] * wx1
-    out = rows[y0, :] * wy0[:, None] + rows[y1, :] * wy1[:, None]
-    out[~iny, :] = np.nan
-    out[:, ~inx] = np.nan
+    rows = a[..., :, x0] * wx0 + a[..., :, x1] * wx1
+    out = rows[..., y0, :] * wy0[:, None] + rows[..., y1, :] * wy1[:, None]
+    out[..., ~iny, :] = np.nan
+    out[..., :, ~inx] = np.nan
     return out
 
 
@@ -456,7 +457,7 @@ class Native(Geometry):
 
 
 def transfer_map(fmap: np.ndarray, src: Geometry | str, dst: Geometry | str, image_size: Sequence[int]) -> np.ndarray:
-    """Move a map from one frame of an image to another frame of the same image.
+    """Move a map (or a batch of maps) from one frame of an image to another frame of the same image.
 
     Each destination pixel centre is mapped to original coordinates and then into the
     source frame, where ``fmap`` is sampled bilinearly; NaN where the source frame does

@@ -18,6 +18,7 @@ box mapping and summed box masks, INTER_AREA mask mapping with ``>= 1e-5``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -212,28 +213,35 @@ seed-0 bootstrap."""
         """(map in the evaluation frame with NaN outside the evaluated area, mask, pathology?)."""
         pathology = C.modality(sample) == C.PATHOLOGY
         geom = parse_geometry(input_geometry)
-        # The official pipeline is float32 from the dot product on.
-        sm = smooth_grid(np.asarray(grid, dtype=np.float32), SIGMA)
         if pathology:
             import cv2
 
+            # The official pipeline is float32 from the dot product on.
+            sm = smooth_grid(np.asarray(grid, dtype=np.float32), SIGMA)
             fmap = bilinear_resize(sm, geom.frame_size(image_size))
             h, w = image_size
             emap = fmap if fmap.shape == (h, w) else cv2.resize(fmap, (w, h))
             gt = sample_mask(sample, image_size)
-        else:
-            frame = Letterbox(FRAME)
-            if geom == frame:
-                emap = bilinear_resize(sm, (FRAME, FRAME))
-            else:  # no official counterpart: move the model's frame into AFLoc's
-                fmap = bilinear_resize(sm, geom.frame_size(image_size))
-                emap = transfer_map(fmap, geom, frame, image_size).astype(np.float32)
-            gt = self._frame_mask(sample, image_size)
-        margin = (not pathology) if self.margin is None else bool(self.margin)
-        emap = np.array(emap, copy=True)
-        if margin:
-            emap[~afloc_margin_valid(emap.shape)] = np.nan
-        return emap, gt, pathology
+            emap = np.array(emap, copy=True)
+            if self.margin:
+                emap[~afloc_margin_valid(emap.shape)] = np.nan
+            return emap, gt, pathology
+        return self._chest_maps([grid], image_size, geom)[0], self._frame_mask(sample, image_size), pathology
+
+    def _chest_maps(self, grids: Sequence[np.ndarray], image_size: tuple[int, int], geom: Any) -> np.ndarray:
+        """Chest maps of one image size in AFLoc's frame, computed together: smoothing per map, then
+        resizing and moving frames as a batch (per-pixel arithmetic, each map's values exactly)."""
+        sm = np.stack([smooth_grid(np.asarray(g, dtype=np.float32), SIGMA) for g in grids])
+        frame = Letterbox(FRAME)
+        if geom == frame:
+            emaps = bilinear_resize(sm, (FRAME, FRAME))
+        else:  # no official counterpart: move the model's frame into AFLoc's
+            fmaps = bilinear_resize(sm, geom.frame_size(image_size))
+            emaps = transfer_map(fmaps, geom, frame, image_size).astype(np.float32)
+        emaps = np.array(emaps, copy=True)
+        if self.margin is None or self.margin:
+            emaps[:, ~afloc_margin_valid(emaps.shape[-2:])] = np.nan
+        return emaps
 
     def grounding_record(self, grid: np.ndarray, sample: Any, image_size: tuple[int, int] | None,
                          input_geometry: str) -> dict[str, Any]:
@@ -258,14 +266,27 @@ seed-0 bootstrap."""
 
         out: list[Any] = [None] * len(samples)
         ready: dict[tuple, list[tuple[int, np.ndarray, np.ndarray, str]]] = {}
+        geom = parse_geometry(input_geometry)
+        chest: dict[tuple, list[tuple[int, np.ndarray, Any]]] = {}  # by grid shape and image size
         for i, (grid, sample, size) in enumerate(zip(grids, samples, image_sizes)):
             try:
                 size = C.resolve_image_size(sample, size)
+                if C.modality(sample) != C.PATHOLOGY:
+                    gt = self._frame_mask(sample, size)
+                    chest.setdefault((np.shape(grid), tuple(size)), []).append((i, grid, sample, gt))
+                    continue
                 emap, gt, pathology = self.evaluation_map(grid, sample, size, input_geometry)
             except DataError as exc:
                 out[i] = exc
                 continue
             ready.setdefault((pathology, emap.shape, gt.shape), []).append((i, emap, gt, C.official_dataset(sample)))
+        for (_, size), items in chest.items():
+            for a in range(0, len(items), chunk):
+                part = items[a:a + chunk]
+                emaps = self._chest_maps([it[1] for it in part], size, geom)
+                for (i, _grid, sample, gt), emap in zip(part, emaps):
+                    key = (False, emap.shape, gt.shape)
+                    ready.setdefault(key, []).append((i, emap, gt, C.official_dataset(sample)))
         for (pathology, _, _), items in ready.items():
             thresholds = AFLOC_PATHOLOGY_THRESHOLDS if pathology else AFLOC_THRESHOLDS
             for a in range(0, len(items), chunk):
