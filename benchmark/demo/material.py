@@ -32,6 +32,14 @@ from benchmark.dataset import DataError
 LUNG_BANK_SIZE = 160  # side of the stored lung-pair masks (union bounding box, resampled)
 
 
+# pandas 2 parses floats with a fast, inexact parser unless asked; pandas 3 parses them exactly by
+# default and deprecates the option. The demo's box tables must read the same everywhere.
+def _exact_floats() -> dict:
+    import pandas as pd
+
+    return {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}
+
+
 def data_dir() -> Path:
     """The ``data/`` folder of the installed torchxrayvision package."""
     spec = importlib.util.find_spec("torchxrayvision")
@@ -267,19 +275,19 @@ def boxes() -> dict[str, np.ndarray]:
 
     out: dict[str, np.ndarray] = {}
     path = _source("kaggle_stage_2_train_labels.csv.zip")
-    rsna = pd.read_csv(path, float_precision="round_trip").dropna(subset=["x", "y", "width", "height"])
+    rsna = pd.read_csv(path, **_exact_floats()).dropna(subset=["x", "y", "width", "height"])
     xy = rsna[["x", "y", "width", "height"]].to_numpy(float) / 1024.0
     out["rsna:Lung Opacity"] = np.c_[xy[:, 0], xy[:, 1], xy[:, 0] + xy[:, 2], xy[:, 1] + xy[:, 3]]
 
     path = _source("BBox_List_2017.csv.gz")
-    nih = pd.read_csv(path, header=None, skiprows=1, usecols=range(6), float_precision="round_trip",
+    nih = pd.read_csv(path, header=None, skiprows=1, usecols=range(6), **_exact_floats(),
                       names=["image", "label", "x", "y", "w", "h"])
     for label, grp in nih.groupby("label", sort=True):
         v = grp[["x", "y", "w", "h"]].to_numpy(float) / 1024.0
         out[f"nih:{label}"] = np.c_[v[:, 0], v[:, 1], v[:, 0] + v[:, 2], v[:, 1] + v[:, 3]]
 
     path = _source("vinbigdata-train.csv.gz")
-    vin = pd.read_csv(path, float_precision="round_trip").dropna(subset=["x_min", "y_min", "x_max", "y_max"])
+    vin = pd.read_csv(path, **_exact_floats()).dropna(subset=["x_min", "y_min", "x_max", "y_max"])
     cal = _vindr_calibration(vin, out["nih:Cardiomegaly"])
     for label, grp in vin.groupby("class_name", sort=True):
         v = grp[["x_min", "y_min", "x_max", "y_max"]].to_numpy(float)
@@ -295,7 +303,7 @@ def rsna_box_sets() -> tuple[np.ndarray, ...]:
     """Canonical boxes ``[x0, y0, x1, y1]`` of each RSNA positive patient (1 to 4 boxes each)."""
     import pandas as pd
 
-    rsna = pd.read_csv(_source("kaggle_stage_2_train_labels.csv.zip"), float_precision="round_trip")
+    rsna = pd.read_csv(_source("kaggle_stage_2_train_labels.csv.zip"), **_exact_floats())
     rsna = rsna.dropna(subset=["x", "y", "width", "height"])
     rsna = rsna.sort_values("patientId", kind="stable")
     v = rsna[["x", "y", "width", "height"]].to_numpy(float) / 1024.0
