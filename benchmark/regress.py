@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,9 +139,31 @@ class Diff:
     detail: str = ""
 
 
-def compare_cells(run: Iterable[Cell], ref: Iterable[Cell], tolerance: str | float = "ci") -> list[Diff]:
+TOLERANCE_FILE = "tolerance.json"
+
+
+def reference_tolerances(ref: str | Path) -> dict[str, float] | None:
+    """Per-model absolute tolerances stored beside a golden run (``tolerance.json``: ``{"models":
+    {name: tol}, "default": tol}``, flattened with the default under ``"*"``), or None."""
+    folder = Path(ref)
+    folder = folder.parent if folder.is_file() else folder
+    path = folder / TOLERANCE_FILE
+    if not path.is_file():
+        return None
+    doc = json.loads(path.read_text())
+    try:
+        out = {str(m): float(t) for m, t in (doc.get("models") or {}).items()}
+        out["*"] = float(doc["default"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{path}: expected {{\"default\": number, \"models\": {{name: number}}}} ({exc})") from None
+    return out
+
+
+def compare_cells(run: Iterable[Cell], ref: Iterable[Cell],
+                  tolerance: str | float | Mapping[str, float] = "ci") -> list[Diff]:
     """One comparison per reference cell. A reference dataset named ``name[prompt=<set>]`` matches
-    the run's ``name`` only when the run used that prompt set."""
+    the run's ``name`` only when the run used that prompt set. ``tolerance``: ``ci``, one absolute
+    tolerance, or one per model (``"*"``: the others; ``reference_tolerances``)."""
     run = list(run)
     by_task = {c.key(True): c for c in run}
     by_any = {c.key(False): c for c in run}
@@ -158,7 +180,8 @@ def compare_cells(run: Iterable[Cell], ref: Iterable[Cell], tolerance: str | flo
         if cell is None or cell.value is None:
             diffs.append(Diff(rc, None, "missing", "not in the run"))
             continue
-        ok, detail = _within(cell.value, rc, tolerance)
+        tol = tolerance.get(rc.model, tolerance["*"]) if isinstance(tolerance, Mapping) else tolerance
+        ok, detail = _within(cell.value, rc, tol)
         diffs.append(Diff(rc, cell.value, "ok" if ok else "drift", detail))
     return diffs
 

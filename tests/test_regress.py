@@ -98,3 +98,39 @@ def test_regress_against_a_paper_table(tmp_path, capsys):
     # a run made with the simple prompts lacks the paper's precise-prompt cells
     assert main(["regress", str(ok_run), *args]) == 1
     assert "MISSING" in capsys.readouterr().out
+
+
+def test_per_model_tolerances_stored_beside_a_golden_run(tmp_path, capsys):
+    """``tolerance.json`` beside a reference gives each model its measured tolerance; ``--tolerance``
+    overrides it; a model it does not name gets the default."""
+    import json
+    import shutil
+
+    from benchmark.cli.main import main
+    from benchmark.golden import GOLDEN_DIR
+
+    ref = tmp_path / "ref"
+    shutil.copytree(GOLDEN_DIR / "golden-small", ref)
+    (ref / "tolerance.json").write_text(json.dumps({"default": 1e-9, "models": {"random": 0.5}}))
+    state = json.loads((ref / "results.json").read_text())
+
+    def moved(by_model: dict[str, float]) -> str:
+        run = json.loads(json.dumps(state))
+        for per in run["results"].values():
+            for model, rows in per.items():
+                for r in rows:
+                    if r.get("point") is not None:
+                        r["point"] += by_model.get(model, 0.0)
+        (tmp_path / "run").mkdir(exist_ok=True)
+        (tmp_path / "run" / "results.json").write_text(json.dumps(run))
+        return str(tmp_path / "run")
+
+    assert main(["regress", moved({"random": 0.1}), "--against", str(ref)]) == 0
+    assert "random 0.5" in capsys.readouterr().out
+    assert main(["regress", moved({"random": 0.1, "uniform": 1e-6}), "--against", str(ref)]) == 1
+    out = capsys.readouterr().out
+    assert "uniform" in out and "DRIFT" in out and "random" not in out.split("cells within tolerance")[0]
+    assert main(["regress", moved({"random": 0.1}), "--against", str(ref), "--tolerance", "1e-9"]) == 1
+    (ref / "tolerance.json").write_text(json.dumps({"models": {"random": 0.5}}))
+    with pytest.raises(ValueError, match="tolerance.json: expected"):
+        main(["regress", moved({}), "--against", str(ref), "--debug"])

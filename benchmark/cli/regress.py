@@ -11,13 +11,15 @@ Compare a run with a reference and exit non-zero on drift.
 
 REF is a run folder / results.json (a golden run), or `paper:<table id>[:<dataset>]` for the
 paper's tables (ids in results/paper/index.yaml). Every reference cell must be present in the
-run. --tolerance ci (default) accepts a value inside the reference CI (or within the printed
-rounding when the reference has no CI); a number is an absolute tolerance. A run reference must
+run. --tolerance ci accepts a value inside the reference CI (or within the printed rounding when
+the reference has no CI); a number is an absolute tolerance. The default is the reference's
+tolerance.json (per-model tolerances measured for it, e.g. golden-full's across CPU instruction
+sets) when it has one, else ci. A run reference must
 be a like run: the same limit, protocol, harness version and, per dataset, the same samples,
 prompt set, card version and split (--allow-mismatch compares anyway and prints what differs).
 
 examples:
-  afloc-bench regress RUN --against results/demo/golden-full --tolerance 1e-6
+  afloc-bench regress RUN --against results/demo/golden-full
   afloc-bench regress RUN --against paper:arxiv_v5/table1 --datasets "ms_cxr[prompt=simple]"
 """
 
@@ -25,7 +27,9 @@ examples:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="run folder or results.json")
     parser.add_argument("--against", required=True, metavar="REF", help="golden run folder or paper:<table id>")
-    parser.add_argument("--tolerance", default="ci", help="'ci' (default) or an absolute tolerance, e.g. 0.01")
+    parser.add_argument("--tolerance", default=None,
+                        help="'ci' or an absolute tolerance, e.g. 0.01 (default: the reference's tolerance.json, "
+                             "else ci)")
     parser.add_argument("--all-rows", action="store_true", help="print every compared cell, not only failures")
     parser.add_argument("--models", default=None, help="only reference cells of these models (comma list, globs)")
     parser.add_argument("--allow-mismatch", action="store_true",
@@ -35,10 +39,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmark.regress import compare_cells, diff_table, filter_cells, load_reference, load_results, run_cells
+    from benchmark.regress import (
+        compare_cells,
+        diff_table,
+        filter_cells,
+        load_reference,
+        load_results,
+        reference_tolerances,
+        run_cells,
+    )
 
     tol = args.tolerance
-    if tol != "ci":
+    shown = tol
+    if tol is None:
+        per_model = None if args.against.startswith("paper:") else reference_tolerances(args.against)
+        tol = per_model if per_model is not None else "ci"
+        shown = "ci" if per_model is None else "per model, from the reference's tolerance.json: " + ", ".join(
+            f"{m} {t:g}" for m, t in sorted(per_model.items(), key=lambda kv: (kv[0] != "*", kv[0])))
+    elif tol != "ci":
         try:
             tol = float(tol)
         except ValueError:
@@ -71,6 +89,6 @@ def run(args: argparse.Namespace) -> int:
     table = diff_table(diffs, only_failures=not args.all_rows)
     if table.strip():
         print(table)
-    print(f"\n{len(diffs) - len(bad)}/{len(diffs)} cells within tolerance ({args.tolerance})"
+    print(f"\n{len(diffs) - len(bad)}/{len(diffs)} cells within tolerance ({shown})"
           + (f"; {len(bad)} drifted or missing" if bad else ""))
     return 1 if bad else 0
