@@ -134,6 +134,20 @@ class Adapter:
         when the outputs depend on the checkpoint (or on nothing) only."""
         return None
 
+    # Models of one ``score_family`` (same class of model; the weights' hash is in the key beside
+    # it) that differ only in ``grounding_only_options`` give the same classification scores.
+    score_family: str | None = None
+    grounding_only_options: tuple[str, ...] = ()
+
+    def output_identity(self, kind: str) -> str:
+        """Identity of this model's outputs of ``kind`` (``heatmap``, ``score``) in cache keys:
+        ``model_id``, except that the scores of a ``score_family`` leave out the options that only
+        change maps, so e.g. ``gloria`` and ``gloria_dot`` compute their scores once."""
+        if kind != "score" or self.score_family is None:
+            return self.model_id
+        opts = {k: v for k, v in self.options.items() if k not in self.grounding_only_options}
+        return self.score_family + (f"[{','.join(f'{k}={opts[k]}' for k in sorted(opts))}]" if opts else "")
+
     @property
     def model_id(self) -> str:
         """Identity of the model part of cache keys (name plus options that change outputs)."""

@@ -69,3 +69,18 @@ def test_take_of_one_repeated_row_is_a_view_with_the_same_values():
     assert torch.equal(Adapter.take(emb["words"], [-1, -1]), emb["words"][[2, 2]])
     mixed = Adapter.take(emb["words"], [2, 0])
     assert torch.equal(mixed, emb["words"][[2, 0]]) and mixed.data_ptr() != emb["words"].data_ptr()
+
+
+def test_models_that_differ_only_in_their_maps_share_their_scores():
+    from benchmark.adapter import build_adapter
+
+    gloria, dot = build_adapter("gloria"), build_adapter("gloria_dot")
+    assert dot.options.get("heatmap") == "dot"
+    assert gloria.output_identity("score") == dot.output_identity("score")
+    assert gloria.output_identity("heatmap") != dot.output_identity("heatmap")
+    dot.options["keep_short_sentences"] = "true"  # changes the prompts: no longer the same scores
+    assert gloria.output_identity("score") != dot.output_identity("score")
+    cams = [build_adapter(n) for n in ("gradcam:densenet121", "gradcam++:densenet121", "eigencam:densenet121")]
+    assert len({a.output_identity("score") for a in cams}) == 1
+    assert len({a.output_identity("heatmap") for a in cams}) == 3
+    assert build_adapter("afloc").output_identity("score") == "afloc"

@@ -61,6 +61,9 @@ class GloriaAdapter(BaselineAdapter):
     ``random_init``, ``seed``.
     """
 
+    # ``gloria`` and ``gloria_dot`` differ in their maps only: their zero-shot scores are computed once
+    score_family = "gloria"
+    grounding_only_options = ("heatmap",)
     capabilities = (GROUNDING, ZEROSHOT_CLS)
     needs_checkpoint = False  # no --ckpt: the demo model
     input_geometry = "letterbox_crop:256:224"

@@ -56,6 +56,10 @@ def frame(image: np.ndarray, geometry: str) -> np.ndarray:
 class _SaliencyAdapter(Adapter):
     """DenseNet121 classifier + one CAM method (set by the subclass)."""
 
+    # the three CAMs of one classifier share its probabilities (the CAM options change maps only)
+    score_family = "densenet-classifier"
+    grounding_only_options = ("cam_relu", "cam_output")
+
     capabilities = (GROUNDING, ZEROSHOT_CLS)
     input_geometry = "resize:320x320"
     preprocessing_id = "densenet-chexpert-resize320-imagenet-v1"

@@ -513,7 +513,7 @@ class Runner:
         code = code_version(type(adapter))
 
         def cache_key_of(path: str, key: str) -> str:
-            return cache_key(kind, model_id=adapter.model_id, checkpoint_sha=ckpt_sha, code_version=code,
+            return cache_key(kind, model_id=adapter.output_identity(kind), checkpoint_sha=ckpt_sha, code_version=code,
                              preprocessing_id=f"{adapter.preprocessing_id}|decode={adapter.decode}",
                              image_sha=self._image_sha(path), prompt=key)
 
