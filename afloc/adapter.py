@@ -107,6 +107,11 @@ class UntrainedAFLocAdapter(AFLocAdapter):
         self.for_task("grounding")
         cfg = load_train_config("demo")
         task = get_task(cfg.task)
+        if not self.demo_weights:  # made without the registry: its manifest entry names the recipe's weights
+            from benchmark.registry import models
+
+            entry = models.entry("afloc_untrained")
+            self.demo_weights, self.train_target = entry.get("demo_weights"), entry.get("train")
         # the shipped demo model's vocabulary is the recipe's: nothing is built on first use
         tok = Tokenizer.from_path(Path(self.demo_checkpoint()) / "tokenizer")
         model, _ = task.build(cfg, tokenizer=tok)
