@@ -283,3 +283,32 @@ if __name__ == "__main__":  # pragma: no cover
     if "--write" in sys.argv:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         _write_golden()
+
+
+def test_medklip_decodes_an_image_paired_with_several_prompts_once():
+    """Consecutive equal memory rows (one image, several prompts) are decoded once and spread back:
+    the same probabilities and attention as decoding every row, and one decoder row per image."""
+    import torch
+
+    from baselines.medklip.adapter import _consecutive_unique_rows
+    from benchmark.adapter import build_adapter
+
+    a = build_adapter("medklip")
+    a.load(None, "cpu")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        mem = a.encode_images(torch.randn(4, 3, 224, 224))
+    idx = torch.tensor([0, 0, 0, 1, 2, 2, 3, 0])
+    unique, group = _consecutive_unique_rows(mem[idx])
+    assert unique.shape[0] == 5 and group.tolist() == [0, 0, 0, 1, 2, 2, 3, 4]
+    assert _consecutive_unique_rows(mem)[1] is None
+    seen = []
+    real = a.model.decode
+    a.model.decode = lambda m, q: seen.append(m.shape[0]) or real(m, q)
+    text = a.encode_texts([Query("pneumonia", "Pneumonia")] * len(idx))
+    prob, attn = a._decode(mem[idx], text)
+    assert seen == [5]
+    with torch.no_grad():
+        logits, at = real(mem[idx], a.entity_book)
+    assert torch.equal(prob[:, :75], torch.softmax(logits, dim=-1)[..., 1].double())
+    assert torch.equal(attn[:, :75], at.double())

@@ -280,7 +280,12 @@ class MedKlipAdapter(BaselineAdapter):
 
         B = memory.shape[0]
         with torch.no_grad():
-            logits, attn = self.model.decode(memory, self.entity_book)
+            # the entity queries depend on the image only: an image paired with several prompts
+            # (consecutive equal rows) is decoded once; the decoder treats each row on its own
+            unique, group = _consecutive_unique_rows(memory)
+            logits, attn = self.model.decode(unique, self.entity_book)
+            if group is not None:
+                logits, attn = logits[group], attn[group]
             prob = torch.softmax(logits, dim=-1)[..., 1]
             prob = torch.cat([prob, torch.zeros(B, 1, dtype=prob.dtype, device=prob.device)], dim=1)
             attn = torch.cat([attn, torch.zeros(B, 1, attn.shape[2], dtype=attn.dtype, device=attn.device)], dim=1)
@@ -304,6 +309,18 @@ class MedKlipAdapter(BaselineAdapter):
     def score(self, image_emb: Any, positive: dict[str, Any], negative: Any) -> np.ndarray:
         prob, _ = self._decode(image_emb, positive)
         return (prob * positive["weights"]).sum(1).numpy()
+
+
+def _consecutive_unique_rows(rows: Any) -> tuple[Any, Any]:
+    """(rows without consecutive repeats, index restoring every row) or (rows, None) when none repeat."""
+    if rows.shape[0] < 2:
+        return rows, None
+    flat = rows.reshape(rows.shape[0], -1)
+    repeat = (flat[1:] == flat[:-1]).all(dim=1)
+    if not bool(repeat.any()):
+        return rows, None
+    starts = torch.cat([torch.ones(1, dtype=torch.bool, device=rows.device), ~repeat])
+    return rows[starts], torch.cumsum(starts.long(), 0) - 1
 
 
 def _project_folder(checkpoint: str) -> Any:
