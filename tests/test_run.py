@@ -165,17 +165,23 @@ def test_demo_backed_models_name_their_demo_weights_and_the_recipe_that_builds_t
         a.demo_checkpoint()
 
 
-def test_interrupted_run_resumes(tmp_path, toy_root, monkeypatch):
+def _interrupted_at(pair: int):
+    """``Runner._run_pair`` that stops the run with Ctrl-C when it reaches pair number ``pair``."""
     calls = {"n": 0}
     real = Runner._run_pair
 
     def flaky(self, plan, state):
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == pair:
             raise KeyboardInterrupt
         return real(self, plan, state)
 
-    monkeypatch.setattr(Runner, "_run_pair", flaky)
+    return flaky
+
+
+def test_interrupted_run_resumes(tmp_path, toy_root, monkeypatch):
+    real = Runner._run_pair
+    monkeypatch.setattr(Runner, "_run_pair", _interrupted_at(2))
     rc, out = _run(tmp_path, toy_root)
     assert rc == 130
     done = sorted(p.name for p in (out / "pairs").iterdir())
@@ -202,17 +208,7 @@ def test_run_record_is_a_throttled_snapshot_written_whenever_the_run_ends(tmp_pa
     monkeypatch.setattr(Runner, "SNAPSHOT_S", 1e9)
     assert _run(tmp_path, toy_root)[0] == 0
     assert len(writes) == 2 and len(writes[-1]) == 3  # after the first pair, then at the end
-    writes.clear()
-    real = Runner._run_pair
-    calls = {"n": 0}
-
-    def flaky(self, plan, state):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(self, plan, state)
-
-    monkeypatch.setattr(Runner, "_run_pair", flaky)
+    monkeypatch.setattr(Runner, "_run_pair", _interrupted_at(3))
     rc, out = _run(tmp_path / "stopped", toy_root)
     assert rc == 130
     assert len(json.loads((out / "results.json").read_text())["results"]["toy_test"]) == 2

@@ -267,7 +267,7 @@ seed-0 bootstrap."""
         out: list[Any] = [None] * len(samples)
         ready: dict[tuple, list[tuple[int, np.ndarray, np.ndarray, str]]] = {}
         geom = parse_geometry(input_geometry)
-        chest: dict[tuple, list[tuple[int, np.ndarray, Any]]] = {}  # by grid shape and image size
+        chest: dict[tuple, list[tuple[int, np.ndarray, Any, np.ndarray]]] = {}  # by grid shape and image size
         for i, (grid, sample, size) in enumerate(zip(grids, samples, image_sizes)):
             try:
                 size = C.resolve_image_size(sample, size)
@@ -280,32 +280,35 @@ seed-0 bootstrap."""
                 out[i] = exc
                 continue
             ready.setdefault((pathology, emap.shape, gt.shape), []).append((i, emap, gt, C.official_dataset(sample)))
-        for (_, size), items in chest.items():
+        for (_, size), items in chest.items():  # AFLoc-frame maps and masks, scored as they are made
             for a in range(0, len(items), chunk):
                 part = items[a:a + chunk]
                 emaps = self._chest_maps([it[1] for it in part], size, geom)
-                for (i, _grid, sample, gt), emap in zip(part, emaps):
-                    key = (False, emap.shape, gt.shape)
-                    ready.setdefault(key, []).append((i, emap, gt, C.official_dataset(sample)))
+                self._score_chunk(out, [it[0] for it in part], emaps, np.stack([it[3] for it in part]),
+                                  [C.official_dataset(it[2]) for it in part], pathology=False)
         for (pathology, _, _), items in ready.items():
-            thresholds = AFLOC_PATHOLOGY_THRESHOLDS if pathology else AFLOC_THRESHOLDS
             for a in range(0, len(items), chunk):
                 part = items[a:a + chunk]
-                emaps = np.stack([it[1] for it in part])
-                gts = np.stack([it[2] for it in part])
-                vals = afloc_scores(emaps, gts, thresholds)
-                chex = [j for j, it in enumerate(part) if it[3] == "CHEXLOCALIZE"]
-                extra = afloc_chexlocalize_scores(emaps[chex], gts[chex]) if chex else {}
-                where = {j: k for k, j in enumerate(chex)}
-                for j, (i, _emap, gt, mode) in enumerate(part):
-                    rec: dict[str, Any] = {k: float(v[j]) for k, v in vals.items()}
-                    if j in where:
-                        rec.update({k: float(v[where[j]]) for k, v in extra.items()})
-                    rec["has_gt"] = float(bool(np.any(gt)))
-                    rec["afloc_dataset"] = mode
-                    rec["modality"] = C.PATHOLOGY if pathology else C.CHEST
-                    out[i] = rec
+                self._score_chunk(out, [it[0] for it in part], np.stack([it[1] for it in part]),
+                                  np.stack([it[2] for it in part]), [it[3] for it in part], pathology=pathology)
         return out
+
+    @staticmethod
+    def _score_chunk(out: list[Any], where: list[int], emaps: np.ndarray, gts: np.ndarray, modes: list[str],
+                     pathology: bool) -> None:
+        """Records of a chunk of evaluation-frame maps into ``out[where[j]]``."""
+        vals = afloc_scores(emaps, gts, AFLOC_PATHOLOGY_THRESHOLDS if pathology else AFLOC_THRESHOLDS)
+        chex = [j for j, mode in enumerate(modes) if mode == "CHEXLOCALIZE"]
+        extra = afloc_chexlocalize_scores(emaps[chex], gts[chex]) if chex else {}
+        at = {j: k for k, j in enumerate(chex)}
+        for j, (i, mode) in enumerate(zip(where, modes)):
+            rec: dict[str, Any] = {k: float(v[j]) for k, v in vals.items()}
+            if j in at:
+                rec.update({k: float(v[at[j]]) for k, v in extra.items()})
+            rec["has_gt"] = float(bool(np.any(gts[j])))
+            rec["afloc_dataset"] = mode
+            rec["modality"] = C.PATHOLOGY if pathology else C.CHEST
+            out[i] = rec
 
     def classification_record(self, score: float, sample: Any) -> dict[str, Any]:
         return {"score": float(score), "modality": C.modality(sample)}
