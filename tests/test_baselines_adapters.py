@@ -214,6 +214,22 @@ def test_gloria_ensembles_of_different_sizes_concat(tmp_path_factory):
     assert torch.isinf(s[1, 1:]).all() and torch.isfinite(s[0]).all()
 
 
+def test_gloria_ensemble_rows_are_taken_without_copies(tmp_path_factory):
+    """The runner pairs each image with its class's ensemble by ``take``: GLoRIA keeps the ensembles
+    and an index (no copy of every prompt's word embeddings per pair), and scores as on copies."""
+    a, _, emb, _ = get("gloria", tmp_path_factory)
+    e1, e2 = (a.encode_prompt_ensemble(["mild edema", "edema at the base", "pulmonary edema"]),
+              a.encode_prompt_ensemble(["small effusion", "effusion"]))
+    both = a.concat([e1, e2])
+    pos, neg = a.take((both, both), [1, 0, 1])
+    assert pos["ensemble"]["words"].data_ptr() == both["words"].data_ptr() and pos["index"].tolist() == [1, 0, 1]
+    assert a.take(pos, [2, 0])["index"].tolist() == [1, 1]
+    images = a.take(emb, [0, 1, 1])
+    copied = {k: v[torch.tensor([1, 0, 1])] for k, v in both.items()}
+    assert torch.equal(a.similarities(images, pos), a.similarities(images, copied))
+    np.testing.assert_array_equal(a.score(images, pos, neg), a.score(images, copied, copied))
+
+
 def test_medklip_finding_mapping_and_free_text(tmp_path_factory):
     """The entity comes from the query's finding, never from the prompt's words; a query without a
     finding MedKLIP knows is an extra free-text query."""

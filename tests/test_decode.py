@@ -271,3 +271,23 @@ def test_afloc_records_the_official_preprocessing_of_each_task(adapters):
                                  "preprocessing_id": "afloc-resize224-centercrop224-norm0.5-v1"}
     a.for_task("grounding")
     assert a.preprocessing()["decode"] == "cv2-gray" and a.input_geometry == "letterbox:224"
+
+
+@pytest.mark.parametrize("case", ["uint8", "uint16_full", "int16_signed", "constant", "two_values", "narrow"])
+def test_medklip_equalisation_table_equals_skimage_per_pixel(case):
+    """The per-value table gives exactly ``skimage.exposure.equalize_hist`` on every pixel."""
+    from skimage import exposure
+
+    from benchmark.io.images import equalize_hist_255
+
+    rng = np.random.default_rng(3)
+    arr = {"uint8": lambda: rng.integers(0, 256, (64, 80)).astype(np.uint8),
+           "uint16_full": lambda: rng.integers(0, 65536, (300, 200)).astype(np.uint16),
+           "int16_signed": lambda: rng.integers(-2000, 3000, (128, 128)).astype(np.int16),
+           "constant": lambda: np.full((10, 10), 7, np.uint8),
+           "two_values": lambda: np.array([[0, 255], [255, 255]], np.uint8),
+           "narrow": lambda: rng.normal(1000, 3, (256, 256)).astype(np.uint16)}[case]()
+    want = (255 * exposure.equalize_hist(arr.astype(float) / 255.0)).astype(np.uint8)
+    got = equalize_hist_255(arr)
+    assert got.dtype == np.uint8 and got.shape == arr.shape
+    assert np.array_equal(got, want)

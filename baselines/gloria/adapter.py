@@ -181,6 +181,20 @@ class GloriaAdapter(BaselineAdapter):
 
         return {key: torch.cat([pad(e[key]) for e in embs]) for key in embs[0]}
 
+    @staticmethod
+    def take(emb: Any, index: Any) -> Any:
+        """Prompt-ensemble rows are indexed lazily (the rows plus an index): a class's ensemble holds
+        every prompt's word embeddings (megabytes a row), and a batch pairs each with many images."""
+
+        idx = list(index)
+        if isinstance(emb, tuple):  # (positive, negative)
+            return tuple(GloriaAdapter.take(e, idx) for e in emb)
+        if isinstance(emb, dict) and "valid" in emb and emb["valid"].shape[1] > 1:
+            return {"ensemble": emb, "index": torch.as_tensor(idx, dtype=torch.long)}
+        if isinstance(emb, dict) and "ensemble" in emb:
+            return {"ensemble": emb["ensemble"], "index": emb["index"][torch.as_tensor(idx, dtype=torch.long)]}
+        return BaselineAdapter.take(emb, idx)
+
     # -- outputs -----------------------------------------------------------------------------
     def similarity_map(self, image_emb: dict[str, Any], text_emb: dict[str, Any]) -> np.ndarray:
 
@@ -198,17 +212,21 @@ class GloriaAdapter(BaselineAdapter):
         """Official combined similarity (local + global) / 2 per paired row and prompt: [B, K]."""
 
         loc, g = image_emb["local"], image_emb["global"]
-        B, K = text_emb["valid"].shape
+        if "ensemble" in text_emb:  # rows of ``take``: the ensembles and, per paired row, its ensemble
+            text_emb, src = text_emb["ensemble"], text_emb["index"]
+        else:
+            src = torch.arange(len(text_emb["valid"]))
+        valid = text_emb["valid"][src]
+        B, K = valid.shape
         out = torch.full((B, K), float("-inf"), dtype=torch.float64)
         with torch.no_grad():
             for k in range(K):
-                rows = torch.nonzero(text_emb["valid"][:, k]).flatten()
+                rows = torch.nonzero(valid[:, k]).flatten()
                 if len(rows) == 0:
                     continue
-                r = rows.to(loc.device)
-                local = local_similarity(loc[r], text_emb["words"][rows, k].to(loc.device),
-                                         text_emb["char_len"][rows, k])
-                glob = global_similarity(g[r], text_emb["sent"][rows, k].to(g.device))
+                r, e = rows.to(loc.device), src[rows]
+                local = local_similarity(loc[r], text_emb["words"][e, k].to(loc.device), text_emb["char_len"][e, k])
+                glob = global_similarity(g[r], text_emb["sent"][e, k].to(g.device))
                 out[rows, k] = ((local + glob) / 2).double().cpu()
         return out
 

@@ -118,10 +118,26 @@ def _dicom_minmax(path: Path) -> np.ndarray:
 
 def _dicom_equalized(path: Path) -> np.ndarray:
     """MedKLIP's RSNA reader: ``pixel_array / 255``, histogram equalisation, back to 0..255 (truncated)."""
-    from skimage import exposure
+    return equalize_hist_255(_dicom(path)[1])
 
-    x = _dicom(path)[1].astype(float) / 255.0
-    return (255 * exposure.equalize_hist(x)).astype(np.uint8)
+
+def equalize_hist_255(arr: np.ndarray) -> np.ndarray:
+    """``(255 * skimage.exposure.equalize_hist(arr / 255)).astype(uint8)`` for an integer image, computed
+    once per distinct pixel value and looked up (the same numpy histogram, weighted by each value's
+    count, and the same interpolation; four times faster than interpolating every pixel)."""
+    flat = np.asarray(arr).ravel()
+    lo = int(flat.min())
+    offset = np.subtract(flat, lo, dtype=np.int64)
+    counts = np.bincount(offset)
+    present = np.flatnonzero(counts)
+    values = (present + lo).astype(np.float64) / 255.0
+    hist, edges = np.histogram(values, bins=256, weights=counts[present])  # skimage: range = image min..max
+    centers = (edges[:-1] + edges[1:]) / 2.0
+    cdf = hist.cumsum()
+    cdf = cdf / float(cdf[-1])
+    table = np.zeros(len(counts), dtype=np.uint8)
+    table[present] = (255 * np.interp(values, centers, cdf)).astype(np.uint8)
+    return table[offset].reshape(np.shape(arr))
 
 
 def _dicom_canonical(path: Path) -> np.ndarray:
