@@ -208,3 +208,13 @@ def is_demo(name: str) -> bool:
     from benchmark.registry import datasets
 
     return str(datasets.entry(name).get("root", "")).startswith(DEMO_SCHEME)
+
+
+def demo_set(name: str) -> str:
+    """The generated set (folder of the demo collection) that registered dataset ``name`` reads."""
+    from benchmark.registry import datasets
+
+    root = str(datasets.entry(name).get("root", ""))
+    if not root.startswith(DEMO_SCHEME):
+        raise ValueError(f"dataset {name!r} is not a demo dataset (its root is {root!r})")
+    return root[len(DEMO_SCHEME):]

@@ -55,8 +55,8 @@ def test_validate_generate_calls_the_generator(tiny_demo, tmp_path, monkeypatch,
     target = tmp_path / "fresh"
     calls = []
 
-    def fake_ensure(root, seed=0):
-        calls.append((root, seed))
+    def fake_ensure(root, seed=0, datasets=None):
+        calls.append((root, seed, datasets))
         shutil.copytree(tiny_demo, root)  # stands in for a full generation
         return root
 
@@ -64,4 +64,4 @@ def test_validate_generate_calls_the_generator(tiny_demo, tmp_path, monkeypatch,
     monkeypatch.setenv("AFLOC_BENCH_DEMO", str(target))
     rc = main(["validate", "--datasets", "demo_covid_rural", "--generate"])
     assert rc == 0, capsys.readouterr().out
-    assert calls == [(target, 0)]
+    assert calls == [(target, 0, ["covid_rural"])]

@@ -102,3 +102,37 @@ def test_concurrent_ensure_generates_once(tmp_path, monkeypatch):
     for t in threads:
         t.join()
     assert len(calls) == 1 and (root / "manifest.json").is_file()
+
+
+def test_ensure_adds_only_the_missing_sets_with_the_same_bytes(tmp_path, monkeypatch):
+    """A run generates only the sets it reads; a set added later is the same bytes as one generated
+    with the others, and the manifest lists a set only once its folder is in place."""
+    import importlib
+
+    gen = importlib.import_module("benchmark.demo.generator")
+    calls = []
+    real = gen.generate
+
+    def counting(*a, **k):
+        calls.append(list(k["datasets"]))
+        return real(*a, **k)
+
+    monkeypatch.setattr(gen, "generate", counting)
+    opts = dict(progress=False, workers=1)
+    root = tmp_path / "lazy" / "seed0"
+    demo.ensure(root, seed=0, n_train=1, n_test=2, datasets=["covid_rural"], **opts)
+    assert sorted(json.loads((root / "manifest.json").read_text())["datasets"]) == ["covid_rural"]
+    demo.ensure(root, seed=0, datasets=["covid_rural", "nih_bbox"], **opts)  # sizes: the collection's
+    demo.ensure(root, seed=0, datasets=["nih_bbox"], **opts)  # complete: nothing generated
+    assert calls == [["covid_rural"], ["nih_bbox"]]
+    m = json.loads((root / "manifest.json").read_text())
+    assert sorted(m["datasets"]) == ["covid_rural", "nih_bbox"] and (m["n_train"], m["n_test"]) == (1, 2)
+    together = tmp_path / "together"
+    real(together, seed=0, n_train=1, n_test=2, datasets=["covid_rural", "nih_bbox"], progress=False)
+    for name in ("covid_rural", "nih_bbox"):
+        assert tree_hash(root / name) == tree_hash(together / name)
+        assert (root / "provenance" / f"{name}.jsonl").read_bytes() == \
+            (together / "provenance" / f"{name}.jsonl").read_bytes()
+    assert not [p for p in root.parent.iterdir() if p.name.startswith(".") and p.is_dir()]
+    demo.ensure(root, seed=0, n_test=3, datasets=["nih_bbox"], **opts)  # other sizes: a new collection
+    assert sorted(json.loads((root / "manifest.json").read_text())["datasets"]) == ["nih_bbox"]

@@ -261,3 +261,25 @@ def test_letterbox_crop_is_letterbox_then_centre_crop():
     # the grid maps back to the original with NaN where the crop cut the image off
     back = g.grid_to_original(np.ones((7, 7)), img.shape)
     assert back.shape == img.shape and np.isnan(back[0, 100]) and np.isfinite(back[150, 100])
+
+
+def test_sample_bilinear_is_the_two_pass_formula_exactly():
+    """Rows first (x taps), then columns (y taps), each ``v0 * w0 + v1 * w1`` in float64; NaN outside."""
+    from benchmark.geometry.frames import _axis_taps, sample_bilinear
+
+    rng = np.random.default_rng(5)
+    fmap = rng.random((3, 19, 23)).astype(np.float32)
+    sy, ty, sx, tx, out_hw = 0.0912, -0.7, 0.1063, 0.4, (224, 200)
+    src_y = (np.arange(out_hw[0]) + 0.5) * sy + ty - 0.5
+    src_x = (np.arange(out_hw[1]) + 0.5) * sx + tx - 0.5
+    y0, y1, wy0, wy1, iny = _axis_taps(src_y, 19)
+    x0, x1, wx0, wx1, inx = _axis_taps(src_x, 23)
+    a = fmap.astype(np.float64)
+    rows = a[..., :, x0] * wx0 + a[..., :, x1] * wx1
+    want = rows[..., y0, :] * wy0[:, None] + rows[..., y1, :] * wy1[:, None]
+    want[..., ~iny, :] = np.nan
+    want[..., :, ~inx] = np.nan
+    got = sample_bilinear(fmap, sy, ty, sx, tx, out_hw)
+    assert got.dtype == np.float64 and np.isnan(got).any() and np.isfinite(got).any()
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(sample_bilinear(fmap[1], sy, ty, sx, tx, out_hw), want[1])

@@ -241,7 +241,7 @@ def test_demo_classifier_is_trained_once_and_cached(tmp_path, monkeypatch):
     from benchmark import demo
 
     monkeypatch.setenv("AFLOC_BENCH_CACHE", str(tmp_path))
-    monkeypatch.setattr(demo, "ensure", lambda root: root)
+    monkeypatch.setattr(demo, "ensure", lambda root, **_: root)
     seen = []
 
     def fake_train(dataset, root, out, **kw):

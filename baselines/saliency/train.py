@@ -38,8 +38,8 @@ from sklearn.metrics import roc_auc_score
 from baselines.saliency import classifiers as C
 from baselines.saliency.adapter import frame
 from baselines.saliency.classifiers import output_key
-from benchmark.dataset import DataError, build_dataset, demo_root
-from benchmark.demo import ensure
+from benchmark.dataset import DataError, build_dataset
+from benchmark.demo import ensure_demo_data
 from benchmark.io.images import read_image
 from benchmark.progress import progress as with_progress
 from benchmark.run.config import choose_device
@@ -396,7 +396,7 @@ class ClassifierTraining:
 
         from benchmark.training.demo_weights import fixed_threads
 
-        ensure(demo_root())
+        ensure_demo_data(["demo_mimic"])
         run = work / "run"
         with fixed_threads():
             train_classifier("demo_mimic", None, run, split="train", resume=False,

@@ -103,13 +103,13 @@ def demo_expected(name: str, *, generate: bool) -> dict[str, dict[str, int]]:
 
     root = demo_root()
     manifest = root / "manifest.json"
-    if not manifest.is_file():
-        if not generate:
-            raise DataError(root, "demo data not generated (no manifest.json); run `afloc-bench demo-data` "
-                                  "or pass --generate")
-        from benchmark import demo
+    if generate:
+        from benchmark.demo import ensure_demo_data
 
-        demo.ensure(root, seed=0)
+        ensure_demo_data([name])
+    elif not manifest.is_file():
+        raise DataError(root, "demo data not generated (no manifest.json); run `afloc-bench demo-data` "
+                              "or pass --generate")
     try:
         data = json.loads(manifest.read_text())
     except (OSError, ValueError) as exc:

@@ -42,11 +42,13 @@ def ensure(out_dir: str | os.PathLike, seed: int = 0, **options) -> Path:
     return _ensure(out_dir, seed=seed, **options)
 
 
-def ensure_demo_data() -> Path:
-    """The demo collection the ``demo_*`` datasets read (``benchmark.dataset.demo_root``), generated on first use."""
-    from benchmark.dataset import demo_root
+def ensure_demo_data(datasets: Iterable[str] | None = None) -> Path:
+    """The demo collection the ``demo_*`` datasets read (``benchmark.dataset.demo_root``) holding the
+    registered datasets ``datasets`` (default: every set), each generated on first use."""
+    from benchmark.dataset import demo_root, demo_set
 
-    return ensure(demo_root(), seed=0)
+    sets = None if datasets is None else sorted({demo_set(d) for d in datasets})
+    return ensure(demo_root(), seed=0, datasets=sets)
 
 
 def available() -> list[str]:

@@ -154,42 +154,74 @@ def read_manifest(out_dir: str | os.PathLike) -> dict | None:
 
 
 def ensure(out_dir: str | os.PathLike, seed: int = 0, **kwargs) -> Path:
-    """The demo data folder, generated first if its manifest is absent or of another version or seed.
+    """The demo data folder holding the sets ``datasets`` (default: all), generating the missing ones.
 
-    Generation goes to a temporary sibling folder that is renamed into place, so a reader
-    never sees a half-written collection and an interrupted run leaves nothing behind. A lock
-    file serialises concurrent callers (e.g. the ranks of a distributed training run): the
-    second one finds the collection complete and returns.
+    Each set depends only on the seed, its own code and the sizes, so a set generated later is the
+    same bytes as one generated with the others: a run generates only the sets it reads. A
+    collection of another version, seed or size is regenerated. New sets are written into a
+    temporary sibling folder, moved into place and only then listed in the manifest, so a reader
+    never sees a half-written set and an interrupted run leaves nothing behind. A lock file
+    serialises concurrent callers (e.g. the ranks of a distributed training run): the second one
+    finds the sets complete and returns.
     """
     from benchmark.demo import DEMO_VERSION
 
     out = Path(out_dir).expanduser()
+    given = kwargs.pop("datasets", None)
+    wanted = list(writers()) if given is None else [d.strip() for d in given if d.strip()]
+    sizes = {k: int(kwargs[k]) for k in ("n_train", "n_test") if kwargs.get(k) is not None}  # none: as found
 
-    def current() -> bool:
+    def missing() -> list[str] | None:
+        """The wanted sets not yet in the collection; None when it is of another version or seed, or of
+        sizes other than those asked for."""
         m = read_manifest(out)
-        return bool(m and m.get("version") == DEMO_VERSION and m.get("seed") == seed)
+        if not (m and m.get("version") == DEMO_VERSION and m.get("seed") == seed
+                and all(m.get(k) == v for k, v in sizes.items())):
+            return None
+        kwargs.update(n_train=m.get("n_train"), n_test=m.get("n_test"))  # new sets match the collection
+        return [d for d in wanted if d not in m.get("datasets", {})]
 
-    if current():
+    if missing() == []:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with _lock(out.parent / f".{out.name}.lock"):
-        if current():
+        todo = missing()
+        if todo == []:
             return out
         tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
         old = out.parent / f".{out.name}.old-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        log.info("generating the demo datasets into %s (once; version %s)", out, DEMO_VERSION)
+        names = wanted if todo is None else todo
+        log.info("generating the demo datasets %s into %s (once; version %s)", ", ".join(names), out, DEMO_VERSION)
         t0 = time.monotonic()
         try:
-            generate(tmp, seed=seed, **kwargs)
+            manifest = generate(tmp, seed=seed, datasets=names, **kwargs)
+            if todo is None:
+                if out.exists():
+                    os.replace(out, old)
+                os.replace(tmp, out)
+            else:
+                _merge_sets(tmp, out, names, manifest)
             log.info("demo datasets generated in %.1f s", time.monotonic() - t0)
-            if out.exists():
-                os.replace(out, old)
-            os.replace(tmp, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def _merge_sets(new: Path, out: Path, names: list[str], manifest: dict) -> None:
+    """Move the sets ``names`` generated in ``new`` into the collection ``out``, then list them in its manifest."""
+    from benchmark.demo.encode import atomic_write_text
+
+    current = read_manifest(out) or {}
+    (out / PROVENANCE).mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.rmtree(out / name, ignore_errors=True)  # left by an interrupted merge; not in the manifest
+        os.replace(new / name, out / name)
+        os.replace(new / PROVENANCE / f"{name}.jsonl", out / PROVENANCE / f"{name}.jsonl")
+    merged = {**manifest, "datasets": {**current.get("datasets", {}), **manifest["datasets"]}}
+    merged["datasets"] = dict(sorted(merged["datasets"].items()))
+    atomic_write_text(out / MANIFEST, json.dumps(merged, indent=2, sort_keys=True) + "\n")
 
 
 class _lock:

@@ -187,8 +187,17 @@ def sample_bilinear(fmap: np.ndarray, sy: float, ty: float, sx: float, tx: float
     y0, y1, wy0, wy1, iny = _axis_taps(src_y, ih)
     x0, x1, wx0, wx1, inx = _axis_taps(src_x, iw)
     a = fmap.astype(np.float64)
-    rows = a[..., :, x0] * wx0 + a[..., :, x1] * wx1
-    out = rows[..., y0, :] * wy0[:, None] + rows[..., y1, :] * wy1[:, None]
+    # a[:, x0] * wx0 + a[:, x1] * wx1, then the same along y, with two buffers instead of six
+    rows = np.take(a, x0, axis=-1)
+    rows *= wx0
+    tmp = np.take(a, x1, axis=-1)
+    tmp *= wx1
+    rows += tmp
+    out = np.take(rows, y0, axis=-2)
+    out *= wy0[:, None]
+    tmp = np.take(rows, y1, axis=-2)
+    tmp *= wy1[:, None]
+    out += tmp
     out[..., ~iny, :] = np.nan
     out[..., :, ~inx] = np.nan
     return out

@@ -103,10 +103,10 @@ class Runner:
 
     def dataset(self, name: str) -> Dataset:
         if name not in self._datasets:
-            if is_demo(name):
+            if is_demo(name):  # every demo set of the run at once (one generation, all cores)
                 from benchmark.demo import ensure_demo_data
 
-                ensure_demo_data()
+                ensure_demo_data([d for d in self.datasets if is_demo(d)])
             overrides = {"split": self.cfg.split} if self.cfg.split else {}
             self._datasets[name] = build_dataset(name, self.cfg.data_root, **overrides)
         return self._datasets[name]

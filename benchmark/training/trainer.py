@@ -107,13 +107,16 @@ class Trainer:
 
         if self.cfg.dataset.startswith("demo"):
             from benchmark.dataset import demo_root, is_demo
-            from benchmark.demo import ensure
+            from benchmark.demo import ensure, ensure_demo_data
 
             if self.cfg.data_root and is_demo(self.cfg.dataset):
                 raise ValueError(f"{self.cfg.dataset} reads the generated demo collection ({demo_root()}, set by "
                                  f"AFLOC_BENCH_DEMO), not data_root {self.cfg.data_root!r}; for a real dataset in "
                                  f"its official layout use e.g. --dataset mimic_cxr --data-root PATH")
-            ensure(demo_root())
+            if is_demo(self.cfg.dataset):
+                ensure_demo_data([self.cfg.dataset])
+            else:
+                ensure(demo_root())
         try:
             return pairs_from_dataset(self.cfg.dataset, split, self.cfg.data_root, **self.cfg.dataset_options)
         except Exception as exc:
