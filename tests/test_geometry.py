@@ -244,6 +244,9 @@ def test_smoothing_is_scipy_reflect_sigma_1_5():
     out = smooth_grid(g, 1.5)
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out, ndimage.gaussian_filter(g, sigma=(1.5, 1.5), order=0, mode="reflect"))
+    batch = np.random.default_rng(5).standard_normal((6, 19, 23)).astype(np.float32)
+    each = np.stack([ndimage.gaussian_filter(m, sigma=(1.5, 1.5), order=0) for m in batch])
+    np.testing.assert_array_equal(smooth_grid(batch, 1.5), each)  # a batch: each map as alone
 
 
 def test_letterbox_crop_is_letterbox_then_centre_crop():

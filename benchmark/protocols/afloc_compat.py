@@ -231,7 +231,7 @@ seed-0 bootstrap."""
     def _chest_maps(self, grids: Sequence[np.ndarray], image_size: tuple[int, int], geom: Any) -> np.ndarray:
         """Chest maps of one image size in AFLoc's frame, computed together: smoothing per map, then
         resizing and moving frames as a batch (per-pixel arithmetic, each map's values exactly)."""
-        sm = np.stack([smooth_grid(np.asarray(g, dtype=np.float32), SIGMA) for g in grids])
+        sm = smooth_grid(np.stack([np.asarray(g, dtype=np.float32) for g in grids]), SIGMA)
         frame = Letterbox(FRAME)
         if geom == frame:
             emaps = bilinear_resize(sm, (FRAME, FRAME))

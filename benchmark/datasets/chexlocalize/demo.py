@@ -129,12 +129,18 @@ def _salient_points(hb: dict[str, dict], rng: np.random.Generator) -> dict[str, 
 
     out: dict[str, list[list[float]]] = {}
     for task in CHEXLOCALIZE_TASKS:
-        ys, xs = np.nonzero(decode_rle(hb[task]))
-        if len(xs) == 0:
+        mask = decode_rle(hb[task])
+        ends = np.cumsum(np.count_nonzero(mask, axis=1))  # pixels up to the end of each row
+        if ends[-1] == 0:
             continue
-        picks = rng.integers(len(xs), size=int(rng.integers(1, 4)))
-        out[task] = [[round(float(xs[k]) + uniform(rng, 0.05, 0.95), 2),
-                      round(float(ys[k]) + uniform(rng, 0.05, 0.95), 2)] for k in picks]
+        picks = rng.integers(int(ends[-1]), size=int(rng.integers(1, 4)))
+        points = []
+        for k in picks:  # the k-th pixel of np.nonzero(mask), found without listing them all
+            y = int(np.searchsorted(ends, k, side="right"))
+            x = int(np.flatnonzero(mask[y])[k - (ends[y - 1] if y else 0)])
+            points.append([round(float(x) + uniform(rng, 0.05, 0.95), 2),
+                           round(float(y) + uniform(rng, 0.05, 0.95), 2)])
+        out[task] = points
     return out
 
 
