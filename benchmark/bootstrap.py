@@ -91,10 +91,16 @@ class LegacyStream:
 
 def sklearn_resample_indices(n: int, n_boot: int = DEFAULT_N_BOOT, chunk: int = DEFAULT_CHUNK) -> Iterator[np.ndarray]:
     """Replicate ``i`` = ``sklearn.utils.resample(range(n), replace=True, random_state=i)``."""
+    rs = np.random.RandomState(0)
     done = 0
+
+    def draw(i: int) -> np.ndarray:
+        rs.seed(i)  # the same legacy seeding as RandomState(i), without building an object per replicate
+        return rs.randint(0, n, size=n)
+
     while done < n_boot:
         r = min(chunk, n_boot - done)
-        yield np.stack([np.random.RandomState(i).randint(0, n, size=n) for i in range(done, done + r)])
+        yield np.stack([draw(i) for i in range(done, done + r)])
         done += r
 
 

@@ -232,3 +232,28 @@ def test_entries_keep_every_array_exactly(tmp_path):
     got["grid"][0, 0] = 2.0  # writable, as np.load gave
     with pytest.raises(TypeError, match="object arrays"):
         cache.put(_key(model_id="o"), bad=np.array([{"a": 1}], dtype=object))
+
+
+def test_entry_writes_are_atomic_with_the_umask_mode(tmp_path, monkeypatch):
+    """An entry is a renamed temporary file: mode 0666 less the umask, no temporary left, and a write
+    that fails leaves the previous entry readable and no partial file."""
+    cache = ArrayCache(tmp_path)
+    k = _key()
+    old = os.umask(0o027)
+    try:
+        cache.put(k, grid=np.arange(4.0))
+    finally:
+        os.umask(old)
+    path = tmp_path / k[:2] / f"{k}.arrays"
+    assert oct(path.stat().st_mode & 0o777) == oct(0o640)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+    def failing_write(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", failing_write)
+    with pytest.raises(OSError):
+        cache.put(k, grid=np.zeros(4))
+    monkeypatch.undo()
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+    np.testing.assert_array_equal(ArrayCache(tmp_path).get(k)["grid"], np.arange(4.0))

@@ -472,8 +472,12 @@ class Runner:
         return out, skipped
 
     def _classification(self, adapter: Adapter, ds: Dataset, samples: list[Sample], plan: PairPlan):
+        keys: dict[str, str] = {}  # one class's prompt ensembles, built once per class
+
         def key_of(s: Sample) -> str:
-            return json.dumps([*classification_prompts(ds.card, s.category), s.category])
+            if s.category not in keys:
+                keys[s.category] = json.dumps([*classification_prompts(ds.card, s.category), s.category])
+            return keys[s.category]
 
         def encode(keys: list[str]) -> dict[str, Any]:  # one ensemble per class, positive and negative
             out = {}
@@ -512,10 +516,15 @@ class Runner:
         ckpt_sha = self._ckpt_sha(plan.model, adapter)
         code = code_version(type(adapter))
 
+        made: dict[tuple[str, str], str] = {}  # each key is looked up, then written: hashed once
+
         def cache_key_of(path: str, key: str) -> str:
-            return cache_key(kind, model_id=adapter.output_identity(kind), checkpoint_sha=ckpt_sha, code_version=code,
-                             preprocessing_id=f"{adapter.preprocessing_id}|decode={adapter.decode}",
-                             image_sha=self._image_sha(path), prompt=key)
+            if (path, key) not in made:
+                made[(path, key)] = cache_key(
+                    kind, model_id=adapter.output_identity(kind), checkpoint_sha=ckpt_sha, code_version=code,
+                    preprocessing_id=f"{adapter.preprocessing_id}|decode={adapter.decode}",
+                    image_sha=self._image_sha(path), prompt=key)
+            return made[(path, key)]
 
         by_image: dict[str, list[Sample]] = {}
         for s in samples:
