@@ -21,6 +21,7 @@ EXIT_INPUT, EXIT_ENVIRONMENT, EXIT_INTERRUPTED = 2, 3, 130
 COMMANDS = {
     "ls": "ls",
     "run": "run",
+    "merge": "merge",
     "demo-data": "demo_data",
     "validate": "validate",
     "score": "score",

@@ -58,6 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--no-cache", dest="cache", action="store_false", default=None,
                    help="do not read or write the heatmap/score cache")
     e.add_argument("--cache-dir", default=None, help="cache folder (default ~/.cache/afloc-bench/arrays)")
+    e.add_argument("--shard", default=None, metavar="I/N",
+                   help="score the I-th of N shares of each dataset's images (0-based) and summarise nothing; "
+                        "`afloc-bench merge` joins the N shard folders (under torchrun: one shard per rank, "
+                        "joined by rank 0)")
 
 
 def _model_options(items: list[str] | None) -> dict | None:
@@ -91,15 +95,25 @@ def config_from_args(args: argparse.Namespace):
                         device=args.device, batch_size=args.batch_size, num_workers=args.num_workers,
                         limit=args.limit, output=args.output, skip_existing=args.skip_existing, cache=args.cache,
                         cache_dir=args.cache_dir, prompt_set=args.prompt_set, split=args.split,
-                        quiet=True if args.quiet else None)
+                        quiet=True if args.quiet else None, shard=args.shard)
 
 
 def run(args: argparse.Namespace) -> int:
+    from benchmark.run.distributed import launched_ranks, run_ranks
     from benchmark.run.engine import Runner
     from benchmark.tables import summary_table
 
-    runner = Runner(config_from_args(args))  # resolves every name before anything heavy loads
-    state = runner.run()  # failures are one line from benchmark.cli.main (exit 2: input, 3: environment)
+    cfg = config_from_args(args)
+    if launched_ranks() and cfg.shard is None:  # torchrun: one shard per rank, joined by rank 0
+        state, out = run_ranks(cfg)
+        if state is None:
+            return 0
+    else:
+        runner = Runner(cfg)  # resolves every name before anything heavy loads
+        state, out = runner.run(), runner.out  # failures are one line from benchmark.cli.main
+    if cfg.shard is not None:
+        print(f"shard {cfg.shard} written to {out}; join the shards with: afloc-bench merge SHARD_FOLDER... -o RUN")
+        return 0
     print(summary_table(state))
-    print(f"\nrun record: {runner.out / 'results.json'}")
+    print(f"\nrun record: {out / 'results.json'}")
     return 0

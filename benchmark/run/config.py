@@ -34,6 +34,7 @@ class RunConfig:
     split: str | None = None
     save_heatmaps: int = 8
     quiet: bool = False
+    shard: str | None = None  # "i/N": this process scores every N-th image from the i-th (``merge`` joins them)
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any], source: str = "config") -> RunConfig:
@@ -74,6 +75,18 @@ class RunConfig:
             raise ValueError("--batch-size must be a positive number of images")
         if self.num_workers is not None and int(self.num_workers) < 0:
             raise ValueError("--num-workers must be >= 0")
+        if self.shard is not None:
+            self.shard = str(self.shard).strip()
+            self.shard_position()
+
+    def shard_position(self) -> tuple[int, int] | None:
+        """``(i, N)`` of ``--shard i/N``, or None for a whole run."""
+        if self.shard is None:
+            return None
+        i, sep, n = self.shard.partition("/")
+        if not (sep and i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
+            raise ValueError(f"--shard expects i/N with 0 <= i < N (e.g. 0/4), got {self.shard!r}")
+        return int(i), int(n)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -46,6 +46,7 @@ from benchmark.registry import datasets as dataset_registry
 from benchmark.registry import models as model_registry
 from benchmark.run.config import RunConfig, choose_device, default_output_dir, default_workers
 from benchmark.run.images import InputMemo, image_batches
+from benchmark.run.shards import in_order, shard_samples, with_positions
 from benchmark.sample import Sample
 
 log = logging.getLogger("afloc_bench.runner")
@@ -239,6 +240,7 @@ class Runner:
             "models": {},
             "results": {},
             "skipped_pairs": [],
+            **({"shard": dict(zip(("index", "count"), self.cfg.shard_position()))} if self.cfg.shard else {}),
         }
 
     def _dataset_record(self, name: str, ds: Dataset, samples: list[Sample]) -> dict[str, Any]:
@@ -339,31 +341,44 @@ class Runner:
         frames, rows, run_skips, used_params = [], [], [], {}
         unit = ds.card.resampling_unit
         preprocessing: dict[str, dict[str, str]] = {}
+        shard = self.cfg.shard_position()
+        tuning_frames, tuned = [], []
         for task in plan.tasks:
             adapter.for_task(task)
             preprocessing[task] = adapter.preprocessing()
             records, skipped = self._records(task, adapter, ds, samples, plan)
             run_skips.extend(skipped)
+            needs_tuning = self.protocol.needs_tuning_for(samples) and task == "grounding"
+            if shard is not None:  # records only, placed in dataset order; ``merge`` summarises
+                if needs_tuning:
+                    tuned.append(task)
+                    tuning_frames.append(self._tuning_records(plan, adapter, task))
+                if not records.empty:
+                    frames.append(with_positions(records, samples, plan.dataset))
+                continue
             if records.empty:
                 continue
             params: dict[str, Any] = {"prompt_set": self.cfg.prompt_set}
-            if self.protocol.needs_tuning_for(samples) and task == "grounding":
+            if needs_tuning:
                 params.update(self._tune(plan, adapter, task))
-            summary = self.protocol.summarize(records, task, n_boot=self.cfg.n_boot, seed=self.cfg.seed,
-                                              unit=unit, params=params)
+            rows.extend(self._summary(records, task, unit, params))
             used_params[task] = params
-            rows.extend({"task": task, **r} for r in summary)
             frames.append(records)
         # the adapter's own counters (e.g. unmatched human-benchmark entries) are final only now;
         # an adapter reused across datasets reports its running totals
         state["models"][plan.model] = self._model_record(plan.model, adapter)
         if frames:
             write_parquet_atomic(pd.concat(frames, ignore_index=True), self.out / "samples" / f"{stem}.parquet")
+        tuning = [f for f in tuning_frames if not f.empty]
+        if tuning:
+            write_parquet_atomic(pd.concat(tuning, ignore_index=True), self.out / "tuning" / f"{stem}.parquet")
         pair = {"dataset": plan.dataset, "fingerprint": fingerprint, "tasks": plan.tasks,
                 "rows": nan_to_none(rows), "protocol_params": nan_to_none(used_params), "preprocessing": preprocessing,
                 "model": state["models"][plan.model], "n_run_skipped": len(run_skips),
                 "run_skipped": run_skips[:100], "seconds": round(time.time() - t0, 3),
                 "cache": {"hits": self.cache.hits, "misses": self.cache.misses, "corrupt": self.cache.corrupt}}
+        if shard is not None:
+            pair["shard"] = {"index": shard[0], "count": shard[1], "unit": unit, "tuned_tasks": tuned}
         ds_rec["n_run_skipped"][plan.model] = len(run_skips)
         atomic_write_json(pair_path, pair)
         if run_skips:
@@ -371,15 +386,81 @@ class Runner:
                         len(run_skips))
         return pair
 
-    def _tune(self, plan: PairPlan, adapter: Adapter, task: str) -> dict[str, Any]:
-        split = self.protocol.tuning_split
+    def _summary(self, records: Any, task: str, unit: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        summary = self.protocol.summarize(records, task, n_boot=self.cfg.n_boot, seed=self.cfg.seed, unit=unit,
+                                          params=params)
+        return [{"task": task, **r} for r in summary]
+
+    def _tuning_records(self, plan: PairPlan, adapter: Adapter, task: str):
+        """Records of the protocol's tuning split (of a shard: its share, placed in that split's order)."""
         entry = dataset_registry.entry(plan.dataset)
-        tune_ds = entry.load()(root=self.dataset(plan.dataset).root, **{**entry.options, "split": split})
+        tune_ds = entry.load()(root=self.dataset(plan.dataset).root,
+                               **{**entry.options, "split": self.protocol.tuning_split})
         samples = tune_ds.samples()
         records, _ = self._records(task, adapter, tune_ds, samples, plan)
-        params = self.protocol.tune(records)
-        log.info("tuned %s on %s/%s: %s", self.protocol.id, plan.dataset, split, params)
+        if self.cfg.shard is None or records.empty:
+            return records
+        return with_positions(records, samples, f"{plan.dataset}/{tune_ds.split}")
+
+    def _tune(self, plan: PairPlan, adapter: Adapter, task: str) -> dict[str, Any]:
+        params = self.protocol.tune(self._tuning_records(plan, adapter, task))
+        log.info("tuned %s on %s/%s: %s", self.protocol.id, plan.dataset, self.protocol.tuning_split, params)
         return params
+
+    # -- joining shards ----------------------------------------------------------
+    def merge_shards(self, folders: list[Path], docs: list[dict[str, Any]]) -> dict[str, Any]:
+        """This run's folder from the folders of its shards (``benchmark.run.shards.merge``)."""
+        import pandas as pd
+        import yaml
+
+        def read(path: Path) -> pd.DataFrame:
+            return pd.read_parquet(path) if path.is_file() else pd.DataFrame()
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.out / "config.resolved.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=True))
+        env = json.loads((folders[0] / "env.json").read_text()) if (folders[0] / "env.json").is_file() else {}
+        atomic_write_json(self.out / "env.json", {**env, "shards": [str(f) for f in folders]})
+        state = self._new_results()
+        state["device"] = docs[0].get("device", state["device"])
+        state["skipped_pairs"] = docs[0].get("skipped_pairs", [])
+        for dataset, models in docs[0]["results"].items():
+            ds_rec = dict(docs[0]["datasets"][dataset])
+            ds_rec["n_run_skipped"] = {m: sum(int(d["datasets"][dataset]["n_run_skipped"].get(m, 0)) for d in docs)
+                                       for m in ds_rec["n_run_skipped"]}
+            state["datasets"][dataset] = ds_rec
+            for model in models:
+                stem = record_stem(dataset, model)
+                pairs = [json.loads((f / "pairs" / f"{stem}.json").read_text()) for f in folders]
+                if len({p["fingerprint"] for p in pairs}) != 1:
+                    raise ValueError(f"{model} on {dataset}: the shards scored different inputs (fingerprints differ)")
+                info = pairs[0]["shard"]
+                frames = [read(f / "samples" / f"{stem}.parquet") for f in folders]
+                tuning = [read(f / "tuning" / f"{stem}.parquet") for f in folders]
+                rows, used_params, joined = [], {}, []
+                for task in pairs[0]["tasks"]:
+                    records = in_order(frames, task)
+                    if records.empty:
+                        continue
+                    params: dict[str, Any] = {"prompt_set": self.cfg.prompt_set}
+                    if task in info["tuned_tasks"]:
+                        params.update(self.protocol.tune(in_order(tuning, task)))
+                    rows.extend(self._summary(records, task, info["unit"], params))
+                    used_params[task] = params
+                    joined.append(records)
+                if joined:
+                    write_parquet_atomic(pd.concat(joined, ignore_index=True),
+                                         self.out / "samples" / f"{stem}.parquet")
+                skips = [s for p in pairs for s in p.get("run_skipped", [])]
+                pair = {**{k: v for k, v in pairs[0].items() if k != "shard"},
+                        "rows": nan_to_none(rows), "protocol_params": nan_to_none(used_params),
+                        "n_run_skipped": sum(int(p.get("n_run_skipped", 0)) for p in pairs),
+                        "run_skipped": skips[:100], "seconds": round(max(p.get("seconds", 0.0) for p in pairs), 3),
+                        "shards": len(pairs)}
+                atomic_write_json(self.out / "pairs" / f"{stem}.json", pair)
+                state["results"].setdefault(dataset, {})[model] = pair["rows"]
+                state["models"][model] = docs[0]["models"][model]
+        atomic_write_json(self.out / "results.json", nan_to_none(state))
+        return state
 
     # -- per-sample records ----------------------------------------------------
     def _records(self, task: str, adapter: Adapter, ds: Dataset, samples: list[Sample], plan: PairPlan):
@@ -391,6 +472,10 @@ class Runner:
         else:
             wanted = [s for s in samples if s.label is not None]
         wanted, refused = self._supported(adapter, ds, wanted, plan, task)
+        shard = self.cfg.shard_position()
+        if shard is not None:  # this shard's batches of the images, and its share of the refused samples
+            wanted = shard_samples(wanted, *shard, block=self.cfg.batch_size)
+            refused = [r for k, r in enumerate(refused) if k % shard[1] == shard[0]]
         if task == "grounding":
             values, skipped = self._grounding(adapter, ds, wanted, plan)
         else:
