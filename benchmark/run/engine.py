@@ -64,6 +64,7 @@ class PairPlan:
 
 class Runner:
     SNAPSHOT_S = 30.0  # results.json is rewritten during a run at most this often (and at its end)
+    TEXT_CHUNK = 64  # prompts encoded per text batch
 
     def __init__(self, config: RunConfig):
         self.cfg = config
@@ -89,6 +90,7 @@ class Runner:
         self._adapters: dict[str, Adapter] = {}
         self._image_shas: dict[str, str] = {}
         self._previous: dict[str, Any] | None = None
+        self._text_order: list[Sample] | None = None  # the task's samples before sharding (``_records``)
 
     # -- planning ---------------------------------------------------------
     def check_models(self) -> list[str]:
@@ -472,6 +474,7 @@ class Runner:
         else:
             wanted = [s for s in samples if s.label is not None]
         wanted, refused = self._supported(adapter, ds, wanted, plan, task)
+        self._text_order = wanted  # prompts are encoded in chunks of this order, sharded or not
         shard = self.cfg.shard_position()
         if shard is not None:  # this shard's batches of the images, and its share of the refused samples
             wanted = shard_samples(wanted, *shard, block=self.cfg.batch_size)
@@ -516,7 +519,7 @@ class Runner:
     def _grounding(self, adapter: Adapter, ds: Dataset, samples: list[Sample], plan: PairPlan):
         if adapter.per_sample_maps:
             return self._grounding_per_sample(adapter, samples, plan)
-        queries = {s.sample_id: ds.query(s, self.cfg.prompt_set) for s in samples}
+        queries = {s.sample_id: ds.query(s, self.cfg.prompt_set) for s in [*(self._text_order or []), *samples]}
 
         def key_of(s: Sample) -> str:
             q = queries[s.sample_id]
@@ -636,6 +639,13 @@ class Runner:
                     outputs[(path, key_of(s))] = hit
             if missing:
                 todo.append(path)
+        # Text is encoded in fixed chunks of the task's prompts (first appearance in the unsharded
+        # samples), whichever images need them first: a text encoder's outputs may change in their
+        # last bits with its batch, and a shard or a resumed run sees other image batches.
+        order = list(dict.fromkeys(key_of(s) for s in (self._text_order or samples)))
+        known = set(order)
+        order += [k for k in dict.fromkeys(key_of(s) for s in samples) if k not in known]
+        chunk_of = {k: i // self.TEXT_CHUNK for i, k in enumerate(order)}
         text_rows: dict[str, Any] = {}
         workers = default_workers() if self.cfg.num_workers is None else self.cfg.num_workers
         for paths, batch, bsizes, bad in image_batches(adapter, todo, batch_size=self.cfg.batch_size,
@@ -657,9 +667,8 @@ class Runner:
                         pair_key.append(key)
             if not pair_img:
                 continue
-            new = [k for k in dict.fromkeys(pair_key) if k not in text_rows]
-            if new:
-                text_rows.update(encode(new))
+            for c in sorted({chunk_of[k] for k in pair_key if k not in text_rows}):
+                text_rows.update(encode(order[c * self.TEXT_CHUNK:(c + 1) * self.TEXT_CHUNK]))
             distinct = list(dict.fromkeys(pair_key))
             where = {k: j for j, k in enumerate(distinct)}
             txt = adapter.take(_concat_rows(adapter, [text_rows[k] for k in distinct]), [where[k] for k in pair_key])
