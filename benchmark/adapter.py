@@ -107,6 +107,9 @@ class Adapter:
     train_target: str | None = None
     grounding_probability: bool = False
     per_sample_maps: bool = False
+    # ``describe()`` keys that count over the samples run (ints, dicts of ints, lists of entries):
+    # joining the shards of a run adds them up
+    run_counters: tuple[str, ...] = ()
 
     def __init__(self, **options: Any):
         self.options = options

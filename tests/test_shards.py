@@ -67,10 +67,20 @@ def test_shards_partition_by_image_in_order():
     assert sorted({s.image_path for s in blocks}) == ["img2.png", "img3.png"]
 
 
+def test_counters_add_up_across_shards():
+    from benchmark.run.shards import merged_model_record
+
+    records = [{"model_id": "m", "seed": 3, "maps": {"total": 5, "all_zero": 1}, "unmatched": ["a"]},
+               {"model_id": "m", "seed": 3, "maps": {"total": 4, "all_zero": 0}, "unmatched": ["b", "c"]}]
+    out = merged_model_record(records, ("maps", "unmatched"))
+    assert out == {"model_id": "m", "seed": 3, "maps": {"total": 9, "all_zero": 1}, "unmatched": ["a", "b", "c"]}
+
+
 def test_shards_merge_to_the_numbers_of_one_process(small_demo, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("AFLOC_BENCH_DEMO", str(small_demo))
     monkeypatch.setenv("AFLOC_BENCH_CACHE", str(tmp_path / "cache"))
-    models = "sanity,afloc,biovil"  # BioViL's text encoder rounds differently with its batch
+    # BioViL's text encoder rounds differently with its batch; Grad-CAM counts its maps (summed)
+    models = "sanity,afloc,biovil,gradcam:densenet121"
     assert _run(tmp_path / "one", models) == 0
     for i in range(2):
         assert _run(tmp_path / f"shard-{i}", models, "--shard", f"{i}/2") == 0

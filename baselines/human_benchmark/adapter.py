@@ -106,6 +106,7 @@ class HumanBenchmark(Adapter):
     preprocessing_id = "chexlocalize-hb-segmentations-v1"
     needs_checkpoint = True
     per_sample_maps = True  # the map is the reader's segmentation of this sample, not an image/text product
+    run_counters = ("n_unmatched", "unmatched", "n_points_unmatched", "points_unmatched", "n_points_outside_image")
 
     def __init__(self, **options: Any):
         super().__init__(**options)

@@ -59,6 +59,7 @@ class _SaliencyAdapter(Adapter):
     # the three CAMs of one classifier share its probabilities (the CAM options change maps only)
     score_family = "densenet-classifier"
     grounding_only_options = ("cam_relu", "cam_output")
+    run_counters = ("maps",)
 
     capabilities = (GROUNDING, ZEROSHOT_CLS)
     input_geometry = "resize:320x320"

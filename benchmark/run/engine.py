@@ -46,7 +46,7 @@ from benchmark.registry import datasets as dataset_registry
 from benchmark.registry import models as model_registry
 from benchmark.run.config import RunConfig, choose_device, default_output_dir, default_workers
 from benchmark.run.images import InputMemo, image_batches
-from benchmark.run.shards import in_order, shard_samples, with_positions
+from benchmark.run.shards import in_order, merged_model_record, shard_samples, with_positions
 from benchmark.sample import Sample
 
 log = logging.getLogger("afloc_bench.runner")
@@ -460,7 +460,8 @@ class Runner:
                         "shards": len(pairs)}
                 atomic_write_json(self.out / "pairs" / f"{stem}.json", pair)
                 state["results"].setdefault(dataset, {})[model] = pair["rows"]
-                state["models"][model] = docs[0]["models"][model]
+                counters = getattr(model_registry.entry(model).load(), "run_counters", ())
+                state["models"][model] = merged_model_record([d["models"][model] for d in docs], counters)
         atomic_write_json(self.out / "results.json", nan_to_none(state))
         return state
 

@@ -55,6 +55,27 @@ def in_order(frames: list[Any], task: str) -> Any:
     return joined.drop(columns=[POSITION]).reset_index(drop=True)
 
 
+def add_counts(values: list[Any]) -> Any:
+    """The shards' values of one counter joined: ints added, dicts key by key, lists concatenated
+    (the first 50 entries, as ``describe`` keeps); anything else is the first shard's."""
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return sum(values)
+    if all(isinstance(v, dict) for v in values):
+        return {k: add_counts([v.get(k, 0) for v in values]) for k in values[0]}
+    if all(isinstance(v, list) for v in values):
+        return [x for v in values for x in v][:50]
+    return values[0]
+
+
+def merged_model_record(records: list[dict[str, Any]], counters: Sequence[str]) -> dict[str, Any]:
+    """A model's record of the joined run: the first shard's, with its ``counters`` added up."""
+    out = dict(records[0])
+    for key in counters:
+        if all(key in r for r in records):
+            out[key] = add_counts([r[key] for r in records])
+    return out
+
+
 def read_shard(folder: Path) -> dict[str, Any]:
     path = folder / "results.json"
     try:
