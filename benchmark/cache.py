@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmark.records import atomic_write_bytes
+
 _CHUNK = 1 << 20
 _sha_memo: dict[tuple[str, int, int], str] = {}
 _memo_lock = threading.Lock()
@@ -175,34 +177,9 @@ class ArrayCache:
         self.hits = 0
         self.misses = 0
         self.corrupt = 0
-        self._folders: set[str] = set()
 
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.arrays"
-
-    def _write(self, key: str, data: bytes) -> None:
-        """Atomic write of one entry (a uniquely named temporary file renamed into place, no fsync);
-        the entry path is built from strings and each folder created once (a run writes tens of
-        thousands of entries)."""
-        folder = os.path.join(self.root, key[:2])
-        if folder not in self._folders:
-            os.makedirs(folder, exist_ok=True)
-            self._folders.add(folder)
-        path = os.path.join(folder, f"{key}.arrays")
-        tmp = f"{path}.{os.getpid()}-{os.urandom(6).hex()}.tmp"  # unique across threads, processes, hosts
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
-        try:
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
 
     def get(self, key: str) -> dict[str, np.ndarray] | None:
         if not self.enabled:
@@ -232,4 +209,4 @@ class ArrayCache:
             return
         payload = _pack_arrays({k: np.asarray(v) for k, v in arrays.items()})
         # no fsync: a torn entry (power loss) fails its checksum on read and is recomputed
-        self._write(key, self.MAGIC + hashlib.sha256(payload).digest() + payload)
+        atomic_write_bytes(self._path(key), self.MAGIC + hashlib.sha256(payload).digest() + payload, durable=False)

@@ -178,7 +178,6 @@ def ensure(out_dir: str | os.PathLike, seed: int = 0, **kwargs) -> Path:
         if not (m and m.get("version") == DEMO_VERSION and m.get("seed") == seed
                 and all(m.get(k) == v for k, v in sizes.items())):
             return None
-        kwargs.update(n_train=m.get("n_train"), n_test=m.get("n_test"))  # new sets match the collection
         return [d for d in wanted if d not in m.get("datasets", {})]
 
     if missing() == []:
@@ -192,6 +191,9 @@ def ensure(out_dir: str | os.PathLike, seed: int = 0, **kwargs) -> Path:
         old = out.parent / f".{out.name}.old-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         names = wanted if todo is None else todo
+        if todo is not None:  # sets added to a collection take its sizes
+            m = read_manifest(out)
+            kwargs.update(n_train=m["n_train"], n_test=m["n_test"])
         log.info("generating the demo datasets %s into %s (once; version %s)", ", ".join(names), out, DEMO_VERSION)
         t0 = time.monotonic()
         try:

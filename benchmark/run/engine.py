@@ -90,7 +90,6 @@ class Runner:
         self._adapters: dict[str, Adapter] = {}
         self._image_shas: dict[str, str] = {}
         self._previous: dict[str, Any] | None = None
-        self._text_order: list[Sample] | None = None  # the task's samples before sharding (``_records``)
 
     # -- planning ---------------------------------------------------------
     def check_models(self) -> list[str]:
@@ -475,15 +474,15 @@ class Runner:
         else:
             wanted = [s for s in samples if s.label is not None]
         wanted, refused = self._supported(adapter, ds, wanted, plan, task)
-        self._text_order = wanted  # prompts are encoded in chunks of this order, sharded or not
+        everyone = wanted  # prompts are encoded in chunks of their order here, sharded or not
         shard = self.cfg.shard_position()
         if shard is not None:  # this shard's batches of the images, and its share of the refused samples
             wanted = shard_samples(wanted, *shard, block=self.cfg.batch_size)
             refused = [r for k, r in enumerate(refused) if k % shard[1] == shard[0]]
         if task == "grounding":
-            values, skipped = self._grounding(adapter, ds, wanted, plan)
+            values, skipped = self._grounding(adapter, ds, wanted, plan, everyone)
         else:
-            values, skipped = self._classification(adapter, ds, wanted, plan)
+            values, skipped = self._classification(adapter, ds, wanted, plan, everyone)
         skipped = refused + skipped
         rows = []
         for s, rec in values:
@@ -517,10 +516,11 @@ class Runner:
                         task, len(refused), ", ".join(sorted(cats)))
         return keep, refused
 
-    def _grounding(self, adapter: Adapter, ds: Dataset, samples: list[Sample], plan: PairPlan):
+    def _grounding(self, adapter: Adapter, ds: Dataset, samples: list[Sample], plan: PairPlan,
+                   text_order: list[Sample]):
         if adapter.per_sample_maps:
             return self._grounding_per_sample(adapter, samples, plan)
-        queries = {s.sample_id: ds.query(s, self.cfg.prompt_set) for s in [*(self._text_order or []), *samples]}
+        queries = {s.sample_id: ds.query(s, self.cfg.prompt_set) for s in text_order}
 
         def key_of(s: Sample) -> str:
             q = queries[s.sample_id]
@@ -541,7 +541,7 @@ class Runner:
             return out
 
         outputs, sizes, skipped = self._infer(adapter, samples, plan, "heatmap", key_of, encode, compute,
-                                              f"{plan.model} × {plan.dataset}")
+                                              f"{plan.model} × {plan.dataset}", text_order)
         out, grids = [], {}
         done = [s for s in samples if (s.image_path, key_of(s)) in outputs]  # the others are in ``skipped``
         for s in done:
@@ -560,7 +560,8 @@ class Runner:
                             grids)
         return out, skipped
 
-    def _classification(self, adapter: Adapter, ds: Dataset, samples: list[Sample], plan: PairPlan):
+    def _classification(self, adapter: Adapter, ds: Dataset, samples: list[Sample], plan: PairPlan,
+                        text_order: list[Sample]):
         keys: dict[str, str] = {}  # one class's prompt ensembles, built once per class
 
         def key_of(s: Sample) -> str:
@@ -581,7 +582,7 @@ class Runner:
             return {"score": np.asarray(adapter.score(images, pos, neg), dtype=np.float64)}
 
         outputs, _sizes, skipped = self._infer(adapter, samples, plan, "score", key_of, encode, compute,
-                                               f"{plan.model} × {plan.dataset} (cls)")
+                                               f"{plan.model} × {plan.dataset} (cls)", text_order)
         out = []
         for s in samples:
             key = (s.image_path, key_of(s))
@@ -591,7 +592,7 @@ class Runner:
 
     def _infer(self, adapter: Adapter, samples: list[Sample], plan: PairPlan, kind: str,
                key_of: Callable[[Sample], str], encode: Callable[[list[str]], dict[str, Any]],
-               compute: Callable[[Any, Any, int], dict[str, np.ndarray]], desc: str):
+               compute: Callable[[Any, Any, int], dict[str, np.ndarray]], desc: str, text_order: list[Sample]):
         """The one inference loop of every task.
 
         Samples are grouped by image; outputs cached under (model, weights, preprocessing, image
@@ -600,7 +601,8 @@ class Runner:
         ``compute(image rows, text rows, n)`` gives one output row per pair (the text rows are
         the batch's distinct keys concatenated once, then indexed per pair). Returns ``(outputs by
         (image, key), image sizes, skipped samples)``; an image that cannot be read is reported
-        once per sample, never dropped.
+        once per sample, never dropped. ``text_order`` (the task's samples before sharding, a
+        superset of ``samples``) fixes the order in which keys are encoded, in chunks.
         """
         ckpt_sha = self._ckpt_sha(plan.model, adapter)
         code = code_version(type(adapter))
@@ -643,9 +645,7 @@ class Runner:
         # Text is encoded in fixed chunks of the task's prompts (first appearance in the unsharded
         # samples), whichever images need them first: a text encoder's outputs may change in their
         # last bits with its batch, and a shard or a resumed run sees other image batches.
-        order = list(dict.fromkeys(key_of(s) for s in (self._text_order or samples)))
-        known = set(order)
-        order += [k for k in dict.fromkeys(key_of(s) for s in samples) if k not in known]
+        order = list(dict.fromkeys(key_of(s) for s in text_order))
         chunk_of = {k: i // self.TEXT_CHUNK for i, k in enumerate(order)}
         text_rows: dict[str, Any] = {}
         workers = default_workers() if self.cfg.num_workers is None else self.cfg.num_workers

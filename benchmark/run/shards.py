@@ -13,7 +13,6 @@ samples in one process.
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +21,6 @@ from typing import Any
 from benchmark.sample import Sample
 
 POSITION = "_position"  # a record's place among the dataset's samples (shard records only)
-log = logging.getLogger("afloc_bench.runner")
 
 
 def shard_samples(samples: Sequence[Sample], index: int, count: int, block: int = 1) -> list[Sample]:
