@@ -13,7 +13,7 @@ Run models on datasets and write a run folder (results.json, env.json, per-sampl
 Names resolve as: exact name, collection (e.g. chest, demo, sanity), glob ('chexlocalize*'),
 or `all`. Unknown names fail before anything loads. Flags override the --config YAML, whose
 keys are the long flag names (models, datasets, protocol, n_boot, seed, ckpt, data_root,
-device, batch_size, limit, output, skip_existing, cache, cache_dir, prompt_set, split,
+device, precision, channels_last, batch_size, limit, output, skip_existing, cache, cache_dir, prompt_set, split,
 model_options).
 
 examples:
@@ -48,6 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "~/data/{dataset}); demo sets live in the cache")
     e = parser.add_argument_group("execution")
     e.add_argument("--device", default=None, help="auto (default), cpu or cuda[:N]")
+    e.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
+                   help="dtype of the encoders' forward passes (torch.autocast; default fp32, the only setting "
+                        "the parity figures hold for); maps and scores are computed in float32")
+    e.add_argument("--channels-last", action="store_true", default=None,
+                   help="channels_last memory format for the models' convolutions (faster on GPUs)")
     e.add_argument("--batch-size", type=int, default=None, help="images per batch (default 16)")
     e.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: cores-1, max 4)")
     e.add_argument("--limit", type=int, default=None,
@@ -92,7 +97,8 @@ def config_from_args(args: argparse.Namespace):
         opts = merged
     return cfg.override(models=args.models, datasets=args.datasets, protocol=args.protocol, n_boot=args.n_boot,
                         seed=args.seed, ckpt=ckpt, model_options=opts, data_root=args.data_root,
-                        device=args.device, batch_size=args.batch_size, num_workers=args.num_workers,
+                        device=args.device, precision=args.precision, channels_last=args.channels_last,
+                        batch_size=args.batch_size, num_workers=args.num_workers,
                         limit=args.limit, output=args.output, skip_existing=args.skip_existing, cache=args.cache,
                         cache_dir=args.cache_dir, prompt_set=args.prompt_set, split=args.split,
                         quiet=True if args.quiet else None, shard=args.shard)

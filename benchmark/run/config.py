@@ -23,6 +23,8 @@ class RunConfig:
     model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     data_root: str | None = None
     device: str = "auto"
+    precision: str = "fp32"  # fp32 | bf16 | fp16: the encoders' autocast dtype (benchmark.run.numerics)
+    channels_last: bool = False
     batch_size: int = 16
     num_workers: int | None = None
     limit: int | None = None
@@ -75,6 +77,10 @@ class RunConfig:
             raise ValueError("--batch-size must be a positive number of images")
         if self.num_workers is not None and int(self.num_workers) < 0:
             raise ValueError("--num-workers must be >= 0")
+        from benchmark.run.numerics import check_precision
+
+        self.precision = check_precision(self.precision)
+        self.channels_last = bool(self.channels_last)
         if self.shard is not None:
             self.shard = str(self.shard).strip()
             self.shard_position()

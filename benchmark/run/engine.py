@@ -46,6 +46,7 @@ from benchmark.registry import datasets as dataset_registry
 from benchmark.registry import models as model_registry
 from benchmark.run.config import RunConfig, choose_device, default_output_dir, default_workers
 from benchmark.run.images import InputMemo, image_batches
+from benchmark.run.numerics import Numerics
 from benchmark.run.shards import in_order, merged_model_record, shard_samples, with_positions
 from benchmark.sample import Sample
 
@@ -80,6 +81,7 @@ class Runner:
             if not Path(path).expanduser().exists():
                 raise DataError(path, f"checkpoint of {name!r} not found (--ckpt {name}=PATH: a local file or folder)")
         self.device = choose_device(config.device)
+        self.numerics = Numerics(config.precision, config.channels_last, self.device)
         self.out = Path(config.output) if config.output else default_output_dir()
         self.cache = ArrayCache(Path(config.cache_dir) if config.cache_dir else cache_home() / "arrays",
                                 enabled=config.cache)
@@ -282,6 +284,7 @@ class Runner:
             adapter.options.update(self.cfg.model_options.get(name, {}))
             ckpt = self.cfg.ckpt.get(name)
             adapter.load(ckpt, self.device)
+            self.numerics.prepare_adapter(adapter)
             self._adapters[name] = adapter
         return self._adapters[name]
 
@@ -312,6 +315,8 @@ class Runner:
                    "images": images.hexdigest(), "code": code_version(entry.load()),
                    "harness": __version__, "tasks": plan.tasks,
                    "default_weights": None if ckpt else entry.get("demo_weights")}
+        if not self.numerics.default:  # left out at the default, so earlier runs' fingerprints still hold
+            payload["numerics"] = self.numerics.record()
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
     def _run_pair(self, plan: PairPlan, state: dict[str, Any]) -> dict[str, Any]:
@@ -612,7 +617,8 @@ class Runner:
         def cache_key_of(path: str, key: str) -> str:
             if (path, key) not in made:
                 made[(path, key)] = cache_key(
-                    kind, model_id=adapter.output_identity(kind), checkpoint_sha=ckpt_sha, code_version=code,
+                    kind, model_id=adapter.output_identity(kind) + self.numerics.identity, checkpoint_sha=ckpt_sha,
+                    code_version=code,
                     preprocessing_id=f"{adapter.preprocessing_id}|decode={adapter.decode}",
                     image_sha=self._image_sha(path), prompt=key)
             return made[(path, key)]
@@ -651,12 +657,15 @@ class Runner:
         workers = default_workers() if self.cfg.num_workers is None else self.cfg.num_workers
         for paths, batch, bsizes, bad in image_batches(adapter, todo, batch_size=self.cfg.batch_size,
                                                        num_workers=workers, device=self.device, desc=desc,
-                                                       progress=self.progress, memo=self.inputs):
+                                                       progress=self.progress, memo=self.inputs,
+                                                       numerics=self.numerics):
             for path, msg in bad:
                 skipped.extend({"sample_id": s.sample_id, "path": path, "reason": msg} for s in by_image[path])
             if not paths:
                 continue
-            img_emb = adapter.encode_images(batch)
+            with self.numerics.autocast():
+                img_emb = adapter.encode_images(batch)
+            img_emb = self.numerics.to_float32(img_emb)
             pair_img, pair_key, seen = [], [], set()
             for i, path in enumerate(paths):
                 sizes[path] = bsizes[i]
@@ -669,7 +678,9 @@ class Runner:
             if not pair_img:
                 continue
             for c in sorted({chunk_of[k] for k in pair_key if k not in text_rows}):
-                text_rows.update(encode(order[c * self.TEXT_CHUNK:(c + 1) * self.TEXT_CHUNK]))
+                with self.numerics.autocast():
+                    rows = encode(order[c * self.TEXT_CHUNK:(c + 1) * self.TEXT_CHUNK])
+                text_rows.update(self.numerics.to_float32(rows))
             distinct = list(dict.fromkeys(pair_key))
             where = {k: j for j, k in enumerate(distinct)}
             txt = adapter.take(_concat_rows(adapter, [text_rows[k] for k in distinct]), [where[k] for k in pair_key])
