@@ -14,7 +14,7 @@ def resource_packages(package: str, folder: str) -> list[str]:
     return [package] + [f"{package}.{sub}" for sub in find_namespace_packages(where=folder, exclude=EXCLUDE)]
 
 
-packages = find_namespace_packages(include=["afloc", "afloc.*", "baselines", "baselines.*", "benchmark",
+packages = find_namespace_packages(include=["afloc", "afloc.*", "afloc_bench", "baselines", "baselines.*", "benchmark",
                                             "benchmark.*"], exclude=EXCLUDE)
 for name, folder in RESOURCES.items():
     packages += resource_packages(name, folder)
