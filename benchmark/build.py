@@ -1,8 +1,12 @@
-"""Tables from run records, in md/csv/latex/html, with the paper's numbers beside each cell.
+"""Tables from run records, in md/latex/html, and every cell as a tidy CSV.
 
-One table per (dataset, task): rows are models (sanity floors marked), columns are metrics,
-cells are ``point [lo, hi]``. With paper values: the paper's number, the difference, and ``†``
-when the reproduced point lies outside the paper's CI. Limited runs are marked everywhere.
+Paper tables (``paper_layout_tables``): each table of the paper that the runs fill at least one
+cell of, in the paper's rows and columns, the reproduced ``point [lo, hi]`` beside the published
+value. Run tables (``build_tables``): one per (dataset, task), models as rows (sanity floors
+marked), the headline metrics as columns (per-threshold ones with ``metrics="all"``), cells
+``point [lo, hi]``; beside a metric the paper has numbers for, the paper's value and the
+difference. ``†`` marks a reproduced point outside the paper's CI. Limited runs are marked
+everywhere. ``tidy_cells``: one row per (dataset, task, model, metric, category).
 """
 
 from __future__ import annotations
@@ -15,6 +19,20 @@ from benchmark.tables import OPEN_BOUND_NOTE, dataset_line
 
 SANITY = {"random", "uniform", "center_prior"}
 OUTSIDE_CI = "†"
+# the paper's headline metrics first, in this order; per-threshold ones (``iou@0.3``) are not headline
+HEADLINE_ORDER = ("iou", "dice", "cnr", "hit", "auroc", "balanced_accuracy")
+
+
+def is_headline(metric: str) -> bool:
+    return "@" not in metric
+
+
+def metric_order(metrics) -> list[str]:
+    def key(m: str) -> tuple:
+        base = m.split("@")[0]
+        return ("@" in m, HEADLINE_ORDER.index(base) if base in HEADLINE_ORDER else len(HEADLINE_ORDER), m)
+
+    return sorted(metrics, key=key)
 
 
 @dataclass
@@ -36,6 +54,12 @@ def _ci(lo: float | None, hi: float | None, digits: int) -> str:
     return f" [{'n/a' if lo is None else f'{lo:.{digits}f}'}, {'n/a' if hi is None else f'{hi:.{digits}f}'}]"
 
 
+def _outside(c: Cell | None, p: Cell | None) -> bool:
+    """A reproduced point outside the paper's CI."""
+    return (p is not None and c is not None and c.value is not None and p.lo is not None and p.hi is not None
+            and not (p.lo <= c.value <= p.hi))
+
+
 def paper_reference(version: str | None) -> dict[tuple, Cell]:
     """Paper cells keyed by (dataset, model, metric, category); empty when the tables are absent."""
     try:
@@ -52,10 +76,10 @@ def paper_reference(version: str | None) -> dict[tuple, Cell]:
     return out
 
 
-def build_tables(run_paths: list[str], *, digits: int = 3, paper_version: str | None = None,
-                 with_paper: bool = True, category: str = "all", allow_mismatch: bool = False) -> list[Table]:
-    """Tables of one or more runs. A (dataset, model) pair may come from one run only, and runs that
-    share a dataset must be like runs (``records.run_mismatches``) unless ``allow_mismatch``."""
+def _collect(run_paths: list[str], allow_mismatch: bool) -> tuple[list[Cell], dict[str, Any]]:
+    """Every cell of the runs, and what the tables' notes say about them. A (dataset, model) pair
+    may come from one run only, and runs that share a dataset must be like runs
+    (``records.run_mismatches``) unless ``allow_mismatch``."""
     from benchmark.records import run_mismatches
 
     states = [load_results(p) for p in run_paths]
@@ -76,7 +100,7 @@ def build_tables(run_paths: list[str], *, digits: int = 3, paper_version: str | 
             if bad and not allow_mismatch:
                 raise ValueError(f"{run_paths[i]} and {run_paths[j]} are unlike runs ({'; '.join(bad)}); pass "
                                  "--allow-mismatch to put them in one table anyway")
-    cells: dict[tuple, Cell] = {}
+    out: list[Cell] = []
     meta: dict[str, Any] = {"protocols": set(), "limits": set(), "harness": set(), "datasets": {},
                             "prompt_sets": set()}
     for path, s in zip(run_paths, states):
@@ -87,34 +111,50 @@ def build_tables(run_paths: list[str], *, digits: int = 3, paper_version: str | 
             meta["limits"].add(s["limit"])
         for name, d in s.get("datasets", {}).items():
             meta["datasets"][name] = f"v{d.get('card_version')}, split {d.get('split')}; {dataset_line(name, d)}"
-        for c in run_cells(s, source=str(path)):
-            if c.category == category and "[" not in c.dataset:
-                cells[(c.dataset, c.task, c.model, c.metric)] = c
+        out.extend(c for c in run_cells(s, source=str(path)) if "[" not in c.dataset)
+    return out, meta
+
+
+def build_tables(run_paths: list[str], *, digits: int = 3, paper_version: str | None = None,
+                 with_paper: bool = True, category: str = "all", allow_mismatch: bool = False,
+                 metrics: str = "headline") -> list[Table]:
+    """Run tables: one per (dataset, task) of the runs. ``metrics``: ``headline`` (no
+    per-threshold columns) or ``all``; ``category``: the category rows shown (default overall)."""
+    if metrics not in ("headline", "all"):
+        raise ValueError(f"metrics must be 'headline' or 'all', not {metrics!r}")
+    found, meta = _collect(run_paths, allow_mismatch)
+    cells = {(c.dataset, c.task, c.model, c.metric): c for c in found
+             if c.category == category and (metrics == "all" or is_headline(c.metric))}
     ref = paper_reference(paper_version) if with_paper else {}
     limit_mark = f" [LIMITED RUN: --limit {', '.join(map(str, sorted(meta['limits'])))}]" if meta["limits"] else ""
     tables = []
     for ds, task in sorted({(k[0], k[1]) for k in cells}, key=lambda x: (x[0], str(x[1]))):
         models = sorted({k[2] for k in cells if k[0] == ds and k[1] == task}, key=lambda m: (m in SANITY, m))
-        metrics = sorted({k[3] for k in cells if k[0] == ds and k[1] == task})
+        metric_names = metric_order({k[3] for k in cells if k[0] == ds and k[1] == task})
+
+        def paper_of(model: str, m: str, ds: str = ds) -> Cell | None:
+            p = ref.get((ds, model, m, category))
+            for ps in sorted(meta["prompt_sets"]):
+                p = p or ref.get((f"{ds}[prompt={ps}]", model, m, category))
+            return p
+
+        with_ref = {m for m in metric_names if any(paper_of(model, m) is not None for model in models)}
         header = ["model"]
-        for m in metrics:
+        for m in metric_names:
             header.append(m)
-            if ref:
+            if m in with_ref:  # no empty paper columns
                 header += [f"{m} paper", f"{m} Δ"]
         rows = []
         for model in models:
             row = [f"{model} (floor)" if model in SANITY else model]
-            for m in metrics:
+            for m in metric_names:
                 c = cells.get((ds, task, model, m))
                 text = "" if c is None or c.value is None else f"{c.value:.{digits}f}" + _ci(c.lo, c.hi, digits)
-                p = ref.get((ds, model, m, category))
-                for ps in sorted(meta["prompt_sets"]):
-                    p = p or ref.get((f"{ds}[prompt={ps}]", model, m, category))
-                if p is not None and c is not None and c.value is not None and p.lo is not None \
-                        and p.hi is not None and not (p.lo <= c.value <= p.hi):
+                p = paper_of(model, m)
+                if _outside(c, p):
                     text += " " + OUTSIDE_CI
                 row.append(text)
-                if ref:
+                if m in with_ref:
                     row.append("" if p is None else _fmt(p.value, digits) + _ci(p.lo, p.hi, digits))
                     row.append("" if p is None or c is None or c.value is None else f"{c.value - p.value:+.{digits}f}")
             rows.append(row)
@@ -122,7 +162,7 @@ def build_tables(run_paths: list[str], *, digits: int = 3, paper_version: str | 
                  f"dataset: {meta['datasets'].get(ds, ds)}",
                  f"harness: {', '.join(sorted(meta['harness']))}",
                  "cells: point [95% CI]; (floor) = weight-free sanity model"]
-        if ref:
+        if with_ref:
             notes.append(f"paper: published value [CI]; Δ = reproduced − paper; {OUTSIDE_CI} = outside the paper's CI")
         if limit_mark:
             notes.append(limit_mark.strip(" []") + ": not comparable with full runs")
@@ -133,35 +173,182 @@ def build_tables(run_paths: list[str], *, digits: int = 3, paper_version: str | 
     return tables
 
 
-def render(tables: list[Table], fmt: str = "md") -> str:
-    if fmt == "csv":
-        import csv
-        import io
+def _run_lookup(cells: list[Cell]):
+    """Find a run's cell for a paper cell: same model, metric and category, the dataset by its base
+    name and, where the paper names one (``ms_cxr[prompt=precise]``), the prompt set it was run with."""
+    from benchmark.paper import split_name
 
-        buf = io.StringIO()
-        w = csv.writer(buf)
+    by_key: dict[tuple, list[Cell]] = {}
+    for c in cells:
+        by_key.setdefault((c.dataset, c.model, c.metric, c.category), []).append(c)
+
+    def lookup(r: dict[str, Any]) -> Cell | None:
+        base, quals = split_name(str(r["dataset"]))
+        category = r.get("category") if isinstance(r.get("category"), str) and r.get("category") else "all"
+        for c in by_key.get((base, str(r["model"]), str(r["metric"]), category), []):
+            if "prompt" not in quals or c.prompt_set == quals["prompt"]:
+                return c
+        return None
+
+    return lookup
+
+
+def _scale(r: dict[str, Any]) -> float:
+    return 100.0 if str(r.get("unit", "")).lower() in ("percent", "%", "percentage") else 1.0
+
+
+def paper_layout_tables(run_paths: list[str], *, paper_version: str | None = None, allow_mismatch: bool = False
+                        ) -> list[Table]:
+    """Each paper table the runs fill at least one cell of, in the paper's layout: per paper column,
+    the reproduced ``point [lo, hi]`` (in the paper's unit and decimals) and the published value.
+    Rows the runs fill no cell of are left out and named in a note."""
+    from benchmark import paper
+
+    found, meta = _collect(run_paths, allow_mismatch)
+    lookup = _run_lookup(found)
+    try:
+        index = paper.load_index()
+    except (FileNotFoundError, ValueError):
+        return []
+    tables = []
+    for entry in index["tables"]:
+        if entry["table"] == "text_values" or (paper_version and entry["version"] != paper_version):
+            continue
+        cells = paper.paper_cells(table=entry["table"], version=entry["version"])
+        if cells.empty or not any(lookup(r) is not None for r in cells.to_dict("records")):
+            continue
+        decimals = int((entry.get("layout") or {}).get("decimals", 3))
+
+        def reproduced(r: dict[str, Any], decimals: int = decimals) -> str:
+            c = lookup(r)
+            if c is None or c.value is None:
+                return ""
+            k = _scale(r)
+            lo, hi = (None if c.lo is None else c.lo * k), (None if c.hi is None else c.hi * k)
+            p_lo, p_hi = r.get("ci_low"), r.get("ci_high")
+            mark = ""
+            if p_lo is not None and p_hi is not None and not (pd.isna(p_lo) or pd.isna(p_hi)) \
+                    and not (p_lo <= c.value * k <= p_hi):
+                mark = " " + OUTSIDE_CI
+            return f"{c.value * k:.{decimals}f}" + _ci(lo, hi, decimals) + mark
+
+        import pandas as pd
+
+        run_t = paper.paper_table(entry["id"], cell_fn=reproduced)
+        pub_t = paper.paper_table(entry["id"], field="text")
+        filled = run_t.apply(lambda row: any(isinstance(v, str) and v for v in row), axis=1)
+        dropped = [_label(k) for k in run_t.index[~filled.to_numpy()]]
+        run_t, pub_t = run_t[filled.to_numpy()], pub_t[filled.to_numpy()]
+        header = [" / ".join(n for n in run_t.index.names if n) or "row"]
+        for col in run_t.columns:
+            header += [f"{_label(col)} · run", f"{_label(col)} · paper"]
+        rows = []
+        for key in run_t.index:
+            row = [_label(key)]
+            for col in run_t.columns:
+                rv, pv = run_t.at[key, col], pub_t.at[key, col]
+                row += ["" if rv is None or (not isinstance(rv, str) and pd.isna(rv)) else str(rv),
+                        "" if pv is None or (not isinstance(pv, str) and pd.isna(pv)) else str(pv)]
+            rows.append(row)
+        notes = [f"{entry.get('label', entry['id'])} ({entry['id']}): {entry['caption']}",
+                 f"protocol: {', '.join(sorted(map(str, meta['protocols'])))}; harness: "
+                 f"{', '.join(sorted(meta['harness']))}",
+                 f"run: point [95% CI] in the paper's unit; paper: as published; {OUTSIDE_CI} = outside the "
+                 "paper's CI"]
+        for name in sorted({lookup(r).dataset for r in cells.to_dict("records") if lookup(r) is not None}):
+            if name in meta["datasets"]:
+                notes.append(f"dataset: {meta['datasets'][name]}")
+        if dropped:
+            notes.append(f"rows not in the runs (left out): {', '.join(dropped)}")
+        if meta["limits"]:
+            notes.append(f"LIMITED RUN: --limit {', '.join(map(str, sorted(meta['limits'])))}: not comparable "
+                         "with the paper")
+        tables.append(Table(f"{entry.get('label', entry['id'])} · {entry['version']}", header, rows, notes))
+    return tables
+
+
+def _label(key: Any) -> str:
+    return " / ".join(str(k) for k in key if str(k)) if isinstance(key, tuple) else str(key)
+
+
+TIDY_COLUMNS = ["dataset", "task", "model", "metric", "category", "point", "lo", "hi", "n", "prompt_set",
+                "paper_table", "paper_value", "paper_lo", "paper_hi", "delta", "outside_paper_ci", "run"]
+
+
+def tidy_cells(run_paths: list[str], *, paper_version: str | None = None, with_paper: bool = True,
+               allow_mismatch: bool = False):
+    """Every cell of the runs as one row (all metrics and categories), with the paper's value beside
+    it where the paper has one: a tidy frame (``TIDY_COLUMNS``) for pandas, R or a spreadsheet."""
+    import pandas as pd
+
+    found, meta = _collect(run_paths, allow_mismatch)
+    ns = {}
+    for path in run_paths:
+        for ds, per_model in (load_results(path).get("results") or {}).items():
+            for model, rows in per_model.items():
+                for r in rows:
+                    ns[(ds, model, r.get("task"), r["metric"], r.get("category", "all"))] = r.get("n")
+    ref = paper_reference(paper_version) if with_paper else {}
+    rows = []
+    for c in found:
+        p = ref.get((c.dataset, c.model, c.metric, c.category))
+        if p is None and c.prompt_set:
+            p = ref.get((f"{c.dataset}[prompt={c.prompt_set}]", c.model, c.metric, c.category))
+        rows.append({"dataset": c.dataset, "task": c.task, "model": c.model, "metric": c.metric,
+                     "category": c.category, "point": c.value, "lo": c.lo, "hi": c.hi,
+                     "n": ns.get((c.dataset, c.model, c.task, c.metric, c.category)), "prompt_set": c.prompt_set,
+                     "paper_table": None if p is None else p.source, "paper_value": None if p is None else p.value,
+                     "paper_lo": None if p is None else p.lo, "paper_hi": None if p is None else p.hi,
+                     "delta": None if p is None or c.value is None else c.value - p.value,
+                     "outside_paper_ci": None if p is None or p.lo is None else _outside(c, p), "run": c.source})
+    return pd.DataFrame(rows, columns=TIDY_COLUMNS)
+
+
+def render(tables: list[Table], fmt: str = "md") -> str:
+    """md, latex (pandas ``Styler.to_latex``, every cell escaped) or html; CSV is ``tidy_cells``."""
+    if fmt == "latex":
+        import pandas as pd
+
+        parts = []
         for t in tables:
-            w.writerow([t.title])
-            w.writerow(t.header)
-            w.writerows(t.rows)
-            for n in t.notes:
-                w.writerow([f"# {n}"])
-            w.writerow([])
-        return buf.getvalue()
+            frame = pd.DataFrame(t.rows, columns=t.header)
+            styler = (frame.style.hide(axis="index").format(_latex_symbols, escape="latex")
+                      .format_index(_latex_symbols, escape="latex", axis=1))
+            body = styler.to_latex(hrules=True, caption=_latex_escape(t.title))
+            notes = "\n".join(f"% {n}" for n in t.notes)
+            parts.append(f"{notes}\n{body}")
+        return "\n\n".join(parts) + "\n"
     from tabulate import tabulate
 
-    tablefmt = {"md": "github", "latex": "latex_booktabs", "html": "html"}[fmt]
+    if fmt not in ("md", "html"):
+        raise ValueError(f"format must be md, latex or html (csv: tidy_cells), not {fmt!r}")
+    tablefmt = {"md": "github", "html": "html"}[fmt]
     parts = []
     for t in tables:
         body = tabulate(t.rows, headers=t.header, tablefmt=tablefmt, disable_numparse=True)
         if fmt == "md":
             parts.append(f"### {t.title}\n\n{body}\n\n" + "\n".join(f"- {n}" for n in t.notes))
-        elif fmt == "latex":
-            notes = "\n".join(f"% {n}" for n in t.notes)
-            parts.append(f"% {t.title}\n{notes}\n{body}")
         else:
             import html
 
             notes = "".join(f"<li>{html.escape(n)}</li>" for n in t.notes)
             parts.append(f"<h3>{html.escape(t.title)}</h3>\n{body}\n<ul>{notes}</ul>")
     return "\n\n".join(parts) + "\n"
+
+
+LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+# characters pdflatex cannot typeset from UTF-8 text, written as math (after Styler's escaping)
+LATEX_SYMBOLS = {"Δ": r"$\Delta$", OUTSIDE_CI: r"$^\dagger$", "−": "-", "·": r"$\cdot$", "×": r"$\times$"}
+
+
+def _latex_symbols(value: Any) -> str:
+    text = str(value)
+    for ch, tex in LATEX_SYMBOLS.items():
+        text = text.replace(ch, tex)
+    return text
+
+
+def _latex_escape(text: str) -> str:
+    """A caption: Styler escapes cells and headers, not the caption."""
+    return _latex_symbols("".join(LATEX_SPECIAL.get(ch, ch) for ch in text))

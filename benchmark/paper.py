@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -251,11 +251,14 @@ def format_cell(value: float, lo: float | None, hi: float | None, decimals: int 
 
 
 def paper_table(table_id: str, *, version: str | None = None, field: str = "value",
-                labels: str = "paper", root: str | Path | None = None) -> pd.DataFrame:
+                labels: str = "paper", root: str | Path | None = None,
+                cell_fn: Callable[[dict[str, Any]], Any] | None = None) -> pd.DataFrame:
     """One table pivoted into the paper's shape.
 
     field: ``value``, ``ci_low``, ``ci_high`` (floats) or ``text`` (as printed, with its CI).
     labels: ``paper`` (the printed row/column labels) or ``canonical`` (the data's names).
+    cell_fn: instead of ``field``, what to show at each paper cell's place, from that cell's row
+    (dataset, model, metric, category, unit, ...): e.g. a run's value for the same cell.
     """
     if field not in ("value", "ci_low", "ci_high", "text"):
         raise ValueError(f"field must be value, ci_low, ci_high or text, not {field!r}")
@@ -270,7 +273,9 @@ def paper_table(table_id: str, *, version: str | None = None, field: str = "valu
     decimals = int(layout.get("decimals", 3))
 
     keys = {d: _dim_values(cells, d).tolist() for d in row_dims + col_dims}
-    if field == "text":
+    if cell_fn is not None:
+        vals = [cell_fn(r) for r in cells.to_dict("records")]
+    elif field == "text":
         vals = [format_cell(v, lo, hi, decimals)
                 for v, lo, hi in zip(cells["value"], cells["ci_low"], cells["ci_high"])]
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from benchmark.build import build_tables, render
+from benchmark.build import build_tables, paper_layout_tables, render
 from benchmark.figures import category_bars, metric_bars, overlays
 from benchmark.records import atomic_write_text
 from benchmark.regress import load_results
@@ -33,7 +33,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path, n_overlay: int = 4) -
         if p:
             parts.append(f"<img src='figures/{p.name}' alt='{m}'>")
     parts.append("<h2>Tables</h2>")
-    parts.append(render(build_tables([str(run_dir)]), "html"))
+    parts.append(render(paper_layout_tables([str(run_dir)]) + build_tables([str(run_dir)]), "html"))
     for ds in sorted(state.get("results", {})):
         parts.append(f"<h2>{html.escape(ds)}</h2>")
         for m in shown:
