@@ -1,52 +1,179 @@
-"""An HTML page for a run: the tables of ``build`` and the figures of ``figures``."""
+"""An HTML page for a run (jinja2 template ``templates/report.html.j2``): the tables of ``build``,
+the figures of ``figures`` in one colour per model, paired comparisons against a reference model,
+and a note for everything a figure cannot show (open CI bounds, undefined values, unsaved maps)."""
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
+from typing import Any
 
 from benchmark.build import build_tables, paper_layout_tables, render
-from benchmark.figures import category_bars, metric_bars, overlays
+from benchmark.figures import (
+    SANITY,
+    category_bars,
+    metric_bars,
+    overlays,
+    run_style,
+    threshold_curves,
+)
 from benchmark.records import atomic_write_text
 from benchmark.regress import load_results
 
 MAIN_METRICS = ("iou", "dice", "cnr", "hit", "auroc", "balanced_accuracy")
+COMPARE_COLUMNS = ("iou", "dice", "cnr", "hit")
+N_BOOT_COMPARE = 1000
 
 
-def write_report(run_dir: str | Path, out_dir: str | Path, n_overlay: int = 4) -> Path:
+def _template():
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(loader=PackageLoader("benchmark", "templates"), autoescape=select_autoescape(["html", "j2"]))
+    return env.get_template("report.html.j2")
+
+
+def default_reference(models: list[str]) -> str | None:
+    """AFLoc when the run has it, else the first model that is not a floor."""
+    if "afloc" in models:
+        return "afloc"
+    return next((m for m in models if m not in SANITY), None)
+
+
+def _flagged_cells(state: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Overall cells with a missing CI bound, and cells without a value."""
+    open_ci, undefined = [], []
+    for ds, per_model in state.get("results", {}).items():
+        for model, rows in per_model.items():
+            for r in rows:
+                if r.get("category") != "all" or "@" in r["metric"]:
+                    continue
+                name = f"{model} · {ds} · {r['metric']}"
+                if r.get("point") is None:
+                    undefined.append(name)
+                elif r.get("lo") is None or r.get("hi") is None:
+                    open_ci.append(name)
+    return open_ci, undefined
+
+
+def paired_comparison(run_dir: Path, dataset: str, reference: str, models: list[str]) -> str | None:
+    """HTML table: ``reference − model`` per headline metric, paired over the same samples."""
+    import pandas as pd
+
+    from benchmark.compare import compare_frames
+    from benchmark.records import record_stem
+
+    def frame(model: str) -> pd.DataFrame | None:
+        path = run_dir / "samples" / f"{record_stem(dataset, model)}.parquet"
+        if not path.is_file():
+            return None
+        df = pd.read_parquet(path)
+        per_t = [c for c in df.columns if str(c).startswith("iou@")]
+        if "iou" not in df and per_t:
+            df["iou@mean"] = df[per_t].mean(axis=1)
+        return df
+
+    ref = frame(reference)
+    if ref is None:
+        return None
+    rows = []
+    for model in models:
+        if model == reference:
+            continue
+        other = frame(model)
+        if other is None:
+            continue
+        for task in (ref["task"].unique() if "task" in ref else [None]):
+            fa = ref if task is None else ref[ref["task"] == task].reset_index(drop=True)
+            fb = other if task is None else other[other["task"] == task].reset_index(drop=True)
+            if fb.empty:
+                continue
+            wanted = [c for c in (*COMPARE_COLUMNS, "iou@mean") if c in fa and c in fb and fa[c].notna().any()]
+            if task == "classification" or ("score" in fa and "label" in fa and task is None):
+                wanted.append("auroc")
+            if not wanted:
+                continue
+            for r in compare_frames(fa, fb, metrics=wanted, n_boot=N_BOOT_COMPARE):
+                if r["category"] == "all":
+                    rows.append({"model": model, "metric": r["metric"], f"{reference}": r["a"], "model value": r["b"],
+                                 "difference": r["diff"], "95% CI": _ci_text(r["lo"], r["hi"]),
+                                 "p": r["p_value"], "n": r["n"]})
+    if not rows:
+        return None
+    table = pd.DataFrame(rows)
+    return table.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="n/a", border=0)
+
+
+def _ci_text(lo: Any, hi: Any) -> str:
+    import math
+
+    def f(v: Any) -> str:
+        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+.3f}"
+
+    return f"[{f(lo)}, {f(hi)}]"
+
+
+def write_report(run_dir: str | Path, out_dir: str | Path, n_overlay: int = 4, *,
+                 overlay_choice: str | list[str] = "first", reference: str | None = None) -> Path:
+    """Write ``out_dir/index.html`` and ``out_dir/figures/``. ``overlay_choice``: best, worst,
+    random, first or sample ids (``figures.choose_samples``); ``reference``: the model the others
+    are compared with (default AFLoc, else the first model that is not a floor)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     state = load_results(run_dir)
     figs = out_dir / "figures"
-    parts = [f"<h1>afloc-bench run {html.escape(run_dir.name)}</h1>",
-             f"<p>protocol <b>{html.escape(str(state.get('protocol', {}).get('id')))}</b>, harness "
-             f"{html.escape(str(state.get('harness_version')))} ({html.escape(str(state.get('git_commit'))[:10])}), "
-             f"{html.escape(str(state.get('date')))}, n_boot {state.get('config', {}).get('n_boot')}</p>"]
+    style = run_style(state)
+    models = style.models
+    if reference is not None and reference not in models:
+        raise ValueError(f"--reference {reference!r} is not a model of this run ({', '.join(models)})")
+    reference = reference or default_reference(models)
+    warnings = []
     if state.get("limit"):
-        parts.append(f"<p style='color:#b00'><b>Limited run (--limit {state['limit']}): not comparable with "
-                     "full runs.</b></p>")
-    metrics = sorted({r["metric"] for per in state.get("results", {}).values() for rows in per.values()
-                      for r in rows})
-    shown = [m for m in MAIN_METRICS if m in metrics] or metrics[:4]
-    parts.append("<h2>Overall results</h2>")
+        warnings.append(f"Limited run (--limit {state['limit']}): not comparable with full runs.")
+    precision = (state.get("config") or {}).get("precision")
+    if precision and precision != "fp32":
+        warnings.append(f"Encoders ran at {precision}: the parity figures hold for fp32 only.")
+    metrics = {r["metric"] for per in state.get("results", {}).values() for rows in per.values() for r in rows}
+    shown = [m for m in MAIN_METRICS if m in metrics] or sorted(metrics)[:4]
+    overall = []
     for m in shown:
-        p = metric_bars(state, m, figs / f"bars_{m}.png")
+        p = metric_bars(state, m, figs / f"bars_{m}.png", style=style)
         if p:
-            parts.append(f"<img src='figures/{p.name}' alt='{m}'>")
-    parts.append("<h2>Tables</h2>")
-    parts.append(render(paper_layout_tables([str(run_dir)]) + build_tables([str(run_dir)]), "html"))
+            overall.append({"file": p.name, "alt": f"{m} per dataset and model"})
+    open_ci, undefined = _flagged_cells(state)
+    notes = []
+    if open_ci:
+        notes.append(f"{len(open_ci)} overall cell(s) have a CI with a missing bound (marked open CI on the bars "
+                     f"and n/a in the tables): {', '.join(open_ci[:12])}" + (" ..." if len(open_ci) > 12 else ""))
+    if undefined:
+        notes.append(f"{len(undefined)} overall cell(s) have no value (n/a on the bars, empty in the tables): "
+                     f"{', '.join(undefined[:12])}" + (" ..." if len(undefined) > 12 else ""))
+    datasets = []
     for ds in sorted(state.get("results", {})):
-        parts.append(f"<h2>{html.escape(ds)}</h2>")
-        for m in shown:
-            p = category_bars(state, ds, m, figs / f"cat_{ds}_{m}.png")
-            if p:
-                parts.append(f"<img src='figures/{p.name}' alt='{ds} {m}'>")
-        p = overlays(run_dir, ds, figs / f"overlay_{ds}.png", n_samples=n_overlay)
+        entry: dict[str, Any] = {"name": ds, "figures": [], "notes": []}
+        p = threshold_curves(state, ds, figs / f"thresholds_{ds}.png", style=style)
         if p:
-            parts.append(f"<img src='figures/{p.name}' alt='{ds} overlays'>")
-    style = ("body{font-family:sans-serif;max-width:1400px;margin:auto}table{border-collapse:collapse;"
-             "font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%;margin:6px 0}")
-    page = f"<!doctype html><html><head><meta charset='utf-8'><title>afloc-bench report</title><style>{style}" \
-           f"</style></head><body>{''.join(parts)}</body></html>\n"
+            entry["figures"].append({"file": p.name, "alt": f"{ds} IoU against the threshold"})
+        for m in shown:
+            p = category_bars(state, ds, m, figs / f"cat_{ds}_{m}.png", style=style)
+            if p:
+                entry["figures"].append({"file": p.name, "alt": f"{ds} {m} per pathology"})
+        p = overlays(run_dir, ds, figs / f"overlay_{ds}.png", n_samples=n_overlay, choose=overlay_choice,
+                     reference=reference, style=style)
+        if p:
+            entry["figures"].append({"file": p.name, "alt": f"{ds} heatmap overlays"})
+        elif not (run_dir / "heatmaps").is_dir() or not any((run_dir / "heatmaps").glob(f"{ds}__*.npz")):
+            entry["notes"].append(f"No heatmap overlays: the run saved no maps for {ds} (run with --save-heatmaps N; "
+                                  "golden result folders keep no maps).")
+        if reference:
+            entry["comparison"] = paired_comparison(run_dir, ds, reference, [m for m in models if m in
+                                                                               state["results"][ds]])
+        datasets.append(entry)
+    tables = render(paper_layout_tables([str(run_dir)]) + build_tables([str(run_dir)]), "html")
+    page = _template().render(
+        run_name=run_dir.name, protocol=str((state.get("protocol") or {}).get("id")),
+        harness=str(state.get("harness_version")), commit=str(state.get("git_commit"))[:10],
+        date=str(state.get("date")), n_boot=(state.get("config") or {}).get("n_boot"),
+        precision=precision if precision and precision != "fp32" else None, warnings=warnings,
+        legend=[{"name": m, "color": style.color(m), "floor": m in SANITY} for m in models], notes=notes,
+        overall=overall, tables=tables, datasets=datasets, reference=reference, n_boot_compare=N_BOOT_COMPARE)
     out = out_dir / "index.html"
     atomic_write_text(out, page)
     return out

@@ -68,10 +68,10 @@ def _paper_like_run(tmp_path, iou=0.340, iou_lo=0.330, iou_hi=0.350):
         return {"task": "grounding", "metric": metric, "category": category, "point": point, "boot_mean": point,
                 "lo": lo, "hi": hi, "n": 40}
 
-    state = {"schema_version": 1, "config": {"prompt_set": "simple"}, "limit": None, "protocol": {"id": "afloc-compat@1"},
-             "harness_version": "0.1.0", "git_commit": "abc",
-             "datasets": {"rsna_pneumonia": {"card_version": 1, "split": "test", "n_samples": 40, "n_loader_skipped": 0,
-                                             "n_run_skipped": {}}},
+    state = {"schema_version": 1, "config": {"prompt_set": "simple"}, "limit": None,
+             "protocol": {"id": "afloc-compat@1"}, "harness_version": "0.1.0", "git_commit": "abc",
+             "datasets": {"rsna_pneumonia": {"card_version": 1, "split": "test", "n_samples": 40,
+                                             "n_loader_skipped": 0, "n_run_skipped": {}}},
              "results": {"rsna_pneumonia": {
                  "afloc": [row("iou", iou, iou_lo, iou_hi), row("dice", 0.5, 0.49, 0.51), row("cnr", 1.2, 1.1, 1.3),
                            row("iou@0.1", 0.3, 0.2, 0.4), row("iou", 0.2, 0.1, 0.3, "Pneumonia")],

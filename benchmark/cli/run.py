@@ -60,6 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e.add_argument("-o", "--output", default=None, help="run folder (default results/runs/<timestamp>)")
     e.add_argument("--skip-existing", action="store_true", default=None,
                    help="reuse (dataset, model) pairs already finished in the run folder with the same settings")
+    e.add_argument("--save-heatmaps", type=int, default=None, metavar="N",
+                   help="keep the native maps of the first N samples of each pair for report overlays (default 8)")
     e.add_argument("--no-cache", dest="cache", action="store_false", default=None,
                    help="do not read or write the heatmap/score cache")
     e.add_argument("--cache-dir", default=None, help="cache folder (default ~/.cache/afloc-bench/arrays)")
@@ -101,7 +103,7 @@ def config_from_args(args: argparse.Namespace):
                         batch_size=args.batch_size, num_workers=args.num_workers,
                         limit=args.limit, output=args.output, skip_existing=args.skip_existing, cache=args.cache,
                         cache_dir=args.cache_dir, prompt_set=args.prompt_set, split=args.split,
-                        quiet=True if args.quiet else None, shard=args.shard)
+                        quiet=True if args.quiet else None, shard=args.shard, save_heatmaps=args.save_heatmaps)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -75,6 +75,9 @@ class RunConfig:
             raise ValueError("--n-boot must be >= 0")
         if self.batch_size < 1:
             raise ValueError("--batch-size must be a positive number of images")
+        self.save_heatmaps = int(self.save_heatmaps)
+        if self.save_heatmaps < 0:
+            raise ValueError("--save-heatmaps must be >= 0 (samples per pair whose maps are kept)")
         if self.num_workers is not None and int(self.num_workers) < 0:
             raise ValueError("--num-workers must be >= 0")
         from benchmark.run.numerics import check_precision
