@@ -713,6 +713,10 @@ class Runner:
             raise RuntimeError(f"{plan.model}.salient_points_for_samples returned {len(points)} entries "
                                f"for {len(keep)} samples")
         for i, ((s, size), grid) in enumerate(zip(keep, maps)):
+            if grid is None:  # the adapter has no map for this sample (bring-your-own maps): counted, not scored
+                reason = getattr(adapter, "missing_reason", lambda: "the model gave no map for this sample")()
+                skipped.append({"sample_id": s.sample_id, "path": s.image_path, "reason": reason})
+                continue
             rec = self.protocol.grounding_record(np.asarray(grid, dtype=np.float32), s, size, adapter.input_geometry)
             if points is not None and points[i] is not None:
                 rec.update(self.protocol.points_record(points[i], s, size) or {})
