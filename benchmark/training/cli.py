@@ -28,6 +28,8 @@ def build_parser(task: str = "afloc") -> argparse.ArgumentParser:
                "  afloc-bench train afloc --dataset mimic_cxr --data-root /data/mimic-cxr-jpg "
                "--text-encoder /models/Bio_ClinicalBERT -o runs/afloc\n"
                "  afloc-bench train afloc --dataset demo_mimic\n"
+               "  afloc-bench prepare mimic_cxr --data-root /data/mimic-cxr-jpg --out /data/mimic-224 --num-proc 8\n"
+               "  afloc-bench train afloc --prepared /data/mimic-224 --text-encoder /models/Bio_ClinicalBERT\n"
                "  torchrun --nproc_per_node 2 $(which afloc-bench) train afloc --dataset demo_mimic -o runs/ddp",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default=None, help="registered training dataset (mimic_cxr, demo_mimic)")
@@ -49,6 +51,9 @@ def build_parser(task: str = "afloc") -> argparse.ArgumentParser:
     p.add_argument("--negatives", choices=("local", "global"), default=None, help="DDP negatives (default local)")
     p.add_argument("--image-cache", default=None,
                    help="folder caching letterboxed 224 images between epochs, or 'memory' (with --num-workers 0)")
+    p.add_argument("--prepared", default=None, metavar="DIR",
+                   help="read the training split's frames from a folder written by `afloc-bench prepare` (its "
+                        "dataset and split become the run's; validation still reads the image files)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any training option (YAML value), e.g. --set grad_clip=null --set model.loss.temp3=10")
@@ -58,9 +63,23 @@ def build_parser(task: str = "afloc") -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace, task: str = "afloc") -> TrainConfig:
 
-    spec = args.config or ("demo" if (args.dataset or "").startswith("demo") else "paper")
+    meta = None
+    if getattr(args, "prepared", None):
+        from benchmark.training.prepared import read_meta
+
+        meta = read_meta(args.prepared)
+        if args.dataset is not None and args.dataset != meta["dataset"]:
+            raise ValueError(f"--dataset {args.dataset}, but --prepared {args.prepared} holds {meta['dataset']}/"
+                             f"{meta['split']}; drop --dataset or prepare {args.dataset}")
+    dataset = meta["dataset"] if meta else args.dataset
+    spec = args.config or ("demo" if (dataset or "").startswith("demo") else "paper")
     cfg = load_train_config(spec, task)
     d = cfg.to_dict()
+    if meta:  # the prepared set names the data; validation reads the same dataset's files
+        d.update(dataset=meta["dataset"], train_split=meta["split"], prepared=os.path.abspath(args.prepared),
+                 dataset_options=dict(meta.get("dataset_options") or {}))
+        if meta.get("data_root") and args.data_root is None:
+            d["data_root"] = meta["data_root"]
     for flag, key in (("dataset", "dataset"), ("data_root", "data_root"), ("text_encoder", "text_encoder"),
                       ("vocab", "vocab"), ("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"),
                       ("max_steps", "max_steps"), ("max_minutes", "max_minutes"), ("device", "device"),
@@ -88,7 +107,7 @@ def cli_main(argv: Sequence[str], task: str = "afloc") -> int:
     prog = f"afloc-bench train {task}"
     try:
         cfg = config_from_args(args, task)
-    except (ValueError, FileNotFoundError) as exc:
+    except (DataError, ValueError, FileNotFoundError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.output or Path("results/runs") / time.strftime(f"train-{task}-%Y%m%d-%H%M%S"))

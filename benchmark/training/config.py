@@ -48,6 +48,10 @@ class TrainConfig:
     # "degrees": 5}); off in the paper recipe (the official training has no augmentation)
     augment: dict[str, Any] = field(default_factory=dict)
     image_cache: str | None = None  # a folder of letterboxed frames, or "memory" (with num_workers 0)
+    # a folder written by `afloc-bench prepare` (benchmark.training.prepared): the training split's
+    # frames read from its memory-mapped table instead of decoded from the image files (same bytes);
+    # its dataset and split must be this run's ``dataset`` and ``train_split``
+    prepared: str | None = None
     # best/ = the epoch with the lowest validation loss (paper recipe); False: best/ = the last
     # epoch (the demo: its single validation batch of 32 pairs rises while localization improves)
     select_best: bool = True

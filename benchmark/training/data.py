@@ -10,7 +10,9 @@ Per pair (official ``MultimodalPretrainingDataset``):
   * caption: a random shuffled subset of the sentences (``benchmark.training.captions.sample_caption``),
     tokenized to ``max_length`` with padding and truncation;
   * image: grayscale, letterboxed to 224 (INTER_AREA, zero padding; the official training reads
-    images pre-resized this way), ``Normalize(0.5, 0.5)``.
+    images pre-resized this way), ``Normalize(0.5, 0.5)``. With a prepared set
+    (``benchmark.training.prepared``, ``afloc-bench prepare``) the frames come from its memory-mapped
+    table instead of the image files: the same bytes, no decode.
 
 Randomness: the caption of pair ``i`` in epoch ``e`` comes from a generator seeded with
 ``(seed, e, i)``. This is the official distribution (numpy ``randint``/``choice``), not its
@@ -44,6 +46,7 @@ from benchmark.geometry.frames import letterbox_array
 from benchmark.io.images import read_image
 from benchmark.training.captions import report_sentences, sample_caption
 
+FRAME_SIZE = 224  # the letterboxed training frame (the official training's pre-resized images)
 
 @dataclass
 class Pair:
@@ -52,33 +55,69 @@ class Pair:
     labels: dict | None = None  # per-study labels when the loader has them (MIMIC-CXR's CheXpert table)
 
 
-def pairs_from_dataset(name: str, split: str, data_root: str | None = None, **options) -> tuple[list[Pair], dict]:
-    """(image, report) pairs of a registered dataset split, plus what the loader skipped."""
+def pairs_from_dataset(name: str, split: str, data_root: str | None = None, details: bool = False,
+                       **options) -> tuple[list[Pair], dict]:
+    """(image, report) pairs of a registered dataset split, plus what the loader skipped (counts; with
+    ``details`` also the lists: ``loader_skipped`` entries and the ``without_report`` image paths)."""
 
     ds = build_dataset(name, data_root, split=split, **options)
     samples = ds.samples()
-    pairs, missing = [], 0
+    pairs, missing = [], []
     for s in samples:
         rep = (s.prompts or {}).get("report")
         if rep is None:
-            missing += 1
+            missing.append(str(s.image_path))
             continue
         pairs.append(Pair(s.image_path, rep, (s.meta or {}).get("chexpert")))
     info = {"dataset": name, "split": split, "root": str(ds.root), "n_samples": len(samples),
-            "n_loader_skipped": len(ds.skipped), "n_without_report": missing}
+            "n_loader_skipped": len(ds.skipped), "n_without_report": len(missing)}
+    if details:
+        info.update(loader_skipped=list(ds.skipped), without_report=missing)
     return pairs, info
 
 
+def dataset_pairs(name: str, split: str, data_root: str | None = None, details: bool = False,
+                  **options) -> tuple[list[Pair], dict]:
+    """``pairs_from_dataset`` for training: a demo dataset's collection is generated on first use, and
+    a data root given to a demo dataset (which reads the generated collection) is an error."""
+    if name.startswith("demo"):
+        from benchmark.dataset import demo_root, is_demo
+        from benchmark.demo import ensure, ensure_demo_data
+
+        if data_root and is_demo(name):
+            raise ValueError(f"{name} reads the generated demo collection ({demo_root()}, set by "
+                             f"AFLOC_BENCH_DEMO), not data_root {data_root!r}; for a real dataset in "
+                             f"its official layout use e.g. --dataset mimic_cxr --data-root PATH")
+        if is_demo(name):
+            ensure_demo_data([name])
+        else:
+            ensure(demo_root())
+    return pairs_from_dataset(name, split, data_root, details=details, **options)
+
+
 class PretrainingData:
-    """Deterministic access to images and sampled captions of a list of pairs."""
+    """Deterministic access to images and sampled captions of a list of pairs.
+
+    ``frames``: the frame source of a prepared set (``benchmark.training.prepared.PreparedFrames``),
+    indexed by pair position; item ``i`` reads row ``rows[i]`` (pairs without a usable sentence are
+    dropped here, so item and row numbers differ)."""
 
     def __init__(self, pairs: Iterable[Pair | tuple[str, str]], tokenizer, *, seed: int = 0,
-                 captions_per_image: int = 5, compat: bool = True, image_size: int = 224,
+                 captions_per_image: int = 5, compat: bool = True, image_size: int = FRAME_SIZE,
                  image_cache: str | os.PathLike | None = None, image_fn=None, frame_input=None, label_fn=None,
-                 augment: dict | None = None):
+                 augment: dict | None = None, frames=None):
         if (image_fn is None) == (frame_input is None):
             raise ValueError("give either image_fn (path -> model input) or frame_input (letterboxed uint8 "
                              "frame -> model input)")
+        if frames is not None:
+            if image_fn is not None:
+                raise ValueError("a prepared set holds letterboxed frames; this training task reads image files "
+                                 "with its own transform (image_fn): train it without a prepared set")
+            if image_cache is not None:
+                raise ValueError("a prepared set is read without an image cache (its frames are decoded already)")
+            if frames.size != image_size:
+                raise ValueError(f"{frames.folder}: frames of {frames.size}x{frames.size}, but training reads "
+                                 f"{image_size}x{image_size} frames")
         self.tokenizer = tokenizer
         self.augment = dict(augment or {})
         unknown = sorted(set(self.augment) - set(AUGMENT_KEYS))
@@ -97,17 +136,24 @@ class PretrainingData:
         self._memo: dict[int, Any] = {}
         self.image_fn, self.label_fn = image_fn, label_fn  # a training task's own input / labels
         self.frame_input = frame_input
+        self.frames = frames
         self.items: list[tuple[str, list[str]]] = []
         self.labels: list[dict | None] = []
+        self.rows: list[int] = []  # item -> position in ``pairs`` (the prepared table's row)
         self.skipped: list[dict[str, str]] = []
-        for p in pairs:
+        n_pairs = 0
+        for pos, p in enumerate(pairs):
+            n_pairs = pos + 1
             path, report = (p.image_path, p.report) if isinstance(p, Pair) else (str(p[0]), p[1])
             sents = report_sentences(report, captions_per_image, compat)
             if sents:
                 self.items.append((str(path), sents))
                 self.labels.append(p.labels if isinstance(p, Pair) else None)
+                self.rows.append(pos)
             else:
                 self.skipped.append({"path": str(path), "reason": "report has no usable sentence"})
+        if frames is not None and len(frames) != n_pairs:
+            raise ValueError(f"{frames.folder}: {len(frames)} prepared rows for {n_pairs} pairs")
 
     def __len__(self) -> int:
         return len(self.items)
@@ -125,6 +171,8 @@ class PretrainingData:
     # -- images --------------------------------------------------------------
     def image(self, i: int) -> torch.Tensor:
         if self.image_fn is None:  # letterboxed input: the uint8 frame is what is kept (50 kB, not 600 kB)
+            if self.frames is not None:  # a prepared set: a copy out of the memory-mapped table
+                return self.frame_input(self.frames[self.rows[i]])
             frame = self._memo.get(i)
             if frame is None:
                 frame = self._frame(self.items[i][0])
@@ -139,6 +187,7 @@ class PretrainingData:
         return x
 
     def _frame(self, path: str) -> np.ndarray:
+        """Read and letterbox one image (``benchmark.training.prepared.read_frame`` makes the same calls)."""
 
         cached = None
         if self.image_cache is not None:

@@ -48,7 +48,7 @@ from benchmark.io.checkpoints import CheckpointError
 from benchmark.progress import Progress
 from benchmark.training.captions import report_sentences
 from benchmark.training.config import TrainConfig
-from benchmark.training.data import GroupLoader, Pair, PretrainingData, epoch_batches, pairs_from_dataset
+from benchmark.training.data import FRAME_SIZE, GroupLoader, Pair, PretrainingData, dataset_pairs, epoch_batches
 from benchmark.training.distributed import Distributed
 from benchmark.training.task import get_task
 from benchmark.training.text_pretrain import TextPretrainConfig, pretrain_text_encoder
@@ -93,6 +93,12 @@ class Trainer:
             raise ValueError(f"negatives must be 'local' or 'global', not {cfg.negatives!r}")
         if cfg.negatives == "global" and not self.task.global_negatives:
             raise ValueError(f"the {cfg.task} objective has no cross-rank negatives; use negatives: local")
+        if cfg.prepared and self.task.image_fn is not None:
+            raise ValueError(f"the {cfg.task} objective reads image files with its own transform, not the "
+                             f"letterboxed frames of a prepared set; train it without --prepared")
+        if cfg.prepared and train_pairs is not None:
+            raise ValueError("give training pairs or a prepared set (prepared), not both")
+        self.prepared = None
 
     # -- setup ------------------------------------------------------------------------------
     def _build_model(self):
@@ -104,21 +110,10 @@ class Trainer:
         given = self._train_pairs if split == self.cfg.train_split else self._val_pairs
         if given is not None:
             return list(given), {"source": "pairs", "n_samples": len(given)}
-
-        if self.cfg.dataset.startswith("demo"):
-            from benchmark.dataset import demo_root, is_demo
-            from benchmark.demo import ensure, ensure_demo_data
-
-            if self.cfg.data_root and is_demo(self.cfg.dataset):
-                raise ValueError(f"{self.cfg.dataset} reads the generated demo collection ({demo_root()}, set by "
-                                 f"AFLOC_BENCH_DEMO), not data_root {self.cfg.data_root!r}; for a real dataset in "
-                                 f"its official layout use e.g. --dataset mimic_cxr --data-root PATH")
-            if is_demo(self.cfg.dataset):
-                ensure_demo_data([self.cfg.dataset])
-            else:
-                ensure(demo_root())
+        if self.prepared is not None and split == self.cfg.train_split:
+            return self.prepared.pairs(), self.prepared.info()
         try:
-            return pairs_from_dataset(self.cfg.dataset, split, self.cfg.data_root, **self.cfg.dataset_options)
+            return dataset_pairs(self.cfg.dataset, split, self.cfg.data_root, **self.cfg.dataset_options)
         except Exception as exc:
             from benchmark.dataset import DataError
 
@@ -127,11 +122,29 @@ class Trainer:
                 return [], {"error": str(exc)}
             raise
 
+    def _open_prepared(self):
+        """The prepared folder of ``cfg.prepared``, checked against this run's dataset, split and frame size."""
+        from benchmark.dataset import DataError
+        from benchmark.training.prepared import load_prepared
+
+        cfg = self.cfg
+        prep = load_prepared(cfg.prepared, image_size=FRAME_SIZE)
+        m = prep.meta
+        want = (cfg.dataset, cfg.train_split, dict(cfg.dataset_options or {}))
+        have = (m["dataset"], m["split"], dict(m.get("dataset_options") or {}))
+        if want != have:
+            raise DataError(prep.folder, f"a prepared {have[0]}/{have[1]} set (options {have[2]}), but this run "
+                                         f"trains on {want[0]}/{want[1]} (options {want[2]}); drop --dataset or "
+                                         f"prepare the set it names")
+        return prep
+
     def setup(self) -> None:
 
         cfg = self.cfg
         if self.resume:
             self._check_resumable(self.out / "last")
+        if cfg.prepared:  # before anything is built: a wrong folder is a one-line error
+            self.prepared = self._open_prepared()
         self.dist = Distributed(cfg.device)
         self.device = self.dist.device
         n_groups = self.dist.world * cfg.forward_chunks
@@ -151,7 +164,11 @@ class Trainer:
         kw = dict(seed=cfg.seed, captions_per_image=cfg.captions_per_image, compat=cfg.compat,
                   image_cache=cfg.image_cache, image_fn=self.task.image_fn, frame_input=self.task.frame_input,
                   label_fn=self.task.label_fn)
-        self.train_data = PretrainingData(tr_pairs, self.tokenizer, augment=cfg.augment, **kw)
+        if self.prepared is not None:  # training frames from the table; validation still reads its files
+            kw_train = {**kw, "image_cache": None, "frames": self.prepared.frames}
+        else:
+            kw_train = kw
+        self.train_data = PretrainingData(tr_pairs, self.tokenizer, augment=cfg.augment, **kw_train)
         self.val_data = PretrainingData(va_pairs, self.tokenizer, **kw)
         if len(self.train_data) < cfg.batch_size:
             raise ValueError(f"{len(self.train_data)} usable training pairs; fewer than one batch of {cfg.batch_size}")
