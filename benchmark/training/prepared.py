@@ -52,8 +52,8 @@ COLUMNS = ("image", "path", "report", "labels", "source_index")
 
 def read_frame(path: str | os.PathLike, size: int) -> np.ndarray:
     """The training frame of an image file: ``cv2.imread(p, 0)`` letterboxed to ``size`` (INTER_AREA, zero
-    padding), the official pretraining input. The trainer and ``prepare`` both call this, so a prepared
-    frame is the same bytes as a decoded one."""
+    padding), the official pretraining input. ``PretrainingData._frame`` makes the same two calls (without
+    importing this module into its workers); a test holds the two to the same bytes."""
     return letterbox_array(read_image(path, "cv2-gray"), size)
 
 
