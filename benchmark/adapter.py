@@ -278,7 +278,8 @@ _SHARED_INPUT_CODE = ("io/images.py",)
 def code_version(cls: type) -> str:
     """Identity of an adapter's code, part of every cache key and pair fingerprint: the harness
     version and the class's explicit ``code_version`` when it sets one, else a hash of the source
-    files of its package folder (``baselines/gloria/*.py``) and of the shared image reader."""
+    files of its package folder (``baselines/gloria/*.py``), of the baselines' shared helpers
+    (``baselines/common/*.py``) for a baseline, and of the shared image reader."""
     from benchmark import __version__
 
     explicit = getattr(cls, "code_version", None)
@@ -290,7 +291,10 @@ def code_version(cls: type) -> str:
 
     h = hashlib.sha256()
     try:
-        files = sorted(Path(inspect.getfile(cls)).parent.glob("*.py"))
+        folder = Path(inspect.getfile(cls)).parent
+        files = sorted(folder.glob("*.py"))
+        if folder.parent.name == "baselines" and (folder.parent / "common").is_dir():
+            files += sorted((folder.parent / "common").glob("*.py"))  # helpers shared by the baselines
     except (TypeError, OSError):  # a class without a source file (built at run time)
         files = []
     files += [Path(__file__).parent / rel for rel in _SHARED_INPUT_CODE]

@@ -257,3 +257,29 @@ def test_entry_writes_are_atomic_with_the_umask_mode(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert [p.name for p in path.parent.iterdir()] == [path.name]
     np.testing.assert_array_equal(ArrayCache(tmp_path).get(k)["grid"], np.arange(4.0))
+
+
+def test_code_version_of_a_baseline_covers_the_shared_helpers(tmp_path, monkeypatch):
+    """A change in baselines/common/ retires the cached outputs of every baseline that may use it."""
+    import importlib.util
+    import sys
+
+    from benchmark.adapter import code_version
+
+    pkg = tmp_path / "baselines"
+    (pkg / "mymodel").mkdir(parents=True)
+    (pkg / "common").mkdir()
+    (pkg / "mymodel" / "adapter.py").write_text("class MyAdapter:\n    pass\n")
+    (pkg / "common" / "helpers.py").write_text("SCALE = 1.0\n")
+
+    def version() -> str:
+        spec = importlib.util.spec_from_file_location("tmp_baseline_adapter", pkg / "mymodel" / "adapter.py")
+        mod = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, "tmp_baseline_adapter", mod)  # inspect finds a class's file there
+        spec.loader.exec_module(mod)
+        return code_version(mod.MyAdapter)
+
+    before = version()
+    assert version() == before
+    (pkg / "common" / "helpers.py").write_text("SCALE = 2.0\n")
+    assert version() != before

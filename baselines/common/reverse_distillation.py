@@ -1,0 +1,418 @@
+"""The reverse-distillation family (RD4AD, RD++, ReContrast): what RD++ and ReContrast share.
+
+A WideResNet-50-2 encoder (layers 1-3) gives three feature maps; a one-class bottleneck (OCBE, with
+multi-scale feature fusion) folds them into one small map; a decoder that mirrors the encoder (a
+ResNet run backwards: transposed 2×2 convolutions where the encoder strides) rebuilds the three
+maps. Trained on normal images only, the decoder fails where the image is abnormal. The anomaly map
+is, per encoder/decoder pair, ``1 - cos(encoder feature, decoder feature)`` over channels, bilinearly
+upsampled (``align_corners=True``) to the input size and summed over the pairs (three scales; six for
+ReContrast's two crossed branches), then smoothed with a Gaussian (scipy, σ 4); the image score is the
+maximum of the smoothed map.
+
+Module and parameter names follow the official code (``BN_layer`` of ``model(s)/resnet.py`` and the
+``de_resnet.py`` decoder), so the official state dicts load key for key; the encoder is torchvision's
+WideResNet-50-2, the network the official code copies. Written from the papers and the official
+repositories' behaviour (``guojiajeremy/ReContrast`` @381ef13, ``tientrandinh/Revisiting-Reverse-
+Distillation`` @7f2ceb7); equality is measured in docs/parity.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
+from torchvision.models.resnet import Bottleneck, ResNet, conv1x1, conv3x3
+
+from baselines.common.adapter import BaselineAdapter
+from baselines.common.image_prep import IMAGENET_MEAN, IMAGENET_STD
+from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Query
+from benchmark.io.checkpoints import (
+    KeyReport,
+    load_checked,
+    need_file,
+    read_state_dict,
+    read_tensors,
+    state_dict_from,
+    strip_prefix,
+)
+
+log = logging.getLogger(__name__)
+
+EXPANSION = 4  # Bottleneck.expansion
+WIDE = 128  # WideResNet-50-2: width_per_group 64 * 2
+SCALE_CHANNELS = (256, 512, 1024)  # layer1, layer2, layer3 outputs of the encoder (and the decoder's outputs)
+OFFICIAL_SIGMA = 4.0  # scipy.ndimage.gaussian_filter(anomaly_map, sigma=4) in both official evaluations
+OFFICIAL_SIZE = 256  # both official medical / MVTec settings: 256×256 input, the map at 256×256
+IMAGENET_FILE = "wide_resnet50_2-95faca4d.pth"
+IMAGENET_URL = f"https://download.pytorch.org/models/{IMAGENET_FILE} (torchvision's IMAGENET1K_V1 weights)"
+PROMPTS_IGNORED = "ignored (anomaly detector: one map and one score per image, the same for every prompt)"
+
+
+# -- networks ------------------------------------------------------------------------------------------
+class WideResNetTrunk(ResNet):
+    """torchvision's WideResNet-50-2 up to ``layer3``: returns the outputs of layer1, layer2, layer3.
+
+    The architecture and key names of ``torchvision.models.wide_resnet50_2``; ``layer4`` and ``fc`` are
+    not built, as ReContrast removes them (``encoder.layer4 = None``), so the state dict has no such keys.
+    RD++'s encoder keeps them but never uses their output, and never saves the encoder."""
+
+    def __init__(self) -> None:
+        super().__init__(Bottleneck, [3, 4, 6, 3], width_per_group=WIDE)
+        self.layer4 = None
+        self.fc = None
+
+    def _make_layer(self, block: type[Bottleneck], planes: int, blocks: int, stride: int = 1,  # type: ignore[override]
+                    dilate: bool = False) -> nn.Sequential:
+        if planes == 512:  # layer4: not part of the trunk, so not built (and not initialised) at all
+            return nn.Sequential()
+        return super()._make_layer(block, planes, blocks, stride, dilate)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # type: ignore[override]
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        a = self.layer1(x)
+        b = self.layer2(a)
+        c = self.layer3(b)
+        return [a, b, c]
+
+
+def _init_like_official(module: nn.Module) -> None:
+    """Kaiming-normal (fan_out, relu) for ``Conv2d``, ones/zeros for BatchNorm; transposed convolutions
+    and biases keep PyTorch's defaults (the official bottleneck and decoder initialise so)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
+
+
+class OneClassBottleneck(nn.Module):
+    """OCBE with multi-scale feature fusion (the official ``BN_layer(Bottleneck, 3)`` of WideResNet-50-2).
+
+    The layer1 map goes through two stride-2 3×3 convolutions, the layer2 map through one; both meet
+    the layer3 map, the three are concatenated (3 × 1024 channels) and a stride-2 residual stage of
+    three wide bottleneck blocks gives a 2048-channel map at 1/32 of the input. ``conv4``/``bn4`` exist
+    in the official module (and its state dict) but are never used."""
+
+    def __init__(self, blocks: int = 3) -> None:
+        super().__init__()
+        c1, c2, c3 = SCALE_CHANNELS
+        inplanes = 3 * c3
+        down = nn.Sequential(conv1x1(inplanes, 512 * EXPANSION, 2), nn.BatchNorm2d(512 * EXPANSION))
+        layers = [Bottleneck(inplanes, 512, 2, down, base_width=WIDE)]
+        layers += [Bottleneck(512 * EXPANSION, 512, base_width=WIDE) for _ in range(1, blocks)]
+        self.bn_layer = nn.Sequential(*layers)
+        self.conv1 = conv3x3(c1, c2, 2)
+        self.bn1 = nn.BatchNorm2d(c2)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(c2, c3, 2)
+        self.bn2 = nn.BatchNorm2d(c3)
+        self.conv3 = conv3x3(c2, c3, 2)
+        self.bn3 = nn.BatchNorm2d(c3)
+        self.conv4 = conv1x1(1024 * EXPANSION, 512 * EXPANSION, 1)
+        self.bn4 = nn.BatchNorm2d(512 * EXPANSION)
+        _init_like_official(self)
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        a = self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(feats[0]))))))
+        b = self.relu(self.bn3(self.conv3(feats[1])))
+        return self.bn_layer(torch.cat([a, b, feats[2]], 1)).contiguous()
+
+
+class DecoderBottleneck(nn.Module):
+    """A bottleneck block run backwards: where the encoder's block strides, a 2×2 transposed convolution
+    (stride 2) doubles the resolution; the shortcut ``upsample`` does the same with a 2×2 transposed
+    convolution and BatchNorm."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, upsample: nn.Module | None = None,
+                 base_width: int = WIDE) -> None:
+        super().__init__()
+        width = int(planes * (base_width / 64.0))
+        self.conv1 = conv1x1(inplanes, width)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = (nn.ConvTranspose2d(width, width, kernel_size=2, stride=2, bias=False) if stride == 2
+                      else conv3x3(width, width))
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = conv1x1(width, planes * EXPANSION)
+        self.bn3 = nn.BatchNorm2d(planes * EXPANSION)
+        self.relu = nn.ReLU(inplace=True)
+        self.upsample = upsample
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        identity = self.upsample(x) if self.upsample is not None else x
+        return self.relu(out + identity)
+
+
+class ReverseDecoder(nn.Module):
+    """The student decoder (the official ``de_wide_resnet50_2``): three stages of 3, 4 and 6 decoder
+    blocks (widths as WideResNet-50-2's layer3, layer2, layer1), each doubling the resolution.
+
+    Returns the maps that pair with the encoder's ``[layer1, layer2, layer3]``, in that order.
+    With ``output_heads=k`` (ReContrast: 2) each output goes through k sets of 1×1 convolutions
+    (``out1``/``out2``/``out3``) and the result lists set 0's three maps, then set 1's, ..."""
+
+    def __init__(self, output_heads: int = 0) -> None:
+        super().__init__()
+        self.inplanes = 512 * EXPANSION
+        self.layer1 = self._make_layer(256, 3)
+        self.layer2 = self._make_layer(128, 4)
+        self.layer3 = self._make_layer(64, 6)
+        self.output_heads = int(output_heads)
+        if self.output_heads > 0:
+            self.out1, self.out2, self.out3 = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+            for _ in range(self.output_heads):
+                self.out1.append(nn.Conv2d(SCALE_CHANNELS[0], SCALE_CHANNELS[0], 1))
+                self.out2.append(nn.Conv2d(SCALE_CHANNELS[1], SCALE_CHANNELS[1], 1))
+                self.out3.append(nn.Conv2d(SCALE_CHANNELS[2], SCALE_CHANNELS[2], 1))
+        _init_like_official(self)
+
+    def _make_layer(self, planes: int, blocks: int) -> nn.Sequential:
+        up = nn.Sequential(nn.ConvTranspose2d(self.inplanes, planes * EXPANSION, kernel_size=2, stride=2, bias=False),
+                           nn.BatchNorm2d(planes * EXPANSION))
+        layers = [DecoderBottleneck(self.inplanes, planes, 2, up)]
+        self.inplanes = planes * EXPANSION
+        layers += [DecoderBottleneck(self.inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        c = self.layer1(x)  # pairs with the encoder's layer3 (1024 channels)
+        b = self.layer2(c)
+        a = self.layer3(b)  # pairs with layer1 (256 channels)
+        if self.output_heads == 0:
+            return [a, b, c]
+        out = []
+        for i in range(self.output_heads):
+            out += [self.out1[i](a), self.out2[i](b), self.out3[i](c)]
+        return out
+
+
+# -- anomaly maps and scores -----------------------------------------------------------------------------
+def scale_distances(encoder_feats: Sequence[torch.Tensor], decoder_feats: Sequence[torch.Tensor],
+                    size: int | tuple[int, int]) -> list[torch.Tensor]:
+    """Per pair of maps: ``1 - cos`` over channels (``F.cosine_similarity``, eps 1e-8), upsampled bilinearly
+    with ``align_corners=True`` to ``size``; float32 ``[B, H, W]`` each, in the order of the pairs."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    out = []
+    for e, d in zip(encoder_feats, decoder_feats, strict=True):
+        dist = 1 - F.cosine_similarity(e, d)
+        out.append(F.interpolate(dist.unsqueeze(1), size=size, mode="bilinear", align_corners=True)[:, 0])
+    return out
+
+
+def raw_anomaly_map(encoder_feats: Sequence[torch.Tensor], decoder_feats: Sequence[torch.Tensor],
+                    size: int | tuple[int, int]) -> np.ndarray:
+    """The official ``cal_anomaly_map(..., amap_mode='a')``, batched: the float32 per-pair maps added in
+    order into float64 zeros. ``[B, H, W]`` float64, before smoothing."""
+    maps = scale_distances(encoder_feats, decoder_feats, size)
+    total = np.zeros(tuple(maps[0].shape), dtype=np.float64)
+    for m in maps:
+        total += m.detach().float().cpu().numpy()
+    return total
+
+
+def smooth_maps(maps: np.ndarray, sigma: float = OFFICIAL_SIGMA) -> np.ndarray:
+    """``scipy.ndimage.gaussian_filter(map, sigma)`` on each ``[H, W]`` map (mode ``reflect``, truncate 4),
+    in float64; ``sigma <= 0`` leaves the maps as they are."""
+    maps = np.asarray(maps, dtype=np.float64)
+    if sigma <= 0:
+        return maps.copy()
+    return np.stack([gaussian_filter(m, sigma=sigma) for m in maps])
+
+
+REDUCTIONS = ("max", "mean")
+
+
+def image_scores(maps: np.ndarray, reduction: str = "max") -> np.ndarray:
+    """The image anomaly score of each map: its maximum (``evaluation_noseg(reduction='max')``, the
+    official default; RD++'s only score) or its mean (ReContrast's ISIC script). float64 ``[B]``."""
+    maps = np.asarray(maps, dtype=np.float64).reshape(len(maps), -1)
+    if reduction == "max":
+        return maps.max(axis=1)
+    if reduction == "mean":
+        return maps.mean(axis=1)
+    raise ValueError(f"reduction {reduction!r}: expected one of {', '.join(REDUCTIONS)}")
+
+
+# -- preprocessing ------------------------------------------------------------------------------------------
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """uint8 ``(H, W, 3)`` from a gray or RGB(A) array (gray replicated, as PIL's ``convert('RGB')``)."""
+    img = np.asarray(image)
+    if img.ndim == 2:
+        return np.repeat(img[:, :, None], 3, axis=2)
+    if img.ndim == 3 and img.shape[2] in (3, 4):
+        return np.ascontiguousarray(img[:, :, :3])
+    raise ValueError(f"expected a gray (H, W) or colour (H, W, 3) image, got shape {img.shape}")
+
+
+def pil_resize_normalise(image: np.ndarray, size: int) -> torch.Tensor:
+    """ReContrast's ``get_data_transforms(size, size)`` on a PIL RGB image: ``Resize((size, size))`` (PIL
+    bilinear), ``ToTensor``, ``CenterCrop(size)`` (no-op), ImageNet ``Normalize``; float32 ``[3, size, size]``."""
+    from PIL import Image
+
+    rgb = as_rgb(image)
+    resized = np.asarray(Image.fromarray(rgb, "RGB").resize((size, size), Image.BILINEAR))
+    x = torch.from_numpy(resized.copy()).permute(2, 0, 1).contiguous().float().div(255)
+    mean = torch.as_tensor(IMAGENET_MEAN, dtype=torch.float32).view(-1, 1, 1)
+    std = torch.as_tensor(IMAGENET_STD, dtype=torch.float32).view(-1, 1, 1)
+    return x.sub(mean).div(std)
+
+
+def cv2_float_resize_normalise(image: np.ndarray, size: int) -> torch.Tensor:
+    """RD++'s test transform on ``cv2.cvtColor(cv2.imread(path), BGR2RGB)``: ``/255.`` in float64,
+    ``cv2.resize(img, (size, size))`` (bilinear, on the float image), ImageNet mean/std in float64, then
+    channels first and ``.float()``; float32 ``[3, size, size]``."""
+    import cv2
+
+    img = as_rgb(image) / 255.0
+    img = cv2.resize(img, (size, size))
+    img = (img - np.asarray(IMAGENET_MEAN)) / np.asarray(IMAGENET_STD)
+    return torch.from_numpy(img.transpose(2, 0, 1).copy()).float()
+
+
+# -- weights ------------------------------------------------------------------------------------------------
+def load_imagenet_trunk(trunk: WideResNetTrunk, path: str | os.PathLike, option: str) -> KeyReport:
+    """torchvision's WideResNet-50-2 ImageNet state dict (``wide_resnet50_2-95faca4d.pth``, the file the
+    official code downloads) into ``trunk``; ``layer4.*`` and ``fc.*`` are ignored on purpose."""
+    p = need_file(path, "the ImageNet WideResNet-50-2 weights (torchvision state dict)", IMAGENET_URL, option=option)
+    sd = read_state_dict(p)
+    return load_checked(trunk, sd, source=p, expected="torchvision wide_resnet50_2 ImageNet weights",
+                        ignore=[r"layer4\..*", r"fc\..*"])
+
+
+def read_weights(path: str | os.PathLike, parts: dict[str, str], expected: str) -> dict[str, torch.Tensor]:
+    """A state dict from ``path`` (``.safetensors`` or a torch file read with ``weights_only=True``), flat
+    with the module's prefixes. Two layouts: a flat state dict (possibly under ``model``/``state_dict``,
+    ``module.`` prefixes of a multi-GPU run removed), or a dict of per-part state dicts as RD++'s
+    ``main.py`` saves (``{'proj': ..., 'bn': ..., 'decoder': ...}``), each entry named in ``parts``
+    (entry → prefix); other top-level entries of such a dict (an epoch, an optimiser) are not weights
+    and are left out, with a log line."""
+    raw = read_tensors(path, expected=expected)
+    if isinstance(raw, Mapping) and any(k in parts for k in raw):
+        out: dict[str, torch.Tensor] = {}
+        for key, value in raw.items():
+            if key not in parts:
+                log.info("%s: entry %r is not a part of the model; left out", path, key)
+                continue
+            sd = state_dict_from(value, path, containers=(), expected=f"{expected}: a state dict under {key!r}")
+            out.update({f"{parts[key]}.{k}": v for k, v in strip_prefix(sd, "module.").items()})
+        return out
+    sd = state_dict_from(raw, path, containers=("model", "state_dict"), expected=expected)
+    return strip_prefix(sd, "module.")
+
+
+def build_network(factory: Any, random_init: bool) -> nn.Module:
+    """``factory()`` with its (seeded) random initialisation, or, when every tensor is about to be loaded
+    from files, built on the meta device and given uninitialised CPU storage (no time spent drawing
+    145 M random numbers). The loaders below account for every key, so nothing stays uninitialised."""
+    if random_init:
+        return factory()
+    with torch.device("meta"):
+        net = factory()
+    return net.to_empty(device="cpu")
+
+
+# -- the adapter both models share --------------------------------------------------------------------------
+class AnomalyMapAdapter(BaselineAdapter):
+    """An unsupervised anomaly detector as a benchmark model: one anomaly map and one image score per
+    image, whatever the prompt (prompts are accepted and ignored; ``describe()`` says so).
+
+    ``encode_images`` runs the network and computes the smoothed anomaly map at the input resolution
+    (the native grid of the official code: 256×256, ``input_geometry`` ``resize:256x256``) and its image
+    score; ``similarity_map`` returns the map for every prompt, ``score`` the image anomaly score (the
+    official one: higher = more abnormal; not a probability, so only rank-based metrics such as AUROC
+    are meaningful; a 0.5 cut-off is not).
+
+    Options shared by ``recontrast`` and ``rdpp``: ``imagenet`` (local torchvision WideResNet-50-2
+    ImageNet weights), ``sigma`` (Gaussian σ of the map, default 4 as official; 0 = the raw summed map),
+    ``reduction`` (``max``, official, or ``mean``), ``image_size`` (default 256, official), ``random_init``,
+    ``seed``.
+    """
+
+    capabilities = (GROUNDING, ZEROSHOT_CLS)
+    needs_checkpoint = True  # no demo weights yet
+    input_geometry = f"resize:{OFFICIAL_SIZE}x{OFFICIAL_SIZE}"
+    n_pairs = 3  # encoder/decoder map pairs summed into the map
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        self.imagenet_key_report: KeyReport | None = None
+        self.image_size = int(self.opt("image_size", OFFICIAL_SIZE))
+        if self.image_size < 32 or self.image_size % 32:
+            raise ValueError(f"model option image_size={self.image_size}: expected a multiple of 32 (at least 32)")
+        self.sigma = float(self.opt("sigma", OFFICIAL_SIGMA))
+        self.reduction = self.opt_choice("reduction", "max", REDUCTIONS)
+        if self.image_size != OFFICIAL_SIZE:
+            self.input_geometry = f"resize:{self.image_size}x{self.image_size}"
+            self.preprocessing_id = f"{type(self).preprocessing_id}-size{self.image_size}"
+
+    def weights_fingerprint(self) -> str | None:
+        """Without a checkpoint (``random_init``) but with ``imagenet``: the ImageNet file's content, which
+        the model id (holding only its path) does not name."""
+        imagenet = self.opt("imagenet")
+        if not imagenet:
+            return None
+        from benchmark.cache import checkpoint_sha256
+
+        return f"seed={self.opt('seed', 0)};imagenet={checkpoint_sha256(imagenet)}"
+
+    # -- the network: set by the subclass ------------------------------------------------------------------
+    def features(self, batch: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(encoder maps, decoder maps), paired by position."""
+        raise NotImplementedError
+
+    # -- the contract --------------------------------------------------------------------------------------
+    def encode_images(self, batch: Any) -> dict[str, torch.Tensor]:
+        """``{"map": float32 [B, H, W] smoothed anomaly map, "score": float64 [B]}``."""
+        with torch.no_grad():
+            x = batch.to(self.device)
+            enc, dec = self.features(x)
+            raw = raw_anomaly_map(enc, dec, tuple(x.shape[-2:]))
+        smoothed = smooth_maps(raw, self.sigma)
+        scores = image_scores(smoothed, self.reduction)
+        return {"map": torch.from_numpy(smoothed.astype(np.float32)), "score": torch.from_numpy(scores)}
+
+    def encode_texts(self, queries: Sequence[Query]) -> torch.Tensor:
+        """One empty row per query: the prompts do not enter the model."""
+        return torch.zeros(len(queries), 1)
+
+    def similarity_map(self, image_emb: dict[str, Any], text_emb: Any) -> np.ndarray:
+        return image_emb["map"].float().cpu().numpy()
+
+    def score(self, image_emb: dict[str, Any], positive: Any, negative: Any) -> np.ndarray:
+        return image_emb["score"].double().cpu().numpy()
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        n = self.image_size
+        d["prompts"] = PROMPTS_IGNORED
+        d["map"] = (f"sum over {self.n_pairs} encoder/decoder pairs of 1 - cosine, bilinear (align_corners) to the "
+                    f"{n}x{n} input, Gaussian sigma {self.sigma:g} (scipy); native grid {n}x{n}")
+        d["score"] = f"{self.reduction} of the smoothed anomaly map (official image anomaly score; not a probability)"
+        if self.imagenet_key_report is not None:
+            d["imagenet_key_report"] = self.imagenet_key_report.as_dict()
+        return d
+
+
+# -- the distillation loss both models train with -------------------------------------------------------------
+def flat_cosine_loss(encoder_feats: Sequence[torch.Tensor], decoder_feats: Sequence[torch.Tensor],
+                     detach_encoder: bool = True) -> torch.Tensor:
+    """Reverse distillation's loss: over the pairs, ``mean_b(1 - cos(flat(encoder map_b), flat(decoder map_b)))``
+    with each map flattened whole (channels and positions), summed over the pairs in order. ReContrast's
+    ``global_cosine`` stops the gradient at the encoder map (``detach_encoder=True``); RD++'s ``loss_fucntion``
+    does not (its encoder is not optimised, so only the encoder's unused gradients differ)."""
+    loss = torch.zeros((), device=decoder_feats[0].device)
+    for e, d in zip(encoder_feats, decoder_feats, strict=True):
+        e = e.detach() if detach_encoder else e
+        loss = loss + torch.mean(1 - F.cosine_similarity(e.reshape(e.shape[0], -1), d.reshape(d.shape[0], -1)))
+    return loss
