@@ -186,8 +186,8 @@ def resolve_root(name: str, template: str | None = None) -> Path:
         template = os.environ.get("AFLOC_BENCH_DATA_ROOT", DEFAULT_DATA_ROOT)
     if root and "{dataset}" not in template and template == DEFAULT_DATA_ROOT:
         return Path(os.path.expanduser(str(root)))
-    try:
-        return Path(os.path.expanduser(template.format(dataset=name)))
+    try:  # entries that read another entry's files (cxr_lt_t3 reads cxr_lt) name it as ``data_name``
+        return Path(os.path.expanduser(template.format(dataset=entry.get("data_name") or name)))
     except (KeyError, IndexError, ValueError) as exc:
         raise ValueError(f"--data-root {template!r}: expected a folder, or a template whose only field is "
                          f"{{dataset}} (e.g. '/data/{{dataset}}'); {type(exc).__name__}: {exc}") from None

@@ -570,3 +570,14 @@ def test_registration_collections_and_ls(capsys):
     assert {"nih_chestxray14", "cxr_lt"} <= set(datasets.resolve("chest"))
     assert main(["ls", "datasets", "pathology"]) == 0
     assert {ln.split(" ", 1)[0] for ln in capsys.readouterr().out.splitlines()} == set(datasets.resolve("pathology"))
+
+
+def test_cxr_lt_task3_entry_reads_the_cxr_lt_files():
+    from pathlib import Path
+
+    from benchmark.dataset import build_dataset, resolve_root
+
+    assert resolve_root("cxr_lt_t3", "/data/{dataset}") == Path("/data/cxr_lt")
+    assert resolve_root("cxr_lt", "/data/{dataset}") == Path("/data/cxr_lt")
+    assert build_dataset("cxr_lt_t3", "/data/{dataset}").label_set == "t3"
+    assert build_dataset("cxr_lt", "/data/{dataset}").label_set == "t2"
