@@ -19,6 +19,7 @@ Two ways to draw:
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 
@@ -59,6 +60,176 @@ def counts_from_indices(idx: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+# --------------------------------------------------------------------------------------
+# The legacy stream's draws, counted without materialising the indices
+# --------------------------------------------------------------------------------------
+# ``RandomState.randint(0, n, size)`` (and so ``np.random.choice(n, n)`` and sklearn's ``resample``)
+# draws each index by masked rejection from the MT19937 stream: take the next 32-bit output, keep
+# its low bits (``mask``, the smallest all-ones value >= n - 1), accept it if it is < n, else take
+# the next output. NumPy keeps this legacy algorithm frozen (NEP 19). The same values therefore come
+# from the raw outputs (``MT19937.random_raw``), masked and filtered in bulk; the stream position
+# after the last accepted draw is restored from the raw outputs (MT19937's state is the untempered
+# outputs of its current 624-word block). Rejected draws are simply counted into bins >= n and
+# dropped, so each replicate's counts are one ``bincount`` of its slice of the masked outputs.
+_MT_N = 624
+FAST_DRAW_MIN_N = 512  # below, RandomState.randint itself is as fast
+# RandomState's rejection loop is fast while it rarely rejects (its branch is then predictable): the
+# raw outputs are read in bulk only where more than a quarter of them are rejected (n just above a
+# power of two: n = 10,000 rejects 39 %)
+FAST_DRAW_MAX_ACCEPT = 0.75
+
+
+def _untemper(y: np.ndarray) -> np.ndarray:
+    """MT19937 state words from their outputs (inverse of the tempering transform)."""
+    y = np.asarray(y, dtype=np.uint32)
+    y = y ^ (y >> np.uint32(18))
+    y = y ^ ((y << np.uint32(15)) & np.uint32(0xEFC60000))
+    x = y
+    for _ in range(5):
+        x = y ^ ((x << np.uint32(7)) & np.uint32(0x9D2C5680))
+    y = x
+    for _ in range(3):
+        x = y ^ (x >> np.uint32(11))
+    return x
+
+
+def _fast_draws_ok(n: int) -> bool:
+    return FAST_DRAW_MIN_N <= n < 2**32 - 1 and n / (1 << (n - 1).bit_length()) < FAST_DRAW_MAX_ACCEPT
+
+
+class _MaskedStream:
+    """The masked outputs (``raw & mask``) of an MT19937 bit generator, drawn ahead in pieces and
+    consumed replicate by replicate; remembers the raw outputs near the consumption point so that
+    the generator's state there can be rebuilt (:meth:`state_at_end`).
+
+    Pieces stay below 128 KiB and the masked values live in one buffer reused across calls, so
+    drawing allocates nothing large (fresh large arrays cost a page fault per 4 KiB page)."""
+
+    PIECE = 16_000  # raw outputs per random_raw call
+
+    def __init__(self, bg: np.random.MT19937, n: int, pos0: int):
+        self.bg, self.n, self.pos0 = bg, n, pos0
+        self.mask = (1 << (n - 1).bit_length()) - 1
+        self.accept = n / (self.mask + 1)
+        self.buf = _stream_buffer(4 * self.PIECE)
+        self.lo = 0  # buf[lo:hi] holds outputs base + lo .. base + hi - 1 (base: outputs drawn before buf[0])
+        self.hi = 0
+        self.base = 0
+        self.raw: list[tuple[int, np.ndarray]] = []  # (index of the first output, raw outputs), recent pieces
+
+    def _draw(self, upto: int) -> None:
+        """Make buf hold at least ``upto`` entries past lo."""
+        if self.lo + upto > len(self.buf):
+            keep = self.buf[self.lo:self.hi].copy()
+            if upto > len(self.buf):
+                self.buf = _stream_buffer(2 * upto)
+            self.buf[:len(keep)] = keep
+            self.base += self.lo
+            self.hi -= self.lo
+            self.lo = 0
+        while self.hi - self.lo < upto:
+            m = min(self.PIECE, len(self.buf) - self.hi)
+            raw = self.bg.random_raw(m)
+            np.bitwise_and(raw.view(np.int64), self.mask, out=self.buf[self.hi:self.hi + m])
+            self.raw.append((self.base + self.hi, raw))
+            self.hi += m
+        used = self.base + self.lo
+        while len(self.raw) > 1 and self.raw[0][0] + len(self.raw[0][1]) <= used - _MT_N:
+            self.raw.pop(0)  # the rebuilt state needs no output more than a block behind the consumption point
+
+    def next_counts(self, out: np.ndarray) -> None:
+        """Counts [n] of the next ``randint(0, n, size=n)`` call into ``out`` (float64)."""
+        n, accept = self.n, self.accept
+        guess = int(n / accept)
+        self._draw(guess + 1)
+        lo = self.lo
+        have = int(np.count_nonzero(self.buf[lo:lo + guess] < n))
+        if have >= n:  # the n-th accepted output is at or before the guess: search backwards
+            extra, width = have - n + 1, 0
+            while True:
+                width = min(guess, 2 * width + int(1.5 * extra / accept) + 64)
+                hits = np.flatnonzero(self.buf[lo + guess - width:lo + guess] < n)
+                if len(hits) >= extra:
+                    end = lo + guess - width + int(hits[len(hits) - extra]) + 1
+                    break
+        else:  # search forwards
+            short, width = n - have, 0
+            while True:
+                width = 2 * width + int(1.5 * short / accept) + 64
+                self._draw(guess + width)
+                lo = self.lo
+                hits = np.flatnonzero(self.buf[lo + guess:lo + guess + width] < n)
+                if len(hits) >= short:
+                    end = lo + guess + int(hits[short - 1]) + 1
+                    break
+        out[:] = np.bincount(self.buf[lo:end], minlength=self.mask + 1)[:n]  # rejected outputs: bins >= n
+        self.lo = end
+
+    def state_at_end(self, key0: np.ndarray) -> tuple[np.ndarray, int]:
+        """(key, pos) of the generator just after the last consumed output."""
+        used = self.base + self.lo  # outputs consumed; output i sits at index pos0 + i of its blocks
+        if used == 0:
+            return key0, self.pos0
+        block, last = divmod(self.pos0 + used - 1, _MT_N)
+        if block == 0:
+            return key0, last + 1
+        first = block * _MT_N - self.pos0  # output index of that block's first word
+        drawn = self.raw[-1][0] + len(self.raw[-1][1])
+        if first + _MT_N > drawn:  # the block's remaining words (the state is reset afterwards)
+            self.raw.append((drawn, self.bg.random_raw(first + _MT_N - drawn)))
+        words = np.concatenate([r for _, r in self.raw])
+        at = first - self.raw[0][0]
+        if at < 0 or at + _MT_N > len(words):
+            raise RuntimeError("internal error: the outputs of the last MT19937 block were not kept")
+        return _untemper(words[at:at + _MT_N]), last + 1
+
+
+_BUFFERS = threading.local()
+
+
+def _stream_buffer(size: int) -> np.ndarray:
+    """An int64 buffer of at least ``size`` entries, reused within a thread (up to 32 MiB)."""
+    buf = getattr(_BUFFERS, "buf", None)
+    if buf is None or len(buf) < size:
+        buf = np.empty(size, dtype=np.int64)
+        if buf.nbytes <= 32 * 2**20:
+            _BUFFERS.buf = buf
+    return buf
+
+
+def legacy_counts(rs: np.random.RandomState, n: int, rows: int) -> np.ndarray:
+    """Counts [rows, n] (float64) of ``rows`` successive ``rs.randint(0, n, size=n)`` calls.
+
+    The same numbers as ``counts_from_indices`` of those calls, and ``rs`` is left where the calls
+    leave it; where the rejection loop often rejects (see ``FAST_DRAW_MAX_ACCEPT``) the draws are
+    read from the raw MT19937 outputs (see above)."""
+    if rows == 0 or not _fast_draws_ok(n):
+        return counts_from_indices(rs.randint(0, n, size=(rows, n)), n)
+    state = rs.get_state()
+    bg = np.random.MT19937()
+    bg.state = {"bit_generator": "MT19937", "state": {"key": state[1], "pos": state[2]}}
+    stream = _MaskedStream(bg, n, int(state[2]))
+    out = np.empty((rows, n), dtype=np.float64)
+    for i in range(rows):
+        stream.next_counts(out[i])
+    key, pos = stream.state_at_end(state[1])
+    rs.set_state(("MT19937", key, pos) + tuple(state[3:]))
+    return out
+
+
+def seeded_counts(seeds: Sequence[int], n: int) -> np.ndarray:
+    """Counts [len(seeds), n]: row i from ``RandomState(seeds[i]).randint(0, n, size=n)``.
+
+    Each replicate starts a fresh stream, so the raw-output reader has nothing to amortise here:
+    the draws are NumPy's own."""
+    out = np.empty((len(seeds), n), dtype=np.float64)
+    rs = np.random.RandomState(0)
+    for i, seed in enumerate(seeds):
+        rs.seed(seed)  # the same legacy seeding as RandomState(seed), without building an object per replicate
+        out[i] = np.bincount(rs.randint(0, n, size=n), minlength=n)
+    return out
+
+
 class LegacyStream:
     """The legacy global NumPy stream after ``np.random.seed(seed)``.
 
@@ -80,12 +251,16 @@ class LegacyStream:
             done += r
 
     def weights(self, n: int, n_boot: int = DEFAULT_N_BOOT, chunk: int = DEFAULT_CHUNK) -> Iterator[np.ndarray]:
-        for idx in self.indices(n, n_boot, chunk):
-            yield counts_from_indices(idx, n)
+        """The multiplicities [r, n] of :meth:`indices`' chunks (:func:`legacy_counts`)."""
+        done = 0
+        while done < n_boot:
+            r = min(chunk, n_boot - done)
+            yield legacy_counts(self._rs, n, r)
+            done += r
 
     def skip(self, n: int, n_boot: int = DEFAULT_N_BOOT) -> None:
         """Consume the draws of one ``bootstrap_metric`` call without using them."""
-        for _ in self.indices(n, n_boot):
+        for _ in self.weights(n, n_boot):
             pass
 
 
@@ -102,6 +277,14 @@ def sklearn_resample_indices(n: int, n_boot: int = DEFAULT_N_BOOT, chunk: int = 
         r = min(chunk, n_boot - done)
         yield np.stack([draw(i) for i in range(done, done + r)])
         done += r
+
+
+def sklearn_resample_counts(n: int, n_boot: int = DEFAULT_N_BOOT, chunk: int = DEFAULT_CHUNK,
+                            seed: int = 0) -> Iterator[np.ndarray]:
+    """Multiplicities [r, n] of :func:`sklearn_resample_indices`' chunks; replicate ``i`` is seeded
+    with ``seed + i`` (0 + i: ``resample(..., random_state=i)``)."""
+    for start in range(0, n_boot, chunk):
+        yield seeded_counts(range(seed + start, seed + min(n_boot, start + chunk)), n)
 
 
 def unit_draws(units: Sequence, n_boot: int = DEFAULT_N_BOOT, seed: int = 0, *, strata: Sequence | None = None,
@@ -172,12 +355,20 @@ def weighted_nanmean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     A column with no weighted non-NaN value gives NaN (as ``DataFrame.mean`` of an
     all-NaN column). Sums and counts come from one matrix product.
     """
+    return _means_of_stacked(*_stacked_sums_counts(values), weights)
+
+
+def _stacked_sums_counts(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """``[values with NaN as 0 | non-NaN indicator]`` [N, 2M] (the matrix every replicate multiplies) and M."""
     v = np.asarray(values, dtype=np.float64)
     if v.ndim == 1:
         v = v[:, None]
     present = ~np.isnan(v)
-    both = weights @ np.concatenate([np.where(present, v, 0.0), present.astype(np.float64)], axis=1)
-    m = v.shape[1]
+    return np.concatenate([np.where(present, v, 0.0), present.astype(np.float64)], axis=1), v.shape[1]
+
+
+def _means_of_stacked(stacked: np.ndarray, m: int, weights: np.ndarray) -> np.ndarray:
+    both = weights @ stacked
     num, den = both[:, :m], both[:, m:]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, num / den, np.nan)
@@ -201,7 +392,8 @@ def unique_columns(mat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def replicate_means(values: np.ndarray, weight_chunks: Iterator[np.ndarray]) -> np.ndarray:
     """Stack :func:`weighted_nanmean` over a stream of weight chunks → [R, M] ([0, M] for no chunk)."""
-    parts = [weighted_nanmean(values, w) for w in weight_chunks]
+    stacked, m = _stacked_sums_counts(values)  # built once for all chunks
+    parts = [_means_of_stacked(stacked, m, w) for w in weight_chunks]
     if not parts:
         return np.zeros((0, np.asarray(values).shape[1]))
     return np.concatenate(parts, axis=0)

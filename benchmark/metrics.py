@@ -26,6 +26,8 @@ Registered metrics (``afloc-bench ls metrics``) are registered at the bottom of 
 
 from __future__ import annotations
 
+import math
+import threading
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -77,6 +79,29 @@ def _valid(maps: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
     return finite & v
 
 
+# Scratch arrays reused by the batched paths, per thread. A fresh array of a few MiB costs a page
+# fault per 4 KiB page on first touch, which on small virtual machines took as long as the metric
+# arithmetic itself; chunks of maps keep asking for the same sizes, so the buffers are kept.
+_SCRATCH = threading.local()
+SCRATCH_MAX_BYTES = 32 * 2**20  # larger requests (huge batches) get a fresh array
+
+
+def _scratch(name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An uninitialised array of ``shape`` kept under ``name`` for this thread (valid until the
+    next request of the same name: callers never return it)."""
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > SCRATCH_MAX_BYTES:
+        return np.empty(shape, dtype)
+    pool = getattr(_SCRATCH, "pool", None)
+    if pool is None:
+        pool = _SCRATCH.pool = {}
+    buf = pool.get(name)
+    if buf is None or buf.size < nbytes:
+        buf = pool[name] = np.empty(max(nbytes, 64), dtype=np.uint8)
+    return buf[:nbytes].view(dtype).reshape(shape)
+
+
 # --------------------------------------------------------------------------------------
 # Normalisation
 # --------------------------------------------------------------------------------------
@@ -91,20 +116,28 @@ def minmax_normalize(maps: np.ndarray, valid: np.ndarray | None = None, *, low: 
     (``constant="nan"``). A map with no valid pixel is all NaN. ``valid=None`` means the
     non-NaN pixels.
     """
+    return _minmax(maps, valid, low, constant)[0]
+
+
+def _minmax(maps: np.ndarray, valid: np.ndarray | None, low: float, constant: str = "low"):
+    """:func:`minmax_normalize` and its per-map ``(min, max, max - min)`` (NaN where no pixel is valid)."""
     if low not in (-1.0, 0.0, -1, 0):
         raise ValueError("low must be -1 or 0")
     maps = _float_maps(maps)
-    out = np.array(maps, copy=True)
     if valid is not None:
-        out[~_valid(maps, valid)] = np.nan
-    b = out.shape[0]
-    flat = out.reshape(b, -1)
+        src = np.array(maps, copy=True)
+        src[~_valid(maps, valid)] = np.nan
+        out = src
+    else:  # the first operation below writes the new array: no separate copy
+        src, out = maps, None
+    b = src.shape[0]
+    flat = src.reshape(b, -1)
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         mn = np.fmin.reduce(flat, axis=1)
         mx = np.fmax.reduce(flat, axis=1)
         d = mx - mn
-        np.subtract(out, mn[:, None, None], out=out)
+        out = np.subtract(src, mn[:, None, None], out=out)
         np.divide(out, d[:, None, None], out=out)
         if low == -1:
             np.multiply(out, 2, out=out)
@@ -116,7 +149,7 @@ def minmax_normalize(maps: np.ndarray, valid: np.ndarray | None = None, *, low: 
             vi = (~np.isnan(maps[i]) if valid is None
                   else _valid(maps[i:i + 1], valid[i] if np.ndim(valid) == 3 else valid)[0])
             out[i][vi] = fill
-    return out
+    return out, mn, mx, d
 
 
 def _normalize_1d(v: np.ndarray, low: float) -> np.ndarray:
@@ -145,7 +178,8 @@ def threshold_counts(norm_maps: np.ndarray, gt: np.ndarray, thresholds: Sequence
     (ground-truth pixels, any nonzero value) and ``gt_sum`` [B] (sum of the raw mask
     values, where AFLoc's overlapping boxes count twice), all over valid pixels only
     (NaN pixels never exceed a threshold). Thresholds equal after casting to the map dtype
-    are compared once; intersections are counted on bit-packed masks.
+    are compared once; every count is a bit count of packed masks (one comparison pass per
+    distinct threshold, the exact ``map > t`` of the map's dtype).
     """
     maps = _float_maps(norm_maps)
     g = _as_batch(gt)
@@ -154,31 +188,43 @@ def threshold_counts(norm_maps: np.ndarray, gt: np.ndarray, thresholds: Sequence
     b = maps.shape[0]
     flat = maps.reshape(b, -1)
     if valid is None:
-        nan = np.isnan(flat)
+        nan = np.isnan(flat, out=_scratch("counts.nan", flat.shape, bool))
         v = None if not nan.any() else ~nan
     else:
         v = _valid(maps, valid).reshape(b, -1)
     gv = g.reshape(b, -1) if v is None else np.where(v, g.reshape(b, -1), 0)
-    gpack = np.packbits(gv > 0, axis=1)
+    if valid is not None and not v.all():
+        flat = np.where(v, flat, np.nan)
+    return _counts_rows(flat, gv, thresholds)
+
+
+def _counts_rows(flat: np.ndarray, gv: np.ndarray, thresholds: Sequence[float]) -> dict[str, np.ndarray]:
+    """:func:`threshold_counts` of maps [B, P] (NaN = never above) and masks [B, P] already zero
+    outside the evaluated pixels."""
+    b, p = flat.shape
+    # rows padded with False to whole 64-bit words: their bit counts then run on uint64 words
+    padded = _scratch("counts.bool", (b, p + -p % 64), bool)
+    padded[:, p:] = False
+    buf = padded[:, :p]
+    np.greater(gv, 0, out=buf)
+    gpack = np.packbits(padded, axis=1)
+    gt_count = _popcount(gpack)
     out = {
-        "gt_count": _popcount(gpack),
-        "gt_sum": gv.sum(axis=1, dtype=np.int64),
+        "gt_count": gt_count,
+        "gt_sum": _mask_sums(gv, gt_count, padded),
         "pred": np.zeros((b, len(thresholds)), dtype=np.int64),
         "inter": np.zeros((b, len(thresholds)), dtype=np.int64),
     }
     done: dict[Any, int] = {}
-    buf = np.empty(flat.shape, dtype=bool)
-    if valid is not None and not v.all():
-        flat = np.where(v, flat, np.nan)
     with np.errstate(invalid="ignore"):
-        for j, t in enumerate(maps.dtype.type(t) for t in thresholds):
+        for j, t in enumerate(flat.dtype.type(t) for t in thresholds):
             key = t.item()
             if key in done:
                 out["pred"][:, j] = out["pred"][:, done[key]]
                 out["inter"][:, j] = out["inter"][:, done[key]]
                 continue
             np.greater(flat, t, out=buf)  # NaN > t is False
-            ppack = np.packbits(buf, axis=1)
+            ppack = np.packbits(padded, axis=1)
             out["pred"][:, j] = _popcount(ppack)
             np.bitwise_and(ppack, gpack, out=ppack)
             out["inter"][:, j] = _popcount(ppack)
@@ -186,8 +232,37 @@ def threshold_counts(norm_maps: np.ndarray, gt: np.ndarray, thresholds: Sequence
     return out
 
 
+MASK_LEVELS_BY_BITCOUNT = 4  # masks holding at most this value are summed by bit counts of mask >= k
+
+
+def _mask_sums(gv: np.ndarray, gt_count: np.ndarray, padded: np.ndarray) -> np.ndarray:
+    """Row sums of a [B, P] mask as int64, ``gv.sum(axis=1, dtype=np.int64)``.
+
+    Small non-negative integer masks (0, 1, 2 where boxes overlap) are summed exactly as
+    ``sum_k |mask >= k|`` from bit counts (``gt_count`` is ``|mask >= 1|``), which is faster than
+    a widening sum; other masks are summed directly. ``padded``: a boolean [B, >= P] work array whose
+    columns past P are False.
+    """
+    buf = padded[:, :gv.shape[1]]
+    kind = gv.dtype.kind
+    if kind == "b":
+        return gt_count.copy()
+    if kind in "iu" and gv.size:
+        top = int(gv.max())
+        if 0 <= top <= MASK_LEVELS_BY_BITCOUNT and (kind == "u" or int(gv.min()) >= 0):
+            total = gt_count.copy()
+            for k in range(2, top + 1):
+                np.greater_equal(gv, k, out=buf)
+                total += _popcount(np.packbits(padded, axis=1))
+            return total
+    return gv.sum(axis=1, dtype=np.int64)
+
+
 def _popcount(packed: np.ndarray) -> np.ndarray:
+    """Row-wise number of set bits of packed bytes [B, k] (int64)."""
     if hasattr(np, "bitwise_count"):
+        if packed.shape[1] % 8 == 0 and packed.flags.c_contiguous:
+            packed = packed.view(np.uint64)  # whole words: a third of the work of counting bytes
         return np.bitwise_count(packed).sum(axis=1, dtype=np.int64)
     return np.unpackbits(packed, axis=1).sum(axis=1, dtype=np.int64)
 
@@ -250,29 +325,22 @@ def cnr(norm_maps: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None, 
     b = maps.shape[0]
     flat = maps.reshape(b, -1)
     gflat = g.reshape(b, -1)
-    keep = ~np.isnan(flat)
-    if valid is not None:
-        keep &= _valid(maps, valid).reshape(b, -1)
+    nan = np.isnan(flat, out=_scratch("cnr.nan", flat.shape, bool))
     out = np.full(b, np.nan, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
+        if valid is None and not nan.any():
+            # every pixel evaluated: the sets are read straight from the maps (row-major order)
+            _cnr_shared(flat, gflat, inside, renormalize, out)
+            return out
+        keep = ~nan
+        if valid is not None:
+            keep &= _valid(maps, valid).reshape(b, -1)
         if b > 1 and (keep == keep[0]).all():
             # Same evaluated area for the whole batch (e.g. a fixed margin): gather it once,
             # by slicing when it is a rectangle; the pixel order is the official row-major one.
             hv_all, gv_all = _gather_area(maps, g, keep[0].reshape(maps.shape[1:]))
-            if renormalize and hv_all.shape[1]:
-                mn, mx = hv_all.min(axis=1), hv_all.max(axis=1)
-                d = mx - mn
-                np.subtract(hv_all, mn[:, None], out=hv_all)
-                np.divide(hv_all, d[:, None], out=hv_all)
-                np.multiply(hv_all, 2, out=hv_all)
-                np.subtract(hv_all, 1, out=hv_all)
-                for i in np.flatnonzero(d == 0):
-                    hv_all[i] = hv_all.dtype.type(-1)
-            ins_all = (gv_all == 1) if inside == "eq1" else (gv_all != 0)
-            outs_all = gv_all == 0
-            for i in range(b):
-                out[i] = _cnr_sets(hv_all[i][ins_all[i]], hv_all[i][outs_all[i]])
+            _cnr_shared(hv_all, gv_all, inside, renormalize, out)
             return out
         for i in range(b):
             hv = flat[i][keep[i]]
@@ -282,6 +350,61 @@ def cnr(norm_maps: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None, 
                 hv = _normalize_1d(hv, -1)
             gv = gflat[i][keep[i]]
             out[i] = _cnr_sets(hv[gv == 1] if inside == "eq1" else hv[gv != 0], hv[gv == 0])
+    return out
+
+
+def _cnr_shared(hv: np.ndarray, gv: np.ndarray, inside: str, renormalize: bool, out: np.ndarray, *,
+                extremes: tuple[np.ndarray, np.ndarray] | None = None, work: np.ndarray | None = None) -> None:
+    """CNR of maps [B, P] whose P pixels are all evaluated (``hv`` is not modified) into ``out``.
+
+    ``extremes``: the rows' (min, max) when the caller knows them exactly (spares two passes);
+    ``work``: an array like ``hv`` the second normalisation may write (default: a scratch array)."""
+    b = hv.shape[0]
+    if renormalize and hv.shape[1]:
+        mn, mx = extremes if extremes is not None else (hv.min(axis=1), hv.max(axis=1))
+        d = mx - mn
+        if work is None:
+            work = _scratch("cnr.hv", hv.shape, hv.dtype)
+        if ((mn == -1) & ((mx == 1) | (d == 0))).all():
+            # Rows already on [-1, 1] (or constant): ((h + 1) / 2) * 2 - 1 is (h + 1) - 1, since
+            # h + 1 is 0 or at least the spacing of floats below 1, so halving and doubling it is exact.
+            hv = np.add(hv, 1, out=work)
+        else:
+            hv = np.subtract(hv, mn[:, None], out=work)
+            np.divide(hv, d[:, None], out=hv)
+            np.multiply(hv, 2, out=hv)
+        np.subtract(hv, 1, out=hv)
+        for i in np.flatnonzero(d == 0):
+            hv[i] = hv.dtype.type(-1)
+    ins = _scratch("cnr.in", gv.shape, bool)
+    (np.equal if inside == "eq1" else np.not_equal)(gv, 1 if inside == "eq1" else 0, out=ins)
+    outs = np.equal(gv, 0, out=_scratch("cnr.out", gv.shape, bool))
+    sets = [hv[i][ins[i]] for i in range(b)] + [hv[i][outs[i]] for i in range(b)]
+    out[:] = _cnr_of_sets(sets[:b], sets[b:], hv.dtype, _scratch("cnr.dev", hv.shape[1:], hv.dtype))
+
+
+def _cnr_of_sets(ins: list[np.ndarray], outs: list[np.ndarray], dtype: np.dtype, work: np.ndarray) -> np.ndarray:
+    """:func:`_cnr_sets` of many pairs of pixel sets: the same operations, with the per-set scalar
+    steps (divisions by the counts, conversions to the map's dtype) done once for all sets."""
+    sets = ins + outs
+    sizes = np.array([x.size for x in sets], dtype=np.int64)
+    block, reduce = NUMPY1_REDUCE_BLOCK, np.add.reduce
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sums = np.array([reduce(x) if x.size <= block else _sum_numpy1(x) for x in sets], dtype=np.float64)
+        means = (sums / sizes).astype(dtype)  # float64(sum) / n, returned in the dtype, as a.mean()
+        devs = []
+        for x, m in zip(sets, means):
+            d = np.subtract(x, m, out=work[:x.size])
+            np.multiply(d, d, out=d)
+            devs.append(reduce(d) if d.size <= block else _sum_numpy1(d))
+        var = (np.array(devs, dtype=np.float64) / sizes).astype(dtype)
+    b = len(ins)
+    total = var[:b] + var[b:]
+    diff = means[:b] - means[b:]
+    out = np.full(b, np.nan)
+    for i in np.flatnonzero((sizes[:b] > 0) & (sizes[b:] > 0)):
+        s = total[i]
+        out[i] = 0.0 if s == 0 else float(diff[i] / pow(np.float64(s), 0.5))
     return out
 
 
@@ -296,7 +419,7 @@ def _gather_area(maps: np.ndarray, g: np.ndarray, area: np.ndarray) -> tuple[np.
     return np.take(maps.reshape(b, -1), idx, axis=1), np.take(g.reshape(b, -1), idx, axis=1)
 
 
-def _cnr_sets(a_in: np.ndarray, a_out: np.ndarray) -> float:
+def _cnr_sets(a_in: np.ndarray, a_out: np.ndarray, work: np.ndarray | None = None) -> float:
     """AFLoc's ``compute_cnr`` arithmetic on the two pixel sets (NaN if one is empty).
 
     Means and variances are in the map's dtype, reduced as NumPy 1.x (the official environment)
@@ -307,8 +430,8 @@ def _cnr_sets(a_in: np.ndarray, a_out: np.ndarray) -> float:
     """
     if a_in.size == 0 or a_out.size == 0:
         return np.nan
-    m1, v1 = _mean_var_numpy1(a_in)
-    m0, v0 = _mean_var_numpy1(a_out)
+    m1, v1 = _mean_var_numpy1(a_in, work)
+    m0, v0 = _mean_var_numpy1(a_out, work)
     s = v1 + v0
     return 0.0 if s == 0 else float((m1 - m0) / pow(np.float64(s), 0.5))
 
@@ -322,23 +445,32 @@ def _sum_numpy1(a: np.ndarray):
     NumPy 1.x sums in consecutive blocks of 8192 elements (pairwise within a block) and adds the
     block sums in order; NumPy 2.3 and later no longer split such a reduction into blocks, which
     changes float32 sums of more than 8192 values in their last bits. Within a block both agree.
+    The whole blocks are reduced as the rows of one [blocks, 8192] array (a row-wise reduction is
+    the same pairwise sum of each row), their sums then added one by one from 0.
     """
-    if a.size <= NUMPY1_REDUCE_BLOCK:
+    n = a.size
+    if n <= NUMPY1_REDUCE_BLOCK:
         return np.add.reduce(a)
+    full = n - n % NUMPY1_REDUCE_BLOCK
     total = a.dtype.type(0)
-    for start in range(0, a.size, NUMPY1_REDUCE_BLOCK):
-        total = total + np.add.reduce(a[start:start + NUMPY1_REDUCE_BLOCK])
+    for s in np.add.reduce(a[:full].reshape(-1, NUMPY1_REDUCE_BLOCK), axis=1):
+        total = total + s
+    if full < n:
+        total = total + np.add.reduce(a[full:])
     return total
 
 
-def _mean_var_numpy1(a: np.ndarray):
+def _mean_var_numpy1(a: np.ndarray, work: np.ndarray | None = None):
     """``(a.mean(), a.var())`` of a non-empty 1-D array as NumPy 1.x computes them: block sums
-    (:func:`_sum_numpy1`), each divided by the count in float64 and returned in the array's dtype."""
+    (:func:`_sum_numpy1`), each divided by the count in float64 and returned in the array's dtype.
+    ``work``: a 1-D array of the same dtype and at least ``a.size`` entries for the deviations."""
     n = a.size
     kind = a.dtype.type
     mean = kind(np.float64(_sum_numpy1(a)) / n)
-    dev = a - mean
-    return mean, kind(np.float64(_sum_numpy1(dev * dev)) / n)
+    dev = np.subtract(a, mean, out=(work if work is not None and work.size >= n and work.dtype == a.dtype
+                                    else _scratch("mean_var.dev", a.shape, a.dtype))[:n])
+    np.multiply(dev, dev, out=dev)
+    return mean, kind(np.float64(_sum_numpy1(dev)) / n)
 
 
 # --------------------------------------------------------------------------------------

@@ -28,10 +28,7 @@ reported once as a warning naming the entry point; everything else keeps working
 
 from __future__ import annotations
 
-import difflib
-import fnmatch
 import importlib
-import importlib.metadata
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -202,6 +199,8 @@ class Registry:
 
     def suggest(self, name: str) -> list[str]:
         candidates = list(self._entries) + [c.name for c in collections_for(self.kind)] + ["all"]
+        import difflib
+
         return difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
 
     def resolve(self, spec: str | Iterable[str]) -> list[str]:
@@ -224,6 +223,8 @@ class Registry:
                 if not found:
                     raise RegistryError(f"collection {item!r} of {self.kind} is empty")
             elif any(c in item for c in "*?["):
+                import fnmatch
+
                 found = sorted(n for n in self._entries if fnmatch.fnmatchcase(n, item))
                 if not found:
                     raise UnknownNameError(self.kind, item, [])
@@ -405,7 +406,7 @@ def add_manifest(data: dict[str, Any], source: str, plugin: dict[str, str] | Non
     return added
 
 
-def _plugin_manifest(ep: importlib.metadata.EntryPoint) -> tuple[dict[str, Any], str]:
+def _plugin_manifest(ep: Any) -> tuple[dict[str, Any], str]:  # an importlib.metadata.EntryPoint
     if ep.attr:
         data = ep.load()
         if callable(data) and not isinstance(data, dict):
@@ -428,6 +429,8 @@ def load_manifests(force: bool = False) -> None:
         for package in BUILTIN_PACKAGES:
             add_manifest(*package_manifest(package))
         _plugin_failures.clear()
+        import importlib.metadata  # only here: its import costs more than reading every manifest
+
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist = getattr(ep, "dist", None)
             plugin = {"entry_point": f"{ep.name} = {ep.value}",

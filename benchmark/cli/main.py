@@ -43,7 +43,10 @@ def _global_flags(parser: argparse.ArgumentParser, default: object) -> None:
     parser.add_argument("--debug", action="store_true", default=default, help="show the traceback of an error")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``afloc-bench`` parser. With ``command`` (a key of ``COMMANDS``) only that command's module
+    is imported and given its flags, the others are bare names: enough to parse its command line,
+    and ``ls`` or ``score --help`` do not pay for importing every command module."""
     parser = argparse.ArgumentParser(
         prog="afloc-bench",
         description="Reproducible benchmark of annotation-free pathology localization (AFLoc and baselines).",
@@ -53,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     _global_flags(parser, None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, mod_name in COMMANDS.items():
+        if command is not None and name != command:
+            sub.add_parser(name)
+            continue
         mod = importlib.import_module(f"{__package__}.{mod_name}")
         p = sub.add_parser(name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -98,8 +104,19 @@ def describe(exc: BaseException) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
+def _command_in(argv: list[str]) -> str | None:
+    """The command a command line names before anything but global flags, or None (then the full
+    parser is built: top-level help, version, errors)."""
+    for arg in argv:
+        if arg in ("-q", "--quiet", "--debug", "--verbose") or (len(arg) > 1 and arg.strip("-v") == "" and
+                                                                 arg.startswith("-v")):
+            continue
+        return arg if arg in COMMANDS else None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(_command_in(sys.argv[1:] if argv is None else list(argv)))
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()

@@ -9,11 +9,12 @@ import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from benchmark.cli import n_boot_arg
+
+if TYPE_CHECKING:  # numpy is imported where it is used: `score --help` needs none of it
+    import numpy as np
 
 HELP = "score bring-your-own heatmaps (preds.npz) under a protocol"
 
@@ -93,6 +94,8 @@ def _error(path: str, expected: str) -> Exception:
 
 def npz_header(path: str, key: str) -> tuple[tuple[int, ...], np.dtype, bool]:
     """Shape, dtype and Fortran flag of one member of an .npz, read from its header only."""
+    import numpy as np
+
     with zipfile.ZipFile(path) as zf:
         name = key + ".npy"
         if name not in zf.namelist():
@@ -108,6 +111,8 @@ def npz_header(path: str, key: str) -> tuple[tuple[int, ...], np.dtype, bool]:
 
 def iter_npz_chunks(path: str, key: str, chunk: int) -> Iterator[np.ndarray]:
     """Stream the first axis of one .npz member in chunks (the member is never fully loaded)."""
+    import numpy as np
+
     shape, dtype, fortran = npz_header(path, key)
     if dtype.hasobject:
         raise _error(path, f"{key!r} as a numeric array, not Python objects (save with numpy.savez, no pickles)")
@@ -129,6 +134,8 @@ def iter_npz_chunks(path: str, key: str, chunk: int) -> Iterator[np.ndarray]:
 
 
 def _load_small(path: str, key: str) -> np.ndarray:
+    import numpy as np
+
     try:
         with np.load(path, allow_pickle=False) as z:
             return z[key]
@@ -138,6 +145,8 @@ def _load_small(path: str, key: str) -> np.ndarray:
 
 def read_inputs(path: str) -> dict[str, Any]:
     """Validate the npz and return its small arrays plus heatmap/mask shapes."""
+    import numpy as np
+
     p = Path(path)
     if not p.is_file():
         raise _error(path, "file not found (expected an .npz file of heatmaps, masks and categories)")
@@ -188,6 +197,7 @@ def score_file(path: str, protocol_id: str, *, n_boot: int = 1000, seed: int = 0
                official_rounding: bool = False, unit: str = "image", chunk: int = 32,
                quiet: bool = True) -> dict[str, Any]:
     """Score ``path`` under ``protocol_id``; returns the JSON-ready result."""
+    import numpy as np
     import pandas as pd
 
     from benchmark.protocols.base import resolve_protocol
@@ -208,10 +218,10 @@ def score_file(path: str, protocol_id: str, *, n_boot: int = 1000, seed: int = 0
     bar = Progress(n, "scoring", unit="map", enabled=not quiet)
     done = 0
     for hm, mk in chunks:
-        if np.any(np.asarray(mk) < 0):
+        if mk.dtype.kind == "i" and np.any(mk < 0):  # unsigned and boolean masks cannot be negative
             raise _error(path, "'masks' with values >= 0")
-        inf = np.isinf(np.asarray(hm, dtype=np.float64)).reshape(len(hm), -1).any(1)
-        if inf.any():
+        inf = np.isinf(hm).reshape(len(hm), -1).any(1) if hm.dtype.kind == "f" else None  # integers: never
+        if inf is not None and inf.any():
             raise _error(path, f"'heatmaps' without infinite values (NaN marks a pixel that is not evaluated); "
                                f"map {done + int(np.argmax(inf))} has one")
         done += len(hm)

@@ -18,6 +18,7 @@ box mapping and summed box masks, INTER_AREA mask mapping with ``>= 1e-5``.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,10 +28,9 @@ import pandas as pd
 from benchmark.bootstrap import (
     DEFAULT_N_BOOT,
     LegacyStream,
-    counts_from_indices,
     official_ci,
     replicate_means,
-    sklearn_resample_indices,
+    sklearn_resample_counts,
 )
 from benchmark.geometry.afloc import afloc_margin_valid, afloc_sample_mask
 from benchmark.geometry.frames import Letterbox, bilinear_resize, parse_geometry, smooth_grid, transfer_map
@@ -38,6 +38,9 @@ from benchmark.geometry.rasterize import sample_mask
 from benchmark.metrics import (
     AFLOC_PATHOLOGY_THRESHOLDS,
     AFLOC_THRESHOLDS,
+    _cnr_shared,
+    _counts_rows,
+    _scratch,
     auroc_weighted,
     balanced_accuracy_weighted,
     cnr,
@@ -74,7 +77,11 @@ def afloc_scores(emaps: np.ndarray, gts: np.ndarray, thresholds: tuple[float, ..
     evaluated area: it is never above a threshold but its ground truth counts, and the second
     normalisation in ``compute_cnr`` meets it and turns the whole map into NaN, so the CNR is NaN.
     """
-    emaps, gts = _crop_to_shared_area(np.asarray(emaps), np.asarray(gts))
+    emaps, gts = np.asarray(emaps), np.asarray(gts)
+    fast = _afloc_scores_shared_area(emaps, gts, thresholds, with_hit)
+    if fast is not None:
+        return fast
+    emaps, gts = _crop_to_shared_area(emaps, gts)
     norm = minmax_normalize(emaps, low=-1.0)
     counted, stale = _official_area(emaps, norm)
     counts = threshold_counts(counted, gts, thresholds)
@@ -90,6 +97,91 @@ def afloc_scores(emaps: np.ndarray, gts: np.ndarray, thresholds: tuple[float, ..
     with np.errstate(invalid="ignore"):  # a constant map is normalised to -1 everywhere
         out["constant_map"] = ((np.fmax.reduce(nflat, axis=1) == -1) & ~stale).astype(np.float64)
     return out
+
+
+def _afloc_scores_shared_area(emaps: np.ndarray, gts: np.ndarray, thresholds: tuple[float, ...],
+                              with_hit: bool) -> dict[str, np.ndarray] | None:
+    """:func:`afloc_scores` of the common batch, in one pass over reused buffers; None otherwise.
+
+    The common batch: float32/float64 maps whose evaluated area is one rectangle shared by every
+    map (NaN outside it, e.g. the 14-px margin, or no NaN at all) with finite values, and integer or
+    boolean masks. Then no pixel is stale, the crop holds every evaluated pixel and each step below is the
+    general path's arithmetic on it (same operations, same order), so the values are the same bits.
+    """
+    if (emaps.ndim != 3 or len(emaps) == 0 or emaps.shape != gts.shape or emaps.dtype not in (np.float32, np.float64)
+            or gts.dtype.kind not in "biu" or emaps.shape[1] * emaps.shape[2] == 0):
+        return None
+    rect = _shared_rectangle(emaps)
+    if rect is None:
+        return None
+    b = len(emaps)
+    (r0, r1), (c0, c1) = rect
+    p = (r1 - r0) * (c1 - c0)
+    crop = _scratch("afloc.crop", (b, r1 - r0, c1 - c0), emaps.dtype)
+    np.copyto(crop, emaps[:, r0:r1, c0:c1])
+    crop = crop.reshape(b, p)
+    g = _scratch("afloc.gt", (b, r1 - r0, c1 - c0), gts.dtype)
+    np.copyto(g, gts[:, r0:r1, c0:c1])
+    g = g.reshape(b, p)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        if not np.isfinite(np.minimum.reduce(crop, axis=1)).all():  # NaN (or -inf) inside the area
+            return None
+        mn = np.fmin.reduce(crop, axis=1)  # minmax_normalize's reductions and operations
+        mx = np.fmax.reduce(crop, axis=1)
+        d = mx - mn
+        if not (np.isfinite(mx).all() and np.isfinite(d).all()):  # +inf, or max - min overflows
+            return None
+        norm = np.subtract(crop, mn[:, None], out=_scratch("afloc.norm", (b, p), crop.dtype))
+        np.divide(norm, d[:, None], out=norm)
+        np.multiply(norm, 2, out=norm)
+        np.subtract(norm, 1, out=norm)
+    constant = d == 0
+    for i in np.flatnonzero(constant):
+        norm[i] = norm.dtype.type(-1.0)
+    counts = _counts_rows(norm, g, thresholds)
+    out: dict[str, np.ndarray] = C.per_threshold_columns(
+        thresholds, iou=iou_from_counts(counts, "tp"), dice=dice_from_counts(counts, "tp", raw_gt_sum=True))
+    hit = None
+    if with_hit:  # pointing_hit(rule="first"): every pixel is valid, the first maximum in row-major order
+        idx = np.argmax(crop, axis=1)
+        on_lesion = g[np.arange(b), idx] != 0
+        has_gt = counts["gt_count"] > 0 if gts.dtype.kind in "bu" else np.not_equal(g, 0).any(axis=1)
+        hit = np.where(has_gt, on_lesion.astype(np.float64), np.nan)
+    cnr_out = np.full(b, np.nan, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        # compute_cnr's second normalisation: the first one reached -1 and 1 exactly (x - min is 0 at
+        # the minimum and max - min itself at the maximum, and x / x == 1), or -1 everywhere. It is
+        # written over the crop, which is no longer needed (a smaller working set).
+        low = np.full(b, -1.0, dtype=norm.dtype)
+        _cnr_shared(norm, g, "eq1", True, cnr_out, extremes=(low, np.where(constant, low, -low)), work=crop)
+    out["cnr"] = cnr_out
+    if hit is not None:
+        out["hit"] = hit
+    out["gt_pixels"] = counts["gt_count"].astype(np.float64)
+    out["constant_map"] = constant.astype(np.float64)  # the maximum of a normalised map is 1 unless constant
+    return out
+
+
+def _shared_rectangle(maps: np.ndarray) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """``((r0, r1), (c0, c1))``: the first map's non-NaN pixels when they form one non-empty
+    rectangle (the whole frame when it has no NaN), provided every map has NaN on all pixels outside
+    it; None otherwise. The caller checks that no pixel inside it is NaN."""
+    h, w = maps.shape[1:]
+    nan0 = np.isnan(maps[0])
+    if not nan0.any():
+        return (0, h), (0, w)
+    rows, cols = np.flatnonzero(~nan0.all(axis=1)), np.flatnonzero(~nan0.all(axis=0))
+    if rows.size == 0:
+        return None
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    if nan0[r0:r1, c0:c1].any():
+        return None  # the first map's area is no rectangle
+    # with no NaN inside (checked by the caller), all NaN outside <=> NaN count = outside pixels
+    nan = np.isnan(maps, out=_scratch("afloc.nan", maps.shape, bool))
+    if np.count_nonzero(nan) != len(maps) * (h * w - (r1 - r0) * (c1 - c0)):
+        return None
+    return (r0, r1), (c0, c1)
 
 
 def _official_area(maps: np.ndarray, norm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -528,8 +620,8 @@ seed-0 bootstrap."""
             softmax = "modality" in rec and (rec["modality"] == C.PATHOLOGY).all()
         digits = 4
         out: list[dict[str, Any]] = []
-        idx_chunks = sklearn_resample_indices(n, n_boot) if seed == 0 else _seeded_resample(n, n_boot, seed)
-        weights = [counts_from_indices(ix, n) for ix in idx_chunks]
+        # replicate i: resample(..., random_state=seed + i) (seed 0: the official scheme), as multiplicities
+        weights = list(sklearn_resample_counts(n, n_boot, seed=seed))
         if softmax:
             ok = ~(np.isnan(scores).any(axis=1) | np.isnan(labels).any(axis=1))
             if not ok.all():
@@ -573,14 +665,6 @@ def _warn_without_negatives(rec: pd.DataFrame) -> None:
     if "gt_valid" in rec and len(rec) and not (rec["gt_valid"] == 0).any():
         log.warning("afloc-compat@1 CheXlocalize records contain no negative (empty-mask) rows; the official run "
                     "scores every CXR x task, so thresholds and CIs will differ (score negatives too)")
-
-
-def _seeded_resample(n: int, n_boot: int, seed: int):
-    """Replicate i = RandomState(seed + i): the official scheme shifted by ``seed``."""
-    chunk = 100
-    for start in range(0, n_boot, chunk):
-        yield np.stack([np.random.RandomState(seed + i).randint(0, n, size=n)
-                        for i in range(start, min(n_boot, start + chunk))])
 
 
 def _mode_of(records: pd.DataFrame) -> str:
