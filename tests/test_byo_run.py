@@ -72,3 +72,18 @@ def test_bad_map_files_fail_in_one_line(tmp_path, arrays, needle):
     with pytest.raises(DataError, match=needle.replace("[", r"\[").replace("]", r"\]")) as err:
         HeatmapFile().load(str(path), "cpu")
     assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_score_on_a_dataset_writes_the_run_byo_writes(small_demo, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("AFLOC_BENCH_DEMO", str(small_demo))
+    monkeypatch.setenv("AFLOC_BENCH_CACHE", str(tmp_path / "cache"))
+    assert _run(tmp_path / "model", "afloc", "--save-heatmaps", "1000") == 0
+    maps = tmp_path / "model" / "heatmaps" / "demo_ms_cxr__afloc.npz"
+    assert main(["-q", "score", "--dataset", "demo_ms_cxr", "--input", str(maps), "--n-boot", "40",
+                 "-o", str(tmp_path / "scored")]) == 0
+    assert "run record:" in capsys.readouterr().out
+    a = json.loads((tmp_path / "model" / "results.json").read_text())["results"]["demo_ms_cxr"]["afloc"]
+    b = json.loads((tmp_path / "scored" / "results.json").read_text())["results"]["demo_ms_cxr"]["byo"]
+    assert [r for r in a if r["task"] == "grounding"] == b
+    assert main(["score", "--input", str(maps), "-o", str(tmp_path / "x")]) == 2
+    assert "go with --dataset" in capsys.readouterr().err

@@ -50,14 +50,27 @@ No protocol smooths or upsamples maps unless --native-grid is given.
 
 Output: a table on stdout and, with --json, for each metric (iou, dice, cnr, hit and the
 per-threshold iou@t, dice@t where the protocol has them) and each category plus "all":
-point estimate, bootstrap mean, CI low and high, and n.
+point estimate, bootstrap mean, CI low and high, and n. n counts the maps that have a value for
+that metric and category: a value that is undefined for a map (afloc-compat's IoU and Dice when
+the thresholded map or the mask is empty, CNR when a region is empty) is left out of the mean and
+of n, so n can differ between metrics and thresholds.
+
+Maps of a dataset the harness loads, keyed by sample id, score as a run instead:
+  afloc-bench score --dataset ms_cxr --data-root /data/ms_cxr --input maps.npz -o runs/mine
+maps.npz then holds sample_id [N], grid [N, h, w] and input_geometry (the format a run keeps its
+heatmaps in; baselines/byo/README.md); the run folder it writes is what `afloc-bench run --models
+byo --ckpt byo=maps.npz` writes, so compare, build, report and regress accept it.
 """
 
 GROUNDING_KEYS = ("heatmaps", "masks", "categories")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", "-i", required=True, help="preds.npz (format above)")
+    parser.add_argument("--input", "-i", required=True, help="preds.npz (format above), or with --dataset the maps")
+    parser.add_argument("--dataset", default=None,
+                        help="score maps keyed by sample id on this registered dataset, as a run (see above)")
+    parser.add_argument("--data-root", default=None, help="with --dataset: its root (or a template with {dataset})")
+    parser.add_argument("-o", "--output", default=None, help="with --dataset: the run folder to write")
     parser.add_argument("--protocol", "-p", default="afloc-compat@1", help="protocol id (default: afloc-compat@1)")
     parser.add_argument("--n-boot", type=n_boot_arg, default=1000,
                         help="bootstrap replicates (default 1000; 0 = points only, no intervals)")
@@ -290,11 +303,36 @@ def _print_table(result: dict[str, Any]) -> None:
                 table.append([metric, cat] + [v[k] for k in ("point", "boot_mean", "lo", "hi", "n")])
     print(f"{result['protocol']}  n={result['n']}  n_boot={result['n_boot']}  seed={result['seed']}")
     print(tabulate(table, headers=["metric", "category", "point", "boot_mean", "lo", "hi", "n"], floatfmt=".4f"))
+    print("n: maps with a value for that metric (an undefined value, e.g. IoU of an empty thresholded map under "
+          "afloc-compat, is left out)")
+
+
+def run_on_dataset(args: argparse.Namespace) -> int:
+    """``--dataset``: the maps scored by the run engine as the model ``byo``, into a run folder."""
+    from benchmark.run.config import RunConfig
+    from benchmark.run.engine import Runner
+    from benchmark.tables import summary_table
+
+    cfg = RunConfig(models=["byo"], datasets=[args.dataset], protocol=args.protocol, n_boot=args.n_boot,
+                    seed=args.seed, ckpt={"byo": args.input}, data_root=args.data_root, output=args.output,
+                    quiet=bool(getattr(args, "quiet", False)))
+    cfg.normalise()
+    runner = Runner(cfg)
+    state = runner.run()
+    print(summary_table(state))
+    print(f"\nrun record: {runner.out / 'results.json'}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     from benchmark.dataset import DataError
 
+    if args.dataset is not None:
+        return run_on_dataset(args)
+    if args.output is not None or args.data_root is not None:
+        print("afloc-bench score: error: -o/--output and --data-root go with --dataset (maps keyed by sample id); "
+              "for preds.npz use --json", file=sys.stderr)
+        return 2
     try:
         result = score_file(args.input, args.protocol, n_boot=args.n_boot, seed=args.seed, margin=args.margin,
                             pathology=args.pathology, native_grid=args.native_grid,
