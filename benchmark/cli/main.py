@@ -28,6 +28,7 @@ COMMANDS = {
     "export-gt": "export_gt",
     "compare": "compare",
     "train": "train",
+    "finetune": "finetune",
     "prepare": "prepare",
     "build": "build",
     "regress": "regress",

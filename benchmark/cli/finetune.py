@@ -1,0 +1,79 @@
+"""`afloc-bench finetune seg`: fine-tune a model's image encoder for segmentation on a label fraction."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = "fine-tune a pretrained image encoder on 1/10/100 %% of the labels (segmentation: U-Net on SIIM)"
+DESCRIPTION = """\
+Fine-tune the image encoder of MODEL in a U-Net (segmentation_models_pytorch) on a label fraction of the
+training patients, select the epoch by validation Dice and score Dice/IoU on the test images with
+bootstrap CIs. Protocol, configs and outputs: docs/finetune.md.
+
+examples:
+  afloc-bench finetune seg --model afloc --dataset demo_siim --fraction 1.0 --seed 0 -o runs/ft_afloc
+  afloc-bench finetune seg --model random --dataset demo_siim --fraction 0.1 --seeds 0,1,2 -o runs/ft_random
+  afloc-bench finetune seg --model afloc --ckpt Pretrained_CXR.ckpt --model-option text_encoder=BERT_DIR \\
+      --dataset siim_pneumothorax --data-root /data/siim --config paper --fraction 0.01 --seed 0 -o runs/p1
+"""
+
+
+def _fraction(text: str) -> float:
+    f = float(text)
+    if not 0 < f <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1] (0.01, 0.1, 1.0), not {text}")
+    return f
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers (0,1,2), not {text!r}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("task", choices=["seg"], help="what to fine-tune for (seg: segmentation)")
+    parser.add_argument("--model", required=True,
+                        help="a registered model with a ResNet image encoder (afloc, gloria, ...), "
+                             "random (no pretraining) or imagenet (with --imagenet-weights)")
+    parser.add_argument("--dataset", default="siim_pneumothorax", help="siim_pneumothorax or demo_siim")
+    parser.add_argument("--fraction", type=_fraction, default=1.0, help="share of the training patients (0.01 ...)")
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=0, help="fraction sampling and training seed (default 0)")
+    seeds.add_argument("--seeds", type=_seeds, help="several seeds (0,1,2): one run each + summary.json")
+    parser.add_argument("--data-root", help="dataset folder (or a template with {dataset})")
+    parser.add_argument("--config", default=None, help="preset (demo, paper) or a YAML file (default: demo)")
+    parser.add_argument("--ckpt", help="checkpoint of --model (default: its demo weights)")
+    parser.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="adapter option of --model (e.g. text_encoder=PATH for official AFLoc files)")
+    parser.add_argument("--imagenet-weights", help="local torchvision ResNet-50 weights for --model imagenet")
+    parser.add_argument("--max-epochs", type=int, help="override the config's max_epochs")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    parser.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    parser.add_argument("-o", "--out", required=True, help="run folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    from benchmark.finetune.config import load_config
+    from benchmark.finetune.seg import run_seeds, run_seg
+
+    options = {}
+    for item in args.model_option:
+        if "=" not in item:
+            raise ValueError(f"--model-option {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        options[k.strip()] = v
+    cfg = load_config(args.config)
+    kw = dict(model=args.model, dataset=args.dataset, fraction=args.fraction, cfg=cfg, data_root=args.data_root,
+              ckpt=args.ckpt, imagenet_weights=args.imagenet_weights, resume=args.resume, device=args.device,
+              max_epochs=args.max_epochs, model_options=options)
+    if args.seeds:
+        summary = run_seeds(args.seeds, args.out, **kw)
+        test = summary["test"]
+    else:
+        res = run_seg(seed=args.seed, out=args.out, **kw)
+        test = {k: res["test"][k] for k in ("dice", "iou", "dice_positive")}
+    print(json.dumps({"out": str(args.out), "test": test}, indent=1))
+    return 0
