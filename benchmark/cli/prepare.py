@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="train", help="split to prepare (default train)")
     parser.add_argument("--size", type=int, default=224, help="letterboxed frame side in pixels (default 224, "
                                                               "what training reads)")
-    parser.add_argument("--num-proc", type=int, default=1, help="decoding processes (default 1)")
+    parser.add_argument("--num-proc", type=int, default=1,
+                        help="decoding threads (default 1; OpenCV decodes without holding the GIL)")
     parser.add_argument("--skip-unreadable", action="store_true",
                         help="leave unreadable images out (counted and listed in prepared.json) instead of stopping")
     parser.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",

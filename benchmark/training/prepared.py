@@ -97,26 +97,27 @@ def _decode(job: tuple[str, int]) -> tuple[bool, Any]:
         return False, exc.expected
 
 
-def _one_thread() -> None:
-    """Pool initializer: one OpenCV thread per process (``num_proc`` processes share the cores)."""
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
 def _decoded(paths: Sequence[str], size: int, num_proc: int) -> Iterator[tuple[bool, Any]]:
-    """Decoded frames in input order, from ``num_proc`` processes. Forked where the platform can (as the
-    trainer's DataLoader workers are): a spawned worker re-imports the caller's main module, which breaks
-    scripts without a ``__main__`` guard and interactive sessions."""
+    """Decoded frames in input order, from ``num_proc`` threads (OpenCV decodes and resizes without
+    holding the GIL). Threads, not processes: a forked worker can hang on a lock that another thread
+    of the parent (OpenCV's or torch's pool) held at the fork, and a spawned one re-imports the
+    caller's main module. At most ``16 * num_proc`` frames wait to be written."""
     if num_proc <= 1:
         for p in paths:
             yield _decode((p, size))
         return
-    import multiprocessing as mp
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
 
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with ctx.Pool(num_proc, initializer=_one_thread) as pool:
-        yield from pool.imap(_decode, [(p, size) for p in paths], chunksize=8)
+    window = 16 * num_proc
+    with ThreadPoolExecutor(max_workers=num_proc, thread_name_prefix="prepare") as pool:
+        pending: deque = deque()
+        for p in paths:
+            pending.append(pool.submit(_decode, (p, size)))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 @dataclass
