@@ -402,3 +402,13 @@ def test_vindr_physionet_layout_test_split(tmp_path):
     assert ds.stats["split_images_without_boxes"] == 1
     neg = VinDrCXR(tmp_path, negatives=True).samples()
     assert sorted((x.image_id, x.label) for x in neg) == [("im1", 1), ("im1", 1), ("im2", 0), ("im2", 0)]
+
+
+def test_sicapv2_missing_image_is_skipped_without_image_checks(tmp_path):
+    write_sicap(tmp_path)
+    gone = tmp_path / "images" / "16B0001851_Block_Region_1_0_1_xini_7315_yini_59786.jpg"
+    gone.unlink()
+    ds = SICAPv2(tmp_path, check_images=False)
+    s = ds.samples()
+    assert len(s) == 3 and not any(x.image_path == str(gone) for x in s)
+    assert [k["reason"] for k in ds.skipped] == ["image file not found"]

@@ -596,6 +596,14 @@ class Loader(Dataset):
             return False
         return True
 
+    def usable_image(self, path: Path) -> tuple[bool, tuple[int, int] | None]:
+        """``(usable, size)``: not usable (a counted skip) when the file is missing or, with
+        ``check_images``, unreadable; the size when ``check_images`` read the header, else None."""
+        if not self.opt("check_images"):
+            return self.image_ok(path), None
+        size = self.raster_size_or_skip(path)
+        return size is not None, size
+
     def raster_size_or_skip(self, path: Path) -> tuple[int, int] | None:
         if not self.image_ok(path):
             return None

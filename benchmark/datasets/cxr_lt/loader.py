@@ -97,13 +97,9 @@ class CXRLT(Loader):
         out: list[Sample] = []
         for r in progress(rows, f"cxr_lt/{self.label_set}/{self.split}: reading image headers"):
             path = image_root / r["path"]
-            if not self.image_ok(path):
+            ok, size = self.usable_image(path)
+            if not ok:
                 continue
-            size = None
-            if self.opt("check_images"):
-                size = self.raster_size_or_skip(path)
-                if size is None:
-                    continue
             image_id = r["dicom_id"] or Path(r["path"]).stem
             meta: dict[str, Any] = {"csv_row": r["row"], "study_id": r["study_id"], "label_set": self.label_set,
                                     "positives": [canonical[c] for c in classes if c in r["positives"]]}

@@ -66,13 +66,9 @@ class DHMCLUAD(Loader):
         out: list[Sample] = []
         for r in progress(rows, "dhmc_luad: reading image headers"):
             path = folder / r["file"]
-            if not self.image_ok(path):
+            ok, size = self.usable_image(path)
+            if not ok:
                 continue
-            size = None
-            if self.opt("check_images"):
-                size = self.raster_size_or_skip(path)
-                if size is None:
-                    continue
             stem = Path(r["file"]).stem
             meta: dict[str, Any] = {"class": r["class"], "csv_row": r["row"], **r["scanner"]}
             for c in CLASSES:

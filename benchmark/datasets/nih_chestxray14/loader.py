@@ -96,13 +96,9 @@ class NIHChestXray14(Loader):
         for name in progress(rows, f"nih_chestxray14/{self.split}: reading image headers"):
             info = entries[name]
             path = locate(name)
-            if not self.image_ok(path):
+            ok, size = self.usable_image(path)
+            if not ok:
                 continue
-            size = None
-            if self.opt("check_images"):
-                size = self.raster_size_or_skip(path)
-                if size is None:
-                    continue
             if views is not None and info["view"] not in views:
                 self.exclude(path, f"view {info['view']} not in views option {sorted(views)}")
                 continue

@@ -50,8 +50,8 @@ class SICAPv2(Loader):
         for r in progress(rows, f"sicapv2/{self.split}: reading masks"):
             name = r["image_name"]
             img, mask = img_dir / name, mask_dir / name
-            size = self.raster_size_or_skip(img)
-            if size is None and self.opt("check_images"):
+            ok, size = self.usable_image(img)  # a missing image is a counted skip, never a kept sample
+            if not ok:
                 continue
             try:
                 mask_size, n_on = mask_nonzero_count(mask)

@@ -82,11 +82,9 @@ class WSSS4LUAD(Loader):
         out: list[Sample] = []
         for cls in CLASSES:
             for p in progress(by_class[cls], f"wsss4luad/{cls}: reading image headers"):
-                size = None
-                if self.opt("check_images"):
-                    size = self.raster_size_or_skip(p)
-                    if size is None:
-                        continue
+                ok, size = self.usable_image(p)
+                if not ok:
+                    continue
                 meta: dict[str, Any] = {"class": cls, "label_vector": list(parse_label(p.stem))}
                 for c in CLASSES:
                     out.append(Sample(
