@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from benchmark.finetune.data import load_arrays, make_splits
 from benchmark.finetune.encoders import encoder_for
 from benchmark.finetune.fractions import ids_text, sha256_text
+from benchmark.io.checkpoints import optimizer_from_safetensors, optimizer_to_safetensors
 from benchmark.progress import Progress
 from benchmark.records import atomic_write_json, atomic_write_text, environment, git_commit, now_iso
 
@@ -137,16 +138,7 @@ def save_checkpoint(folder: Path, model, opt, state: dict[str, Any]) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / MODEL_FILE))
-    sd = opt.state_dict()
-    tensors, layout = {}, {"param_groups": sd["param_groups"], "state": {}}
-    for pid, pstate in sd["state"].items():
-        layout["state"][str(pid)] = {}
-        for k, v in pstate.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"opt.{pid}.{k}"] = v.detach().cpu().contiguous()
-                layout["state"][str(pid)][k] = {"tensor": f"opt.{pid}.{k}"}
-            else:
-                layout["state"][str(pid)][k] = {"value": v}
+    tensors, layout = optimizer_to_safetensors(opt)
     save_file(tensors or {"empty": torch.zeros(1)}, str(tmp / OPTIM_FILE))
     (tmp / STATE_FILE).write_text(json.dumps({**state, "optimizer": layout}, indent=1, default=float) + "\n")
     old = folder.parent / f".{folder.name}.old"
@@ -168,9 +160,7 @@ def load_checkpoint(folder: Path, model, opt, identity: dict[str, Any]) -> dict[
     model.load_state_dict(load_file(str(folder / MODEL_FILE)), strict=True)
     tensors = load_file(str(folder / OPTIM_FILE))
     layout = doc.pop("optimizer")
-    state = {int(pid): {k: (tensors[v["tensor"]] if "tensor" in v else v["value"]) for k, v in ps.items()}
-             for pid, ps in layout["state"].items()}
-    opt.load_state_dict({"state": state, "param_groups": layout["param_groups"]})
+    optimizer_from_safetensors(opt, tensors, layout)
     return doc
 
 

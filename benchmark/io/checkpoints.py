@@ -389,3 +389,28 @@ def need_file(path: str | os.PathLike | None, what: str, published: str, option:
     if not p.exists():
         raise CheckpointError(p, f"not found; expected {what}{how}, published at {published}")
     return p
+
+
+def optimizer_to_safetensors(opt: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An optimiser's state as ``(tensors, layout)``: its tensors under ``opt.<param>.<key>`` for a
+    safetensors file, everything else (param groups, step counts) as JSON-ready ``layout``, so a
+    resumable checkpoint holds no pickle. ``optimizer_from_safetensors`` reverses it."""
+    sd = opt.state_dict()
+    tensors: dict[str, Any] = {}
+    layout: dict[str, Any] = {"param_groups": sd["param_groups"], "state": {}}
+    for pid, pstate in sd["state"].items():
+        entry = layout["state"][str(pid)] = {}
+        for k, v in pstate.items():
+            if hasattr(v, "detach"):
+                tensors[f"opt.{pid}.{k}"] = v.detach().cpu().contiguous()
+                entry[k] = {"tensor": f"opt.{pid}.{k}"}
+            else:
+                entry[k] = {"value": v}
+    return tensors, layout
+
+
+def optimizer_from_safetensors(opt: Any, tensors: Mapping[str, Any], layout: Mapping[str, Any]) -> None:
+    """Load what ``optimizer_to_safetensors`` wrote into ``opt``."""
+    state = {int(pid): {k: (tensors[v["tensor"]] if "tensor" in v else v["value"]) for k, v in ps.items()}
+             for pid, ps in layout["state"].items()}
+    opt.load_state_dict({"state": state, "param_groups": layout["param_groups"]})

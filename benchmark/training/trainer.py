@@ -44,7 +44,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-from benchmark.io.checkpoints import CheckpointError
+from benchmark.io.checkpoints import CheckpointError, optimizer_from_safetensors, optimizer_to_safetensors
 from benchmark.progress import Progress
 from benchmark.training.captions import report_sentences
 from benchmark.training.config import TrainConfig
@@ -471,16 +471,8 @@ class Trainer:
         if self.ema is not None:  # the optimiser's own weights, for resume
             for k, v in self.model.state_dict().items():
                 tensors[f"raw.{k}"] = v.detach().cpu().contiguous()
-        opt_sd = self.opt.state_dict()
-        layout: dict[str, Any] = {"param_groups": opt_sd["param_groups"], "state": {}}
-        for pid, pstate in opt_sd["state"].items():
-            layout["state"][str(pid)] = {}
-            for k, v in pstate.items():
-                if isinstance(v, torch.Tensor):
-                    tensors[f"opt.{pid}.{k}"] = v.detach().cpu().contiguous()
-                    layout["state"][str(pid)][k] = {"tensor": f"opt.{pid}.{k}"}
-                else:
-                    layout["state"][str(pid)][k] = {"value": v}
+        opt_tensors, layout = optimizer_to_safetensors(self.opt)
+        tensors.update(opt_tensors)
         tensors["rng.cpu"] = torch.get_rng_state()
         if torch.cuda.is_available():
             for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -523,11 +515,7 @@ class Trainer:
         elif raw:
             raise CheckpointError(folder, f"a run with ema_decay {doc.get('train_config', {}).get('ema_decay')}; "
                                           "resume it with the same ema_decay")
-        layout = doc["optimizer"]
-        state = {}
-        for pid, pstate in layout["state"].items():
-            state[int(pid)] = {k: (tensors[v["tensor"]] if "tensor" in v else v["value"]) for k, v in pstate.items()}
-        self.opt.load_state_dict({"state": state, "param_groups": layout["param_groups"]})
+        optimizer_from_safetensors(self.opt, tensors, doc["optimizer"])
         self.sched.load_state_dict(doc["scheduler"])
         if doc.get("scaler"):
             self.scaler.load_state_dict(doc["scaler"])
