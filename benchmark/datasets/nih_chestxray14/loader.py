@@ -163,12 +163,16 @@ class NIHChestXray14(Loader):
                  + (" ..." if n > len(names) else ""))]
 
 
-def read_name_list(path: Path) -> list[str]:
-    """``test_list.txt`` / ``train_val_list.txt``: one image file name per line (blank lines ignored)."""
+def _list_text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(path, f"cannot read the list ({type(exc).__name__}: {exc})") from None
+
+
+def read_name_list(path: Path) -> list[str]:
+    """``test_list.txt`` / ``train_val_list.txt``: one image file name per line (blank lines ignored)."""
+    text = _list_text(path)
     out = []
     for i, line in enumerate(text.splitlines(), start=1):
         name = line.strip()
@@ -182,10 +186,7 @@ def read_name_list(path: Path) -> list[str]:
 
 def read_labelled_list(path: Path) -> list[tuple[str, frozenset[str]]]:
     """MRM's / AFLoc's list format: ``<file name> <14 x 0/1>`` per line, columns in ``CLASSES`` order."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(path, f"cannot read the list ({type(exc).__name__}: {exc})") from None
+    text = _list_text(path)
     out = []
     for i, line in enumerate(text.splitlines(), start=1):
         parts = line.split()
