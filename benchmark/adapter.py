@@ -200,8 +200,14 @@ class Adapter:
         return None
 
     def similarity_map_for_samples(self, samples: Sequence[Any], image_sizes: Sequence[tuple[int, int]]) -> list:
-        """With ``per_sample_maps``: one native map per sample, in the frame of ``input_geometry``."""
+        """With ``per_sample_maps``: one native map per sample, in the frame of ``input_geometry``, or
+        None for a sample the model has no map for (the runner skips and counts it, giving
+        ``missing_map_reason()``)."""
         raise NotImplementedError(f"{type(self).__name__} sets per_sample_maps but gives no maps")
+
+    def missing_map_reason(self) -> str:
+        """Why ``similarity_map_for_samples`` gave None for a sample (recorded with the skip)."""
+        return "the model gave no map for this sample"
 
     def salient_points_for_samples(self, samples: Sequence[Any]) -> list | None:
         """Per sample, the points a reader marked (or None): scored by protocols that score points."""

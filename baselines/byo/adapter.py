@@ -97,7 +97,7 @@ class HeatmapFile(Adapter):
             out.append(grid)
         return out
 
-    def missing_reason(self) -> str:
+    def missing_map_reason(self) -> str:
         return f"no map for this sample id in {self.checkpoint}"
 
     def describe(self) -> dict[str, Any]:

@@ -714,8 +714,7 @@ class Runner:
                                f"for {len(keep)} samples")
         for i, ((s, size), grid) in enumerate(zip(keep, maps)):
             if grid is None:  # the adapter has no map for this sample (bring-your-own maps): counted, not scored
-                reason = getattr(adapter, "missing_reason", lambda: "the model gave no map for this sample")()
-                skipped.append({"sample_id": s.sample_id, "path": s.image_path, "reason": reason})
+                skipped.append({"sample_id": s.sample_id, "path": s.image_path, "reason": adapter.missing_map_reason()})
                 continue
             rec = self.protocol.grounding_record(np.asarray(grid, dtype=np.float32), s, size, adapter.input_geometry)
             if points is not None and points[i] is not None:
