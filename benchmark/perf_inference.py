@@ -22,7 +22,6 @@ fp32, on the same weights. Runs on CPU (small ``--n``) and, where there is one, 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import tempfile
 import time
@@ -183,8 +182,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['run_maps_per_s']:8.1f} maps/s, bare {row['bare_maps_per_s']:8.1f} maps/s, "
               f"run/bare time per map {row['run_over_bare']:.2f}x (target <= 1.5){extra}", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps([dataclasses.asdict(r) if dataclasses.is_dataclass(r) else r
-                                               for r in rows], indent=2))
+        Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0
 
 
