@@ -92,6 +92,9 @@ class AFLocAdapter(Adapter):
     def score(self, image_emb: Any, positive: Any, negative: Any) -> np.ndarray:
         return self.engine.score(image_emb, positive, negative)
 
+    def class_logit(self, image_emb: Any, positive: Any) -> np.ndarray:
+        return self.engine.class_logit(image_emb, positive)
+
 
 class UntrainedAFLocAdapter(AFLocAdapter):
     """The demo recipe's model at its seed weights (same preset, vocabulary and seed), before any

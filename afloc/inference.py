@@ -84,3 +84,10 @@ class InferenceEngine:
         g = image_emb["global"] if isinstance(image_emb, dict) else image_emb
         p = zero_shot_probability(g, positive.to(g.device), negative.to(g.device))
         return p.cpu().numpy().astype(np.float64)
+
+    @torch.inference_mode()
+    def class_logit(self, image_emb: dict[str, torch.Tensor], positive: torch.Tensor) -> np.ndarray:
+        """Raw dot product of the global image and class embeddings (the official pathology
+        classification's ``fc`` logits, softmaxed over classes)."""
+        g = image_emb["global"] if isinstance(image_emb, dict) else image_emb
+        return (g * positive.to(g.device)).sum(-1).double().cpu().numpy()

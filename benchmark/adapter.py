@@ -189,6 +189,18 @@ class Adapter:
         """Paired rows → zero-shot probability that the finding is present, float array [B]."""
         raise NotImplementedError
 
+    def class_logit(self, image_emb: Any, positive: Any) -> np.ndarray:
+        """Paired rows → the logit single-label (softmax) classification compares across a patch's
+        classes, float array [B]: the model's own image-class similarity (AFLoc: the raw dot
+        product of the global embeddings, as its official pathology classification). Optional:
+        a model without one is skipped and counted on softmax-classification datasets."""
+        raise NotImplementedError(f"{type(self).__name__} has no single-label class logit")
+
+    @property
+    def ranks_classes(self) -> bool:
+        """Whether this model gives ``class_logit`` (single-label softmax classification)."""
+        return type(self).class_logit is not Adapter.class_logit
+
     def encode_prompt_ensemble(self, queries: Sequence[Query]) -> Any:
         """Several queries for one class → one embedding row (default: mean of rows)."""
         emb = self.encode_texts(list(queries))

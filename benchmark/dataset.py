@@ -55,11 +55,20 @@ class DatasetCard:
     modality: str = "chest_xray"  # chest_xray or pathology
     prompt_family: str = "cxr"  # zero-shot ensembles: the chest X-ray table or a pathology family (prompts.py)
     official_spelling: dict[str, str] = field(default_factory=dict)  # canonical name -> the official code's word
+    # zero-shot classification as the official code scores it: ``mode`` multilabel (each class against
+    # its negative prompt, per-class AUROC) or softmax (one class per image: argmax over the classes'
+    # logits, balanced accuracy); also ``metric``, ``official_dataset``, ``class_order``
+    classification: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # loader-specific facts (published split ids, ...)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    @property
+    def classification_mode(self) -> str:
+        """``multilabel`` (the default) or ``softmax`` (single-label: one class per image)."""
+        return str(self.classification.get("mode", "multilabel"))
 
 
 class Dataset:

@@ -295,14 +295,21 @@ def write_sicap(root: Path) -> None:
 def test_sicapv2_argmax_classes_prompts_and_masks(tmp_path):
     write_sicap(tmp_path)
     ds = SICAPv2(tmp_path)
-    s = ds.samples()
+    every = ds.samples()
+    names = ["Non-cancerous", "Gleason Pattern 3", "Gleason Pattern 4", "Gleason Pattern 5"]
+    # one sample per (patch, class), label 1 for the patch's class: softmax classification sees every class
+    assert len(every) == 16 and [x.category for x in every[:4]] == names
+    assert [x.label for x in every[4:8]] == [0, 1, 0, 0] and len({x.image_id for x in every}) == 4
+    assert every[5].sample_id.endswith("/G3") and every[4].sample_id.endswith("/NC")
+    s = [x for x in every if x.label]
     assert [x.meta["class"] for x in s] == ["NC", "G3", "G4", "G5"]  # G4 and G5 tied: argmax keeps G4
-    assert [x.category for x in s] == ["Non-cancerous", "Gleason Pattern 3", "Gleason Pattern 4", "Gleason Pattern 5"]
+    assert [x.category for x in s] == names
     assert s[1].prompts["simple"] == "an example of prostate cancer, gleason pattern 3."
     assert s[2].prompts["simple"] == "an example of gleason grade 4."
     assert s[0].mask_paths == [] and all(x.mask_paths for x in s[1:])  # grounding = non-empty masks (AFLoc)
+    assert not any(x.mask_paths for x in every if not x.label)  # one grounding query per patch: its class
     assert set(s[0].meta["class_prompts"]) == {"NC", "G3", "G4", "G5"} and s[2].meta["grades"]["G4C"] == 1
-    assert ds.stats["empty_masks"] == 1 and ds.validate({"samples": 4})["ok"]
+    assert ds.stats["empty_masks"] == 1 and ds.validate({"samples": 16})["ok"]
 
 
 # --------------------------------------------------------------------------------------------- MIMIC-CXR
@@ -410,5 +417,5 @@ def test_sicapv2_missing_image_is_skipped_without_image_checks(tmp_path):
     gone.unlink()
     ds = SICAPv2(tmp_path, check_images=False)
     s = ds.samples()
-    assert len(s) == 3 and not any(x.image_path == str(gone) for x in s)
+    assert len(s) == 12 and not any(x.image_path == str(gone) for x in s)
     assert [k["reason"] for k in ds.skipped] == ["image file not found"]

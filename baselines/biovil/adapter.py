@@ -199,6 +199,10 @@ class BioVilAdapter(BaselineAdapter):
             raise ValueError("biovil.score needs negative prompts (the probability is softmax(positive, negative))")
         return softmax_pair(self.cosine(image_emb, positive), self.cosine(image_emb, negative)).numpy()
 
+    def class_logit(self, image_emb: dict[str, Any], positive: Any) -> np.ndarray:
+        """The cosine its zero-shot probability compares (softmax over classes instead of [pos, neg])."""
+        return self.cosine(image_emb, positive).numpy()
+
 
 def _project_folder(path: Path) -> Path | None:
     """The folder of a checkpoint written by this project (``config.json`` beside the weights), else None."""

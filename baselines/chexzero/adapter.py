@@ -109,5 +109,10 @@ class ChexzeroAdapter(BaselineAdapter):
             neg = torch.where(use, self._cos(image_emb, negative["cz_neg"]), neg)
         return softmax_pair(pos, neg).numpy()
 
+    def class_logit(self, image_emb: Any, positive: Any) -> np.ndarray:
+        """Cosine of the image and the class's prompts (the given prompts, not CheXzero's pairs)."""
+        rows = positive["given"] if isinstance(positive, dict) else positive
+        return self._cos(image_emb, rows).numpy()
+
     def similarity_map(self, image_emb: Any, text_emb: Any) -> np.ndarray:
         raise NotImplementedError("chexzero is a classification-only baseline (no grounding capability)")

@@ -145,6 +145,11 @@ class _ClipAdapter(Adapter):
         logits = self.loaded.logit_scale * torch.stack([(img * positive).sum(-1), (img * negative).sum(-1)], dim=1)
         return torch.softmax(logits, dim=1)[:, 0].detach().cpu().numpy().astype(np.float64)
 
+    def class_logit(self, image_emb: dict[str, Any], positive) -> np.ndarray:
+        """``logit_scale · cos(img, class)``: the logits ``class_probabilities`` softmaxes."""
+        img = image_emb["emb"]
+        return (self.loaded.logit_scale * (img * positive).sum(-1)).detach().double().cpu().numpy()
+
     def class_probabilities(self, image_emb: dict[str, Any], class_emb) -> np.ndarray:
         """Softmax over classes of ``logit_scale · cos(img, class)`` → ``[B, K]`` (single-label tasks)."""
 

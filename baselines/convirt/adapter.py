@@ -167,6 +167,10 @@ class ConvirtAdapter(BaselineAdapter):
         tau = float(self.cfg.tau)
         return softmax_pair(self.cosine(image_emb, positive) / tau, self.cosine(image_emb, negative) / tau).numpy()
 
+    def class_logit(self, image_emb: dict[str, Any], positive: Any) -> np.ndarray:
+        """cosine / τ, the logit its zero-shot probability compares."""
+        return (self.cosine(image_emb, positive) / float(self.cfg.tau)).numpy()
+
 
 def _project_folder(path: Path) -> Path | None:
     """The folder of a checkpoint written by this project (``config.json`` beside the weights), else None."""

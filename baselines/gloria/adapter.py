@@ -237,6 +237,10 @@ class GloriaAdapter(BaselineAdapter):
         neg = self.similarities(image_emb, negative).max(dim=1).values
         return softmax_pair(pos, neg).numpy()
 
+    def class_logit(self, image_emb: dict[str, Any], positive: dict[str, Any]) -> np.ndarray:
+        """The ensemble's best combined similarity, as its zero-shot probability uses it."""
+        return self.similarities(image_emb, positive).max(dim=1).values.double().cpu().numpy()
+
 
 def load_folder(folder: Path) -> tuple[Any, Any, Any]:
     """(model, WordPiece tokenizer, key report) of a checkpoint folder written by ``GloriaTask.save``."""

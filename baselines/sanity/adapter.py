@@ -56,6 +56,9 @@ class RandomModel(_Sanity):
     def score(self, image_emb: Any, positive: Any, negative: Any) -> np.ndarray:
         return np.array([self._rng(i, p).random() for i, p in zip(image_emb, positive)], dtype=np.float64)
 
+    def class_logit(self, image_emb: Any, positive: Any) -> np.ndarray:
+        return self.score(image_emb, positive, None)
+
 
 class UniformModel(_Sanity):
     """Constant map, probability 0.5."""
@@ -65,6 +68,9 @@ class UniformModel(_Sanity):
 
     def score(self, image_emb: Any, positive: Any, negative: Any) -> np.ndarray:
         return np.full(len(image_emb), 0.5)
+
+    def class_logit(self, image_emb: Any, positive: Any) -> np.ndarray:
+        return np.zeros(len(image_emb))  # every class ties: the argmax is the first class
 
 
 def center_gaussian(size: int = GRID, sigma_frac: float = 0.25) -> np.ndarray:
@@ -84,3 +90,6 @@ class CenterPriorModel(_Sanity):
 
     def score(self, image_emb: Any, positive: Any, negative: Any) -> np.ndarray:
         return np.full(len(image_emb), 0.5)
+
+    def class_logit(self, image_emb: Any, positive: Any) -> np.ndarray:
+        return np.zeros(len(image_emb))  # every class ties: the argmax is the first class

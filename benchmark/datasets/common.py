@@ -59,6 +59,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 _CARD_FIELDS = {f.name for f in fields(DatasetCard)}
+CLASSIFICATION_MODES = ("multilabel", "softmax")
 
 
 def load_card(name: str) -> DatasetCard:
@@ -81,6 +82,9 @@ def load_card(name: str) -> DatasetCard:
         raise DataError(path, f"afloc_mode {card.afloc_mode!r}: expected one of {', '.join(AFLOC_MODES)}")
     if card.modality not in MODALITIES:
         raise DataError(path, f"modality {card.modality!r}: expected one of {', '.join(MODALITIES)}")
+    if card.classification_mode not in CLASSIFICATION_MODES:
+        raise DataError(path, f"classification.mode {card.classification_mode!r}: expected one of "
+                              f"{', '.join(CLASSIFICATION_MODES)}")
     card.extra = {k: v for k, v in data.items() if k not in _CARD_FIELDS}  # type: ignore[attr-defined]
     return card
 

@@ -130,11 +130,13 @@ class Canonical(Protocol):
             cols = [c for c in C.metric_columns(rec, GROUNDING_PREFIXES)]
             return summarize_means(rec, cols, units, n_boot=n_boot, seed=seed, strata=strata, level=level)
         if task == "classification":
-            return self._summarize_classification(rec, units, n_boot=n_boot, seed=seed, strata=strata, level=level)
+            return self._summarize_classification(rec, units, n_boot=n_boot, seed=seed, strata=strata, level=level,
+                                                  softmax=params.get("softmax"))
         raise ValueError(f"canonical@1 has no task {task!r}")
 
     def _summarize_classification(self, rec: pd.DataFrame, units: np.ndarray, *, n_boot: int, seed: int,
-                                  strata: np.ndarray | None, level: float) -> list[dict[str, Any]]:
+                                  strata: np.ndarray | None, level: float,
+                                  softmax: bool | None = None) -> list[dict[str, Any]]:
         cats = C.first_appearance(rec["category"])
         codes, _ = C.category_codes(rec["category"].tolist(), cats)
         y = rec["label"].to_numpy(dtype=np.float64)
@@ -168,6 +170,9 @@ class Canonical(Protocol):
             all_pt = C.nanmean(pts)
             if metric == "balanced_accuracy":
                 single = _single_label_images(rec, ok)
+                if softmax and single is None:
+                    raise ValueError("canonical@1: a single-label (softmax) classification set needs exactly one "
+                                     "positive class and at least two classes per image")
                 if single is not None:  # multi-class: argmax over the categories of each image
                     all_pt, macro = _multiclass_ba(rec, ok, single, weights, cats)
             bm, lo, hi = percentile_ci(np.column_stack([reps, macro]), level)

@@ -348,7 +348,7 @@ class Runner:
         unit = ds.card.resampling_unit
         preprocessing: dict[str, dict[str, str]] = {}
         shard = self.cfg.shard_position()
-        tuning_frames, tuned = [], []
+        tuning_frames, tuned, task_params = [], [], {}
         for task in plan.tasks:
             adapter.for_task(task)
             preprocessing[task] = adapter.preprocessing()
@@ -356,6 +356,7 @@ class Runner:
             run_skips.extend(skipped)
             needs_tuning = self.protocol.needs_tuning_for(samples) and task == "grounding"
             if shard is not None:  # records only, placed in dataset order; ``merge`` summarises
+                task_params[task] = self._task_params(ds, task)
                 if needs_tuning:
                     tuned.append(task)
                     tuning_frames.append(self._tuning_records(plan, adapter, task))
@@ -364,7 +365,7 @@ class Runner:
                 continue
             if records.empty:
                 continue
-            params: dict[str, Any] = {"prompt_set": self.cfg.prompt_set}
+            params = self._task_params(ds, task)
             if needs_tuning:
                 params.update(self._tune(plan, adapter, task))
             rows.extend(self._summary(records, task, unit, params))
@@ -384,13 +385,22 @@ class Runner:
                 "run_skipped": run_skips[:100], "seconds": round(time.time() - t0, 3),
                 "cache": {"hits": self.cache.hits, "misses": self.cache.misses, "corrupt": self.cache.corrupt}}
         if shard is not None:
-            pair["shard"] = {"index": shard[0], "count": shard[1], "unit": unit, "tuned_tasks": tuned}
+            pair["shard"] = {"index": shard[0], "count": shard[1], "unit": unit, "tuned_tasks": tuned,
+                             "params": task_params}
         ds_rec["n_run_skipped"][plan.model] = len(run_skips)
         atomic_write_json(pair_path, pair)
         if run_skips:
             log.warning("%s on %s: %d sample(s) skipped at run time (see results.json)", plan.model, plan.dataset,
                         len(run_skips))
         return pair
+
+    def _task_params(self, ds: Dataset, task: str) -> dict[str, Any]:
+        """What the protocol needs to know of a task besides its records: the prompt set and, for a
+        single-label classification set (card ``classification.mode: softmax``), ``softmax``."""
+        params: dict[str, Any] = {"prompt_set": self.cfg.prompt_set}
+        if task == "classification" and ds.card.classification_mode == "softmax":
+            params["softmax"] = True
+        return params
 
     def _summary(self, records: Any, task: str, unit: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         summary = self.protocol.summarize(records, task, n_boot=self.cfg.n_boot, seed=self.cfg.seed, unit=unit,
@@ -447,7 +457,7 @@ class Runner:
                     records = in_order(frames, task)
                     if records.empty:
                         continue
-                    params: dict[str, Any] = {"prompt_set": self.cfg.prompt_set}
+                    params = dict(info.get("params", {}).get(task, {"prompt_set": self.cfg.prompt_set}))
                     if task in info["tuned_tasks"]:
                         params.update(self.protocol.tune(in_order(tuning, task)))
                     rows.extend(self._summary(records, task, info["unit"], params))
@@ -505,6 +515,15 @@ class Runner:
         stopping the run."""
         reasons: dict[Query, str | None] = {}
         keep, refused, cats = [], [], set()
+        if task == "classification" and ds.card.classification_mode == "softmax" and not adapter.ranks_classes:
+            reason = ("single-label classification compares class logits, which this model does not give "
+                      "(Adapter.class_logit)")
+            refused = [{"sample_id": s.sample_id, "path": s.image_path, "reason": f"{plan.model}: {reason}"}
+                       for s in samples]
+            if refused:
+                log.warning("%s on %s (classification): %d sample(s) skipped: %s", plan.model, plan.dataset,
+                            len(refused), reason)
+            return [], refused
         for s in samples:
             query = ds.query(s, self.cfg.prompt_set) if task == "grounding" \
                 else Query(classification_prompts(ds.card, s.category)[0][0], s.category)
@@ -582,18 +601,27 @@ class Runner:
                           adapter.encode_prompt_ensemble([Query(n, category) for n in neg]))
             return out
 
+        softmax = ds.card.classification_mode == "softmax"
+
         def compute(images: Any, txt: Any, n: int) -> dict[str, np.ndarray]:
             pos, neg = txt
+            if softmax:
+                return {"logit": np.asarray(adapter.class_logit(images, pos), dtype=np.float64)}
             return {"score": np.asarray(adapter.score(images, pos, neg), dtype=np.float64)}
 
-        outputs, _sizes, skipped = self._infer(adapter, samples, plan, "score", key_of, encode, compute,
-                                               f"{plan.model} × {plan.dataset} (cls)", text_order)
-        out = []
-        for s in samples:
-            key = (s.image_path, key_of(s))
-            if key in outputs:
-                out.append((s, self.protocol.classification_record(float(outputs[key]["score"]), s)))
-        return out, skipped
+        outputs, _sizes, skipped = self._infer(adapter, samples, plan, "class_logit" if softmax else "score", key_of,
+                                               encode, compute, f"{plan.model} × {plan.dataset} (cls)", text_order)
+        done = [s for s in samples if (s.image_path, key_of(s)) in outputs]
+        if softmax:
+            probs = class_softmax(done, [float(outputs[(s.image_path, key_of(s))]["logit"]) for s in done])
+            out = []
+            for s, (logit, prob) in zip(done, probs):
+                rec = self.protocol.classification_record(prob, s)
+                rec["logit"] = logit
+                out.append((s, rec))
+            return out, skipped
+        return [(s, self.protocol.classification_record(float(outputs[(s.image_path, key_of(s))]["score"]), s))
+                for s in done], skipped
 
     def _infer(self, adapter: Adapter, samples: list[Sample], plan: PairPlan, kind: str,
                key_of: Callable[[Sample], str], encode: Callable[[list[str]], dict[str, Any]],
@@ -778,6 +806,21 @@ class _run_log:
         root.setLevel(self.level)
         for h, lvl in self.handlers:
             h.setLevel(lvl)
+
+
+def class_softmax(samples: list[Sample], logits: list[float]) -> list[tuple[float, float]]:
+    """(logit, softmax over the classes of the sample's image) per sample: single-label
+    classification's probability of each class, as the official pathology evaluation computes it."""
+    by_image: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_image.setdefault(s.image_id or s.image_path, []).append(i)
+    probs = np.zeros(len(samples))
+    values = np.asarray(logits, dtype=np.float64)
+    for idx in by_image.values():
+        z = values[idx] - values[idx].max()
+        e = np.exp(z)
+        probs[idx] = e / e.sum()
+    return list(zip(values.tolist(), probs.tolist()))
 
 
 def _concat_rows(adapter: Adapter, rows: list[Any]) -> Any:

@@ -4,8 +4,10 @@
 the class is the argmax over ``[NC, G3, G4, G5]`` (AFLoc's rule; ties and all-zero rows resolve to
 the first, as ``numpy.argmax`` does). Images are ``images/<image_name>`` and masks
 ``masks/<image_name>`` at the native 512×512 (AFLoc reads its own 224 resize of the images; the
-harness reads the originals and lets geometry resize). A sample keeps its mask only when the mask
-is non-empty, so grounding sees AFLoc's set and classification sees every row.
+harness reads the originals and lets geometry resize). Each patch gives one sample per class (label 1
+for its class, 0 for the other three), so single-label softmax classification sees every class
+scored per patch; only the true class's sample carries the mask, and only when the mask is
+non-empty, so grounding sees AFLoc's set (one query per patch, its class's prompt).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class SICAPv2(Loader):
             rows = [r for r in rows if Path(r["image_name"]).stem in listed]
         img_dir, mask_dir = self.require("images", "image folder"), self.require("masks", "mask folder")
         class_prompts = {c: self.prompts.render("simple", category=c) for c in CLASSES}
+        categories = {c: self.canonical(c, xlsx) for c in CLASSES}
         self.stats.update(split_rows=len(rows), split_images=len(rows))
         for c in CLASSES:
             self.stats[f"split_{c}"] = sum(1 for r in rows if r["class"] == c)
@@ -61,15 +64,17 @@ class SICAPv2(Loader):
             if size is not None and tuple(mask_size) != tuple(size):
                 self.skip(mask, f"mask size {mask_size[0]}x{mask_size[1]} differs from the image's {size[0]}x{size[1]}")
                 continue
-            category = self.canonical(r["class"], xlsx, r["row"])
-            out.append(Sample(
-                sample_id=f"sicapv2/{Path(name).stem}", image_path=str(img), split=self.split, category=category,
-                prompts={"simple": class_prompts[r["class"]]}, label=1, patient_id=r["patient"],
-                image_id=Path(name).stem, view=None, image_size=size or tuple(mask_size),
-                mask_paths=[str(mask)] if n_on else [],
-                meta={"class": r["class"], "grades": r["grades"], "mask_pixels": n_on, "xlsx_row": r["row"],
-                      "class_prompts": class_prompts}))
-        self.stats["empty_masks"] = sum(1 for s in out if not s.mask_paths)
+            meta = {"class": r["class"], "grades": r["grades"], "mask_pixels": n_on, "xlsx_row": r["row"],
+                    "class_prompts": class_prompts}
+            stem = Path(name).stem
+            for c in CLASSES:  # one sample per (patch, class): softmax classification sees every class
+                true = c == r["class"]
+                out.append(Sample(
+                    sample_id=f"sicapv2/{stem}/{c}", image_path=str(img), split=self.split,
+                    category=categories[c], prompts={"simple": class_prompts[c]}, label=int(true),
+                    patient_id=r["patient"], image_id=stem, view=None, image_size=size or tuple(mask_size),
+                    mask_paths=[str(mask)] if true and n_on else [], meta=meta))
+        self.stats["empty_masks"] = sum(1 for s in out if s.label and not s.mask_paths)
         return out
 
 
