@@ -75,12 +75,33 @@ _TABLE: tuple[Pathology, ...] = (
     Pathology("Mediastinal Shift", CHEST),
     Pathology("COVID-19", CHEST, ("COVID19", "COVID")),
     Pathology("No Finding", CHEST, ("Normal",)),
+    # CXR-LT 2024 (MIMIC-CXR long-tail) classes not named above, as its label columns spell them
+    Pathology("Calcification of the Aorta", CHEST, (), "CXR-LT; kept distinct from VinDr's 'Calcification'"),
+    Pathology("Tortuous Aorta", CHEST),
+    Pathology("Pneumomediastinum", CHEST),
+    Pathology("Pneumoperitoneum", CHEST),
+    Pathology("Subcutaneous Emphysema", CHEST, (), "kept distinct from (pulmonary) 'Emphysema'"),
+    Pathology("Bulla", CHEST),
+    Pathology("Cardiomyopathy", CHEST),
+    Pathology("Hilum", CHEST, (), "CXR-LT's hilar-abnormality class"),
+    Pathology("Osteopenia", CHEST),
+    Pathology("Scoliosis", CHEST),
     # prostate histopathology (SICAPv2 Gleason patterns)
     Pathology("Non-cancerous", PATHOLOGY, ("NC", "Benign"), "SICAPv2 column NC"),
     Pathology("Gleason Pattern 3", PATHOLOGY, ("G3",), "SICAPv2 column G3"),
     Pathology("Gleason Pattern 4", PATHOLOGY, ("G4",), "SICAPv2 column G4"),
     Pathology("Gleason Pattern 5", PATHOLOGY, ("G5",), "SICAPv2 column G5"),
     Pathology("Gleason Pattern 4 Cribriform", PATHOLOGY, ("G4C",), "SICAPv2 column G4C"),
+    # lung adenocarcinoma tissue (WSSS4LUAD; its file-name words are scoped aliases: "normal" alone is No Finding)
+    Pathology("Normal Tissue", PATHOLOGY, (), "WSSS4LUAD 'normal'"),
+    Pathology("Tumor-associated Stroma", PATHOLOGY, (), "WSSS4LUAD 'stroma'"),
+    Pathology("Tumor Epithelial Tissue", PATHOLOGY, (), "WSSS4LUAD 'tumor'"),
+    # lung adenocarcinoma growth patterns (DHMC LUAD)
+    Pathology("Solid Pattern", PATHOLOGY, (), "DHMC LUAD 'solid'"),
+    Pathology("Lepidic Pattern", PATHOLOGY, (), "DHMC LUAD 'lepidic'"),
+    Pathology("Acinar Pattern", PATHOLOGY, (), "DHMC LUAD 'acinar'"),
+    Pathology("Micropapillary Pattern", PATHOLOGY, (), "DHMC LUAD 'micropapillary'"),
+    Pathology("Papillary Pattern", PATHOLOGY, (), "DHMC LUAD 'papillary'"),
 )
 
 CANONICAL: dict[str, Pathology] = {p.name: p for p in _TABLE}
@@ -88,6 +109,9 @@ CANONICAL: dict[str, Pathology] = {p.name: p for p in _TABLE}
 # Aliases valid only inside one dataset's vocabulary (scope = loader/card name).
 SCOPED_ALIASES: dict[str, dict[str, str]] = {
     "chexlocalize": {"Lung Opacity": "Airspace Opacity"},
+    "wsss4luad": {"normal": "Normal Tissue", "stroma": "Tumor-associated Stroma", "tumor": "Tumor Epithelial Tissue"},
+    "dhmc_luad": {"solid": "Solid Pattern", "lepidic": "Lepidic Pattern", "acinar": "Acinar Pattern",
+                  "micropapillary": "Micropapillary Pattern", "papillary": "Papillary Pattern"},
 }
 
 

@@ -526,11 +526,9 @@ def test_card_readme_and_prompts_are_complete_data(name):
         assert getattr(card, field), (name, field)
     assert card.prompt_sets and card.views and card.tasks and card.extra["changelog"]
     assert card.default_split in card.extra["splits"]
-    pending = set(card.extra.get("not_in_pathology_table") or [])
-    for cat in card.categories:  # canonical where the shared table has the finding, listed as pending otherwise
-        assert (cat in pending) != pathologies.is_known(cat), (name, cat)
-        if cat not in pending:
-            assert pathologies.canonical_name(cat) == cat
+    assert "not_in_pathology_table" not in card.extra
+    for cat in card.categories:  # every class is a canonical name of the shared table
+        assert pathologies.canonical_name(cat) == cat, (name, cat)
     readme = (C.dataset_dir(name) / "README.md").read_text()
     assert card.source_url in readme and f"card version {card.version}" in readme
     for split, counts in card.expected_counts.items():
@@ -538,7 +536,7 @@ def test_card_readme_and_prompts_are_complete_data(name):
             assert f"{k} {v:,}" in readme, (name, split, k)
     assert f"[`{name}`]({name}/README.md)" in (C.datasets_dir() / "README.md").read_text()
     if "classification" in card.tasks:
-        cls = card.extra["classification"]
+        cls = card.classification
         assert cls["mode"] == ("softmax" if card.modality == "pathology" else "multilabel")
         assert cls["metric"] == ("balanced_accuracy" if cls["mode"] == "softmax" else "auroc")
         assert set(card.official_spelling) <= set(card.categories)

@@ -79,3 +79,15 @@ def test_real_tables_categories_are_all_known():
              for x in labels.split("|")}
     for name in [*bbox, *vindr, *entry]:
         assert P.is_known(name), name
+
+
+def test_journal_class_words_are_scoped_where_they_would_clash():
+    from benchmark.pathologies import canonical_name, names
+
+    assert canonical_name("normal") == "No Finding"  # chest X-ray wording
+    assert canonical_name("normal", scope="wsss4luad") == "Normal Tissue"
+    assert canonical_name("stroma", scope="wsss4luad") == "Tumor-associated Stroma"
+    assert canonical_name("papillary", scope="dhmc_luad") == "Papillary Pattern"
+    assert canonical_name("Calcification of the Aorta") != canonical_name("Calcification")
+    assert {"Normal Tissue", "Solid Pattern", "Gleason Pattern 3"} <= set(names("pathology"))
+    assert {"Tortuous Aorta", "Hilum", "Scoliosis"} <= set(names("chest"))

@@ -21,7 +21,7 @@ from typing import Any
 
 from benchmark.dataset import DataError
 from benchmark.datasets.common import Loader, load_card, read_csv
-from benchmark.pathologies import canonical_name, is_known
+from benchmark.pathologies import canonical_name
 from benchmark.progress import progress
 from benchmark.sample import Sample
 
@@ -45,9 +45,9 @@ _SUBJECT = re.compile(r"(?:^|/)p(\d{8})(?:/|$)")
 
 
 def class_canonical(column: str, source: Any) -> str:
-    """Canonical name of a CXR-LT class column: the shared table's name where it has the finding
-    (``Normal`` -> ``No Finding``), else the column as CXR-LT spells it."""
-    return canonical_name(column, source=source) if is_known(column) else column
+    """Canonical name of a CXR-LT class column (``Normal`` -> ``No Finding``); a column the shared
+    table does not know is an error naming the file."""
+    return canonical_name(column, source=source)
 
 
 class CXRLT(Loader):

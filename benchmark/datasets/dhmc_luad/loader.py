@@ -23,7 +23,7 @@ from typing import Any
 
 from benchmark.dataset import DataError
 from benchmark.datasets.common import Loader, load_card, read_csv
-from benchmark.pathologies import canonical_name, is_known
+from benchmark.pathologies import canonical_name
 from benchmark.progress import progress
 from benchmark.sample import Sample
 
@@ -80,9 +80,8 @@ class DHMCLUAD(Loader):
 
     @staticmethod
     def _canonical(word: str) -> str:
-        """The shared table's name where it has the class, else this dataset's (``CANONICAL``)."""
-        name = CANONICAL[word]
-        return canonical_name(name) if is_known(name) else name
+        """The shared table's name of a class word (a scoped alias of ``benchmark.pathologies``)."""
+        return canonical_name(word, scope="dhmc_luad")
 
 
 def read_metadata(path: Path) -> list[dict[str, Any]]:
