@@ -9,7 +9,16 @@ Checkpoints (``--ckpt afloc=PATH``):
 Options: ``text_encoder`` (tokenizer folder for official files), ``geometry`` (``official``, the
 default: each task as the official code preprocesses it, grounding letterboxed from a
 ``cv2.imread(p, 0)`` read, zero-shot classification resized and centre-cropped from a PIL RGB read;
-``letterbox`` or ``resize_crop``: that one for both tasks), ``text_batch`` (prompts per forward pass).
+``letterbox`` or ``resize_crop``: that one for both tasks), ``text_batch`` (prompts per forward pass),
+``image_flag`` and ``channels`` (below).
+
+The pathology model (``Pretrained_Path.ckpt``) carries the official ``data.image.flag`` != 0: its
+localization reads images in colour (``cv2.imread(p, flag)``, channels in cv2's B, G, R order, which
+``PIL.Image.fromarray(x).convert("RGB")`` keeps) and does not resize them (the official SICAPv2 files
+are pre-resized to 224; here the letterbox of a square patch is that resize). The flag is read from
+the checkpoint (a folder written by ``afloc-bench train`` stores it as ``image_flag``);
+``image_flag=0|1`` overrides it and ``channels=rgb`` feeds R, G, B instead. Zero-shot classification
+reads every model's images with PIL in RGB, as the official ``classification.py``.
 
 ``similarity_map`` returns the raw 19×19 grid over the letterboxed 224 frame; the protocol
 smooths, upsamples, masks and normalises it.
@@ -47,6 +56,7 @@ class AFLocAdapter(Adapter):
     preprocessing_id = PREPROCESSING_IDS["letterbox"]
     decode = DECODE_OF["letterbox"]
     geometry_choice = "official"
+    colour_read: str | None = None  # the pathology model's grounding read (``image_flag`` != 0)
 
     def load(self, checkpoint: str | None, device: str) -> None:
 
@@ -58,6 +68,8 @@ class AFLocAdapter(Adapter):
         if checkpoint is None:
             checkpoint = self.demo_checkpoint()
         model = load_model(checkpoint, text_encoder=self.options.get("text_encoder"), device="cpu")
+        self._set_image_read(model)
+        self.for_task("grounding")
         self.load_report = getattr(model, "load_report", None)
         if self.load_report is not None and (self.load_report.missing or self.load_report.unexpected):
             import logging
@@ -75,6 +87,20 @@ class AFLocAdapter(Adapter):
         self.input_geometry = GEOMETRIES[geometry]
         self.preprocessing_id = PREPROCESSING_IDS[geometry]
         self.decode = DECODE_OF[geometry]
+        if self.colour_read and geometry == "letterbox":  # the pathology model reads colour, not gray
+            self.decode = self.colour_read
+            self.preprocessing_id += f"-{self.colour_read}"
+
+    def _set_image_read(self, model: Any) -> None:
+        """The grounding read of the checkpoint's ``image_flag`` (official ``cfg.data.image.flag``;
+        0: ``cv2.imread(p, 0)``; otherwise colour, as the pathology model), unless the options
+        ``image_flag`` / ``channels`` (bgr, the official read as it comes; rgb) say otherwise."""
+        flag = int(self.options.get("image_flag", getattr(model, "image_flag", 0) or 0))
+        channels = str(self.options.get("channels", "bgr"))
+        if channels not in ("bgr", "rgb"):
+            raise ValueError(f"afloc option channels must be bgr or rgb, not {channels!r}")
+        self.colour_read = f"cv2-{channels}" if flag else None
+        self.image_flag = flag
 
     def preprocess(self, image: np.ndarray) -> Any:
 

@@ -205,8 +205,19 @@ def load_official(path: str | os.PathLike, text_encoder: str | os.PathLike | Non
         raise CheckpointError(path, f"weights missing from the checkpoint: {report.missing}")
     tok = Tokenizer.from_path(te, max_length=cfg.text.max_length)
     model.attach_tokenizer(tok)
+    model.image_flag = official_image_flag(ck.hyper_parameters)  # type: ignore[attr-defined]
     model.eval()
     return model, report
+
+
+def official_image_flag(hp: dict[str, Any]) -> int:
+    """The official ``cfg.data.image.flag``: how localization reads an image file (0, the chest model:
+    ``cv2.imread(p, 0)``, letterboxed; otherwise the pathology model's colour read, not resized)."""
+    flag = (((hp.get("data") or {}).get("image") or {}).get("flag"))
+    try:
+        return int(flag or 0)
+    except (TypeError, ValueError):
+        raise CheckpointError(None, f"official config data.image.flag={flag!r}: expected an integer") from None
 
 
 def _check_shapes(path, model, state: dict[str, torch.Tensor]) -> None:
@@ -268,6 +279,7 @@ def load_checkpoint(folder: str | os.PathLike, device: str = "cpu"):
                                       f"unexpected {sorted(result.unexpected_keys)}")
     model.attach_tokenizer(Tokenizer.from_path(folder / (cfg.text.vocab or TOKENIZER_DIR),
                                                max_length=cfg.text.max_length, lowercase=cfg.text.lowercase))
+    model.image_flag = int(doc.get("image_flag", 0))  # written by a training config that reads colour
     model.eval()
     return model.to(device)
 

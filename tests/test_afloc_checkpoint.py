@@ -7,6 +7,7 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_afloc_kit import (
@@ -159,7 +160,8 @@ def test_wrong_files_give_clear_errors(tmp_path):
         load_checkpoint(tmp_path)
 
 
-def _official_file(model, tmp_path: Path, drop: str | None = None, extra: dict | None = None) -> Path:
+def _official_file(model, tmp_path: Path, drop: str | None = None, extra: dict | None = None,
+                   image: dict | None = None) -> Path:
     from omegaconf import OmegaConf
 
     sd = {"afloc." + k: v for k, v in model.state_dict().items()}
@@ -171,7 +173,7 @@ def _official_file(model, tmp_path: Path, drop: str | None = None, extra: dict |
                             "model": {"vision": {"model_name": "resnet_18"},
                                       "text": {"last_n_layers": 4, "aggregate_method": "sum", "norm": False},
                                       "afloc": {"temp1": 4.0, "temp2": 5.0, "temp3": 10.0}},
-                            "data": {"text": {"word_num": 24}}})
+                            "data": {"text": {"word_num": 24}, **({"image": image} if image else {})}})
     path = tmp_path / "official.ckpt"
     torch.save({"state_dict": sd, "hyper_parameters": cfg, "epoch": 1}, path)
     return path
@@ -217,3 +219,43 @@ def test_own_format_round_trip(tmp_path):
         assert torch.equal(v, loaded.state_dict()[k]), k
     assert loaded.tokenizer.vocab == model.tokenizer.vocab
     assert "torch" in sys.modules  # (sanity: the test did use torch)
+
+
+def test_the_pathology_flag_of_an_official_file_makes_grounding_read_colour(tmp_path):
+    """Official ``cfg.data.image.flag`` != 0 (``Pretrained_Path.ckpt``): ``cv2.imread(p, flag)``, channels
+    as cv2 returns them (B, G, R); classification keeps the PIL RGB read of every model."""
+    import cv2
+
+    from afloc.adapter import AFLocAdapter
+    from benchmark.io.images import read_image
+
+    ref = tiny_model(tmp_path / "tok")
+    te = _text_encoder_folder(ref, tmp_path)
+    red = tmp_path / "red.png"
+    img = np.zeros((40, 40, 3), np.uint8)
+    img[..., 2] = 255  # cv2 writes B, G, R: a red file
+    cv2.imwrite(str(red), img)
+
+    def first_pixel(adapter):
+        x = adapter.preprocess(read_image(str(red), adapter.decode))
+        return [round(float(v), 3) for v in x[:, 20, 20]]
+
+    chest = AFLocAdapter(text_encoder=str(te))
+    chest.load(str(_official_file(ref, tmp_path)), "cpu")
+    assert chest.decode == "cv2-gray" and chest.image_flag == 0
+    path = _official_file(ref, tmp_path, image={"flag": 1, "imsize": 224})
+    patho = AFLocAdapter(text_encoder=str(te))
+    patho.load(str(path), "cpu")
+    assert patho.image_flag == 1 and patho.decode == "cv2-bgr"
+    assert first_pixel(patho) == [-1.0, -1.0, 1.0]  # blue, green, red: the model sees red last
+    assert patho.preprocessing_id != chest.preprocessing_id  # cached apart
+    rgb = AFLocAdapter(text_encoder=str(te), channels="rgb")
+    rgb.load(str(path), "cpu")
+    assert first_pixel(rgb) == [1.0, -1.0, -1.0]
+    patho.for_task("classification")
+    assert patho.decode == "pil-rgb" and first_pixel(patho) == [1.0, -1.0, -1.0]
+    forced = AFLocAdapter(text_encoder=str(te), image_flag="0")
+    forced.load(str(path), "cpu")
+    assert forced.decode == "cv2-gray"
+    with pytest.raises(ValueError, match="channels must be bgr or rgb"):
+        AFLocAdapter(text_encoder=str(te), channels="gbr").load(str(path), "cpu")

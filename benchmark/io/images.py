@@ -176,6 +176,14 @@ def _raster_cv2_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(_cv2_read(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
+def _raster_cv2_bgr(path: Path) -> np.ndarray:
+    """``cv2.imread(p, 1)`` as it comes: channels in the file's B, G, R order (``PIL.Image.fromarray(x)
+    .convert("RGB")`` keeps that order, so a model fed this way sees blue first)."""
+    import cv2
+
+    return _cv2_read(path, cv2.IMREAD_COLOR)
+
+
 def _pil(path: Path, mode: str) -> np.ndarray:
     from PIL import Image
 
@@ -243,13 +251,14 @@ RECIPES: dict[str, tuple[Callable[[Path], np.ndarray], Callable[[Path], np.ndarr
                          Callable[[np.ndarray], np.ndarray] | None]] = {
     "cv2-gray": (_raster_cv2_gray, _dicom_gloria, None),
     "cv2-rgb": (_raster_cv2_rgb, lambda p: _to_rgb(_dicom_canonical(p)), None),
+    "cv2-bgr": (_raster_cv2_bgr, lambda p: _to_rgb(_dicom_canonical(p)), None),
     "pil-rgb": (_raster_pil_rgb, lambda p: _to_rgb(_dicom_minmax(p)), None),
     "pil": (_raster_pil_as_opened, lambda p: _to_rgb(_dicom_minmax(p)), None),
     "medklip": (_raster_pil_rgb, lambda p: _to_rgb(_dicom_equalized(p)), None),
     "hi-ml": (_raster_hi_ml, lambda p: _dicom(p)[1], _to_l),
     "canonical": (_raster_canonical, _dicom_canonical, None),
 }
-COLOR_RECIPES = frozenset({"cv2-rgb", "pil-rgb", "medklip"})  # these give (H, W, 3)
+COLOR_RECIPES = frozenset({"cv2-rgb", "cv2-bgr", "pil-rgb", "medklip"})  # these give (H, W, 3)
 
 
 def check_recipe(recipe: str) -> str:
