@@ -97,3 +97,59 @@ def test_bad_inputs_are_data_errors_naming_the_file(tmp_path, capsys, bad, msg):
 def test_missing_file_is_reported(tmp_path, capsys):
     assert main(["score", "--input", str(tmp_path / "nope.npz")]) == 2
     assert "nope.npz" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("protocol,native", [("canonical@1", False), ("afloc-compat@1", False),
+                                             ("afloc-compat@1", True)])
+def test_threads_do_not_change_results(tmp_path, protocol, native):
+    p = tmp_path / "preds.npz"
+    if native:
+        rng = np.random.default_rng(3)
+        masks = np.zeros((23, 64, 64), np.uint8)
+        masks[:, 10:30, 20:50] = 1
+        np.savez(p, heatmaps=rng.random((23, 8, 8)).astype(np.float32), masks=masks,
+                 categories=np.array(["a", "b"] * 11 + ["a"]))
+    else:
+        _write(p, n=23)
+    one = score_file(str(p), protocol, n_boot=40, chunk=3, threads=1, native_grid=native)
+    many = score_file(str(p), protocol, n_boot=40, chunk=3, threads=3, native_grid=native)
+    assert one["metrics"] == many["metrics"] and json.dumps(one, sort_keys=True) == json.dumps(many, sort_keys=True)
+
+
+def test_ordered_map_keeps_order_bounds_work_and_raises_in_turn():
+    import threading
+    import time
+
+    from benchmark.parallel import ordered_map
+
+    started, lock, peak, live = [], threading.Lock(), [0], [0]
+
+    def slow(i):
+        with lock:
+            started.append(i)
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+        time.sleep(0.002 * ((7 * i) % 5))  # finish out of order
+        with lock:
+            live[0] -= 1
+        if i == 17:
+            raise ValueError("item 17")
+        return i * i
+
+    out = []
+    with pytest.raises(ValueError, match="item 17"):
+        for v in ordered_map(slow, range(40), threads=3, window=4):
+            out.append(v)
+    assert out == [i * i for i in range(17)]  # every earlier result, in order, before the error
+    assert peak[0] <= 3 and max(started) < 17 + 4 + 1  # bounded look-ahead
+    assert list(ordered_map(lambda x: -x, range(5), threads=1)) == [0, -1, -2, -3, -4]
+
+
+def test_bad_threads_flag_is_a_one_line_error(tmp_path, capsys):
+    from benchmark.cli.main import main
+
+    p = tmp_path / "preds.npz"
+    _write(p, n=4)
+    with pytest.raises(SystemExit):
+        main(["score", str(p), "--threads", "0"])
+    assert "--threads: expected a positive integer, not '0'" in capsys.readouterr().err

@@ -94,6 +94,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--official-rounding", action="store_true",
                         help="afloc-compat: round like the official CSV files (3 decimals; 4 for classification)")
     parser.add_argument("--chunk", type=int, default=32, help="heatmaps processed per chunk (memory bound)")
+    parser.add_argument("--threads", type=_threads, default=None,
+                        help="chunks scored at once, one per core (default: the cores this process may use); "
+                             "the values do not depend on it")
+
+
+def _threads(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
+    return n
 
 
 # --------------------------------------------------------------------------------------
@@ -208,8 +221,9 @@ def read_inputs(path: str) -> dict[str, Any]:
 def score_file(path: str, protocol_id: str, *, n_boot: int = 1000, seed: int = 0, margin: bool | None = None,
                pathology: bool = False, native_grid: bool = False, official_dataset: str = "GENERIC",
                official_rounding: bool = False, unit: str = "image", chunk: int = 32,
-               quiet: bool = True) -> dict[str, Any]:
-    """Score ``path`` under ``protocol_id``; returns the JSON-ready result."""
+               quiet: bool = True, threads: int | None = None) -> dict[str, Any]:
+    """Score ``path`` under ``protocol_id``; returns the JSON-ready result. Chunks are scored on
+    ``threads`` threads (default: every usable core), with the same values as one thread."""
     import numpy as np
     import pandas as pd
 
@@ -224,23 +238,32 @@ def score_file(path: str, protocol_id: str, *, n_boot: int = 1000, seed: int = 0
     if not native_grid and info["heatmap_shape"][1:] != info["mask_shape"][1:]:
         raise _error(path, f"heatmaps of the masks' size {info['mask_shape'][1:]} (got {info['heatmap_shape'][1:]}); "
                            "pass --native-grid for native grids")
+    from benchmark.parallel import ordered_map, usable_cores
     from benchmark.progress import Progress
 
     parts: list[dict[str, np.ndarray]] = []
     chunks = zip(iter_npz_chunks(path, "heatmaps", chunk), iter_npz_chunks(path, "masks", chunk))
     bar = Progress(n, "scoring", unit="map", enabled=not quiet)
-    done = 0
-    for hm, mk in chunks:
-        if mk.dtype.kind == "i" and np.any(mk < 0):  # unsigned and boolean masks cannot be negative
-            raise _error(path, "'masks' with values >= 0")
-        inf = np.isinf(hm).reshape(len(hm), -1).any(1) if hm.dtype.kind == "f" else None  # integers: never
-        if inf is not None and inf.any():
-            raise _error(path, f"'heatmaps' without infinite values (NaN marks a pixel that is not evaluated); "
-                               f"map {done + int(np.argmax(inf))} has one")
-        done += len(hm)
-        parts.append(proto.score_chunk(hm, np.asarray(mk), margin=margin, native_grid=native_grid,
-                                       pathology=pathology))
-        bar.update(len(hm))
+
+    def checked():  # read and checked in order here; scored on the pool
+        done = 0
+        for hm, mk in chunks:
+            if mk.dtype.kind == "i" and np.any(mk < 0):  # unsigned and boolean masks cannot be negative
+                raise _error(path, "'masks' with values >= 0")
+            inf = np.isinf(hm).reshape(len(hm), -1).any(1) if hm.dtype.kind == "f" else None  # integers: never
+            if inf is not None and inf.any():
+                raise _error(path, f"'heatmaps' without infinite values (NaN marks a pixel that is not evaluated); "
+                                   f"map {done + int(np.argmax(inf))} has one")
+            done += len(hm)
+            yield hm, np.asarray(mk)
+
+    def scored(pair):
+        hm, mk = pair
+        return proto.score_chunk(hm, mk, margin=margin, native_grid=native_grid, pathology=pathology)
+
+    for part in ordered_map(scored, checked(), threads or usable_cores()):
+        parts.append(part)
+        bar.update(len(next(iter(part.values()))))
     bar.close()
     values = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
     ids = np.array([f"score/{i}" for i in range(n)])
@@ -337,7 +360,8 @@ def run(args: argparse.Namespace) -> int:
         result = score_file(args.input, args.protocol, n_boot=args.n_boot, seed=args.seed, margin=args.margin,
                             pathology=args.pathology, native_grid=args.native_grid,
                             official_dataset=args.official_dataset, official_rounding=args.official_rounding,
-                            unit=args.unit, chunk=args.chunk, quiet=getattr(args, "quiet", False))
+                            unit=args.unit, chunk=args.chunk, quiet=getattr(args, "quiet", False),
+                            threads=args.threads)
     except DataError as exc:
         print(f"afloc-bench score: error: {exc}", file=sys.stderr)
         return 2
