@@ -1,22 +1,30 @@
-"""`afloc-bench finetune seg`: fine-tune a model's image encoder for segmentation on a label fraction."""
+"""`afloc-bench finetune seg|cls`: fine-tune a model's image encoder for segmentation or classification
+on a label fraction."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-HELP = "fine-tune a pretrained image encoder on 1/10/100 %% of the labels (segmentation: U-Net on SIIM)"
+HELP = ("fine-tune a pretrained image encoder on 1/10/100 %% of the labels (seg: U-Net on SIIM; "
+        "cls: linear head on RSNA pneumonia)")
 DESCRIPTION = """\
-Fine-tune the image encoder of MODEL in a U-Net (segmentation_models_pytorch) on a label fraction of the
-training patients, select the epoch by validation Dice and score Dice/IoU on the test images with
-bootstrap CIs. Protocol, configs and outputs: docs/finetune.md.
+seg: fine-tune the image encoder of MODEL in a U-Net (segmentation_models_pytorch) on a label fraction of
+the training patients, select the epoch by validation Dice and score Dice/IoU on the test images with
+bootstrap CIs.
+cls: put a linear head on MODEL's globally pooled image encoder, train the head (--mode linear) or
+everything (--mode full) on a label fraction, select the epoch by validation AUROC and score the test
+AUROC with a bootstrap CI. Protocol, configs and outputs: docs/finetune.md.
 
 examples:
   afloc-bench finetune seg --model afloc --dataset demo_siim --fraction 1.0 --seed 0 -o runs/ft_afloc
   afloc-bench finetune seg --model random --dataset demo_siim --fraction 0.1 --seeds 0,1,2 -o runs/ft_random
   afloc-bench finetune seg --model afloc --ckpt Pretrained_CXR.ckpt --model-option text_encoder=BERT_DIR \\
       --dataset siim_pneumothorax --data-root /data/siim --config paper --fraction 0.01 --seed 0 -o runs/p1
+  afloc-bench finetune cls --model afloc --dataset demo_rsna --fraction 0.1 --seeds 0,1,2 --mode linear -o runs/c1
+  afloc-bench finetune cls --model random --dataset demo_rsna --fraction 1.0 --seed 0 --mode full -o runs/c2
 """
+DEFAULT_DATASET = {"seg": "siim_pneumothorax", "cls": "rsna_pneumonia"}
 
 
 def _fraction(text: str) -> float:
@@ -34,15 +42,19 @@ def _seeds(text: str) -> list[int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("task", choices=["seg"], help="what to fine-tune for (seg: segmentation)")
+    parser.add_argument("task", choices=["seg", "cls"],
+                        help="what to fine-tune for (seg: segmentation, cls: binary classification)")
     parser.add_argument("--model", required=True,
                         help="a registered model with a ResNet image encoder (afloc, gloria, ...), "
                              "random (no pretraining) or imagenet (with --imagenet-weights)")
-    parser.add_argument("--dataset", default="siim_pneumothorax", help="siim_pneumothorax or demo_siim")
+    parser.add_argument("--dataset", help="seg: siim_pneumothorax (default) or demo_siim; "
+                                           "cls: rsna_pneumonia (default) or demo_rsna")
     parser.add_argument("--fraction", type=_fraction, default=1.0, help="share of the training patients (0.01 ...)")
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=int, default=0, help="fraction sampling and training seed (default 0)")
     seeds.add_argument("--seeds", type=_seeds, help="several seeds (0,1,2): one run each + summary.json")
+    parser.add_argument("--mode", choices=["linear", "full"],
+                        help="cls only: linear (default: frozen encoder, linear probe) or full (everything trained)")
     parser.add_argument("--data-root", help="dataset folder (or a template with {dataset})")
     parser.add_argument("--config", default=None, help="preset (demo, paper) or a YAML file (default: demo)")
     parser.add_argument("--ckpt", help="checkpoint of --model (default: its demo weights)")
@@ -57,23 +69,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from benchmark.finetune.config import load_config
-    from benchmark.finetune.seg import run_seeds, run_seg
 
+    if args.task == "seg" and args.mode:
+        raise ValueError("--mode applies to finetune cls only (seg: freeze_encoder in the config)")
+    if args.max_epochs is not None and args.max_epochs < 1:
+        raise ValueError(f"--max-epochs {args.max_epochs}: expected a positive number of epochs")
+    if args.seeds is not None and not args.seeds:
+        raise ValueError("--seeds: expected at least one seed (0,1,2)")
     options = {}
     for item in args.model_option:
         if "=" not in item:
             raise ValueError(f"--model-option {item!r}: expected KEY=VALUE")
         k, v = item.split("=", 1)
         options[k.strip()] = v
-    cfg = load_config(args.config)
-    kw = dict(model=args.model, dataset=args.dataset, fraction=args.fraction, cfg=cfg, data_root=args.data_root,
-              ckpt=args.ckpt, imagenet_weights=args.imagenet_weights, resume=args.resume, device=args.device,
-              max_epochs=args.max_epochs, model_options=options)
+    cfg = load_config(args.config, task=args.task)
+    kw = dict(model=args.model, dataset=args.dataset or DEFAULT_DATASET[args.task], fraction=args.fraction, cfg=cfg,
+              data_root=args.data_root, ckpt=args.ckpt, imagenet_weights=args.imagenet_weights, resume=args.resume,
+              device=args.device, max_epochs=args.max_epochs, model_options=options)
+    if args.task == "cls":
+        from benchmark.finetune.cls import run_cls as run_one
+        from benchmark.finetune.cls import run_seeds
+
+        kw["mode"] = args.mode or "linear"
+        shown: tuple[str, ...] = ("auroc",)
+    else:
+        from benchmark.finetune.seg import run_seeds
+        from benchmark.finetune.seg import run_seg as run_one
+
+        shown = ("dice", "iou", "dice_positive")
     if args.seeds:
         summary = run_seeds(args.seeds, args.out, **kw)
         test = summary["test"]
     else:
-        res = run_seg(seed=args.seed, out=args.out, **kw)
-        test = {k: res["test"][k] for k in ("dice", "iou", "dice_positive")}
+        res = run_one(seed=args.seed, out=args.out, **kw)
+        test = {k: res["test"][k] for k in shown}
     print(json.dumps({"out": str(args.out), "test": test}, indent=1))
     return 0

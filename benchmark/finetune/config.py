@@ -1,4 +1,5 @@
-"""Fine-tuning settings: a named preset (``configs/<name>.yaml``) or a YAML file, every choice a key.
+"""Fine-tuning settings: a named preset (``configs/<name>.yaml``; classification: ``cls_<name>.yaml``)
+or a YAML file, every choice a key.
 
 Keys are documented in ``docs/finetune.md``; an unknown key is an error naming the file, so a typo
 cannot silently fall back to a default.
@@ -68,10 +69,62 @@ class FinetuneConfig:
             raise ConfigError(f"{where}: decoder_channels needs 5 values (one per U-Net stage)")
 
 
-def load_config(spec: str | None = None, overrides: dict[str, Any] | None = None) -> FinetuneConfig:
-    """``spec``: a preset name (``demo``, ``paper``) or a YAML path; ``None`` is ``demo``."""
+@dataclass
+class ClsConfig:
+    """Classification: a linear head on the globally pooled trunk (``cls``)."""
+
+    image_size: int = 224  # the crop fed to the encoder
+    resize: int = 256  # images are resized to resize² first; training crops at random, evaluation at the centre
+    batch_size: int = 48
+    max_epochs: int = 50
+    lr: float = 5e-4
+    encoder_lr: float | None = None  # --mode full: the encoder's learning rate (null: lr)
+    weight_decay: float = 1e-6
+    dropout: float = 0.0
+    cache_features: bool = False  # --mode linear: encode the centre crops once (no random crops)
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    train_negatives: str = "all"
+    test_split: str | None = "test"
+    test_share: float = 0.15
+    val_share: float = 0.15
+    split_seed: int = 0
+    patient_key: str = "dicom"
+    early_stopping: dict[str, Any] = field(default_factory=lambda: {"metric": "val_auroc", "patience": 10})
+    n_boot: int = 1000
+    random_encoder: dict[str, Any] = field(default_factory=lambda: {"arch": "resnet50", "width": 64})
+    name: str = "custom"
+    source: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def check(self) -> None:
+        where = self.source or self.name
+        if self.train_negatives not in ("balanced", "all"):
+            raise ConfigError(f"{where}: train_negatives must be balanced or all, not {self.train_negatives!r}")
+        if self.patient_key not in ("dicom", "image"):
+            raise ConfigError(f"{where}: patient_key must be dicom or image, not {self.patient_key!r}")
+        if self.early_stopping.get("metric") not in ("val_auroc", "val_loss"):
+            raise ConfigError(f"{where}: early_stopping.metric must be val_auroc or val_loss")
+        for key in ("test_share", "val_share"):
+            if not 0 < float(getattr(self, key)) < 1:
+                raise ConfigError(f"{where}: {key} must be in (0, 1), not {getattr(self, key)!r}")
+        if self.image_size < 32 or self.resize < self.image_size:
+            raise ConfigError(f"{where}: need 32 <= image_size <= resize, not {self.image_size} and {self.resize}")
+        if not 0 <= float(self.dropout) < 1:
+            raise ConfigError(f"{where}: dropout must be in [0, 1), not {self.dropout!r}")
+
+
+TASKS = {"seg": ("", FinetuneConfig), "cls": ("cls_", ClsConfig)}
+
+
+def load_config(spec: str | None = None, overrides: dict[str, Any] | None = None, task: str = "seg"):
+    """``spec``: a preset name (``demo``, ``paper``) or a YAML path; ``None`` is ``demo``. ``task``
+    picks the presets and keys (``seg``: ``FinetuneConfig``, ``cls``: ``ClsConfig``)."""
+    prefix, kind = TASKS[task]
     spec = spec or "demo"
-    path = CONFIG_DIR / f"{spec}.yaml" if spec in PRESETS else Path(spec).expanduser()
+    path = CONFIG_DIR / f"{prefix}{spec}.yaml" if spec in PRESETS else Path(spec).expanduser()
     if not path.is_file():
         raise ConfigError(f"--config {spec}: expected a preset ({', '.join(PRESETS)}) or a YAML file")
     try:
@@ -81,10 +134,11 @@ def load_config(spec: str | None = None, overrides: dict[str, Any] | None = None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys")
     data.update(overrides or {})
-    known = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    known = {f.name for f in dataclasses.fields(kind)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {unknown}; known: {sorted(known - {'name', 'source'})}")
-    cfg = FinetuneConfig(**{**data, "name": spec if spec in PRESETS else path.stem, "source": str(path)})
+        raise ConfigError(f"{path}: unknown key(s) {unknown} for finetune {task}; "
+                          f"known: {sorted(known - {'name', 'source'})}")
+    cfg = kind(**{**data, "name": spec if spec in PRESETS else path.stem, "source": str(path)})
     cfg.check()
     return cfg

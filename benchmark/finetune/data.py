@@ -1,4 +1,5 @@
-"""SIIM-style segmentation data for fine-tuning: samples, patient units, splits, resized arrays."""
+"""Fine-tuning data: samples, patient units, splits, resized arrays (segmentation: with masks;
+classification: the samples' 0/1 labels)."""
 
 from __future__ import annotations
 
@@ -66,9 +67,23 @@ def assign_patients(items: list[Item], key: str) -> dict[str, int]:
     return counts
 
 
-def make_splits(dataset: str, data_root: str | None, cfg, seed: int, fraction: float) -> dict[str, Any]:
-    """Train (the label fraction), validation and test items, and the record of how they were chosen."""
+def use_labels(items: list[Item], dataset: str) -> None:
+    """Classification: ``Item.positive`` is the sample's 0/1 label (not its drawn findings)."""
+    unlabeled = [it.image_id for it in items if it.sample.label not in (0, 1)]
+    if unlabeled:
+        raise DataError(None, f"{dataset}: {len(unlabeled)} image(s) without a 0/1 label (e.g. {unlabeled[0]}); "
+                              "classification fine-tuning needs a label on every image")
+    for it in items:
+        it.positive = bool(it.sample.label)
+
+
+def make_splits(dataset: str, data_root: str | None, cfg, seed: int, fraction: float,
+                labels: bool = False) -> dict[str, Any]:
+    """Train (the label fraction), validation and test items, and the record of how they were chosen.
+    ``labels``: positives are the samples' labels (classification), not images with findings."""
     everything = load_items(dataset, data_root, "all")
+    if labels:
+        use_labels(everything, dataset)
     patient_counts = assign_patients(everything, cfg.patient_key)
     by_patient: dict[str, list[Item]] = {}
     for it in everything:
@@ -108,23 +123,43 @@ def make_splits(dataset: str, data_root: str | None, cfg, seed: int, fraction: f
                          "test": sorted(test_pat)}, "how": how}
 
 
+def _grey(path: str) -> np.ndarray:
+    import cv2
+
+    from benchmark.io.images import read_image
+
+    img = read_image(Path(path), "canonical")
+    return cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
+
+
 def load_arrays(items: list[Item], size: int, desc: str) -> tuple[np.ndarray, np.ndarray]:
     """Images and masks resized to ``size`` × ``size``: uint8 [N, S, S] each (mask 0/1)."""
     import cv2
 
     from benchmark.geometry.rasterize import sample_mask
-    from benchmark.io.images import read_image
     from benchmark.progress import Progress
 
     imgs = np.zeros((len(items), size, size), np.uint8)
     masks = np.zeros((len(items), size, size), np.uint8)
     with Progress(len(items), desc, unit="img") as bar:
         for n, it in enumerate(items):
-            img = read_image(Path(it.path), "canonical")
-            if img.ndim == 3:
-                img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+            img = _grey(it.path)
             imgs[n] = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
             m = sample_mask(it.sample, img.shape[:2]).astype(np.float32)
             masks[n] = cv2.resize(m, (size, size), interpolation=cv2.INTER_AREA) >= 0.5
             bar.update(1)
     return imgs, masks
+
+
+def load_images(items: list[Item], size: int, desc: str) -> np.ndarray:
+    """Images resized to ``size`` × ``size`` (uint8 [N, S, S]) and nothing else: classification."""
+    import cv2
+
+    from benchmark.progress import Progress
+
+    imgs = np.zeros((len(items), size, size), np.uint8)
+    with Progress(len(items), desc, unit="img") as bar:
+        for n, it in enumerate(items):
+            imgs[n] = cv2.resize(_grey(it.path), (size, size), interpolation=cv2.INTER_AREA)
+            bar.update(1)
+    return imgs

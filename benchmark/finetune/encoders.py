@@ -7,10 +7,13 @@ demo presets, e.g. ResNet-18 at width 16) uses ``BenchResNetEncoder``, a thin sm
 encoder over ``benchmark.backbones.ResNetBackbone`` registered under ``bench-<arch>-w<width>``.
 Either way the encoder's keys are the trunk's keys under ``encoder.``: the transfer renames
 ``conv1.weight`` → ``encoder.conv1.weight`` and reports matched, missing and unexpected keys.
+Classification (``cls``) puts the same trunk, as a ``ResNetBackbone`` named ``encoder``, under a
+linear head through the same transfer (``encoder_for(..., build=...)``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -141,7 +144,8 @@ def trunk_state(trunk_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def transfer(unet: nn.Module, trunk_sd: dict[str, torch.Tensor], source: str,
              absent: str | None = None) -> dict[str, Any]:
-    """Load the trunk's weights into ``unet.encoder``; the key report (all names, after the rename).
+    """Load the trunk's weights into ``unet.encoder`` (any network naming its trunk ``encoder``); the
+    key report (all names, after the rename).
     ``absent``: a key prefix the source model does not have (reported as missing, left at init)."""
     target = unet.state_dict()
     enc_keys = [k for k in target if k.startswith("encoder.")]
@@ -151,7 +155,7 @@ def transfer(unet: nn.Module, trunk_sd: dict[str, torch.Tensor], source: str,
     missing = [k for k in enc_keys if k not in renamed]
     unexpected = sorted(k for k in renamed if k not in target)
     if mismatched or unexpected or [k for k in missing if not (absent and k.startswith(absent))]:
-        raise ValueError(f"{source}: the trunk does not fit the U-Net encoder (missing {missing[:5]}, "
+        raise ValueError(f"{source}: the trunk does not fit the network's encoder (missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}, shape mismatch {mismatched[:5]})")
     unet.load_state_dict({**target, **{k: renamed[k] for k in matched}}, strict=True)
     return {"source": source, "rename": "<trunk key> -> encoder.<trunk key>", "encoder_keys": len(enc_keys),
@@ -165,20 +169,12 @@ def _sd_hash(sd: dict[str, torch.Tensor]) -> str:
     return state_dict_sha256(sd)
 
 
-def encoder_for(model: str, cfg, *, ckpt: str | None = None, imagenet_weights: str | None = None,
-                model_options: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """``(U-Net with its encoder initialised from ``model``, key report)``.
-
-    ``random``: ``cfg.random_encoder``'s shape at torchvision's initialisation (seeded by the caller);
-    ``imagenet``: torchvision's ResNet-50 from the local file ``imagenet_weights`` (never downloaded);
-    any registered model: its adapter's trunk, from ``ckpt`` or its demo weights.
-    """
-    if model == "random":
-        arch, width = str(cfg.random_encoder["arch"]), int(cfg.random_encoder["width"])
-        unet = build_unet(arch, width, cfg.decoder_channels)
-        return unet, {"source": "random", "arch": arch, "width": width, "matched": 0,
-                      "encoder_keys": sum(1 for k in unet.state_dict() if k.startswith("encoder.")),
-                      "missing": [], "unexpected": [], "shape_mismatch": []}
+def trunk_source(model: str, *, ckpt: str | None = None, imagenet_weights: str | None = None,
+                 model_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The pretrained trunk of ``model``: ``{sd, arch, width, source, absent}`` (``absent``: a key
+    prefix the model lacks). ``imagenet``: torchvision's ResNet-50 from the local file
+    ``imagenet_weights`` (never downloaded); any registered model: its adapter's trunk, from ``ckpt``
+    or its demo weights."""
     absent = None
     if model == "imagenet":
         if not imagenet_weights:
@@ -207,10 +203,31 @@ def encoder_for(model: str, cfg, *, ckpt: str | None = None, imagenet_weights: s
         else:
             raise ValueError(f"model {model!r}: no ResNet image encoder found (conv1, bn1, layer1..4); "
                              "fine-tuning supports ResNet encoders")
-    unet = build_unet(arch, width, cfg.decoder_channels)
-    report = transfer(unet, sd, src, absent)
+    return {"sd": sd, "arch": arch, "width": width, "source": src, "absent": absent}
+
+
+def encoder_for(model: str, cfg, *, ckpt: str | None = None, imagenet_weights: str | None = None,
+                model_options: dict[str, Any] | None = None,
+                build: Callable[[str, int], nn.Module] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """``(network with its ``encoder`` initialised from ``model``, key report)``.
+
+    ``build(arch, width)`` makes the network around a trunk of that shape, named ``encoder``
+    (default: the U-Net of ``cfg.decoder_channels``). ``random``: ``cfg.random_encoder``'s shape at
+    its initialisation (seeded by the caller); otherwise the trunk of ``trunk_source``.
+    """
+    build = build or (lambda arch, width: build_unet(arch, width, cfg.decoder_channels))
+    if model == "random":
+        arch, width = str(cfg.random_encoder["arch"]), int(cfg.random_encoder["width"])
+        net = build(arch, width)
+        return net, {"source": "random", "arch": arch, "width": width, "matched": 0,
+                     "encoder_keys": sum(1 for k in net.state_dict() if k.startswith("encoder.")),
+                     "missing": [], "unexpected": [], "shape_mismatch": []}
+    src = trunk_source(model, ckpt=ckpt, imagenet_weights=imagenet_weights, model_options=model_options)
+    arch, width, absent = src["arch"], src["width"], src["absent"]
+    net = build(arch, width)
+    report = transfer(net, src["sd"], src["source"], absent)
     if absent:
         report["note"] = "the model's trunk ends at layer3; encoder.layer4 keeps its random initialisation"
-    report.update(arch=arch, width=width, encoder_impl="smp" if encoder_name(arch, width) == arch
-                  else "BenchResNetEncoder")
-    return unet, report
+    impl = getattr(net, "encoder_impl", None) or ("smp" if encoder_name(arch, width) == arch else "BenchResNetEncoder")
+    report.update(arch=arch, width=width, encoder_impl=impl)
+    return net, report

@@ -9,12 +9,8 @@ chosen image ids, hashed in the record), ``epochs.csv``, ``test_per_image.csv``,
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -22,23 +18,34 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
 from benchmark.finetune.data import load_arrays, make_splits
 from benchmark.finetune.encoders import encoder_for
-from benchmark.finetune.fractions import ids_text, sha256_text
-from benchmark.io.checkpoints import optimizer_from_safetensors, optimizer_to_safetensors
+from benchmark.finetune.runs import (  # noqa: F401 - STATE_FILE .. ResumeError: this module's names too
+    MODEL_FILE,
+    OPTIM_FILE,
+    STATE_FILE,
+    ResumeError,
+    finished_run,
+    fit,
+    hash_config,
+    load_best,
+    load_checkpoint,
+    save_checkpoint,
+    start_state,
+    to_tensor,
+    write_csv,
+    write_epochs,
+    write_ids,
+)
+from benchmark.finetune.runs import aggregate as _aggregate
+from benchmark.finetune.runs import run_seeds as _run_seeds
 from benchmark.progress import Progress
-from benchmark.records import atomic_write_json, atomic_write_text, environment, git_commit, now_iso
+from benchmark.records import atomic_write_json, environment, git_commit, now_iso
 
 log = logging.getLogger("afloc_bench.finetune")
 FORMAT = "afloc-bench/finetune-seg"
-STATE_FILE, MODEL_FILE, OPTIM_FILE = "state.json", "model.safetensors", "optim.safetensors"
-
-
-class ResumeError(ValueError):
-    """A checkpoint folder that cannot be resumed by this run (names the folder)."""
-
+METRICS = ("dice", "iou", "dice_positive", "iou_positive")
 
 # -------------------------------------------------------------------------------------------------
 # loss and metrics
@@ -107,13 +114,6 @@ def augment(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator, aug: di
     return img, mask
 
 
-def to_tensor(imgs: np.ndarray, cfg, device: str) -> torch.Tensor:
-    x = torch.from_numpy(imgs).float().div_(255.0).unsqueeze(1).expand(-1, 3, -1, -1)
-    mean = torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1)
-    return ((x - mean) / std).to(device)
-
-
 @torch.no_grad()
 def predict(model, imgs: np.ndarray, masks: np.ndarray, cfg, device: str) -> tuple[np.ndarray, float]:
     """Binary predictions [N, S, S] at ``cfg.threshold`` and the mean loss."""
@@ -130,46 +130,9 @@ def predict(model, imgs: np.ndarray, masks: np.ndarray, cfg, device: str) -> tup
 
 
 # -------------------------------------------------------------------------------------------------
-# checkpoints
-# -------------------------------------------------------------------------------------------------
-def save_checkpoint(folder: Path, model, opt, state: dict[str, Any]) -> None:
-    """Atomic folder: weights and optimiser tensors (safetensors) + JSON state; no pickles."""
-    tmp = folder.parent / f".{folder.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / MODEL_FILE))
-    tensors, layout = optimizer_to_safetensors(opt)
-    save_file(tensors or {"empty": torch.zeros(1)}, str(tmp / OPTIM_FILE))
-    (tmp / STATE_FILE).write_text(json.dumps({**state, "optimizer": layout}, indent=1, default=float) + "\n")
-    old = folder.parent / f".{folder.name}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def load_checkpoint(folder: Path, model, opt, identity: dict[str, Any]) -> dict[str, Any]:
-    if not (folder / STATE_FILE).is_file():
-        raise ResumeError(f"{folder}: nothing to resume (expected {STATE_FILE} from an earlier run)")
-    doc = json.loads((folder / STATE_FILE).read_text())
-    if doc.get("identity") != identity:
-        diff = sorted(k for k in set(identity) | set(doc.get("identity", {}))
-                      if identity.get(k) != doc.get("identity", {}).get(k))
-        raise ResumeError(f"{folder}: a run with other settings ({', '.join(diff)}); resume with the same ones")
-    model.load_state_dict(load_file(str(folder / MODEL_FILE)), strict=True)
-    tensors = load_file(str(folder / OPTIM_FILE))
-    layout = doc.pop("optimizer")
-    optimizer_from_safetensors(opt, tensors, layout)
-    return doc
-
-
-# -------------------------------------------------------------------------------------------------
 # one run
 # -------------------------------------------------------------------------------------------------
-def _hash_config(cfg) -> str:
-    d = {k: v for k, v in cfg.to_dict().items() if k not in ("name", "source")}
-    return sha256_text(json.dumps(d, sort_keys=True))
+_hash_config = hash_config
 
 
 def run_seg(model: str, dataset: str, fraction: float, seed: int, out: str | os.PathLike, cfg, *,
@@ -182,24 +145,13 @@ def run_seg(model: str, dataset: str, fraction: float, seed: int, out: str | os.
         raise ValueError("--model imagenet needs --imagenet-weights PATH (torchvision's resnet50-*.pth or a "
                          "safetensors state dict on this machine; nothing is downloaded)")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if (out / "results.json").is_file():
-        if not resume:
-            raise ResumeError(f"{out}: holds a finished run (results.json); choose another -o or pass --resume")
-        log.info("%s: finished earlier (results.json); nothing to resume", out)
-        return json.loads((out / "results.json").read_text())
-    if not resume and (out / "checkpoint").exists():
-        raise ResumeError(f"{out}: holds an unfinished run (checkpoint/); pass --resume to continue it")
+    done = finished_run(out, resume)
+    if done is not None:
+        return done
     t0 = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     splits = make_splits(dataset, data_root, cfg, seed, fraction)
-    ids_record = {}
-    for part in ("train", "validation", "test"):
-        text = ids_text([i.image_id for i in splits[part]])
-        atomic_write_text(out / "ids" / f"{part}.txt", text)
-        ids_record[part] = {"file": f"ids/{part}.txt", "images": len(splits[part]),
-                            "patients": len(splits["patients"][part]), "sha256": sha256_text(text),
-                            "positive_images": sum(i.positive for i in splits[part])}
-    atomic_write_text(out / "ids" / "train_patients.txt", ids_text(splits["patients"]["train"]))
+    ids_record = write_ids(out, splits)
 
     torch.manual_seed(seed)
     net, key_report = encoder_for(model, cfg, ckpt=ckpt, imagenet_weights=imagenet_weights,
@@ -214,23 +166,15 @@ def run_seg(model: str, dataset: str, fraction: float, seed: int, out: str | os.
     identity = {"model": model, "dataset": dataset, "fraction": fraction, "seed": seed, "config": _hash_config(cfg),
                 "train_ids": ids_record["train"]["sha256"], "encoder": key_report.get("weights_sha256", "random"),
                 "max_epochs": epochs}
-    state: dict[str, Any] = {"identity": identity, "epoch": 0, "history": [], "best": None, "best_epoch": None,
-                             "bad_epochs": 0, "stopped": None}
-    if resume and (out / "checkpoint").exists():
-        state = load_checkpoint(out / "checkpoint", net, opt, identity)
-        log.info("resuming %s after epoch %d", out, state["epoch"])
-    elif resume:
-        log.info("%s: no checkpoint/ to resume; starting from epoch 1", out)
+    state = start_state(out, net, opt, identity, resume, load_checkpoint)
 
     size = cfg.image_size
     tr_x, tr_y = load_arrays(splits["train"], size, "finetune: train images")
     va_x, va_y = load_arrays(splits["validation"], size, "finetune: validation images")
-    metric = cfg.early_stopping["metric"]
-    patience = int(cfg.early_stopping["patience"])
     lw = cfg.loss
     steps = (len(tr_x) + cfg.batch_size - 1) // cfg.batch_size
-    while state["stopped"] is None and state["epoch"] < epochs:
-        ep = state["epoch"] + 1
+
+    def train_epoch(ep: int) -> dict[str, float]:
         rng = np.random.default_rng([seed, ep])  # per epoch: a resumed run draws what an unbroken one does
         net.train()
         if cfg.freeze_encoder:
@@ -251,28 +195,22 @@ def run_seg(model: str, dataset: str, fraction: float, seed: int, out: str | os.
                 n_seen += len(idx)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.3f}")
+        return {"train_loss": tot / max(1, n_seen)}
+
+    def validate() -> dict[str, float]:
         pred, val_loss = predict(net, va_x, va_y, cfg, device)
         dice, iou = image_scores(pred, va_y)
-        row = {"epoch": ep, "train_loss": tot / max(1, n_seen), "val_loss": val_loss,
-               "val_dice": float(dice.mean()), "val_iou": float(iou.mean())}
-        state["history"].append(row)
-        score = row[metric] if metric == "val_dice" else -row[metric]
-        if state["best"] is None or score > state["best"]:
-            state.update(best=score, best_epoch=ep, bad_epochs=0)
-            save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
-                      str(out / ".best.tmp"))
-            os.replace(out / ".best.tmp", out / "best.safetensors")
-        else:
-            state["bad_epochs"] += 1
-        state["epoch"] = ep
-        if state["bad_epochs"] >= patience:
-            state["stopped"] = f"early stop: {metric} did not improve for {patience} epochs"
-        log.info("epoch %d: train loss %.4f, val loss %.4f, val Dice %.4f, val IoU %.4f", ep, row["train_loss"],
-                 val_loss, row["val_dice"], row["val_iou"])
-        save_checkpoint(out / "checkpoint", net, opt, state)
-    state["stopped"] = state["stopped"] or f"max_epochs ({epochs})"
+        return {"val_loss": val_loss, "val_dice": float(dice.mean()), "val_iou": float(iou.mean())}
 
-    net.load_state_dict(load_file(str(out / "best.safetensors")), strict=True)
+    def describe(row: dict[str, Any]) -> str:
+        return (f"train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
+                f"val Dice {row['val_dice']:.4f}, val IoU {row['val_iou']:.4f}")
+
+    fit(out, net, opt, state, epochs=epochs, metric=cfg.early_stopping["metric"],
+        patience=int(cfg.early_stopping["patience"]), train_epoch=train_epoch, validate=validate,
+        save=save_checkpoint, describe=describe)
+
+    load_best(out, net)
     te_x, te_y = load_arrays(splits["test"], size, "finetune: test images")
     pred, _ = predict(net, te_x, te_y, cfg, device)
     dice, iou = image_scores(pred, te_y)
@@ -280,17 +218,9 @@ def run_seg(model: str, dataset: str, fraction: float, seed: int, out: str | os.
     ids = [i.image_id for i in splits["test"]]
     metrics = bootstrap_ci({"dice": dice, "iou": iou, "dice_positive": np.where(positive, dice, np.nan),
                             "iou_positive": np.where(positive, iou, np.nan)}, ids, int(cfg.n_boot))
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["image_id", "positive", "dice", "iou"])
-    for i, p, d, j in zip(ids, positive, dice, iou):
-        w.writerow([i, int(p), f"{d:.6f}", f"{j:.6f}"])
-    atomic_write_text(out / "test_per_image.csv", buf.getvalue())
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(state["history"][0]) if state["history"] else ["epoch"])
-    w.writeheader()
-    w.writerows(state["history"])
-    atomic_write_text(out / "epochs.csv", buf.getvalue())
+    write_csv(out / "test_per_image.csv", ["image_id", "positive", "dice", "iou"],
+              [[i, int(p), f"{d:.6f}", f"{j:.6f}"] for i, p, d, j in zip(ids, positive, dice, iou)])
+    write_epochs(out, state["history"])
     results = {
         "format": FORMAT, "format_version": 1, "date": now_iso(), "task": "segmentation",
         "protocol": "MGCA SIIM segmentation fine-tuning (U-Net, segmentation_models_pytorch)",
@@ -306,21 +236,9 @@ def run_seg(model: str, dataset: str, fraction: float, seed: int, out: str | os.
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean ± sample SD of the test metrics over seeds (SD null for one seed)."""
-    out: dict[str, Any] = {"seeds": [r["seed"] for r in runs], "n": len(runs)}
-    for k in ("dice", "iou", "dice_positive", "iou_positive"):
-        vals = np.array([r["test"][k]["value"] for r in runs if r["test"][k]["value"] is not None], float)
-        out[k] = {"mean": float(vals.mean()) if vals.size else None,
-                  "sd": float(vals.std(ddof=1)) if vals.size > 1 else None, "values": vals.tolist()}
-    return out
+    return _aggregate(runs, METRICS)
 
 
 def run_seeds(seeds: list[int], out: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:
     """One run per seed under ``out/seed<S>`` and ``out/summary.json`` with mean ± sd."""
-    out = Path(out)
-    runs = [run_seg(seed=s, out=out / f"seed{s}", **kwargs) for s in seeds]
-    first = runs[0]
-    summary = {"format": FORMAT + "-summary", "format_version": 1, "date": now_iso(), "model": first["model"],
-               "dataset": first["dataset"], "fraction": first["fraction"], "config": first["config"],
-               "runs": [f"seed{s}/results.json" for s in seeds], "test": aggregate(runs)}
-    atomic_write_json(out / "summary.json", summary)
-    return summary
+    return _run_seeds(run_seg, FORMAT, METRICS, seeds, out, **kwargs)
