@@ -170,6 +170,25 @@ def stream_metrics(n: int, chunk: int, seed: int = 0, *, timed: bool = True):
     return rec, spent
 
 
+def torch_rate(n: int, chunk: int, device: str, seed: int = 0) -> float:
+    """Heatmaps per second of wall clock of the torch path (``score --device``) on ``device``, chunks
+    generated beforehand as in :func:`threaded_rate` (the copy to the device is timed)."""
+    from benchmark.geometry.afloc import afloc_margin_valid
+    from benchmark.metrics import AFLOC_THRESHOLDS
+    from benchmark.protocols.afloc_torch import afloc_scores_torch
+
+    valid = afloc_margin_valid((FRAME, FRAME))
+    pool = [(m, k) for m, k, _ in synthetic_chunks(min(n, 16 * chunk), chunk, seed)]
+    for m, _ in pool:
+        m[:, ~valid] = np.nan
+    afloc_scores_torch(pool[0][0], pool[0][1], AFLOC_THRESHOLDS, device)  # warm-up
+    t0, done = time.perf_counter(), 0
+    for i in range(-(-n // chunk)):
+        m, k = pool[i % len(pool)]
+        done += len(afloc_scores_torch(m, k, AFLOC_THRESHOLDS, device)["cnr"])
+    return done / (time.perf_counter() - t0)
+
+
 def threaded_rate(n: int, chunk: int, threads: int, seed: int = 0) -> float:
     """Heatmaps per second of wall clock when ``threads`` threads score chunks, as ``afloc-bench
     score`` does (``benchmark.parallel.ordered_map``); 16 chunks are generated beforehand and scored
@@ -333,7 +352,7 @@ METRIC_TARGETS = {"rate_cpu": 3500.0, "ratio_loop": 10.0, "boot_over_draws": 1.1
 
 
 def run_metrics(n: int, loop_n: int, chunk: int, n_boot: int, loop_boot: int, seed: int, threads: int,
-                startup_repeats: int = 5) -> dict:
+                startup_repeats: int = 5, device: str | None = None) -> dict:
     """All four sections, with BLAS and torch on one thread: generating the synthetic maps
     (bilinear resizing with torch) between the timed chunks would otherwise leave idle worker
     threads spinning on the second core while the metric code, which uses neither, is timed
@@ -343,7 +362,7 @@ def run_metrics(n: int, loop_n: int, chunk: int, n_boot: int, loop_boot: int, se
     torch_threads = _torch_threads(1)
     try:
         with blas_single_thread():
-            return _run_metrics(n, loop_n, chunk, n_boot, loop_boot, seed, startup_repeats, threads)
+            return _run_metrics(n, loop_n, chunk, n_boot, loop_boot, seed, startup_repeats, threads, device)
     finally:
         _torch_threads(torch_threads)
 
@@ -362,7 +381,7 @@ def _torch_threads(n: int | None) -> int | None:
 
 
 def _run_metrics(n: int, loop_n: int, chunk: int, n_boot: int, loop_boot: int, seed: int,
-                 startup_repeats: int, threads: int = 1) -> dict:
+                 startup_repeats: int, threads: int = 1, device: str | None = None) -> dict:
     from benchmark.geometry.afloc import afloc_margin_valid
     from benchmark.metrics import AFLOC_THRESHOLDS
 
@@ -390,6 +409,9 @@ def _run_metrics(n: int, loop_n: int, chunk: int, n_boot: int, loop_boot: int, s
         print(f"    as `score` runs it, wall clock: 1 thread {one:8.0f} | {threads} threads {many:8.0f}   "
               f"({many / one:.2f}x; target >= {tg['rate_cpu']:.0f}/s on the machine's cores: "
               f"{'met' if many >= tg['rate_cpu'] else 'NOT met'})")
+    if device:
+        print(f"    torch path (score --device {device}), wall clock: {torch_rate(n, 256, device, seed):8.0f} "
+              f"(chunks of 256)")
     # 2. bootstrap (after one small warm-up call: imports and thread-pool setup are not timed)
     n_metrics = len(_record_metrics(rec))
     vector_bootstrap(rec, 10, seed)
@@ -520,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--threads", type=int, default=None,
                    help="threads for the multi-core figure, as `score` uses (default: the usable cores)")
+    m.add_argument("--device", default=None,
+                   help="also time the torch path on this device (default: cuda when there is one)")
     m.add_argument("--startup-repeats", type=int, default=5,
                    help="fresh-process runs per start-up command (default 5; 0 skips the start-up timing)")
     a = p.parse_args(argv)
@@ -528,8 +552,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from benchmark.parallel import usable_cores
 
+    device = a.device
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else None
     run_metrics(a.n, a.loop_n, a.chunk, a.n_boot, min(a.loop_boot, a.n_boot), a.seed, a.threads or usable_cores(),
-                a.startup_repeats)
+                a.startup_repeats, device)
     return 0
 
 

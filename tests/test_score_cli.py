@@ -151,5 +151,51 @@ def test_bad_threads_flag_is_a_one_line_error(tmp_path, capsys):
     p = tmp_path / "preds.npz"
     _write(p, n=4)
     with pytest.raises(SystemExit):
-        main(["score", str(p), "--threads", "0"])
+        main(["score", "--input", str(p), "--threads", "0"])
     assert "--threads: expected a positive integer, not '0'" in capsys.readouterr().err
+
+
+def test_torch_path_counts_like_numpy_and_cnr_agrees():
+    from benchmark.geometry.afloc import afloc_margin_valid
+    from benchmark.metrics import AFLOC_THRESHOLDS
+    from benchmark.protocols.afloc_compat import afloc_scores
+    from benchmark.protocols.afloc_torch import afloc_scores_torch
+
+    rng = np.random.default_rng(5)
+    maps = rng.standard_normal((12, 224, 224)).astype(np.float32)
+    masks = np.zeros((12, 224, 224), np.uint8)
+    masks[:, 60:140, 50:120] = 1
+    masks[:, 100:160, 90:170] += 1  # overlapping boxes hold 2: Dice sums raw values, CNR leaves them out
+    masks[4] = 0  # no lesion: IoU/Dice/hit NaN
+    masks[5, :, :] = 0
+    masks[5, :5, :5] = 1  # a lesion only in the margin
+    maps[6] = 0.25  # constant map
+    maps[:, ~afloc_margin_valid((224, 224))] = np.nan
+    ref = afloc_scores(maps.copy(), masks, AFLOC_THRESHOLDS)
+    got = afloc_scores_torch(maps.copy(), masks, AFLOC_THRESHOLDS, "cpu")
+    assert set(got) == set(ref)
+    for k in ref:
+        if k == "cnr":
+            np.testing.assert_allclose(got[k], ref[k], rtol=0, atol=1e-6)
+            assert np.array_equal(np.isnan(got[k]), np.isnan(ref[k]))
+        else:
+            assert np.array_equal(got[k], ref[k], equal_nan=True), k
+    maps[7, 100, 100] = np.inf  # infinite pixels follow the official rules of the NumPy path
+    got = afloc_scores_torch(maps, masks, AFLOC_THRESHOLDS, "cpu")
+    assert np.isnan(got["cnr"][7]) and np.array_equal(got["cnr"], afloc_scores(maps, masks, AFLOC_THRESHOLDS)["cnr"],
+                                                      equal_nan=True)
+
+
+def test_score_device_flag(tmp_path, capsys):
+    p = tmp_path / "preds.npz"
+    _write(p, n=20)
+    a = score_file(str(p), "afloc-compat@1", n_boot=30, chunk=6)
+    b = score_file(str(p), "afloc-compat@1", n_boot=30, chunk=6, device="cpu")
+    for name, rows in a["metrics"].items():
+        for cat, row in rows.items():
+            tol = 1e-6 if name.startswith("cnr") else 0
+            for key in ("point", "boot_mean", "lo", "hi"):
+                x, y = row[key], b["metrics"][name][cat][key]
+                assert (x is None and y is None) or abs(x - y) <= tol, (name, cat, key)
+    assert main(["score", "--input", str(p), "--protocol", "canonical@1", "--device", "cpu"]) != 0
+    assert "--device: the torch path scores afloc-compat@1 only" in capsys.readouterr().err
