@@ -308,3 +308,151 @@ def atomic_write_text(path: Path, text: str) -> None:
     with open(tmp, "w", newline="") as fh:
         fh.write(text)
     os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- colour images and tables
+# (the pathology demo sets: colour JPEG/PNG/TIFF tiles and SICAPv2's partition spreadsheets)
+def jpeg_rgb_bytes(rgb: np.ndarray, quality: int = 90) -> bytes:
+    """Baseline JPEG of a uint8 RGB image: libjpeg-turbo's integer colour conversion, 4:2:0 chroma
+    downsampling and integer DCT (bit-exact whatever SIMD it uses), standard tables."""
+    a = np.ascontiguousarray(np.asarray(rgb, np.uint8)[..., ::-1])  # OpenCV takes B, G, R
+    ok, buf = cv2.imencode(".jpg", a, [cv2.IMWRITE_JPEG_QUALITY, int(quality), cv2.IMWRITE_JPEG_OPTIMIZE, 0,
+                                       cv2.IMWRITE_JPEG_PROGRESSIVE, 0])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def png_rgb_bytes(rgb: np.ndarray) -> bytes:
+    """8-bit RGB PNG written like ``pngenc`` (Paeth filter over 3-byte pixels, one Huffman-only block)."""
+    import struct
+    import zlib
+
+    from benchmark.demo import pngenc
+
+    a = np.ascontiguousarray(rgb, dtype=np.uint8)
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) uint8 image, got shape {a.shape}")
+    h, w, _ = a.shape
+    x = a.astype(np.int16)
+    f = np.empty((h, w, 3), np.int16)
+    left = np.zeros_like(x)
+    left[:, 1:] = x[:, :-1]
+    up = np.zeros_like(x)
+    up[1:] = x[:-1]
+    upleft = np.zeros_like(x)
+    upleft[1:, 1:] = x[:-1, :-1]
+    da, db = up - upleft, left - upleft
+    pa, pb, pc = np.abs(da), np.abs(db), np.abs(da + db)
+    pred = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, upleft))
+    f[:] = (x - pred) & 0xFF
+    out = np.empty((h, w * 3 + 1), np.uint8)
+    out[:, 0] = 4
+    out[:, 1:] = f.reshape(h, w * 3).astype(np.uint8)
+    raw = out.tobytes()
+    stream = b"\x78\x01" + pngenc._deflate_literals(raw) + struct.pack(">I", zlib.adler32(raw) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + pngenc._chunk(b"IHDR", ihdr) + pngenc._chunk(b"IDAT", stream) + \
+        pngenc._chunk(b"IEND", b"")
+
+
+def tiff_rgb_bytes(rgb: np.ndarray) -> bytes:
+    """Baseline uncompressed RGB TIFF (little-endian, one strip): no library, the same bytes everywhere."""
+    import struct
+
+    a = np.ascontiguousarray(rgb, dtype=np.uint8)
+    h, w, _ = a.shape
+    pixels = a.tobytes()
+    n_tags = 12
+    ifd_at = 8
+    extra_at = ifd_at + 2 + 12 * n_tags + 4  # BitsPerSample values, then the two resolutions
+    data_at = extra_at + 6 + 16
+    tags = [(256, 3, 1, w), (257, 3, 1, h), (258, 3, 3, extra_at), (259, 3, 1, 1), (262, 3, 1, 2),
+            (273, 4, 1, data_at), (277, 3, 1, 3), (278, 3, 1, h), (279, 4, 1, len(pixels)),
+            (282, 5, 1, extra_at + 6), (283, 5, 1, extra_at + 14), (284, 3, 1, 1)]
+    assert len(tags) == n_tags
+    out = bytearray(b"II*\x00" + struct.pack("<I", ifd_at) + struct.pack("<H", n_tags))
+    for tag, typ, count, value in tags:
+        packed = struct.pack("<HH", value, 0) if typ == 3 and count == 1 else struct.pack("<I", value)
+        out += struct.pack("<HHI", tag, typ, count) + packed
+    out += struct.pack("<I", 0)
+    out += struct.pack("<HHH", 8, 8, 8) + struct.pack("<II", 72, 1) * 2
+    assert len(out) == data_at
+    return bytes(out) + pixels
+
+
+def zip_stored(members: list[tuple[str, bytes]]) -> bytes:
+    """A ZIP archive of uncompressed members with fixed times and attributes (no zlib, no clock)."""
+    import struct
+    import zlib
+
+    local, central = bytearray(), bytearray()
+    dos_time, dos_date = 0, (1980 - 1980) << 9 | 1 << 5 | 1  # 1980-01-01 00:00
+    for name, data in members:
+        fn = name.encode()
+        crc = zlib.crc32(data) & 0xFFFFFFFF
+        offset = len(local)
+        local += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, dos_time, dos_date, crc, len(data), len(data),
+                             len(fn), 0) + fn + data
+        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 0, dos_time, dos_date, crc, len(data),
+                               len(data), len(fn), 0, 0, 0, 0, 0, offset) + fn
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members), len(central), len(local), 0)
+    return bytes(local + central + end)
+
+
+def xlsx_bytes(rows: list[list], sheet: str = "Sheet1") -> bytes:
+    """A minimal Excel workbook (one sheet; strings inline, numbers as numbers), the first row the header.
+
+    Written part by part rather than with openpyxl, whose files carry the time of writing and whose
+    XML changes between versions; readers (openpyxl, pandas) see an ordinary workbook."""
+    from xml.sax.saxutils import escape
+
+    def col(i: int) -> str:
+        s = ""
+        i += 1
+        while i:
+            i, r = divmod(i - 1, 26)
+            s = chr(65 + r) + s
+        return s
+
+    body = []
+    for r, row in enumerate(rows, start=1):
+        cells = []
+        for c, v in enumerate(row):
+            ref = f"{col(c)}{r}"
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                cells.append(f'<c r="{ref}" t="inlineStr"><is><t>{escape(str(v))}</t></is></c>')
+            else:
+                cells.append(f'<c r="{ref}"><v>{v!r}</v></c>')
+        body.append(f'<row r="{r}">{"".join(cells)}</row>')
+    ns = 'xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"'
+    rel_ns = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
+    head = '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
+    parts = [
+        ("[Content_Types].xml", head + '<Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
+         '<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/>'
+         '<Default Extension="xml" ContentType="application/xml"/>'
+         '<Override PartName="/xl/workbook.xml" '
+         'ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet.main+xml"/>'
+         '<Override PartName="/xl/worksheets/sheet1.xml" '
+         'ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.worksheet+xml"/>'
+         '<Override PartName="/xl/styles.xml" '
+         'ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.styles+xml"/></Types>'),
+        ("_rels/.rels", head + '<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">'
+         f'<Relationship Id="rId1" Type="{rel_ns}/officeDocument" Target="xl/workbook.xml"/></Relationships>'),
+        ("xl/workbook.xml", head + f'<workbook {ns} xmlns:r="{rel_ns}"><sheets>'
+         f'<sheet name="{escape(sheet)}" sheetId="1" r:id="rId1"/></sheets></workbook>'),
+        ("xl/_rels/workbook.xml.rels", head + '<Relationships '
+         'xmlns="http://schemas.openxmlformats.org/package/2006/relationships">'
+         f'<Relationship Id="rId1" Type="{rel_ns}/worksheet" Target="worksheets/sheet1.xml"/>'
+         f'<Relationship Id="rId2" Type="{rel_ns}/styles" Target="styles.xml"/></Relationships>'),
+        ("xl/styles.xml", head + f'<styleSheet {ns}><fonts count="1"><font><sz val="11"/><name val="Calibri"/>'
+         '</font></fonts><fills count="2"><fill><patternFill patternType="none"/></fill><fill>'
+         '<patternFill patternType="gray125"/></fill></fills><borders count="1"><border><left/><right/><top/>'
+         '<bottom/><diagonal/></border></borders><cellStyleXfs count="1"><xf numFmtId="0" fontId="0" fillId="0" '
+         'borderId="0"/></cellStyleXfs><cellXfs count="1"><xf numFmtId="0" fontId="0" fillId="0" borderId="0" '
+         'xfId="0"/></cellXfs><cellStyles count="1"><cellStyle name="Normal" xfId="0" builtinId="0"/>'
+         '</cellStyles></styleSheet>'),
+        ("xl/worksheets/sheet1.xml", head + f'<worksheet {ns}><sheetData>{"".join(body)}</sheetData></worksheet>'),
+    ]
+    return zip_stored([(name, text.encode("utf-8")) for name, text in parts])

@@ -154,8 +154,34 @@ def _nih(root: Path, k: int):
     return out
 
 
+def _histology(name: str, loader: str):
+    """Tiles of one pathology demo set read back through its real loader: the class (or the caption)
+    under each tile and the mask contour where there is one."""
+
+    def read(root: Path, k: int):
+        from benchmark.registry import datasets
+
+        ds = datasets.get(loader)(root / name)
+        seen: dict[str, object] = {}
+        for s in ds.samples():
+            if s.image_id not in seen and (s.label is None or s.label == 1):
+                seen[s.image_id] = s
+        out = []
+        for s in list(seen.values())[:: max(1, len(seen) // k)][:k]:
+            mask = read_image(s.mask_paths[0]) > 0 if s.mask_paths else None
+            prompts = s.prompts or {}
+            text = str(prompts.get("simple") or prompts.get("report") or s.category)
+            out.append((f"{name} · {s.category}" if s.category else name, read_image(s.image_path, "cv2-rgb"),
+                        lambda ax, m=mask: _contours(ax, m, "lime"), text))
+        return out
+
+    return read
+
+
 READERS = {"mimic_cxr": _mimic, "rsna_pneumonia": _rsna, "ms_cxr": _mscxr, "chexlocalize": _chexlocalize,
-           "covid_rural": _covid, "siim_pneumothorax": _siim, "chestx_det10": _det10, "nih_bbox": _nih}
+           "covid_rural": _covid, "siim_pneumothorax": _siim, "chestx_det10": _det10, "nih_bbox": _nih,
+           "sicapv2": _histology("sicapv2", "demo_sicapv2"), "wsss4luad": _histology("wsss4luad", "demo_wsss4luad"),
+           "dhmc_luad": _histology("dhmc_luad", "demo_dhmc_luad"), "quilt1m": _histology("quilt1m", "demo_quilt1m")}
 
 
 def contact_sheet(root: str | Path, out_png: str | Path, *, per_dataset: int = 4, datasets=None) -> Path:
@@ -178,7 +204,7 @@ def contact_sheet(root: str | Path, out_png: str | Path, *, per_dataset: int = 4
     for ax in axes.ravel():
         ax.axis("off")
     for ax, (title, img, draw, text) in zip(axes.ravel(), cells):
-        ax.imshow(img, cmap="gray", vmin=0, vmax=255)
+        ax.imshow(img, cmap=None if img.ndim == 3 else "gray", vmin=0, vmax=255)
         draw(ax)
         ax.set_title(title, fontsize=7)
         ax.text(0.0, -0.02, "\n".join(textwrap.wrap(text, 60)[:4]), transform=ax.transAxes, fontsize=5, va="top")
