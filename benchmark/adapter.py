@@ -196,6 +196,12 @@ class Adapter:
         a model without one is skipped and counted on softmax-classification datasets."""
         raise NotImplementedError(f"{type(self).__name__} has no single-label class logit")
 
+    @classmethod
+    def runs_without_checkpoint(cls, options: dict[str, Any]) -> bool:
+        """Whether these options let the model run without ``--ckpt`` (a ``needs_checkpoint`` model
+        that can build a control from its options alone says so here)."""
+        return not cls.needs_checkpoint
+
     @property
     def ranks_classes(self) -> bool:
         """Whether this model gives ``class_logit`` (single-label softmax classification)."""

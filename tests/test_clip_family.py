@@ -11,6 +11,7 @@ import torch
 
 from baselines.clip_family import loader as clip_loader
 from baselines.clip_family.adapter import BiomedCLIPAdapter, CLIPAdapter, PLIPAdapter, QuiltNetAdapter, geometry_of
+from benchmark.adapter import Query
 from benchmark.dataset import DataError
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -340,3 +341,31 @@ def test_clip_input_is_open_clips_transform_of_the_opened_file(tiny_open_clip, t
     for name in ("g.png", "g16.png", "a.png", "c.jpg"):
         want = a.loaded.preprocess(Image.open(tmp_path / name))
         assert torch.equal(a.preprocess(read_image(tmp_path / name, a.decode)), want), name
+
+
+def test_random_init_is_a_seeded_control_that_needs_no_checkpoint():
+    from benchmark.registry import RegistryError
+    from benchmark.run.config import RunConfig
+    from benchmark.run.engine import Runner
+
+    with pytest.raises(ValueError, match="needs a local checkpoint.*random_init=true"):
+        PLIPAdapter().load(None, "cpu")
+    a, b = PLIPAdapter(random_init="true"), PLIPAdapter(random_init="true")
+    a.load(None, "cpu")
+    b.load(None, "cpu")
+    assert a.loaded.report.source == "random:ViT-B-32" and "not pretrained" in a.loaded.report.source_format
+    for (k, v), w in zip(a.loaded.model.state_dict().items(), b.loaded.model.state_dict().values()):
+        assert torch.equal(v, w), k  # the same seed gives the same weights
+    c = PLIPAdapter(random_init="ViT-B-16", seed="1")
+    c.load(None, "cpu")
+    assert c.loaded.report.source == "random:ViT-B-16" and a.model_id != c.model_id
+    img = a.encode_images(a.collate([a.preprocess(im) for im in _images(2)]))
+    txt = a.encode_texts([Query("presence of gleason pattern 4.", "Gleason Pattern 4")] * 2)
+    assert a.similarity_map(img, txt).shape[0] == 2
+    with pytest.raises(DataError, match="not an open_clip architecture"):
+        PLIPAdapter(random_init="ViT-Q-99").load(None, "cpu")
+    # the runner plans a needs-checkpoint model that has random_init, and refuses it without
+    assert Runner(RunConfig(models=["plip"], datasets=["demo_sicapv2"],
+                            model_options={"plip": {"random_init": "true"}})).check_models() == []
+    with pytest.raises(RegistryError, match="needs a checkpoint"):
+        Runner(RunConfig(models=["plip"], datasets=["demo_sicapv2"])).check_models()

@@ -73,10 +73,15 @@ class _ClipAdapter(Adapter):
 
 
         super().load(checkpoint, device)
-        if not checkpoint:
+        random_init = self.options.get("random_init")
+        if not checkpoint and not self.runs_without_checkpoint(self.options):
             raise ValueError(f"{self.name or self.family}: needs a local checkpoint folder or file "
-                             "(--ckpt MODEL=PATH); nothing is downloaded")
-        loaded = clip_loader.load_clip(checkpoint, arch=self.options.get("arch"), family=self.family)
+                             "(--ckpt MODEL=PATH; nothing is downloaded), or the option random_init=true for the "
+                             "architecture at random weights")
+        if checkpoint:
+            loaded = clip_loader.load_clip(checkpoint, arch=self.options.get("arch"), family=self.family)
+        else:
+            loaded = clip_loader.random_clip(self.family, random_init, seed=int(self.options.get("seed", 0)))
         log.info("loaded %s", loaded.report.summary())
         loaded.model.to(torch.device(device)).eval()
         self.loaded = loaded
@@ -87,6 +92,12 @@ class _ClipAdapter(Adapter):
                                  f"std{','.join(f'{v:.4f}' for v in p.get('std', ()))}-v1")
         self._layer, self._reshape, self._layer_name = clip_loader.cam_target(self._visual())
         self._sim = clip_loader.PairedSimilarity(loaded.encode_image, loaded.model)
+
+    @classmethod
+    def runs_without_checkpoint(cls, options: dict[str, Any]) -> bool:
+        """With ``random_init`` the architecture runs at random weights."""
+        value = options.get("random_init")
+        return value is not None and str(value).lower() not in ("0", "false", "no", "off")
 
     def _visual(self):
         return self.loaded.model.visual

@@ -24,6 +24,11 @@ Accepted sources (never a network call: the Hugging Face hub is switched offline
    ``ViT-B-32-quickgelu`` for OpenAI weights) or the path of an open_clip model-config JSON.
 
 CONCH has its own architecture (timm trunk + attentional poolers); see ``baselines.clip_family.conch``.
+
+4. **Nothing, with option ``random_init``** (``true`` or an open_clip architecture name): the
+   family's architecture (``RANDOM_ARCH``) at seeded random weights, tokenised with open_clip's
+   bundled CLIP BPE tokenizer: a control of the architecture without pretraining (the demo runs
+   use it where no weights exist), never the published model. Its rows carry the option.
 """
 
 from __future__ import annotations
@@ -230,6 +235,31 @@ def load_open_clip_folder(folder: Path) -> LoadedClip:
     if vision_cfg.get("timm_model_name"):
         vision_cfg["timm_model_pretrained"] = False
     return _build_open_clip(model_cfg, weights, cfg.get("preprocess_cfg", {}), report)
+
+
+# the open_clip architecture of each family's published vision tower (text towers that need a Hugging
+# Face transformer are replaced by open_clip's CLIP text tower, whose tokenizer ships with open_clip)
+RANDOM_ARCH = {"clip": "ViT-B-32", "plip": "ViT-B-32", "quiltnet": "ViT-B-32-quickgelu", "biomedclip": "ViT-B-16",
+               "conch": "ViT-B-16"}
+
+
+def random_clip(family: str, arch: str | bool | None = None, seed: int = 0) -> LoadedClip:
+    """``family``'s architecture (or ``arch``) at random weights drawn from ``seed``; nothing is read or downloaded."""
+    name = arch if isinstance(arch, str) and arch.lower() not in ("1", "true", "yes", "on") else RANDOM_ARCH[family]
+    if open_clip.get_model_config(name) is None:
+        raise DataError(None, f"random_init={name!r}: not an open_clip architecture (see open_clip.list_models())")
+    report = ClipLoadReport(f"random:{name}", f"open_clip {name} at random weights (seed {seed}); not pretrained")
+    with hub_offline():
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = open_clip.create_model(name, pretrained=None, pretrained_image=False, pretrained_text=False)
+        tokenizer = open_clip.get_tokenizer(name)
+    model.eval()
+    pcfg = dict(open_clip.get_model_preprocess_cfg(model))
+    preprocess = image_transform_v2(PreprocessCfg(**pcfg), is_train=False)
+    return LoadedClip(model=model, preprocess=preprocess, tokenizer=tokenizer, preprocess_cfg=pcfg, report=report,
+                      encode_image=model.encode_image, encode_text=model.encode_text,
+                      logit_scale=float(model.logit_scale.detach().exp()))
 
 
 def load_open_clip_file(path: Path, arch: str) -> LoadedClip:

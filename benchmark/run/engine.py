@@ -99,7 +99,10 @@ class Runner:
         problems = []
         explicit = set(i for spec in self.cfg.models for i in str(spec).split(","))
         for m in self.models:
-            if model_registry.entry(m).get("needs_checkpoint", False) and m not in self.cfg.ckpt:
+            entry = model_registry.entry(m)
+            if (entry.get("needs_checkpoint", False) and m not in self.cfg.ckpt
+                    and not (self.cfg.model_options.get(m) and entry.load().runs_without_checkpoint(
+                        {**entry.options, **self.cfg.model_options[m]}))):
                 if m in explicit:
                     raise RegistryError(f"model {m!r} needs a checkpoint: pass --ckpt {m}=PATH")
                 problems.append(m)
