@@ -115,6 +115,8 @@ def official_decode(recipe: str, path: Path) -> np.ndarray:
         return cv2.bitwise_not(x) if ds.PhotometricInterpretation == "MONOCHROME1" else x
     if recipe == "cv2-rgb" and not dicom:
         return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    if recipe == "cv2-bgr" and not dicom:  # AFLoc's pathology read: cv2.imread(p, flag), passed on as it comes
+        return cv2.imread(str(path), cv2.IMREAD_COLOR)
     if recipe == "pil" and not dicom:
         return np.asarray(Image.open(path))
     if recipe in ("pil-rgb", "medklip") and not dicom:
@@ -131,7 +133,7 @@ def official_decode(recipe: str, path: Path) -> np.ndarray:
 
         arr = _pixels(path)[1] if dicom else io.imread(str(path))
         return np.asarray(Image.fromarray(_minmax(arr)).convert("L"))
-    if recipe == "cv2-rgb" or recipe == "canonical":
+    if recipe in ("cv2-rgb", "cv2-bgr", "canonical"):
         if not dicom:
             img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
             if img.ndim == 3:
@@ -144,7 +146,7 @@ def official_decode(recipe: str, path: Path) -> np.ndarray:
         if ds.PhotometricInterpretation == "MONOCHROME1":
             x = x.max() - x
         out = _minmax(x)
-        return np.asarray(Image.fromarray(out).convert("RGB")) if recipe == "cv2-rgb" else out
+        return np.asarray(Image.fromarray(out).convert("RGB")) if recipe in ("cv2-rgb", "cv2-bgr") else out
     raise AssertionError(recipe)
 
 
