@@ -18,9 +18,12 @@ Distillation`` @7f2ceb7); equality is measured in docs/parity.md.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +37,7 @@ from baselines.common.adapter import BaselineAdapter
 from baselines.common.image_prep import IMAGENET_MEAN, IMAGENET_STD
 from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Query
 from benchmark.io.checkpoints import (
+    CheckpointError,
     KeyReport,
     load_checked,
     need_file,
@@ -42,6 +46,7 @@ from benchmark.io.checkpoints import (
     state_dict_from,
     strip_prefix,
 )
+from benchmark.training.task import TrainTask
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,59 @@ PROMPTS_IGNORED = "ignored (anomaly detector: one map and one score per image, t
 
 
 # -- networks ------------------------------------------------------------------------------------------
+@dataclass
+class RDConfig:
+    """The network's size; the defaults are the official WideResNet-50-2 (every official weight file fits
+    them). ``width`` scales every channel count (64: official) and ``blocks`` the blocks of encoder layer1-3
+    (the decoder's stages take the same counts, as the official decoder does); smaller values give the
+    demo's CPU-sized variant of the same architecture. Saved in a checkpoint folder's ``config.json``."""
+
+    backbone: str = "wide_resnet50_2"
+    width: int = 64
+    blocks: tuple[int, int, int] = (3, 4, 6)
+    fuse_blocks: int = 3  # residual blocks of the one-class bottleneck
+    image_size: int = OFFICIAL_SIZE  # the input side the network was trained at (the adapter's default)
+    loss: dict[str, Any] = field(default_factory=dict)  # the training objective's settings (recorded only)
+
+    def __post_init__(self) -> None:
+        if self.backbone != "wide_resnet50_2":
+            raise ValueError(f"backbone {self.backbone!r}: only wide_resnet50_2 (scaled by width and blocks) exists")
+        self.blocks = tuple(int(b) for b in self.blocks)  # type: ignore[assignment]
+        if len(self.blocks) != 3 or min(self.blocks) < 1 or int(self.width) < 4 or int(self.fuse_blocks) < 1:
+            raise ValueError(f"invalid network size: width {self.width}, blocks {self.blocks}, "
+                             f"fuse_blocks {self.fuse_blocks}")
+        if self.image_size < 32 or self.image_size % 32:
+            raise ValueError(f"image_size {self.image_size}: expected a multiple of 32")
+
+    @property
+    def official(self) -> bool:
+        return (self.width, self.blocks, self.fuse_blocks) == (64, (3, 4, 6), 3)
+
+    @property
+    def channels(self) -> tuple[int, int, int]:
+        """Channels of the encoder's layer1-3 outputs (official: 256, 512, 1024)."""
+        return (4 * self.width, 8 * self.width, 16 * self.width)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["blocks"] = list(self.blocks)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RDConfig:
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown network options {unknown}")
+        return cls(**dict(d))
+
+
+def make_trunk(cfg: RDConfig | None) -> nn.Module:
+    """The official trunk (torchvision's WideResNet-50-2, ImageNet-loadable) or a scaled copy of it."""
+    if cfg is None or cfg.official:
+        return WideResNetTrunk()
+    return ScaledTrunk(cfg.width, cfg.blocks)
+
+
 class WideResNetTrunk(ResNet):
     """torchvision's WideResNet-50-2 up to ``layer3``: returns the outputs of layer1, layer2, layer3.
 
@@ -82,6 +140,35 @@ class WideResNetTrunk(ResNet):
         return [a, b, c]
 
 
+class ScaledTrunk(nn.Module):
+    """WideResNet-50-2's layout up to ``layer3`` at another width and depth (same key names): a stem of
+    ``width`` channels, then stages of wide bottleneck blocks with ``width``, ``2·width``, ``4·width`` planes."""
+
+    def __init__(self, width: int, blocks: Sequence[int]) -> None:
+        super().__init__()
+        self.inplanes = width
+        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(width, blocks[0], 1)
+        self.layer2 = self._make_layer(2 * width, blocks[1], 2)
+        self.layer3 = self._make_layer(4 * width, blocks[2], 2)
+        _init_like_official(self)
+
+    def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        down = None
+        if stride != 1 or self.inplanes != planes * EXPANSION:
+            down = nn.Sequential(conv1x1(self.inplanes, planes * EXPANSION, stride),
+                                 nn.BatchNorm2d(planes * EXPANSION))
+        layers = [Bottleneck(self.inplanes, planes, stride, down, base_width=WIDE)]
+        self.inplanes = planes * EXPANSION
+        layers += [Bottleneck(self.inplanes, planes, base_width=WIDE) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    forward = WideResNetTrunk.forward
+
+
 def _init_like_official(module: nn.Module) -> None:
     """Kaiming-normal (fan_out, relu) for ``Conv2d``, ones/zeros for BatchNorm; transposed convolutions
     and biases keep PyTorch's defaults (the official bottleneck and decoder initialise so)."""
@@ -101,13 +188,13 @@ class OneClassBottleneck(nn.Module):
     three wide bottleneck blocks gives a 2048-channel map at 1/32 of the input. ``conv4``/``bn4`` exist
     in the official module (and its state dict) but are never used."""
 
-    def __init__(self, blocks: int = 3) -> None:
+    def __init__(self, blocks: int = 3, width: int = 64) -> None:
         super().__init__()
-        c1, c2, c3 = SCALE_CHANNELS
-        inplanes = 3 * c3
-        down = nn.Sequential(conv1x1(inplanes, 512 * EXPANSION, 2), nn.BatchNorm2d(512 * EXPANSION))
-        layers = [Bottleneck(inplanes, 512, 2, down, base_width=WIDE)]
-        layers += [Bottleneck(512 * EXPANSION, 512, base_width=WIDE) for _ in range(1, blocks)]
+        c1, c2, c3 = 4 * width, 8 * width, 16 * width  # official: SCALE_CHANNELS
+        inplanes, planes = 3 * c3, 8 * width
+        down = nn.Sequential(conv1x1(inplanes, planes * EXPANSION, 2), nn.BatchNorm2d(planes * EXPANSION))
+        layers = [Bottleneck(inplanes, planes, 2, down, base_width=WIDE)]
+        layers += [Bottleneck(planes * EXPANSION, planes, base_width=WIDE) for _ in range(1, blocks)]
         self.bn_layer = nn.Sequential(*layers)
         self.conv1 = conv3x3(c1, c2, 2)
         self.bn1 = nn.BatchNorm2d(c2)
@@ -116,8 +203,8 @@ class OneClassBottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(c3)
         self.conv3 = conv3x3(c2, c3, 2)
         self.bn3 = nn.BatchNorm2d(c3)
-        self.conv4 = conv1x1(1024 * EXPANSION, 512 * EXPANSION, 1)
-        self.bn4 = nn.BatchNorm2d(512 * EXPANSION)
+        self.conv4 = conv1x1(2 * planes * EXPANSION, planes * EXPANSION, 1)
+        self.bn4 = nn.BatchNorm2d(planes * EXPANSION)
         _init_like_official(self)
 
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -162,19 +249,20 @@ class ReverseDecoder(nn.Module):
     With ``output_heads=k`` (ReContrast: 2) each output goes through k sets of 1×1 convolutions
     (``out1``/``out2``/``out3``) and the result lists set 0's three maps, then set 1's, ..."""
 
-    def __init__(self, output_heads: int = 0) -> None:
+    def __init__(self, output_heads: int = 0, width: int = 64, blocks: Sequence[int] = (3, 4, 6)) -> None:
         super().__init__()
-        self.inplanes = 512 * EXPANSION
-        self.layer1 = self._make_layer(256, 3)
-        self.layer2 = self._make_layer(128, 4)
-        self.layer3 = self._make_layer(64, 6)
+        self.inplanes = 8 * width * EXPANSION
+        self.layer1 = self._make_layer(4 * width, blocks[0])
+        self.layer2 = self._make_layer(2 * width, blocks[1])
+        self.layer3 = self._make_layer(width, blocks[2])
         self.output_heads = int(output_heads)
+        c1, c2, c3 = 4 * width, 8 * width, 16 * width  # official: SCALE_CHANNELS
         if self.output_heads > 0:
             self.out1, self.out2, self.out3 = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
             for _ in range(self.output_heads):
-                self.out1.append(nn.Conv2d(SCALE_CHANNELS[0], SCALE_CHANNELS[0], 1))
-                self.out2.append(nn.Conv2d(SCALE_CHANNELS[1], SCALE_CHANNELS[1], 1))
-                self.out3.append(nn.Conv2d(SCALE_CHANNELS[2], SCALE_CHANNELS[2], 1))
+                self.out1.append(nn.Conv2d(c1, c1, 1))
+                self.out2.append(nn.Conv2d(c2, c2, 1))
+                self.out3.append(nn.Conv2d(c3, c3, 1))
         _init_like_official(self)
 
     def _make_layer(self, planes: int, blocks: int) -> nn.Sequential:
@@ -322,6 +410,45 @@ def build_network(factory: Any, random_init: bool) -> nn.Module:
     return net.to_empty(device="cpu")
 
 
+# -- checkpoint folders of the shared trainer ---------------------------------------------------------------
+def folder_of(checkpoint: str | os.PathLike | None) -> Path | None:
+    """The checkpoint folder ``checkpoint`` names (the folder, or its ``model.safetensors`` beside a
+    ``config.json``), None for a single weights file (the official layouts)."""
+    if checkpoint is None:
+        return None
+    path = Path(checkpoint).expanduser()
+    if path.is_dir():
+        return path
+    if path.suffix == ".safetensors" and (path.parent / "config.json").is_file():
+        return path.parent
+    return None
+
+
+def load_folder(folder: Path, factory: Any, folder_format: str) -> tuple[nn.Module, RDConfig, KeyReport]:
+    """(network, its config, key report) of a folder written by the training task (``save``): ``config.json``
+    of format ``folder_format`` with the network's ``RDConfig`` under ``model``, every tensor in
+    ``model.safetensors`` (the encoders included), loaded strictly."""
+    expected = f"a checkpoint folder (config.json of format {folder_format!r}, model.safetensors)"
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise CheckpointError(folder, f"no config.json; expected {expected}")
+    try:
+        doc = json.loads(cfg_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(cfg_path, f"not JSON ({exc}); expected {expected}") from None
+    if not isinstance(doc, dict) or doc.get("format") != folder_format or not isinstance(doc.get("model"), dict):
+        got = doc.get("format") if isinstance(doc, dict) else None
+        raise CheckpointError(cfg_path, f"format {got!r}; expected {expected}")
+    try:
+        cfg = RDConfig.from_dict(doc["model"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(cfg_path, f"cannot build the network from its config ({exc})") from None
+    net = build_network(lambda: factory(cfg), random_init=False)
+    sd = read_tensors(folder / "model.safetensors", expected=expected)
+    report = load_checked(net, sd, source=folder / "model.safetensors", expected=expected)
+    return net, cfg, report
+
+
 # -- the adapter both models share --------------------------------------------------------------------------
 class AnomalyMapAdapter(BaselineAdapter):
     """An unsupervised anomaly detector as a benchmark model: one anomaly map and one image score per
@@ -352,9 +479,24 @@ class AnomalyMapAdapter(BaselineAdapter):
             raise ValueError(f"model option image_size={self.image_size}: expected a multiple of 32 (at least 32)")
         self.sigma = float(self.opt("sigma", OFFICIAL_SIGMA))
         self.reduction = self.opt_choice("reduction", "max", REDUCTIONS)
-        if self.image_size != OFFICIAL_SIZE:
-            self.input_geometry = f"resize:{self.image_size}x{self.image_size}"
-            self.preprocessing_id = f"{type(self).preprocessing_id}-size{self.image_size}"
+        self._set_size(self.image_size)
+
+    def _set_size(self, size: int) -> None:
+        self.image_size = int(size)
+        cls = type(self)
+        self.input_geometry = f"resize:{size}x{size}"
+        self.preprocessing_id = cls.preprocessing_id if size == OFFICIAL_SIZE else f"{cls.preprocessing_id}-size{size}"
+
+    def load_trained_folder(self, folder: Path, factory: Any, folder_format: str) -> nn.Module:
+        """A folder of the training task: the network and its key report; its ``image_size`` becomes the
+        input size unless the ``image_size`` option is given."""
+        net, cfg, self.key_report = load_folder(folder, factory, folder_format)
+        if self.opt("imagenet"):
+            log.info("%s: option imagenet not used, the checkpoint folder carries the encoder(s)", folder)
+        if self.opt("image_size") is None:
+            self._set_size(cfg.image_size)
+        self.net_config = cfg
+        return net
 
     def weights_fingerprint(self) -> str | None:
         """Without a checkpoint (``random_init``) but with ``imagenet``: the ImageNet file's content, which
@@ -416,3 +558,87 @@ def flat_cosine_loss(encoder_feats: Sequence[torch.Tensor], decoder_feats: Seque
         e = e.detach() if detach_encoder else e
         loss = loss + torch.mean(1 - F.cosine_similarity(e.reshape(e.shape[0], -1), d.reshape(d.shape[0], -1)))
     return loss
+
+
+# -- training on the shared trainer (``afloc-bench train recontrast|rdpp``) ---------------------------------------
+# the demo network: the same architecture at a quarter of the width, one block per stage, 128x128 input
+DEMO_NET = dict(width=16, blocks=[1, 1, 1], fuse_blocks=1, image_size=128)
+
+
+class IgnoredCaptions:
+    """The trainer's caption tokenizer for an image-only objective: no text model, one empty slot per
+    caption (the trainer sorts a batch by caption length; all are equal here, so the order stays)."""
+
+    def __call__(self, captions: Sequence[str]) -> dict[str, torch.Tensor]:
+        return {"attention_mask": torch.zeros(len(captions), 1, dtype=torch.long)}
+
+
+def imagenet_file(source: str) -> str:
+    """``imagenet`` → torchvision's file in the local torch hub cache (never downloaded); else a path."""
+    if source != "imagenet":
+        return source
+    path = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained_vision imagenet: {path} not found (nothing is downloaded); place "
+                                f"{IMAGENET_URL} there or give its path: --set pretrained_vision=PATH")
+    return str(path)
+
+
+class ReverseDistillationTask(TrainTask):
+    """What the ReContrast and RD++ training tasks share: the network from ``RDConfig`` (preset ``paper``: the
+    official WideResNet-50-2; ``demo``: ``DEMO_NET``; ``model:`` overrides its fields, ``model.loss`` the
+    objective's settings), ImageNet initialisation from a local file (``pretrained_vision``), the adapter's
+    own preprocessing as the training input (so the trained network is evaluated on what it saw), no text
+    (captions are ignored) and checkpoint folders that ``--ckpt NAME=FOLDER`` loads."""
+
+    uses_captions = False  # the trainer keeps images whose report has no usable sentence
+    net_class: Any = None
+    folder_format = ""
+    decode = ""  # benchmark.io.images recipe the adapter reads images with
+    preprocess: Any = None  # (uint8 image, size) -> float32 [3, size, size]
+
+    def __init__(self) -> None:
+        self.size = OFFICIAL_SIZE
+        self.global_step = 0  # set by the trainer before every optimisation step
+        self.loss_cfg: dict[str, Any] = {}
+
+    def net_config(self, cfg: Any) -> RDConfig:
+        if cfg.preset not in ("paper", "demo"):
+            raise ValueError(f"unknown {self.name} preset {cfg.preset!r}; expected paper or demo")
+        base = RDConfig().to_dict() if cfg.preset == "paper" else {**RDConfig().to_dict(), **DEMO_NET}
+        over = dict(cfg.model or {})
+        return RDConfig.from_dict({**base, **over, "loss": {**base["loss"], **dict(over.get("loss") or {})}})
+
+    def build(self, cfg: Any, tokenizer: Any = None) -> tuple[Any, Any]:
+        net_cfg = self.net_config(cfg)
+        torch.manual_seed(cfg.seed)
+        model = self.net_class(net_cfg)
+        if cfg.pretrained_vision:
+            if not net_cfg.official:
+                raise ValueError(f"pretrained_vision: ImageNet weights fit the official network only, not width "
+                                 f"{net_cfg.width}, blocks {list(net_cfg.blocks)}; use pretrained_vision: null")
+            source = imagenet_file(cfg.pretrained_vision)
+            report = load_imagenet_trunk(model.encoder, source, "pretrained_vision")
+            log.info("%s: encoder initialised from %s (%d of its %d tensors; %d file keys ignored: layer4, fc)",
+                     self.name, source, report.n_module - len(report.missing), report.n_module, len(report.ignored))
+        self.size, self.loss_cfg = net_cfg.image_size, dict(net_cfg.loss)
+        self.prepare(model, cfg)
+        return model, IgnoredCaptions()
+
+    def prepare(self, model: nn.Module, cfg: Any) -> None:
+        """After the weights are in place: freeze what the recipe does not train."""
+
+    def image_fn(self, path: str) -> torch.Tensor:
+        from benchmark.io.images import read_image
+
+        return self.preprocess(read_image(path, self.decode), self.size)
+
+    def save(self, model: Any, folder: Path, extra: dict[str, Any]) -> None:
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                  str(folder / "model.safetensors"))
+        doc = {"format": self.folder_format, "format_version": 1, "model": model.cfg.to_dict(), **extra}
+        (folder / "config.json").write_text(json.dumps(doc, indent=2) + "\n")

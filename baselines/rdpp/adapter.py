@@ -17,7 +17,9 @@ Checkpoint: what ``main.py`` saves, ``torch.save({'proj': ..., 'decoder': ..., '
 (``wres50_<class>.pth``), read with ``weights_only=True`` (or ``.safetensors`` with ``proj.*``,
 ``bn.*``, ``decoder.*`` keys). The encoder is not in that file: it is torchvision's ImageNet
 WideResNet-50-2 (``wide_resnet50_2-95faca4d.pth``, the file the official code downloads), given with
-``imagenet``; a file that carries an ``encoder`` entry needs none.
+``imagenet``; a file that carries an ``encoder`` entry needs none. A checkpoint folder of ``afloc-bench train rdpp``
+(``config.json`` of format ``afloc-bench/rdpp`` with the network's size, ``model.safetensors`` with the
+encoder too) is loaded whole (strict key report; its ``image_size`` is the default input size).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from baselines.common.reverse_distillation import (
     AnomalyMapAdapter,
     build_network,
     cv2_float_resize_normalise,
+    folder_of,
     load_imagenet_trunk,
     read_weights,
 )
@@ -40,6 +43,7 @@ from benchmark.io.checkpoints import CheckpointError, load_checked
 
 PUBLISHED = ("no released weights: train with the official main.py (github.com/tientrandinh/Revisiting-Reverse-"
              "Distillation), which saves {'proj', 'decoder', 'bn'} to wres50_<class>.pth")
+FOLDER_FORMAT = "afloc-bench/rdpp"  # config.json "format" of a checkpoint folder written by the trainer
 PARTS = {"proj": "proj", "bn": "bn", "decoder": "decoder", "encoder": "encoder"}
 EXPECTED = "an RD++ checkpoint ({'proj', 'bn', 'decoder'} state dicts, as main.py saves them)"
 
@@ -57,6 +61,11 @@ class RdppAdapter(AnomalyMapAdapter):
 
     def load(self, checkpoint: str | None, device: str) -> None:
         self.checkpoint = checkpoint
+        folder = None if self.opt_bool("random_init") else folder_of(checkpoint)
+        if folder is not None:
+            self.seed_init()
+            self.model = self.place(self.load_trained_folder(folder, RDPlusPlusNet, FOLDER_FORMAT), device)
+            return
         random_init = self.wants_random_init(checkpoint)
         imagenet = self.opt("imagenet")
         self.seed_init()

@@ -24,8 +24,9 @@ import torch.nn as nn
 from baselines.common.reverse_distillation import (
     SCALE_CHANNELS,
     OneClassBottleneck,
+    RDConfig,
     ReverseDecoder,
-    WideResNetTrunk,
+    make_trunk,
 )
 
 N_PAIRS = 3
@@ -52,9 +53,9 @@ class MultiScaleProjection(nn.Module):
     """The official ``MultiProjectionLayer(base=64)``: ``proj_a``, ``proj_b``, ``proj_c`` for the 256-,
     512- and 1024-channel maps."""
 
-    def __init__(self) -> None:
+    def __init__(self, channels: Sequence[int] = SCALE_CHANNELS) -> None:
         super().__init__()
-        a, b, c = SCALE_CHANNELS
+        a, b, c = channels
         self.proj_a = ScaleProjection(a, a)
         self.proj_b = ScaleProjection(b, b)
         self.proj_c = ScaleProjection(c, c)
@@ -66,12 +67,14 @@ class MultiScaleProjection(nn.Module):
 class RDPlusPlusNet(nn.Module):
     """``forward(x)`` → ``(encoder maps, decoder maps)``, three each, paired by position (layer1-3)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cfg: RDConfig | None = None) -> None:
         super().__init__()
-        self.encoder = WideResNetTrunk()
-        self.proj = MultiScaleProjection()
-        self.bn = OneClassBottleneck()
-        self.decoder = ReverseDecoder(output_heads=0)
+        self.cfg = cfg or RDConfig()
+        c = self.cfg
+        self.encoder = make_trunk(c)
+        self.proj = MultiScaleProjection(c.channels)
+        self.bn = OneClassBottleneck(c.fuse_blocks, c.width)
+        self.decoder = ReverseDecoder(output_heads=0, width=c.width, blocks=c.blocks)
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         feats = self.encoder(x)

@@ -18,7 +18,9 @@ Checkpoint: the official scripts save no weights; a file of the official module 
 ``bottleneck.*``, ``decoder.*``), read with ``weights_only=True`` (or ``.safetensors``), ``module.``
 prefixes removed. A file without the frozen encoder (``encoder_freeze`` is the unchanged ImageNet
 network) takes it from ``imagenet``. A dict of parts (``{'encoder': ..., 'bn': ..., 'decoder': ...}``)
-is read too.
+is read too. A checkpoint folder of ``afloc-bench train recontrast`` (``config.json`` of format
+``afloc-bench/recontrast`` with the network's size, ``model.safetensors`` with all four parts) is loaded
+whole (strict key report; its ``image_size`` is the default input size).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import torch
 from baselines.common.reverse_distillation import (
     AnomalyMapAdapter,
     build_network,
+    folder_of,
     load_imagenet_trunk,
     pil_resize_normalise,
     read_weights,
@@ -43,6 +46,7 @@ log = logging.getLogger(__name__)
 
 PUBLISHED = ("no released weights: train with the official scripts (github.com/guojiajeremy/ReContrast, e.g. "
              "recontrast_aptos.py) and save torch.save(model.state_dict(), PATH)")
+FOLDER_FORMAT = "afloc-bench/recontrast"  # config.json "format" of a checkpoint folder written by the trainer
 PARTS = {"encoder": "encoder", "encoder_freeze": "encoder_freeze", "bottleneck": "bottleneck", "bn": "bottleneck",
          "decoder": "decoder"}
 EXPECTED = "a ReContrast state dict (encoder.*, encoder_freeze.*, bottleneck.*, decoder.*)"
@@ -61,6 +65,11 @@ class ReContrastAdapter(AnomalyMapAdapter):
 
     def load(self, checkpoint: str | None, device: str) -> None:
         self.checkpoint = checkpoint
+        folder = None if self.opt_bool("random_init") else folder_of(checkpoint)
+        if folder is not None:
+            self.seed_init()
+            self.model = self.place(self.load_trained_folder(folder, ReContrastNet, FOLDER_FORMAT), device)
+            return
         random_init = self.wants_random_init(checkpoint)
         imagenet = self.opt("imagenet")
         self.seed_init()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from baselines.common.reverse_distillation import OneClassBottleneck, ReverseDecoder, WideResNetTrunk
+from baselines.common.reverse_distillation import OneClassBottleneck, RDConfig, ReverseDecoder, make_trunk
 
 N_PAIRS = 6
 
@@ -28,13 +28,15 @@ class ReContrastNet(nn.Module):
     encoder's layer1-3 with the decoder's set 0 on the trainable half, then the trainable encoder's
     layer1-3 with set 1 on the frozen half (the official return order ``en_freeze + en, de``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cfg: RDConfig | None = None) -> None:
         super().__init__()
-        self.encoder = WideResNetTrunk()
-        self.encoder_freeze = WideResNetTrunk()
+        self.cfg = cfg or RDConfig()
+        c = self.cfg
+        self.encoder = make_trunk(c)
+        self.encoder_freeze = make_trunk(c)
         self.encoder_freeze.load_state_dict(self.encoder.state_dict())  # a copy of the encoder, as at the start
-        self.bottleneck = OneClassBottleneck()
-        self.decoder = ReverseDecoder(output_heads=2)
+        self.bottleneck = OneClassBottleneck(c.fuse_blocks, c.width)
+        self.decoder = ReverseDecoder(output_heads=2, width=c.width, blocks=c.blocks)
         for p in self.encoder_freeze.parameters():
             p.requires_grad_(False)
 

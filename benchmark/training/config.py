@@ -19,6 +19,9 @@ class TrainConfig:
     dataset: str = "mimic_cxr"
     data_root: str | None = None
     dataset_options: dict[str, Any] = field(default_factory=dict)
+    # keep only the pairs whose study labels have these values ({"No Finding": 1}: the normal images,
+    # for objectives trained on normal images only; benchmark.training.data.select_pairs); None: all pairs
+    select_labels: dict[str, float] | None = None
     train_split: str = "train"
     val_split: str | None = "validate"
     epochs: int = 5
@@ -27,6 +30,7 @@ class TrainConfig:
     # learning rates for parameters whose name starts with a prefix ({"text_encoder.": 1e-4});
     # the longest matching prefix wins, every other parameter gets ``lr``
     lr_by_prefix: dict[str, float] = field(default_factory=dict)
+    optimizer: str = "adam"  # adam (weight_decay as L2, torch's Adam) | adamw (decoupled weight decay)
     betas: tuple[float, float] = (0.5, 0.999)
     weight_decay: float = 1e-6
     lr_gamma: float = 0.9
@@ -83,6 +87,16 @@ class TrainConfig:
             if not 0.0 < ema < 1.0:
                 raise ValueError(f"{source}: ema_decay must be in (0, 1) or null, got {d['ema_decay']!r}")
             d["ema_decay"] = ema
+        if d.get("optimizer", "adam") not in ("adam", "adamw"):
+            raise ValueError(f"{source}: optimizer must be adam or adamw, got {d['optimizer']!r}")
+        if d.get("select_labels") is not None:
+            try:
+                d["select_labels"] = {str(k): float(v) for k, v in dict(d["select_labels"]).items()}
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{source}: select_labels must map label names to values, "
+                                 f"got {d['select_labels']!r}") from e
+            if not d["select_labels"]:
+                raise ValueError(f"{source}: select_labels is empty; use null to keep every pair")
         if d.get("lr_by_prefix"):  # YAML 1.1 reads "1e-4" (no dot) as a string
             try:
                 d["lr_by_prefix"] = {str(k): float(v) for k, v in dict(d["lr_by_prefix"]).items()}

@@ -76,6 +76,24 @@ def pairs_from_dataset(name: str, split: str, data_root: str | None = None, deta
     return pairs, info
 
 
+def select_pairs(pairs: Sequence[Pair | tuple[str, str]], labels: dict[str, float]) -> tuple[list[Pair], dict]:
+    """The pairs whose study labels (``Pair.labels``, MIMIC-CXR's CheXpert table) have every value of
+    ``labels`` (``{"No Finding": 1}``: the normal studies, for objectives trained on normal images
+    only); pairs without labels are dropped. Returns ``(kept, counts)``."""
+    want = {str(k): float(v) for k, v in labels.items()}
+    kept: list[Pair] = []
+    unlabelled = 0
+    for p in pairs:
+        lab = p.labels if isinstance(p, Pair) else None
+        if not lab:
+            unlabelled += 1
+            continue
+        if all(lab.get(k) is not None and float(lab[k]) == v for k, v in want.items()):
+            kept.append(p)
+    return kept, {"select_labels": want, "n_selected": len(kept), "n_not_selected": len(pairs) - len(kept),
+                  "n_without_labels": unlabelled}
+
+
 def dataset_pairs(name: str, split: str, data_root: str | None = None, details: bool = False,
                   **options) -> tuple[list[Pair], dict]:
     """``pairs_from_dataset`` for training: a demo dataset's collection is generated on first use, and
@@ -105,7 +123,7 @@ class PretrainingData:
     def __init__(self, pairs: Iterable[Pair | tuple[str, str]], tokenizer, *, seed: int = 0,
                  captions_per_image: int = 5, compat: bool = True, image_size: int = FRAME_SIZE,
                  image_cache: str | os.PathLike | None = None, image_fn=None, frame_input=None, label_fn=None,
-                 augment: dict | None = None, frames=None):
+                 augment: dict | None = None, frames=None, captions: bool = True):
         if (image_fn is None) == (frame_input is None):
             raise ValueError("give either image_fn (path -> model input) or frame_input (letterboxed uint8 "
                              "frame -> model input)")
@@ -145,7 +163,8 @@ class PretrainingData:
         for pos, p in enumerate(pairs):
             n_pairs = pos + 1
             path, report = (p.image_path, p.report) if isinstance(p, Pair) else (str(p[0]), p[1])
-            sents = report_sentences(report, captions_per_image, compat)
+            # an image-only objective (captions False) keeps every image, its caption an empty string
+            sents = report_sentences(report, captions_per_image, compat) if captions else [""]
             if sents:
                 self.items.append((str(path), sents))
                 self.labels.append(p.labels if isinstance(p, Pair) else None)

@@ -48,7 +48,15 @@ from benchmark.io.checkpoints import CheckpointError, optimizer_from_safetensors
 from benchmark.progress import Progress
 from benchmark.training.captions import report_sentences
 from benchmark.training.config import TrainConfig
-from benchmark.training.data import FRAME_SIZE, GroupLoader, Pair, PretrainingData, dataset_pairs, epoch_batches
+from benchmark.training.data import (
+    FRAME_SIZE,
+    GroupLoader,
+    Pair,
+    PretrainingData,
+    dataset_pairs,
+    epoch_batches,
+    select_pairs,
+)
 from benchmark.training.distributed import Distributed
 from benchmark.training.task import get_task
 from benchmark.training.text_pretrain import TextPretrainConfig, pretrain_text_encoder
@@ -96,6 +104,9 @@ class Trainer:
         if cfg.prepared and self.task.image_fn is not None:
             raise ValueError(f"the {cfg.task} objective reads image files with its own transform, not the "
                              f"letterboxed frames of a prepared set; train it without --prepared")
+        if cfg.prepared and cfg.select_labels:
+            raise ValueError("select_labels filters the dataset's pairs; a prepared set is read whole: train "
+                             "without --prepared")
         if cfg.prepared and train_pairs is not None:
             raise ValueError("give training pairs or a prepared set (prepared), not both")
         self.prepared = None
@@ -161,9 +172,17 @@ class Trainer:
 
         tr_pairs, self.train_info = self._pairs(cfg.train_split)
         va_pairs, self.val_info = self._pairs(cfg.val_split)
+        if cfg.select_labels:  # e.g. the normal images only (objectives trained on normal images)
+            for what, pairs, info in (("training", tr_pairs, self.train_info), ("validation", va_pairs, self.val_info)):
+                kept, counts = select_pairs(pairs, cfg.select_labels)
+                info.update(counts)
+                pairs[:] = kept
+                if self.dist.main:
+                    log.info("select_labels %s: %d %s pairs kept, %d dropped (%d without labels)", cfg.select_labels,
+                             len(kept), what, counts["n_not_selected"], counts["n_without_labels"])
         kw = dict(seed=cfg.seed, captions_per_image=cfg.captions_per_image, compat=cfg.compat,
                   image_cache=cfg.image_cache, image_fn=self.task.image_fn, frame_input=self.task.frame_input,
-                  label_fn=self.task.label_fn)
+                  label_fn=self.task.label_fn, captions=getattr(self.task, "uses_captions", True))
         if self.prepared is not None:  # training frames from the table; validation still reads its files
             kw_train = {**kw, "image_cache": None, "frames": self.prepared.frames}
         else:
@@ -172,8 +191,9 @@ class Trainer:
         self.val_data = PretrainingData(va_pairs, self.tokenizer, **kw)
         if len(self.train_data) < cfg.batch_size:
             raise ValueError(f"{len(self.train_data)} usable training pairs; fewer than one batch of {cfg.batch_size}")
-        self.opt = torch.optim.Adam(param_groups(self.model, cfg.lr, cfg.lr_by_prefix), lr=cfg.lr,
-                                    betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        optim = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        self.opt = optim(param_groups(self.model, cfg.lr, cfg.lr_by_prefix), lr=cfg.lr,
+                         betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.StepLR(self.opt, step_size=1, gamma=cfg.lr_gamma)
         self.amp = (cfg.amp == "on") or (cfg.amp == "auto" and self.device.startswith("cuda"))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.device.startswith("cuda"))
@@ -264,6 +284,7 @@ class Trainer:
     def train_step(self, groups: list[dict]) -> dict[str, float]:
 
         self.model.train()
+        self.task.global_step = self.state["global_step"]  # the step about to run (schedules inside a loss)
         self.opt.zero_grad(set_to_none=True)
         terms = self._forward_terms(groups, train=True)
         self._sync_grads()
