@@ -467,7 +467,7 @@ class AnomalyMapAdapter(BaselineAdapter):
     """
 
     capabilities = (GROUNDING, ZEROSHOT_CLS)
-    needs_checkpoint = True  # no demo weights yet
+    needs_checkpoint = False  # without --ckpt: the demo weights (demo_weights in the manifest)
     input_geometry = f"resize:{OFFICIAL_SIZE}x{OFFICIAL_SIZE}"
     n_pairs = 3  # encoder/decoder map pairs summed into the map
 

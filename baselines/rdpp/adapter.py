@@ -60,6 +60,8 @@ class RdppAdapter(AnomalyMapAdapter):
     n_pairs = N_PAIRS
 
     def load(self, checkpoint: str | None, device: str) -> None:
+        if checkpoint is None and not self.opt_bool("random_init"):
+            checkpoint = self.demo_checkpoint()  # the shipped demo model (trained on demo_mimic's normal images)
         self.checkpoint = checkpoint
         folder = None if self.opt_bool("random_init") else folder_of(checkpoint)
         if folder is not None:
