@@ -34,7 +34,8 @@ def build_parser(task: str = "afloc") -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default=None, help="registered training dataset (mimic_cxr, demo_mimic)")
     p.add_argument("--data-root", default=None, help="dataset root folder (or template with {dataset})")
-    p.add_argument("--config", default=None, help="paper (default), demo (default for demo_mimic) or a YAML file")
+    p.add_argument("--config", default=None, help="paper (default), demo (default for demo sets), pathology (default "
+                                                  "for quilt1m; pathology_demo for demo_quilt1m) or a YAML file")
     p.add_argument("-o", "--output", default=None, help="run folder (default results/runs/train-afloc-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last/ checkpoint")
     p.add_argument("--text-encoder", default=None,
@@ -61,6 +62,19 @@ def build_parser(task: str = "afloc") -> argparse.ArgumentParser:
     return p
 
 
+def default_config(task: str, dataset: str | None) -> str:
+    """The recipe a dataset gets without --config: a task's own config for a histopathology set
+    (``pathology``, ``pathology_demo``) where it has one, else ``demo`` for demo sets and ``paper``."""
+    demo = (dataset or "").startswith("demo")
+    if (dataset or "").endswith("quilt1m"):
+        from benchmark.training.task import get_task
+
+        spec = "pathology_demo" if demo else "pathology"
+        if get_task(task).config_path(spec).is_file():
+            return spec
+    return "demo" if demo else "paper"
+
+
 def config_from_args(args: argparse.Namespace, task: str = "afloc") -> TrainConfig:
 
     meta = None
@@ -72,7 +86,7 @@ def config_from_args(args: argparse.Namespace, task: str = "afloc") -> TrainConf
             raise ValueError(f"--dataset {args.dataset}, but --prepared {args.prepared} holds {meta['dataset']}/"
                              f"{meta['split']}; drop --dataset or prepare {args.dataset}")
     dataset = meta["dataset"] if meta else args.dataset
-    spec = args.config or ("demo" if (dataset or "").startswith("demo") else "paper")
+    spec = args.config or default_config(task, dataset)
     cfg = load_train_config(spec, task)
     d = cfg.to_dict()
     if meta:  # the prepared set names the data; validation reads the same dataset's files

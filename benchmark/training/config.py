@@ -22,6 +22,9 @@ class TrainConfig:
     # keep only the pairs whose study labels have these values ({"No Finding": 1}: the normal images,
     # for objectives trained on normal images only; benchmark.training.data.select_pairs); None: all pairs
     select_labels: dict[str, float] | None = None
+    # how a training image is read (the official data.image.flag): 0 = cv2.imread(p, 0), gray (chest X-rays);
+    # 1 = colour in cv2's B, G, R order (the pathology model); a checkpoint records it for evaluation
+    image_flag: int = 0
     train_split: str = "train"
     val_split: str | None = "validate"
     epochs: int = 5
@@ -87,6 +90,8 @@ class TrainConfig:
             if not 0.0 < ema < 1.0:
                 raise ValueError(f"{source}: ema_decay must be in (0, 1) or null, got {d['ema_decay']!r}")
             d["ema_decay"] = ema
+        if d.get("image_flag", 0) not in (0, 1):
+            raise ValueError(f"{source}: image_flag must be 0 (gray) or 1 (colour), got {d['image_flag']!r}")
         if d.get("optimizer", "adam") not in ("adam", "adamw"):
             raise ValueError(f"{source}: optimizer must be adam or adamw, got {d['optimizer']!r}")
         if d.get("select_labels") is not None:

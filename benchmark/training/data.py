@@ -123,7 +123,7 @@ class PretrainingData:
     def __init__(self, pairs: Iterable[Pair | tuple[str, str]], tokenizer, *, seed: int = 0,
                  captions_per_image: int = 5, compat: bool = True, image_size: int = FRAME_SIZE,
                  image_cache: str | os.PathLike | None = None, image_fn=None, frame_input=None, label_fn=None,
-                 augment: dict | None = None, frames=None, captions: bool = True):
+                 augment: dict | None = None, frames=None, captions: bool = True, decode: str = "cv2-gray"):
         if (image_fn is None) == (frame_input is None):
             raise ValueError("give either image_fn (path -> model input) or frame_input (letterboxed uint8 "
                              "frame -> model input)")
@@ -138,6 +138,7 @@ class PretrainingData:
                                  f"{image_size}x{image_size} frames")
         self.tokenizer = tokenizer
         self.augment = dict(augment or {})
+        self.decode = decode  # the letterboxed frames' read: cv2-gray (official pretraining) or cv2-bgr (colour)
         unknown = sorted(set(self.augment) - set(AUGMENT_KEYS))
         if unknown:
             raise ValueError(f"augment: unknown keys {unknown}; expected some of {list(AUGMENT_KEYS)}")
@@ -211,11 +212,13 @@ class PretrainingData:
         cached = None
         if self.image_cache is not None:
             st = os.stat(path)
-            key = hashlib.sha1(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{self.image_size}".encode())
+            read = "" if self.decode == "cv2-gray" else f"|{self.decode}"
+            stamp = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{self.image_size}{read}"
+            key = hashlib.sha1(stamp.encode())
             cached = self.image_cache / key.hexdigest()[:2] / (key.hexdigest() + ".npy")
             if cached.is_file():
                 return np.load(cached)
-        frame = letterbox_array(read_image(path, "cv2-gray"), self.image_size)  # AFLoc pretraining: cv2.imread(p, 0)
+        frame = letterbox_array(read_image(path, self.decode), self.image_size)  # AFLoc pretraining: cv2.imread(p, 0)
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
             tmp = cached.with_suffix(f".tmp{os.getpid()}.npy")

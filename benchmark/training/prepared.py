@@ -47,24 +47,32 @@ META_FILE = "prepared.json"
 FORMAT = "afloc-bench prepared training pairs"
 FORMAT_VERSION = 1
 RESIZE = "letterbox INTER_AREA, cv2-gray"
+DECODES = ("cv2-gray", "cv2-bgr")  # gray frames (official pretraining) or colour ones (the pathology model)
 COLUMNS = ("image", "path", "report", "labels", "source_index")
 
 
-def read_frame(path: str | os.PathLike, size: int) -> np.ndarray:
-    """The training frame of an image file: ``cv2.imread(p, 0)`` letterboxed to ``size`` (INTER_AREA, zero
-    padding), the official pretraining input. ``PretrainingData._frame`` makes the same two calls (without
-    importing this module into its workers); a test holds the two to the same bytes."""
-    return letterbox_array(read_image(path, "cv2-gray"), size)
+def read_frame(path: str | os.PathLike, size: int, decode: str = "cv2-gray") -> np.ndarray:
+    """The training frame of an image file: ``cv2.imread(p, 0)`` (or the colour read ``cv2-bgr``)
+    letterboxed to ``size`` (INTER_AREA, zero padding), the official pretraining input.
+    ``PretrainingData._frame`` makes the same two calls (without importing this module into its
+    workers); a test holds the two to the same bytes."""
+    return letterbox_array(read_image(path, decode), size)
 
 
-def features(size: int):
-    """The table's columns. The frame is a fixed-shape uint8 ``Array2D``: stored raw, it is read as a
-    zero-copy view of the memory map (no decode at all; a PNG/JPEG blob would need one per read), at
-    ``size * size`` bytes a row (50 kB at 224)."""
-    from datasets import Array2D, Features, Value
+def frame_shape(size: int, decode: str) -> tuple[int, ...]:
+    return (size, size) if decode == "cv2-gray" else (size, size, 3)
 
-    return Features({"image": Array2D(shape=(size, size), dtype="uint8"), "path": Value("string"),
-                     "report": Value("string"), "labels": Value("string"), "source_index": Value("int64")})
+
+def features(size: int, decode: str = "cv2-gray"):
+    """The table's columns. The frame is a fixed-shape uint8 ``Array2D`` (``Array3D`` in colour): stored
+    raw, it is read as a zero-copy view of the memory map (no decode at all; a PNG/JPEG blob would need
+    one per read), at ``size * size`` bytes a row (50 kB at 224; three times that in colour)."""
+    from datasets import Array2D, Array3D, Features, Value
+
+    shape = frame_shape(size, decode)
+    image = Array2D(shape=shape, dtype="uint8") if len(shape) == 2 else Array3D(shape=shape, dtype="uint8")
+    return Features({"image": image, "path": Value("string"), "report": Value("string"), "labels": Value("string"),
+                     "source_index": Value("int64")})
 
 
 def labels_json(labels: dict | None) -> str | None:
@@ -76,8 +84,9 @@ def labels_json(labels: dict | None) -> str | None:
 class _Fingerprint:
     """SHA-256 over the rows in order (text fields and frame bytes), independent of Arrow's layout."""
 
-    def __init__(self, size: int):
-        self.h = hashlib.sha256(f"{FORMAT} {FORMAT_VERSION} size={size}\n".encode())
+    def __init__(self, size: int, decode: str = "cv2-gray"):
+        read = "" if decode == "cv2-gray" else f" decode={decode}"  # gray sets keep their fingerprints
+        self.h = hashlib.sha256(f"{FORMAT} {FORMAT_VERSION} size={size}{read}\n".encode())
 
     def add(self, path: str, report: str, labels: str | None, frame: np.ndarray) -> None:
         self.h.update(json.dumps([path, report, labels]).encode() + b"\0")
@@ -87,37 +96,24 @@ class _Fingerprint:
         return "sha256:" + self.h.hexdigest()
 
 
-def _decode(job: tuple[str, int]) -> tuple[bool, Any]:
+def _decode(job: tuple[str, int, str]) -> tuple[bool, Any]:
     """Pool worker: ``(True, frame)`` or ``(False, reason)`` for a file that cannot be read (a return
     value, not an exception, so the main process names the file in one line)."""
-    path, size = job
+    path, size, decode = job
     try:
-        return True, read_frame(path, size)
+        return True, read_frame(path, size, decode)
     except DataError as exc:
         return False, exc.expected
 
 
-def _decoded(paths: Sequence[str], size: int, num_proc: int) -> Iterator[tuple[bool, Any]]:
+def _decoded(paths: Sequence[str], size: int, num_proc: int, decode: str = "cv2-gray") -> Iterator[tuple[bool, Any]]:
     """Decoded frames in input order, from ``num_proc`` threads (OpenCV decodes and resizes without
     holding the GIL). Threads, not processes: a forked worker can hang on a lock that another thread
     of the parent (OpenCV's or torch's pool) held at the fork, and a spawned one re-imports the
     caller's main module. At most ``16 * num_proc`` frames wait to be written."""
-    if num_proc <= 1:
-        for p in paths:
-            yield _decode((p, size))
-        return
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
+    from benchmark.parallel import ordered_map
 
-    window = 16 * num_proc
-    with ThreadPoolExecutor(max_workers=num_proc, thread_name_prefix="prepare") as pool:
-        pending: deque = deque()
-        for p in paths:
-            pending.append(pool.submit(_decode, (p, size)))
-            if len(pending) >= window:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+    yield from ordered_map(_decode, ((p, size, decode) for p in paths), num_proc, window=16 * num_proc)
 
 
 @dataclass
@@ -131,7 +127,7 @@ class _Writing:
 
 def write_prepared(pairs: Sequence[Any], out: str | os.PathLike, *, size: int = 224, num_proc: int = 1,
                    meta: dict[str, Any] | None = None, skip_unreadable: bool = False,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, decode: str = "cv2-gray") -> dict[str, Any]:
     """Decode ``pairs`` (``Pair`` or ``(path, report)``) into the prepared folder ``out``; returns its
     metadata. The folder appears complete or not at all (written beside it, then renamed)."""
     import datasets
@@ -141,6 +137,8 @@ def write_prepared(pairs: Sequence[Any], out: str | os.PathLike, *, size: int = 
         raise ValueError(f"{out}: already exists and is not an empty folder; choose another --out or remove it")
     if size < 8:
         raise ValueError(f"size must be at least 8 pixels, got {size}")
+    if decode not in DECODES:
+        raise ValueError(f"decode must be one of {', '.join(DECODES)}, got {decode!r}")
     rows = []
     for k, p in enumerate(pairs):
         path, report = (str(p.image_path), p.report) if hasattr(p, "image_path") else (str(p[0]), p[1])
@@ -154,11 +152,11 @@ def write_prepared(pairs: Sequence[Any], out: str | os.PathLike, *, size: int = 
     staged = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(staged, ignore_errors=True)
-    state = _Writing([], _Fingerprint(size))
+    state = _Writing([], _Fingerprint(size, decode))
     bar = Progress(len(rows), f"prepare {len(rows)} images at {size}x{size}", unit="img", enabled=progress)
 
-    def generate(rows, size, num_proc, skip_unreadable):
-        for (path, report, labels, k), (ok, got) in zip(rows, _decoded([r[0] for r in rows], size, num_proc)):
+    def generate(rows, size, num_proc, skip_unreadable, decode):
+        for (path, report, labels, k), (ok, got) in zip(rows, _decoded([r[0] for r in rows], size, num_proc, decode)):
             bar.update(1)
             if not ok:
                 if not skip_unreadable:
@@ -176,8 +174,9 @@ def write_prepared(pairs: Sequence[Any], out: str | os.PathLike, *, size: int = 
     try:
         try:
             ds = datasets.Dataset.from_generator(
-                generate, features=features(size), cache_dir=str(work), fingerprint=uuid.uuid4().hex,
-                gen_kwargs={"rows": rows, "size": size, "num_proc": num_proc, "skip_unreadable": skip_unreadable})
+                generate, features=features(size, decode), cache_dir=str(work), fingerprint=uuid.uuid4().hex,
+                gen_kwargs={"rows": rows, "size": size, "num_proc": num_proc, "skip_unreadable": skip_unreadable,
+                            "decode": decode})
         except datasets.exceptions.DatasetGenerationError as exc:  # datasets wraps what the generator raised
             if isinstance(exc.__cause__, DataError):
                 raise exc.__cause__ from None
@@ -189,7 +188,9 @@ def write_prepared(pairs: Sequence[Any], out: str | os.PathLike, *, size: int = 
         ds.save_to_disk(str(staged))
         from benchmark import __version__
 
-        doc = {"format": FORMAT, "format_version": FORMAT_VERSION, **(meta or {}), "size": size, "resize": RESIZE,
+        resize = RESIZE if decode == "cv2-gray" else RESIZE.replace("cv2-gray", decode)
+        doc = {"format": FORMAT, "format_version": FORMAT_VERSION, **(meta or {}), "size": size, "resize": resize,
+               "decode": decode,
                "n_pairs": ds.num_rows, "n_unreadable": len(state.unreadable), "unreadable": state.unreadable,
                "fingerprint": state.fingerprint.hexdigest(),
                "arrow_fingerprint": datasets.load_from_disk(str(staged))._fingerprint,
@@ -211,7 +212,7 @@ def write_prepared(pairs: Sequence[Any], out: str | os.PathLike, *, size: int = 
 
 def prepare(dataset: str, data_root: str | None, out: str | os.PathLike, split: str = "train", size: int = 224,
             num_proc: int = 1, dataset_options: dict[str, Any] | None = None, progress: bool = True,
-            skip_unreadable: bool = False) -> dict[str, Any]:
+            skip_unreadable: bool = False, decode: str = "cv2-gray") -> dict[str, Any]:
     """Prepare split ``split`` of registered training dataset ``dataset`` into ``out``; returns the metadata
     written to ``out/prepared.json``. Goes through ``pairs_from_dataset`` (what training reads)."""
     from benchmark.training.data import dataset_pairs
@@ -223,7 +224,7 @@ def prepare(dataset: str, data_root: str | None, out: str | os.PathLike, split: 
             "n_loader_skipped": info.get("n_loader_skipped", 0), "loader_skipped": info.get("loader_skipped", []),
             "n_without_report": info.get("n_without_report", 0), "without_report": info.get("without_report", [])}
     return write_prepared(pairs, out, size=size, num_proc=num_proc, meta=meta, skip_unreadable=skip_unreadable,
-                          progress=progress)
+                          progress=progress, decode=decode)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -235,8 +236,9 @@ class PreparedFrames:
     DataLoader worker or another process re-opens the same memory map; the views are rebuilt on first use.
     """
 
-    def __init__(self, dataset: Any, size: int, folder: str | os.PathLike):
+    def __init__(self, dataset: Any, size: int, folder: str | os.PathLike, decode: str = "cv2-gray"):
         self.dataset, self.size, self.folder = dataset, int(size), str(folder)
+        self.shape = frame_shape(self.size, decode)
         self._starts: list[int] | None = None
         self._views: list[np.ndarray] | None = None
 
@@ -253,10 +255,13 @@ class PreparedFrames:
         starts, views, n = [], [], 0
         for chunk in column.chunks:
             storage = chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk
-            flat = storage.flatten().flatten()  # list<list<uint8>> -> the values, slice offsets applied
-            if flat.null_count or len(flat) != len(chunk) * self.size * self.size:
-                raise DataError(self.folder, f"image column does not hold {self.size}x{self.size} uint8 frames")
-            views.append(flat.to_numpy(zero_copy_only=True).reshape(len(chunk), self.size, self.size))
+            flat = storage
+            for _ in self.shape:  # list<list<uint8>> (list<list<list<uint8>>> in colour) -> the values
+                flat = flat.flatten()
+            if flat.null_count or len(flat) != len(chunk) * int(np.prod(self.shape)):
+                raise DataError(self.folder, f"image column does not hold {'x'.join(map(str, self.shape))} uint8 "
+                                             "frames")
+            views.append(flat.to_numpy(zero_copy_only=True).reshape(len(chunk), *self.shape))
             starts.append(n)
             n += len(chunk)
         self._starts, self._views = starts, views
@@ -348,8 +353,14 @@ def load_prepared(folder: str | os.PathLike, image_size: int | None = None, *, v
     if missing:
         raise DataError(folder, f"table without the column(s) {missing}")
     feat = ds.features["image"]
-    if not isinstance(feat, datasets.Array2D) or tuple(feat.shape) != (size, size) or feat.dtype != "uint8":
-        raise DataError(folder, f"image column is {feat}; expected uint8 frames of {size}x{size} ({META_FILE})")
+    decode = str(meta.get("decode", "cv2-gray"))
+    if decode not in DECODES:
+        raise DataError(folder, f"decode {decode!r} in {META_FILE}; expected one of {', '.join(DECODES)}")
+    shape = frame_shape(size, decode)
+    kind = datasets.Array2D if len(shape) == 2 else datasets.Array3D
+    if not isinstance(feat, kind) or tuple(feat.shape) != shape or feat.dtype != "uint8":
+        raise DataError(folder, f"image column is {feat}; expected uint8 frames of {'x'.join(map(str, shape))} "
+                                f"({META_FILE})")
     if ds.num_rows != int(meta["n_pairs"]):
         raise DataError(folder, f"table has {ds.num_rows} rows, {META_FILE} says {meta['n_pairs']}")
     if meta.get("arrow_fingerprint") and ds._fingerprint != meta["arrow_fingerprint"]:
@@ -357,7 +368,7 @@ def load_prepared(folder: str | os.PathLike, image_size: int | None = None, *, v
                                 f"{ds._fingerprint}, expected {meta['arrow_fingerprint']})")
     if ds._indices is not None:
         raise DataError(folder, "table with an indices mapping; expected the flat table `afloc-bench prepare` writes")
-    prepared = Prepared(folder, meta, ds, PreparedFrames(ds, size, folder))
+    prepared = Prepared(folder, meta, ds, PreparedFrames(ds, size, folder, decode))
     if verify:
         got = content_fingerprint(prepared)
         if got != meta["fingerprint"]:
@@ -367,7 +378,7 @@ def load_prepared(folder: str | os.PathLike, image_size: int | None = None, *, v
 
 def content_fingerprint(prepared: Prepared) -> str:
     """The SHA-256 ``prepare`` records, recomputed from the table."""
-    fp = _Fingerprint(int(prepared.meta["size"]))
+    fp = _Fingerprint(int(prepared.meta["size"]), str(prepared.meta.get("decode", "cv2-gray")))
     for k, pair in enumerate(prepared.dataset.data.table.select(["path", "report", "labels"]).to_pylist()):
         fp.add(pair["path"], pair["report"], pair["labels"], prepared.frames[k])
     return fp.hexdigest()

@@ -70,6 +70,11 @@ METRIC_TAIL = ("lr", "samples_per_s")
 METRIC_FIELDS = METRIC_BASE + ("global_loss", "sentence_loss", "word_loss") + METRIC_TAIL
 
 
+def frame_decode(image_flag: int) -> str:
+    """The read of a training image for the official ``data.image.flag``: gray (0) or colour (1)."""
+    return "cv2-bgr" if image_flag else "cv2-gray"
+
+
 def param_groups(model: Any, lr: float, lr_by_prefix: dict[str, float]) -> list[dict[str, Any]]:
     """Optimizer groups: one per learning rate, ``lr``'s group first (the one ``metrics.csv``
     logs), parameters in model order, so a run without prefixes has the single group it always
@@ -147,6 +152,11 @@ class Trainer:
             raise DataError(prep.folder, f"a prepared {have[0]}/{have[1]} set (options {have[2]}), but this run "
                                          f"trains on {want[0]}/{want[1]} (options {want[2]}); drop --dataset or "
                                          f"prepare the set it names")
+        decode = str(m.get("decode", "cv2-gray"))
+        if decode != frame_decode(cfg.image_flag):
+            raise DataError(prep.folder, f"frames read with {decode}, but this run's image_flag {cfg.image_flag} "
+                                         f"reads {frame_decode(cfg.image_flag)}; prepare with --image-flag "
+                                         f"{cfg.image_flag}")
         return prep
 
     def setup(self) -> None:
@@ -182,7 +192,8 @@ class Trainer:
                              len(kept), what, counts["n_not_selected"], counts["n_without_labels"])
         kw = dict(seed=cfg.seed, captions_per_image=cfg.captions_per_image, compat=cfg.compat,
                   image_cache=cfg.image_cache, image_fn=self.task.image_fn, frame_input=self.task.frame_input,
-                  label_fn=self.task.label_fn, captions=getattr(self.task, "uses_captions", True))
+                  label_fn=self.task.label_fn, captions=getattr(self.task, "uses_captions", True),
+                  decode=frame_decode(cfg.image_flag))
         if self.prepared is not None:  # training frames from the table; validation still reads its files
             kw_train = {**kw, "image_cache": None, "frames": self.prepared.frames}
         else:
@@ -486,6 +497,8 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         extra = {"training": {"epoch": self.state["epoch"], "global_step": self.state["global_step"],
                               "best_val_loss": self.state["best_val_loss"], "ema_decay": self.cfg.ema_decay}}
+        if self.cfg.image_flag:  # the adapter reads evaluation images as the model was trained
+            extra["image_flag"] = self.cfg.image_flag
         with self._averaged():  # with ema_decay the folder's model is the average (what gets evaluated)
             self.task.save(self.model, tmp, extra)
         tensors: dict[str, torch.Tensor] = {}
