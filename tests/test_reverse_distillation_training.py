@@ -119,7 +119,7 @@ def test_demo_run_trains_on_the_normal_pairs_only(task, trained, small_demo, mon
     normal = _normal_paths(_demo_pairs(small_demo, monkeypatch))
     assert doc["train_data"]["n_pairs"] == doc["train_data"]["n_selected"] == len(normal)
     assert doc["train_data"]["n_not_selected"] == 12 - len(normal)
-    assert doc["model"]["width"] == 16 and doc["model"]["image_size"] == 128
+    assert doc["model"]["width"] == 8 and doc["model"]["image_size"] == 128
     state = json.loads((run / "last" / "trainer_state.json").read_text())
     assert state["trainer"]["global_step"] == 2
     rows = (run / "metrics.csv").read_text().splitlines()
