@@ -7,6 +7,9 @@ marked), the headline metrics as columns (per-threshold ones with ``metrics="all
 ``point [lo, hi]``; beside a metric the paper has numbers for, the paper's value and the
 difference. ``†`` marks a reproduced point outside the paper's CI. Limited runs are marked
 everywhere. ``tidy_cells``: one row per (dataset, task, model, metric, category).
+
+Fine-tuning tables (``finetune_tables``, ``finetune_tidy``): results of ``afloc-bench finetune``,
+encoders × label fractions, in Supplementary Table 7's layout beside its published Dice.
 """
 
 from __future__ import annotations
@@ -272,7 +275,8 @@ def _label(key: Any) -> str:
 
 
 TIDY_COLUMNS = ["dataset", "task", "model", "metric", "category", "point", "lo", "hi", "n", "prompt_set",
-                "paper_table", "paper_value", "paper_lo", "paper_hi", "delta", "outside_paper_ci", "run"]
+                "paper_table", "paper_value", "paper_lo", "paper_hi", "delta", "outside_paper_ci", "run",
+                "sd", "n_seeds"]  # sd, n_seeds: fine-tuning cells averaged over seeds
 
 
 def tidy_cells(run_paths: list[str], *, paper_version: str | None = None, with_paper: bool = True,
@@ -339,7 +343,8 @@ def render(tables: list[Table], fmt: str = "md") -> str:
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 # characters pdflatex cannot typeset from UTF-8 text, written as math (after Styler's escaping)
-LATEX_SYMBOLS = {"Δ": r"$\Delta$", OUTSIDE_CI: r"$^\dagger$", "−": "-", "·": r"$\cdot$", "×": r"$\times$"}
+LATEX_SYMBOLS = {"Δ": r"$\Delta$", OUTSIDE_CI: r"$^\dagger$", "−": "-", "·": r"$\cdot$", "×": r"$\times$",
+                 "±": r"$\pm$", "–": "--"}
 
 
 def _latex_symbols(value: Any) -> str:
@@ -352,3 +357,225 @@ def _latex_symbols(value: Any) -> str:
 def _latex_escape(text: str) -> str:
     """A caption: Styler escapes cells and headers, not the caption."""
     return _latex_symbols("".join(LATEX_SPECIAL.get(ch, ch) for ch in text))
+
+
+# -------------------------------------------------------------------------------------------------
+# fine-tuning runs: Supplementary Table 7's layout
+# -------------------------------------------------------------------------------------------------
+# encoders that no paper table names: the controls of ``afloc-bench finetune``
+CONTROL_LABELS = {"random": "random init (no pretraining)", "imagenet": "ImageNet (supervised)"}
+
+
+def _model_labels() -> dict[str, str]:
+    """The paper's printed name of every model some paper table labels (first label wins)."""
+    from benchmark import paper
+
+    out: dict[str, str] = {}
+    try:
+        index = paper.load_index()
+    except (FileNotFoundError, ValueError):
+        return out
+    for entry in index["tables"]:
+        for dim, mapping in (entry.get("labels") or {}).items():
+            if dim in ("model", "model:base"):
+                for k, v in mapping.items():
+                    out.setdefault(str(k), str(v))
+    return out
+
+
+def finetune_paper_entry(dataset: str, metric: str, version: str | None = None) -> dict[str, Any] | None:
+    """The paper table of fine-tuning results (models qualified ``[finetune=...]``) for ``metric`` on
+    ``dataset`` or on the real dataset a demo dataset stands in for; None when the paper has none."""
+    from benchmark import paper
+    from benchmark.regress import demo_stand_in
+
+    wanted = {dataset, demo_stand_in(dataset)} - {None}
+    try:
+        index = paper.load_index()
+    except (FileNotFoundError, ValueError):
+        return None
+    for entry in index["tables"]:
+        if entry["table"] == "text_values" or (version and entry["version"] != version):
+            continue
+        cells = paper.paper_cells(table=entry["table"], version=entry["version"])
+        hit = cells[(cells["metric"] == metric) & cells["dataset"].isin(wanted)
+                    & cells["model"].map(lambda m: "finetune" in paper.split_name(m)[1])]
+        if not hit.empty:
+            return entry
+    return None
+
+
+def _ft_text(c: Cell | None, digits: int) -> str:
+    """``mean ± SD`` over several seeds, ``point [lo, hi]`` for one."""
+    if c is None or c.value is None:
+        return ""
+    if c.sd is not None and (c.n_seeds or 0) > 1:
+        return f"{c.value:.{digits}f} ± {c.sd:.{digits}f}"
+    return f"{c.value:.{digits}f}" + _ci(c.lo, c.hi, digits)
+
+
+def _fraction_order(label: str) -> float:
+    return float(label.rstrip("%"))
+
+
+def finetune_tables(runs, *, digits: int = 3, paper_version: str | None = None, with_paper: bool = True,
+                    metrics: str = "headline", allow_mismatch: bool = False) -> list[Table]:
+    """Fine-tuning results (``regress.FinetuneRun``) as tables of encoders × label fractions, one per
+    task, dataset and metric (``headline``: the first metric of the task, ``all``: every one). Where
+    the paper has a table of the metric (Supplementary Table 7: Dice on SIIM), its layout: its
+    encoders and fractions in its order and labels, each reproduced cell beside the published one
+    (``paper.paper_table`` with a ``cell_fn``); encoders and fractions without runs are left out and
+    named under the table, encoders the paper lacks (the controls) come last."""
+    from benchmark.regress import FINETUNE_METRICS, check_unique, finetune_cells, finetune_mismatches
+
+    if metrics not in ("headline", "all"):
+        raise ValueError(f"metrics must be 'headline' or 'all', not {metrics!r}")
+    runs = list(runs)
+    check_unique(runs)
+    bad = finetune_mismatches(runs)
+    if bad and not allow_mismatch:
+        raise ValueError(f"unlike fine-tuning runs ({'; '.join(bad)}); pass --allow-mismatch to put them in one "
+                         "table anyway")
+    labels = _model_labels()
+    tables = []
+    for task, dataset in sorted({(r.task, r.dataset) for r in runs}):
+        group = [r for r in runs if (r.task, r.dataset) == (task, dataset)]
+        cells = {(c.model, c.metric): c for c in finetune_cells(group)}
+        order = FINETUNE_METRICS[group[0].kind]
+        present = {m for r in group for m in r.metrics}
+        names = [m for m in order if m in present] + sorted(present - set(order))
+        for metric in names[:1] if metrics == "headline" else names:
+            tables.append(_finetune_table(group, cells, metric, digits, labels, paper_version, with_paper,
+                                          [m for m in bad if any(r.path in m for r in group)]))
+    return tables
+
+
+def _finetune_table(group, cells: dict[tuple, Cell], metric: str, digits: int, labels: dict[str, str],
+                    paper_version: str | None, with_paper: bool, mismatches: list[str]) -> Table:
+    from benchmark import paper
+    from benchmark.regress import finetune_model, fraction_label
+
+    task, dataset = group[0].task, group[0].dataset
+    run_models = sorted({r.model for r in group}, key=lambda m: (m in CONTROL_LABELS, m))
+    run_fracs = sorted({fraction_label(r.fraction) for r in group}, key=_fraction_order)
+    frac_of = {fraction_label(r.fraction): r.fraction for r in group}
+
+    def cell(model: str, frac: str) -> Cell | None:
+        return cells.get((finetune_model(model, frac_of[frac]), metric)) if frac in frac_of else None
+
+    entry = finetune_paper_entry(dataset, metric, paper_version) if with_paper else None
+    published: dict[tuple[str, str], str] = {}
+    paper_models: list[str] = []
+    paper_fracs: list[str] = []
+    dropped_rows: list[str] = []
+    dropped_cols: list[str] = []
+    paper_ds = None
+    if entry is not None:
+        dec = int((entry.get("layout") or {}).get("decimals", digits))
+        digits = dec
+
+        def reproduced(r: dict[str, Any]) -> str:
+            base, quals = paper.split_name(str(r["model"]))
+            if r["metric"] != metric or "finetune" not in quals:
+                return ""
+            c = cell(base, quals["finetune"])
+            p = Cell(r["dataset"], r["model"], None, metric, "all", r["value"], _nan_none(r.get("ci_low")),
+                     _nan_none(r.get("ci_high")))
+            return _ft_text(c, dec) + (" " + OUTSIDE_CI if _outside(c, p) else "")
+
+        run_t = paper.paper_table(entry["id"], labels="canonical", cell_fn=reproduced)
+        pub_t = paper.paper_table(entry["id"], labels="canonical", field="text")
+        row_dims = list((entry.get("layout") or {}).get("rows", []))
+        if row_dims and row_dims[0].startswith("model[finetune"):  # fractions as rows: encoders become rows
+            run_t, pub_t = run_t.T, pub_t.T
+        paper_models, paper_fracs = [str(m) for m in run_t.index], [str(f) for f in run_t.columns]
+        for m in paper_models:
+            for f in paper_fracs:
+                published[(m, f)] = str(pub_t.at[m, f])
+        paper_ds = sorted({str(r["dataset"]) for r in paper.paper_cells(table=entry["table"],
+                                                                        version=entry["version"]).to_dict("records")})
+        dropped_rows = [labels.get(m, m) for m in paper_models if m not in run_models]
+        dropped_cols = [f for f in paper_fracs if f not in run_fracs]
+    models = [m for m in paper_models if m in run_models] + [m for m in run_models if m not in paper_models]
+    fracs = [f for f in paper_fracs if f in run_fracs] + [f for f in run_fracs if f not in paper_fracs]
+
+    header = ["Encoder"]
+    for f in fracs:
+        header += [f"{f} · run", f"{f} · paper"] if entry is not None else [f]
+    rows = []
+    for m in models:
+        row = [labels.get(m) or CONTROL_LABELS.get(m, m)]
+        for f in fracs:
+            c = cell(m, f)
+            p_text = published.get((m, f), "")
+            if entry is not None and m in paper_models and f in paper_fracs:
+                row.append(str(run_t.at[m, f] or ""))
+            else:
+                row.append(_ft_text(c, digits))
+            if entry is not None:
+                row.append(p_text)
+        rows.append(row)
+
+    seeds = sorted({len(r.seeds) for r in group})
+    budget = sorted({r.max_epochs for r in group if r.max_epochs is not None})
+    best = [e for r in group for e in r.best_epochs]
+    configs = sorted({str(r.config.get("name") or r.config.get("source") or "?") for r in group})
+    notes = []
+    if entry is not None:
+        notes.append(f"{entry.get('label', entry['id'])} ({entry['id']}): {entry['caption']}")
+    notes.append("cells: mean ± SD over seeds (sample SD), or point [95% CI] of one seed (bootstrap over test "
+                 "images)" + ("; paper: as published" if entry is not None else ""))
+    notes.append(f"runs: {task} on {dataset}, config {', '.join(configs)}, "
+                 f"{' / '.join(map(str, seeds))} seed(s) per cell"
+                 + (f", at most {' / '.join(map(str, budget))} epochs" if budget else "")
+                 + ("" if not best else f" (best epoch {min(best)})" if min(best) == max(best)
+                    else f" (best epochs {min(best)}–{max(best)})"))
+    if entry is not None and paper_ds and dataset not in paper_ds:
+        notes.append(f"the runs are on {dataset}, the paper's cells on {', '.join(paper_ds)}: "
+                     "the published values are shown for orientation, not as a target")
+    if dropped_rows:
+        notes.append(f"rows not in the runs (left out): {', '.join(dropped_rows)}")
+    if dropped_cols:
+        notes.append(f"columns not in the runs (left out): {', '.join(dropped_cols)}")
+    if mismatches:
+        notes.append("UNLIKE RUNS (--allow-mismatch): " + "; ".join(mismatches))
+    title = (f"{entry.get('label', entry['id'])} · {entry['version']} · {metric} · {dataset}" if entry is not None
+             else f"fine-tuning · {dataset} · {task} · {metric}")
+    return Table(title, header, rows, notes)
+
+
+def _nan_none(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if v != v else v
+
+
+def finetune_tidy(runs, *, paper_version: str | None = None, with_paper: bool = True):
+    """Every cell of the fine-tuning runs as one tidy row (``TIDY_COLUMNS``), with the paper's value
+    where the paper has the model, fraction and metric (on the dataset or the one a demo dataset
+    stands in for)."""
+    import pandas as pd
+
+    from benchmark.regress import check_unique, demo_stand_in, finetune_cells
+
+    runs = list(runs)
+    check_unique(runs)
+    ref = paper_reference(paper_version) if with_paper else {}
+    rows = []
+    for r in runs:
+        for c in finetune_cells([r]):
+            p = ref.get((c.dataset, c.model, c.metric, c.category))
+            stand_in = demo_stand_in(c.dataset)
+            if p is None and stand_in:
+                p = ref.get((stand_in, c.model, c.metric, c.category))
+            rows.append({"dataset": c.dataset, "task": c.task, "model": c.model, "metric": c.metric,
+                         "category": c.category, "point": c.value, "lo": c.lo, "hi": c.hi,
+                         "n": r.metrics[c.metric].get("n"), "prompt_set": None,
+                         "paper_table": None if p is None else p.source, "paper_value": None if p is None else p.value,
+                         "paper_lo": None if p is None else p.lo, "paper_hi": None if p is None else p.hi,
+                         "delta": None if p is None or c.value is None else c.value - p.value,
+                         "outside_paper_ci": None if p is None or p.lo is None else _outside(c, p), "run": c.source,
+                         "sd": c.sd, "n_seeds": c.n_seeds})
+    return pd.DataFrame(rows, columns=TIDY_COLUMNS)

@@ -20,15 +20,22 @@ outside the paper's CI. Each table says its protocol, versions and n used of n. 
 --format csv writes every cell of the runs (all metrics and categories) as one row: dataset,
 task, model, metric, category, point, lo, hi, n, prompt_set and the paper's value beside it.
 
+Fine-tuning runs (afloc-bench finetune: a run folder, a --seeds folder with summary.json, or a
+folder of such folders) give one table per task and dataset, encoders as rows and label fractions
+as columns; Dice on SIIM in Supplementary Table 7's layout, each cell (mean ± SD over seeds, or
+point [95% CI] of one seed) beside the published value.
+
 examples:
   afloc-bench build results/runs/paper --format md > tables.md
   afloc-bench build results/runs/paper --layout paper --format latex > tables.tex
   afloc-bench build results/runs/paper --format csv -o cells.csv
+  afloc-bench build runs/ft_afloc_1 runs/ft_afloc_10 runs/ft_random_10 --format md
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", nargs="+", help="run folders or results.json files")
+    parser.add_argument("runs", nargs="+", help="run folders or results.json files; fine-tuning run or seeds "
+                                                "folders (or a folder of them)")
     parser.add_argument("--format", choices=("md", "csv", "latex", "html"), default="md")
     parser.add_argument("--layout", choices=("auto", "paper", "run"), default="auto",
                         help="paper: the paper's tables the runs fill; run: one table per dataset and task; "
@@ -45,21 +52,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmark.build import build_tables, paper_layout_tables, render, tidy_cells
+    from benchmark.build import build_tables, finetune_tables, finetune_tidy, paper_layout_tables, render, tidy_cells
     from benchmark.records import atomic_write_text
+    from benchmark.regress import finetune_runs
 
     try:
+        finetuned, evaluated = [], []
+        for path in args.runs:
+            found = finetune_runs(path)
+            if found is None:
+                evaluated.append(path)
+            else:
+                finetuned += found
         if args.format == "csv":
-            frame = tidy_cells(args.runs, paper_version=args.paper_version, with_paper=not args.no_paper,
-                               allow_mismatch=args.allow_mismatch)
-            text = frame.to_csv(index=False) if not frame.empty else ""
+            import pandas as pd
+
+            frames = []
+            if evaluated:
+                frames.append(tidy_cells(evaluated, paper_version=args.paper_version, with_paper=not args.no_paper,
+                                         allow_mismatch=args.allow_mismatch))
+            if finetuned:
+                frames.append(finetune_tidy(finetuned, paper_version=args.paper_version, with_paper=not args.no_paper))
+            frames = [f for f in frames if not f.empty]
+            text = pd.concat(frames, ignore_index=True).to_csv(index=False) if frames else ""
         else:
             tables = []
-            if args.layout in ("auto", "paper") and not args.no_paper:
-                tables += paper_layout_tables(args.runs, paper_version=args.paper_version,
+            if evaluated and args.layout in ("auto", "paper") and not args.no_paper:
+                tables += paper_layout_tables(evaluated, paper_version=args.paper_version,
                                               allow_mismatch=args.allow_mismatch)
-            if args.layout in ("auto", "run"):
-                tables += build_tables(args.runs, digits=args.digits, paper_version=args.paper_version,
+            if finetuned:
+                tables += finetune_tables(finetuned, digits=args.digits, paper_version=args.paper_version,
+                                          with_paper=not args.no_paper and args.layout != "run",
+                                          metrics=args.metrics, allow_mismatch=args.allow_mismatch)
+            if evaluated and args.layout in ("auto", "run"):
+                tables += build_tables(evaluated, digits=args.digits, paper_version=args.paper_version,
                                        with_paper=not args.no_paper, category=args.category,
                                        allow_mismatch=args.allow_mismatch, metrics=args.metrics)
             text = render(tables, args.format) if tables else ""
