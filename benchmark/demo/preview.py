@@ -154,9 +154,9 @@ def _nih(root: Path, k: int):
     return out
 
 
-def _histology(name: str, loader: str):
-    """Tiles of one pathology demo set read back through its real loader: the class (or the caption)
-    under each tile and the mask contour where there is one."""
+def _via_loader(name: str, loader: str):
+    """Images of one demo set read back through its real loader: the class (or the caption) under each
+    image and the mask contour where there is one (the pathology and classification sets)."""
 
     def read(root: Path, k: int):
         from benchmark.registry import datasets
@@ -180,8 +180,10 @@ def _histology(name: str, loader: str):
 
 READERS = {"mimic_cxr": _mimic, "rsna_pneumonia": _rsna, "ms_cxr": _mscxr, "chexlocalize": _chexlocalize,
            "covid_rural": _covid, "siim_pneumothorax": _siim, "chestx_det10": _det10, "nih_bbox": _nih,
-           "sicapv2": _histology("sicapv2", "demo_sicapv2"), "wsss4luad": _histology("wsss4luad", "demo_wsss4luad"),
-           "dhmc_luad": _histology("dhmc_luad", "demo_dhmc_luad"), "quilt1m": _histology("quilt1m", "demo_quilt1m")}
+           "sicapv2": _via_loader("sicapv2", "demo_sicapv2"), "wsss4luad": _via_loader("wsss4luad", "demo_wsss4luad"),
+           "dhmc_luad": _via_loader("dhmc_luad", "demo_dhmc_luad"), "quilt1m": _via_loader("quilt1m", "demo_quilt1m"),
+           "nih_chestxray14": _via_loader("nih_chestxray14", "demo_nih_chestxray14"),
+           "cxr_lt": _via_loader("cxr_lt", "demo_cxr_lt")}
 
 
 def contact_sheet(root: str | Path, out_png: str | Path, *, per_dataset: int = 4, datasets=None) -> Path:
