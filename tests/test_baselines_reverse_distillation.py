@@ -187,7 +187,7 @@ def test_adapter_contract(name):
     from benchmark.registry import models
 
     a, out = build(name)
-    assert a.capabilities == (GROUNDING, ZEROSHOT_CLS) and a.needs_checkpoint
+    assert a.capabilities == (GROUNDING, ZEROSHOT_CLS) and not a.needs_checkpoint  # demo weights without --ckpt
     assert a.input_geometry == f"resize:{SIZE}x{SIZE}" and parse_geometry(a.input_geometry)
     assert type(a).input_geometry == "resize:256x256"
     assert a.decode == {"recontrast": "pil-rgb", "rdpp": "cv2-rgb"}[name]
@@ -205,7 +205,8 @@ def test_adapter_contract(name):
     d = a.describe()
     assert "ignored" in d["prompts"] and "max" in d["score"] and f"{SIZE}x{SIZE}" in d["map"]
     e = models.entry(name)
-    assert e.get("needs_checkpoint") and "anomaly" in e.tags and e.capabilities == a.capabilities
+    assert not e.get("needs_checkpoint") and e.get("demo_weights") == f"{name}-demo-1"
+    assert "anomaly" in e.tags and e.capabilities == a.capabilities
 
 
 @pytest.mark.parametrize("name", ["recontrast", "rdpp"])
@@ -327,6 +328,7 @@ def test_rdpp_imports_the_official_file_and_the_imagenet_encoder(tmp_path):
 
 def test_a_wrong_file_is_refused_by_name(tmp_path):
     from baselines.rdpp.adapter import RdppAdapter
+    from benchmark.adapter import build_adapter
     from benchmark.io.checkpoints import CheckpointError
 
     torch.save({"proj": {"weight": torch.zeros(3)}}, tmp_path / "other.pth")
@@ -335,8 +337,9 @@ def test_a_wrong_file_is_refused_by_name(tmp_path):
         RdppAdapter(imagenet=str(imagenet)).load(str(tmp_path / "other.pth"), "cpu")
     with pytest.raises(CheckpointError, match="missing.pth"):
         RdppAdapter(imagenet=str(tmp_path / "missing.pth")).load(str(tmp_path / "other.pth"), "cpu")
-    with pytest.raises(CheckpointError):
-        RdppAdapter(random_init=False).load(None, "cpu")
+    demo = build_adapter("rdpp")  # no checkpoint: the shipped demo model, not an error
+    demo.load(None, "cpu")
+    assert Path(demo.checkpoint).name == "rdpp_demo_1" and demo.image_size == 128
 
 
 def test_read_weights_flattens_parts_and_flat_files(tmp_path):
