@@ -195,6 +195,11 @@ def _build_open_clip(model_cfg: dict[str, Any], weights: Path, preprocess_cfg: d
     report.unexpected = sorted(k for k in getattr(result, "unexpected_keys", []) if not k.endswith(benign))
     if report.missing:
         raise DataError(weights, "weights do not match the model config; missing: " + ", ".join(report.missing[:10]))
+    return _loaded_open_clip(model, tokenizer, report)
+
+
+def _loaded_open_clip(model: nn.Module, tokenizer: Any, report: ClipLoadReport) -> LoadedClip:
+    """An open_clip model in eval mode with its own preprocessing (its ``preprocess_cfg``)."""
     model.eval()
     pcfg = dict(open_clip.get_model_preprocess_cfg(model))
     preprocess = image_transform_v2(PreprocessCfg(**pcfg), is_train=False)
@@ -254,12 +259,7 @@ def random_clip(family: str, arch: str | bool | None = None, seed: int = 0) -> L
             torch.manual_seed(seed)
             model = open_clip.create_model(name, pretrained=None, pretrained_image=False, pretrained_text=False)
         tokenizer = open_clip.get_tokenizer(name)
-    model.eval()
-    pcfg = dict(open_clip.get_model_preprocess_cfg(model))
-    preprocess = image_transform_v2(PreprocessCfg(**pcfg), is_train=False)
-    return LoadedClip(model=model, preprocess=preprocess, tokenizer=tokenizer, preprocess_cfg=pcfg, report=report,
-                      encode_image=model.encode_image, encode_text=model.encode_text,
-                      logit_scale=float(model.logit_scale.detach().exp()))
+    return _loaded_open_clip(model, tokenizer, report)
 
 
 def load_open_clip_file(path: Path, arch: str) -> LoadedClip:

@@ -52,21 +52,28 @@ class FinetuneConfig:
         return dataclasses.asdict(self)
 
     def check(self) -> None:
-        where = self.source or self.name
-        if self.train_negatives not in ("balanced", "all"):
-            raise ConfigError(f"{where}: train_negatives must be balanced or all, not {self.train_negatives!r}")
-        if self.patient_key not in ("dicom", "image"):
-            raise ConfigError(f"{where}: patient_key must be dicom or image, not {self.patient_key!r}")
-        if self.early_stopping.get("metric") not in ("val_dice", "val_loss"):
-            raise ConfigError(f"{where}: early_stopping.metric must be val_dice or val_loss")
-        for key in ("test_share", "val_share"):
-            if not 0 < float(getattr(self, key)) < 1:
-                raise ConfigError(f"{where}: {key} must be in (0, 1), not {getattr(self, key)!r}")
+        where = check_shared(self, "val_dice")
         if self.image_size < 32 or self.image_size % 32:
             raise ConfigError(f"{where}: image_size must be a multiple of 32 (the U-Net's stride), "
                               f"not {self.image_size}")
         if len(self.decoder_channels) != 5:
             raise ConfigError(f"{where}: decoder_channels needs 5 values (one per U-Net stage)")
+
+
+def check_shared(cfg: Any, metric: str) -> str:
+    """The checks of the fields segmentation and classification configs share; returns where the config
+    came from (for the caller's own messages)."""
+    where = cfg.source or cfg.name
+    if cfg.train_negatives not in ("balanced", "all"):
+        raise ConfigError(f"{where}: train_negatives must be balanced or all, not {cfg.train_negatives!r}")
+    if cfg.patient_key not in ("dicom", "image"):
+        raise ConfigError(f"{where}: patient_key must be dicom or image, not {cfg.patient_key!r}")
+    if cfg.early_stopping.get("metric") not in (metric, "val_loss"):
+        raise ConfigError(f"{where}: early_stopping.metric must be {metric} or val_loss")
+    for key in ("test_share", "val_share"):
+        if not 0 < float(getattr(cfg, key)) < 1:
+            raise ConfigError(f"{where}: {key} must be in (0, 1), not {getattr(cfg, key)!r}")
+    return where
 
 
 @dataclass
@@ -100,16 +107,7 @@ class ClsConfig:
         return dataclasses.asdict(self)
 
     def check(self) -> None:
-        where = self.source or self.name
-        if self.train_negatives not in ("balanced", "all"):
-            raise ConfigError(f"{where}: train_negatives must be balanced or all, not {self.train_negatives!r}")
-        if self.patient_key not in ("dicom", "image"):
-            raise ConfigError(f"{where}: patient_key must be dicom or image, not {self.patient_key!r}")
-        if self.early_stopping.get("metric") not in ("val_auroc", "val_loss"):
-            raise ConfigError(f"{where}: early_stopping.metric must be val_auroc or val_loss")
-        for key in ("test_share", "val_share"):
-            if not 0 < float(getattr(self, key)) < 1:
-                raise ConfigError(f"{where}: {key} must be in (0, 1), not {getattr(self, key)!r}")
+        where = check_shared(self, "val_auroc")
         if self.image_size < 32 or self.resize < self.image_size:
             raise ConfigError(f"{where}: need 32 <= image_size <= resize, not {self.image_size} and {self.resize}")
         if not 0 <= float(self.dropout) < 1:
