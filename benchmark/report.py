@@ -111,12 +111,55 @@ def _ci_text(lo: Any, hi: Any) -> str:
     return f"[{f(lo)}, {f(hi)}]"
 
 
+def finetune_html(paths: list[str | Path]) -> str:
+    """The fine-tuning tables (``build.finetune_tables``: Supplementary Table 7's layout where the
+    paper has one) of the folders written by ``afloc-bench finetune``, as HTML."""
+    from benchmark.build import finetune_tables
+    from benchmark.regress import finetune_runs
+
+    runs = []
+    for p in paths:
+        found = finetune_runs(p)
+        if not found:
+            raise ValueError(f"{p}: no fine-tuning run (expected a folder written by afloc-bench finetune)")
+        runs += found
+    return render(finetune_tables(runs), "html")
+
+
+def write_finetune_report(paths: list[str | Path], out_dir: str | Path) -> Path:
+    """``out_dir/index.html`` with the fine-tuning tables of ``paths`` only (no evaluation run)."""
+    from benchmark.records import now_iso
+
+    out_dir = Path(out_dir)
+    page = _template().render(
+        run_name=", ".join(Path(p).name for p in paths), protocol="fine-tuning (docs/finetune.md)", harness=_version(),
+        commit="", date=now_iso(), n_boot=None, precision=None, warnings=[], legend=[], notes=[], overall=[],
+        tables="", datasets=[], reference=None, n_boot_compare=N_BOOT_COMPARE, finetune=finetune_html(paths))
+    out = out_dir / "index.html"
+    atomic_write_text(out, page)
+    return out
+
+
+def _version() -> str:
+    from benchmark import __version__
+
+    return str(__version__)
+
+
 def write_report(run_dir: str | Path, out_dir: str | Path, n_overlay: int = 4, *,
-                 overlay_choice: str | list[str] = "first", reference: str | None = None) -> Path:
+                 overlay_choice: str | list[str] = "first", reference: str | None = None,
+                 finetune: list[str | Path] | None = None) -> Path:
     """Write ``out_dir/index.html`` and ``out_dir/figures/``. ``overlay_choice``: best, worst,
     random, first or sample ids (``figures.choose_samples``); ``reference``: the model the others
-    are compared with (default AFLoc, else the first model that is not a floor)."""
+    are compared with (default AFLoc, else the first model that is not a floor); ``finetune``:
+    fine-tuning folders whose tables the page adds. A fine-tuning folder as ``run_dir`` gives a page
+    of its tables only."""
+    from benchmark.regress import finetune_runs
+
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if finetune_runs(run_dir):
+        return write_finetune_report([run_dir, *(finetune or [])], out_dir)
+    ft_tables = finetune_html(list(finetune)) if finetune else None
     state = load_results(run_dir)
     figs = out_dir / "figures"
     style = run_style(state)
@@ -173,7 +216,8 @@ def write_report(run_dir: str | Path, out_dir: str | Path, n_overlay: int = 4, *
         date=str(state.get("date")), n_boot=(state.get("config") or {}).get("n_boot"),
         precision=precision if precision and precision != "fp32" else None, warnings=warnings,
         legend=[{"name": m, "color": style.color(m), "floor": m in SANITY} for m in models], notes=notes,
-        overall=overall, tables=tables, datasets=datasets, reference=reference, n_boot_compare=N_BOOT_COMPARE)
+        overall=overall, tables=tables, datasets=datasets, reference=reference, n_boot_compare=N_BOOT_COMPARE,
+        finetune=ft_tables)
     out = out_dir / "index.html"
     atomic_write_text(out, page)
     return out

@@ -191,6 +191,7 @@ def test_short_run_writes_results_and_resumes(tiny_siim, tmp_path, tiny_config, 
     assert main(_args(part, "--config", tiny_config, "--resume")) == 0
     resumed = json.loads((part / "results.json").read_text())
     assert [e["epoch"] for e in resumed["epochs"]] == [1, 2]
+    assert resumed["max_epochs"] == 2 and resumed["config"]["max_epochs"] != 2  # the override is recorded
     assert resumed["epochs"][0] == res["epochs"][0]
     assert resumed["epochs"][1]["val_loss"] == pytest.approx(res["epochs"][1]["val_loss"], rel=1e-4)
 

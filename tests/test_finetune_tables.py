@@ -213,3 +213,28 @@ def test_classification_runs_get_a_table_without_paper_columns(tmp_path):
     assert tables[1].header == ["Encoder", "10%"]
     perfect = "1.000 [1.000, 1.000]"
     assert tables[1].rows == [["AFLoc", perfect], ["random init (no pretraining)", perfect]]
+
+
+def test_report_shows_the_finetune_tables_alone_and_beside_a_run(runs, tmp_path, capsys):
+    """`afloc-bench report FT_DIR` is a page of Supplementary Table 7's layout; `report RUN --finetune
+    FT_DIR` adds it to the run's page; a folder without fine-tuning runs is named."""
+    page = tmp_path / "ft_page"
+    assert main(["report", str(runs), "-o", str(page)]) == 0
+    html = (page / "index.html").read_text()
+    assert "Limited-label fine-tuning" in html and "<h2>Models</h2>" not in html
+    assert re.search(r"AFLoc.*0\.772", html, re.S)  # the paper's 1 % cell beside the reproduced one
+    assert "0.770" in html and "0.750 ± 0.050" in html  # one seed's value; three seeds' mean ± SD
+    from pathlib import Path
+
+    state = json.loads((Path(__file__).resolve().parents[1] / "results" / "demo" / "golden-full" /
+                        "results.json").read_text())  # one dataset and two models of it: a small run's page
+    state["results"] = {"demo_rsna": {m: state["results"]["demo_rsna"][m] for m in ("afloc", "random")}}
+    atomic_write_json(tmp_path / "small_run" / "results.json", state)
+    golden = str(tmp_path / "small_run")
+    both = tmp_path / "both"
+    assert main(["report", golden, "--finetune", str(runs), "-o", str(both)]) == 0
+    html = (both / "index.html").read_text()
+    assert "<h2>Models</h2>" in html and "Limited-label fine-tuning" in html and "0.750 ± 0.050" in html
+    capsys.readouterr()
+    assert main(["report", golden, "--finetune", golden, "-o", str(tmp_path / "bad")]) == 2
+    assert "no fine-tuning run" in capsys.readouterr().err

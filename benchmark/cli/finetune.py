@@ -23,6 +23,7 @@ examples:
       --dataset siim_pneumothorax --data-root /data/siim --config paper --fraction 0.01 --seed 0 -o runs/p1
   afloc-bench finetune cls --model afloc --dataset demo_rsna --fraction 0.1 --seeds 0,1,2 --mode linear -o runs/c1
   afloc-bench finetune cls --model random --dataset demo_rsna --fraction 1.0 --seed 0 --mode full -o runs/c2
+  torchrun --nproc_per_node 4 $(which afloc-bench) finetune seg --model afloc --ckpt ... --config paper -o runs/p4
 """
 DEFAULT_DATASET = {"seg": "siim_pneumothorax", "cls": "rsna_pneumonia"}
 
@@ -97,11 +98,17 @@ def run(args: argparse.Namespace) -> int:
         from benchmark.finetune.seg import run_seg as run_one
 
         shown = ("dice", "iou", "dice_positive")
-    if args.seeds:
-        summary = run_seeds(args.seeds, args.out, **kw)
-        test = summary["test"]
-    else:
-        res = run_one(seed=args.seed, out=args.out, **kw)
-        test = {k: res["test"][k] for k in shown}
-    print(json.dumps({"out": str(args.out), "test": test}, indent=1))
+    from benchmark.finetune.runs import close_processes, is_main_process
+
+    try:
+        if args.seeds:
+            summary = run_seeds(args.seeds, args.out, **kw)
+            test = summary["test"]
+        else:
+            res = run_one(seed=args.seed, out=args.out, **kw)
+            test = {k: res["test"][k] for k in shown}
+    finally:
+        close_processes()
+    if is_main_process():
+        print(json.dumps({"out": str(args.out), "test": test}, indent=1))
     return 0

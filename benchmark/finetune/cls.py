@@ -31,6 +31,7 @@ from benchmark.finetune.runs import (
     hash_config,
     load_best,
     load_checkpoint,
+    processes,
     save_checkpoint,
     start_state,
     to_tensor,
@@ -159,22 +160,24 @@ def run_cls(model: str, dataset: str, fraction: float, seed: int, out: str | os.
     if model == "imagenet" and not imagenet_weights:
         raise ValueError("--model imagenet needs --imagenet-weights PATH (torchvision's resnet50-*.pth or a "
                          "safetensors state dict on this machine; nothing is downloaded)")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     done = finished_run(out, resume)
     if done is not None:
         return done
+    procs = processes(device)
+    device, main = procs.device, procs.main
     t0 = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     splits = make_splits(dataset, data_root, cfg, seed, fraction, labels=True)
     splits["how"]["labels"] = "the samples' 0/1 labels (rsna_pneumonia: Target)"
     _both_classes(splits["validation"], "validation", dataset)
     _both_classes(splits["test"], "test", dataset)
-    ids_record = write_ids(out, splits)
+    ids_record = write_ids(out, splits, write=main)
 
     torch.manual_seed(seed)
     net, key_report = classifier_for(model, cfg, ckpt=ckpt, imagenet_weights=imagenet_weights,
                                      model_options=model_options)
     net.to(device)
+    procs.start(net)
     start_sha = encoder_sha256(net)
     linear = mode == "linear"
     if linear:
@@ -185,6 +188,7 @@ def run_cls(model: str, dataset: str, fraction: float, seed: int, out: str | os.
         groups = [{"params": list(net.encoder.parameters()), "lr": cfg.encoder_lr or cfg.lr},
                   {"params": list(net.head.parameters()), "lr": cfg.lr}]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+    trained = [p for g in groups for p in g["params"]]
     epochs = int(max_epochs or cfg.max_epochs)
     identity = {"model": model, "dataset": dataset, "fraction": fraction, "seed": seed, "mode": mode,
                 "config": hash_config(cfg), "train_ids": ids_record["train"]["sha256"], "encoder": start_sha,
@@ -209,29 +213,36 @@ def run_cls(model: str, dataset: str, fraction: float, seed: int, out: str | os.
         order = rng.permutation(len(tr_x))
         tot, n_seen = 0.0, 0
         with Progress(steps, f"finetune cls {mode} {model} {fraction:g} seed {seed} epoch {ep}/{epochs}",
-                      unit="step") as bar:
+                      unit="step", enabled=main) as bar:
             for a in range(0, len(order), cfg.batch_size):
-                idx = order[a:a + cfg.batch_size]
-                y = torch.from_numpy(tr_y[idx]).to(device)
-                if tr_f is not None:
-                    logits = net.classify(tr_f[torch.from_numpy(idx).to(tr_f.device)])
-                else:
-                    x = to_tensor(crop(tr_x[idx], cfg.image_size, rng), cfg, device)
-                    if linear:
-                        with torch.no_grad():
-                            feats = net.features(x)
-                        logits = net.classify(feats)
+                batch = order[a:a + cfg.batch_size]
+                # every process draws the whole batch's crops (the same stream), then keeps its share
+                crops = None if tr_f is not None else crop(tr_x[batch], cfg.image_size, rng)
+                mine = procs.share(np.arange(len(batch)))
+                idx = batch[mine]
+                loss = None
+                if len(idx):
+                    y = torch.from_numpy(tr_y[idx]).to(device)
+                    if tr_f is not None:
+                        logits = net.classify(tr_f[torch.from_numpy(idx).to(tr_f.device)])
                     else:
-                        logits = net(x)
-                loss = F.binary_cross_entropy_with_logits(logits, y)
+                        x = to_tensor(crops[mine], cfg, device)
+                        if linear:
+                            with torch.no_grad():
+                                feats = net.features(x)
+                            logits = net.classify(feats)
+                        else:
+                            logits = net(x)
+                    loss = F.binary_cross_entropy_with_logits(logits, y)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                procs.backward(loss, len(idx), len(batch), trained)
                 opt.step()
-                tot += loss.item() * len(idx)
-                n_seen += len(idx)
+                if loss is not None:
+                    tot += loss.item() * len(idx)
+                    n_seen += len(idx)
+                    bar.set_postfix(loss=f"{loss.item():.3f}")
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-        return {"train_loss": tot / max(1, n_seen)}
+        return {"train_loss": tot / max(1, n_seen), "images": n_seen}
 
     def validate() -> dict[str, float]:
         from benchmark.metrics import auroc
@@ -245,7 +256,7 @@ def run_cls(model: str, dataset: str, fraction: float, seed: int, out: str | os.
 
     fit(out, net, opt, state, epochs=epochs, metric=cfg.early_stopping["metric"],
         patience=int(cfg.early_stopping["patience"]), train_epoch=train_epoch, validate=validate,
-        save=save_checkpoint, describe=describe)
+        save=save_checkpoint, describe=describe, procs=procs)
 
     load_best(out, net)
     best_sha = encoder_sha256(net)
@@ -256,9 +267,10 @@ def run_cls(model: str, dataset: str, fraction: float, seed: int, out: str | os.
     ids = [i.image_id for i in splits["test"]]
     metrics = auroc_ci(te_y, prob, ids, int(cfg.n_boot))
     metrics["loss"] = bce(logits, te_y)
-    write_csv(out / "test_per_image.csv", ["image_id", "label", "probability"],
-              [[i, int(y), f"{p:.6f}"] for i, y, p in zip(ids, te_y, prob)])
-    write_epochs(out, state["history"])
+    if main:
+        write_csv(out / "test_per_image.csv", ["image_id", "label", "probability"],
+                  [[i, int(y), f"{p:.6f}"] for i, y, p in zip(ids, te_y, prob)])
+        write_epochs(out, state["history"])
     results = {
         "format": FORMAT, "format_version": 1, "date": now_iso(), "task": "classification", "mode": mode,
         "protocol": "MGCA RSNA classification fine-tuning (linear head on the pooled encoder, BCE, AdamW)",
@@ -267,10 +279,13 @@ def run_cls(model: str, dataset: str, fraction: float, seed: int, out: str | os.
         "encoder": key_report,
         "encoder_weights": {"start_sha256": start_sha, "best_sha256": best_sha, "changed": start_sha != best_sha},
         "epochs": state["history"], "best_epoch": state["best_epoch"], "selection": cfg.early_stopping,
-        "stopped": state["stopped"], "test": metrics,
+        "max_epochs": epochs, "stopped": state["stopped"], "test": metrics,
         "wall_s": round(time.monotonic() - t0, 1), "git_commit": git_commit(), "environment": environment(device),
+        "processes": procs.world,
     }
-    atomic_write_json(out / "results.json", results)
+    if main:
+        atomic_write_json(out / "results.json", results)
+    procs.barrier()
     return results
 
 

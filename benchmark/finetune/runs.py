@@ -3,7 +3,9 @@ lists, the resumable epoch loop with early stopping, safetensors checkpoints and
 
 The tasks (``seg``, ``cls``) supply the model, one training epoch and the validation scores; the
 loop here decides when to stop, keeps the best epoch's weights and checkpoints every epoch, so the
-two tasks resume, select and record the same way.
+two tasks resume, select and record the same way. Under torchrun (``Processes``) every process takes
+its share of each batch, gradients are averaged with the pretraining trainer's helpers
+(``benchmark.training.distributed``) and process 0 writes the files.
 """
 
 from __future__ import annotations
@@ -35,6 +37,93 @@ class ResumeError(ValueError):
     """A checkpoint folder that cannot be resumed by this run (names the folder)."""
 
 
+class Processes:
+    """The processes of a run: one, or torchrun's (``WORLD_SIZE`` > 1; gloo on CPU, NCCL on GPUs).
+
+    Every process holds the whole data and the same weights, draws the same batch order and
+    augmentation, and trains on its share of each batch (``share``); ``backward`` averages the
+    gradients so that a step moves the weights as the whole batch's mean loss would (BatchNorm
+    statistics and MGCA's soft-Dice term are per share, as with DistributedDataParallel); after
+    each epoch process 0's BatchNorm buffers are broadcast, so validation and selection agree."""
+
+    def __init__(self, device: str | None):
+        from benchmark.training.distributed import Distributed
+
+        self.dist = Distributed(device or "auto")
+        d = self.dist
+        self.world, self.rank, self.main, self.device = d.world, d.rank, d.main, d.device
+
+    def share(self, idx: np.ndarray) -> np.ndarray:
+        return idx[self.rank::self.world]
+
+    def start(self, net) -> None:
+        """Process 0's initial weights everywhere."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            for t in net.state_dict().values():
+                dist.broadcast(t, 0)
+
+    def backward(self, loss: torch.Tensor | None, n_share: int, n_batch: int, params: list) -> None:
+        """Backward of this share's mean ``loss`` (None: an empty share) and the gradients averaged."""
+        from benchmark.training.distributed import average_gradients
+
+        if self.world == 1:
+            loss.backward()
+            return
+        if loss is None:  # nothing of this batch here: zero gradients, so the all-reduce still matches
+            loss = sum(p.sum() for p in params) * 0.0
+        (loss * (n_share * self.world / n_batch)).backward()
+        for p in params:  # parameters this share's forward did not reach
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        average_gradients(params, self.world)
+
+    def end_epoch(self, net, values: dict[str, float], n: int) -> dict[str, float]:
+        """Broadcast the BatchNorm buffers; the epoch's training means (over this process's ``n``
+        images) as means over every process's images."""
+        from benchmark.training.distributed import broadcast_buffers, reduce_mean
+
+        broadcast_buffers(net, self.world)
+        if self.world == 1:
+            return values
+        sums = reduce_mean({**{k: v * n for k, v in values.items()}, "\0n": float(n)}, self.world, self.device)
+        total = sums.pop("\0n")
+        return {k: v / max(total, 1e-12) for k, v in sums.items()}
+
+    def agree(self, values: dict[str, float]) -> dict[str, float]:
+        """Validation scores every process computed on the same weights: their mean, the same bits everywhere."""
+        from benchmark.training.distributed import reduce_mean
+
+        return reduce_mean(values, self.world, self.device)
+
+    def barrier(self) -> None:
+        self.dist.barrier()
+
+
+_PROCESSES: dict[str, Processes] = {}
+
+
+def processes(device: str | None) -> Processes:
+    """This program's processes (one process group for all the runs of a command: several seeds)."""
+    key = device or "auto"
+    if key not in _PROCESSES:
+        _PROCESSES[key] = Processes(device)
+    return _PROCESSES[key]
+
+
+def close_processes() -> None:
+    """Leave the process group (the end of a fine-tuning command)."""
+    for p in _PROCESSES.values():
+        p.dist.close()
+    _PROCESSES.clear()
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+
 # -------------------------------------------------------------------------------------------------
 # run folder
 # -------------------------------------------------------------------------------------------------
@@ -51,16 +140,19 @@ def finished_run(out: Path, resume: bool) -> dict[str, Any] | None:
     return None
 
 
-def write_ids(out: Path, splits: dict[str, Any]) -> dict[str, Any]:
-    """``ids/{train,validation,test}.txt`` and ``ids/train_patients.txt``; their counts and hashes."""
+def write_ids(out: Path, splits: dict[str, Any], write: bool = True) -> dict[str, Any]:
+    """``ids/{train,validation,test}.txt`` and ``ids/train_patients.txt``; their counts and hashes
+    (``write=False``: the record only, for the processes other than 0)."""
     record = {}
     for part in ("train", "validation", "test"):
         text = ids_text([i.image_id for i in splits[part]])
-        atomic_write_text(out / "ids" / f"{part}.txt", text)
+        if write:
+            atomic_write_text(out / "ids" / f"{part}.txt", text)
         record[part] = {"file": f"ids/{part}.txt", "images": len(splits[part]),
                         "patients": len(splits["patients"][part]), "sha256": sha256_text(text),
                         "positive_images": sum(i.positive for i in splits[part])}
-    atomic_write_text(out / "ids" / "train_patients.txt", ids_text(splits["patients"]["train"]))
+    if write:
+        atomic_write_text(out / "ids" / "train_patients.txt", ids_text(splits["patients"]["train"]))
     return record
 
 
@@ -143,29 +235,40 @@ def start_state(out: Path, net, opt, identity: dict[str, Any], resume: bool,
 # -------------------------------------------------------------------------------------------------
 def fit(out: Path, net, opt, state: dict[str, Any], *, epochs: int, metric: str, patience: int,
         train_epoch: Callable[[int], dict[str, float]], validate: Callable[[], dict[str, float]],
-        save: Callable[..., None] = save_checkpoint, describe: Callable[[dict[str, Any]], str] | None = None) -> None:
+        save: Callable[..., None] = save_checkpoint, describe: Callable[[dict[str, Any]], str] | None = None,
+        procs: Processes | None = None) -> None:
     """Train until ``patience`` epochs without a better ``metric`` (``val_loss``: lower is better,
-    any other: higher) or ``epochs``; the best epoch's weights go to ``best.safetensors`` and every
-    epoch ends with a checkpoint (``save``), so an interrupted run resumes where it stopped."""
+    any other: higher) or ``epochs`` (``train_epoch`` returns its means and ``images``, their count); the best epoch's weights go to ``best.safetensors`` and every
+    epoch ends with a checkpoint (``save``), so an interrupted run resumes where it stopped. Under
+    torchrun (``procs``) the processes agree on every score and process 0 writes the files."""
+    main = procs is None or procs.main
     while state["stopped"] is None and state["epoch"] < epochs:
         ep = state["epoch"] + 1
-        row = {"epoch": ep, **train_epoch(ep)}
-        row.update(validate())
+        trained = train_epoch(ep)
+        n_images = trained.pop("images", 0)  # this process's training images of the epoch
+        if procs is not None:
+            trained = procs.end_epoch(net, trained, n_images)
+        checked = validate()
+        row = {"epoch": ep, **trained, **(procs.agree(checked) if procs is not None else checked)}
         state["history"].append(row)
         score = -row[metric] if metric == "val_loss" else row[metric]
         if state["best"] is None or score > state["best"]:
             state.update(best=score, best_epoch=ep, bad_epochs=0)
-            save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
-                      str(out / ".best.tmp"))
-            os.replace(out / ".best.tmp", out / BEST_FILE)
+            if main:
+                save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
+                          str(out / ".best.tmp"))
+                os.replace(out / ".best.tmp", out / BEST_FILE)
         else:
             state["bad_epochs"] += 1
         state["epoch"] = ep
         if state["bad_epochs"] >= patience:
             state["stopped"] = f"early stop: {metric} did not improve for {patience} epochs"
-        log.info("epoch %d: %s", ep, describe(row) if describe else
-                 ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
-        save(out / "checkpoint", net, opt, state)
+        if main:
+            log.info("epoch %d: %s", ep, describe(row) if describe else
+                     ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
+            save(out / "checkpoint", net, opt, state)
+        if procs is not None:
+            procs.barrier()  # the checkpoint and best weights are on disk before anyone reads them
     state["stopped"] = state["stopped"] or f"max_epochs ({epochs})"
 
 
@@ -197,5 +300,6 @@ def run_seeds(run_one: Callable[..., dict[str, Any]], fmt: str, metrics: Sequenc
                "dataset": first["dataset"], "fraction": first["fraction"], **{k: first.get(k) for k in extra},
                "config": first["config"], "runs": [f"seed{s}/results.json" for s in seeds],
                "test": aggregate(runs, metrics)}
-    atomic_write_json(out / "summary.json", summary)
+    if is_main_process():
+        atomic_write_json(out / "summary.json", summary)
     return summary

@@ -25,12 +25,14 @@ from benchmark.finetune.runs import (  # noqa: F401 - STATE_FILE .. ResumeError:
     MODEL_FILE,
     OPTIM_FILE,
     STATE_FILE,
+    Processes,
     ResumeError,
     finished_run,
     fit,
     hash_config,
     load_best,
     load_checkpoint,
+    processes,
     save_checkpoint,
     start_state,
     to_tensor,
@@ -139,24 +141,34 @@ def run_seg(model: str, dataset: str, fraction: float, seed: int, out: str | os.
             data_root: str | None = None, ckpt: str | None = None, imagenet_weights: str | None = None,
             resume: bool = False, device: str | None = None, max_epochs: int | None = None,
             model_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Fine-tune ``model``'s encoder on ``fraction`` of ``dataset``'s training patients; returns results.json."""
+    """Fine-tune ``model``'s encoder on ``fraction`` of ``dataset``'s training patients; returns results.json.
+    Under torchrun the processes share each batch (``runs.Processes``) and process 0 writes the folder."""
     out = Path(out)
     if model == "imagenet" and not imagenet_weights:
         raise ValueError("--model imagenet needs --imagenet-weights PATH (torchvision's resnet50-*.pth or a "
                          "safetensors state dict on this machine; nothing is downloaded)")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     done = finished_run(out, resume)
     if done is not None:
         return done
+    return _run_seg(model, dataset, fraction, seed, out, cfg, processes(device), data_root=data_root, ckpt=ckpt,
+                    imagenet_weights=imagenet_weights, resume=resume, max_epochs=max_epochs,
+                    model_options=model_options)
+
+
+def _run_seg(model: str, dataset: str, fraction: float, seed: int, out: Path, cfg, procs: Processes, *,
+             data_root: str | None, ckpt: str | None, imagenet_weights: str | None, resume: bool,
+             max_epochs: int | None, model_options: dict[str, Any] | None) -> dict[str, Any]:
+    device, main = procs.device, procs.main
     t0 = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     splits = make_splits(dataset, data_root, cfg, seed, fraction)
-    ids_record = write_ids(out, splits)
+    ids_record = write_ids(out, splits, write=main)
 
     torch.manual_seed(seed)
     net, key_report = encoder_for(model, cfg, ckpt=ckpt, imagenet_weights=imagenet_weights,
                                   model_options=model_options)
     net.to(device)
+    procs.start(net)
     if cfg.freeze_encoder:
         for p in net.encoder.parameters():
             p.requires_grad = False
@@ -181,21 +193,27 @@ def run_seg(model: str, dataset: str, fraction: float, seed: int, out: str | os.
             net.encoder.eval()  # frozen: BatchNorm statistics stay the pretrained ones
         order = rng.permutation(len(tr_x))
         tot, n_seen = 0.0, 0
-        with Progress(steps, f"finetune {model} {fraction:g} seed {seed} epoch {ep}/{epochs}", unit="step") as bar:
+        with Progress(steps, f"finetune {model} {fraction:g} seed {seed} epoch {ep}/{epochs}", unit="step",
+                      enabled=main) as bar:
             for a in range(0, len(order), cfg.batch_size):
                 idx = order[a:a + cfg.batch_size]
+                # every process draws the whole batch's augmentation (the same stream), then keeps its share
                 pairs = [augment(tr_x[i], tr_y[i], rng, cfg.augment) for i in idx]
-                x = to_tensor(np.stack([p[0] for p in pairs]), cfg, device)
-                y = torch.from_numpy(np.stack([p[1] for p in pairs])).float().unsqueeze(1).to(device)
-                loss = mixed_loss(net(x), y, lw["focal_weight"], lw["focal_gamma"])
+                mine = procs.share(np.arange(len(idx)))
+                loss = None
+                if len(mine):
+                    x = to_tensor(np.stack([pairs[j][0] for j in mine]), cfg, device)
+                    y = torch.from_numpy(np.stack([pairs[j][1] for j in mine])).float().unsqueeze(1).to(device)
+                    loss = mixed_loss(net(x), y, lw["focal_weight"], lw["focal_gamma"])
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                procs.backward(loss, len(mine), len(idx), params)
                 opt.step()
-                tot += loss.item() * len(idx)
-                n_seen += len(idx)
+                if loss is not None:
+                    tot += loss.item() * len(mine)
+                    n_seen += len(mine)
+                    bar.set_postfix(loss=f"{loss.item():.3f}")
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-        return {"train_loss": tot / max(1, n_seen)}
+        return {"train_loss": tot / max(1, n_seen), "images": n_seen}
 
     def validate() -> dict[str, float]:
         pred, val_loss = predict(net, va_x, va_y, cfg, device)
@@ -208,7 +226,7 @@ def run_seg(model: str, dataset: str, fraction: float, seed: int, out: str | os.
 
     fit(out, net, opt, state, epochs=epochs, metric=cfg.early_stopping["metric"],
         patience=int(cfg.early_stopping["patience"]), train_epoch=train_epoch, validate=validate,
-        save=save_checkpoint, describe=describe)
+        save=save_checkpoint, describe=describe, procs=procs)
 
     load_best(out, net)
     te_x, te_y = load_arrays(splits["test"], size, "finetune: test images")
@@ -218,19 +236,23 @@ def run_seg(model: str, dataset: str, fraction: float, seed: int, out: str | os.
     ids = [i.image_id for i in splits["test"]]
     metrics = bootstrap_ci({"dice": dice, "iou": iou, "dice_positive": np.where(positive, dice, np.nan),
                             "iou_positive": np.where(positive, iou, np.nan)}, ids, int(cfg.n_boot))
-    write_csv(out / "test_per_image.csv", ["image_id", "positive", "dice", "iou"],
-              [[i, int(p), f"{d:.6f}", f"{j:.6f}"] for i, p, d, j in zip(ids, positive, dice, iou)])
-    write_epochs(out, state["history"])
+    if main:
+        write_csv(out / "test_per_image.csv", ["image_id", "positive", "dice", "iou"],
+                  [[i, int(p), f"{d:.6f}", f"{j:.6f}"] for i, p, d, j in zip(ids, positive, dice, iou)])
+        write_epochs(out, state["history"])
     results = {
         "format": FORMAT, "format_version": 1, "date": now_iso(), "task": "segmentation",
         "protocol": "MGCA SIIM segmentation fine-tuning (U-Net, segmentation_models_pytorch)",
         "model": model, "checkpoint": key_report.get("source"), "dataset": dataset, "fraction": fraction,
         "seed": seed, "device": device, "config": cfg.to_dict(), "splits": splits["how"], "ids": ids_record,
         "encoder": key_report, "epochs": state["history"], "best_epoch": state["best_epoch"],
-        "selection": cfg.early_stopping, "stopped": state["stopped"], "test": metrics,
+        "selection": cfg.early_stopping, "max_epochs": epochs, "stopped": state["stopped"], "test": metrics,
         "wall_s": round(time.monotonic() - t0, 1), "git_commit": git_commit(), "environment": environment(device),
+        "processes": procs.world,
     }
-    atomic_write_json(out / "results.json", results)
+    if main:
+        atomic_write_json(out / "results.json", results)
+    procs.barrier()
     return results
 
 

@@ -1,4 +1,5 @@
-"""Processes under torchrun: the rank's device, the process group, and all-gathers for global negatives."""
+"""Processes under torchrun: the rank's device, the process group, gradient and buffer
+synchronisation, and all-gathers for global negatives (used by pretraining and fine-tuning alike)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,41 @@ class Distributed:
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+
+def average_gradients(params, world: int) -> None:
+    """Replace every gradient by its mean over the ``world`` processes (one all-reduce per dtype)."""
+    if world == 1:
+        return
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    grads = [p.grad for p in params if p.grad is not None]
+    for dtype in {g.dtype for g in grads}:
+        bucket = [g for g in grads if g.dtype == dtype]
+        flat = _flatten_dense_tensors(bucket)
+        dist.all_reduce(flat)
+        flat /= world
+        for g, s in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
+            g.copy_(s)
+
+
+def broadcast_buffers(module, world: int) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every process."""
+    if world == 1:
+        return
+    for b in module.buffers():
+        dist.broadcast(b, 0)
+
+
+def reduce_mean(values: dict[str, float], world: int, device) -> dict[str, float]:
+    """The mean over processes of each value of ``values``."""
+    if world == 1:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    t /= world
+    return dict(zip(keys, t.tolist()))
 
 
 def gather_cat(x, dist_on: bool):

@@ -40,9 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from safetensors.torch import load_file, save_file
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from benchmark.io.checkpoints import CheckpointError, optimizer_from_safetensors, optimizer_to_safetensors
 from benchmark.progress import Progress
@@ -57,7 +55,7 @@ from benchmark.training.data import (
     epoch_batches,
     select_pairs,
 )
-from benchmark.training.distributed import Distributed
+from benchmark.training.distributed import Distributed, average_gradients, broadcast_buffers, reduce_mean
 from benchmark.training.task import get_task
 from benchmark.training.text_pretrain import TextPretrainConfig, pretrain_text_encoder
 
@@ -263,34 +261,13 @@ class Trainer:
         return sums
 
     def _reduce_mean(self, values: dict[str, float]) -> dict[str, float]:
-        if self.dist.world == 1:
-            return values
-
-        keys = sorted(values)
-        t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        t /= self.dist.world
-        return dict(zip(keys, t.tolist()))
+        return reduce_mean(values, self.dist.world, self.device)
 
     def _sync_grads(self) -> None:
-        if self.dist.world == 1:
-            return
-
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        for dtype in {g.dtype for g in grads}:
-            bucket = [g for g in grads if g.dtype == dtype]
-            flat = _flatten_dense_tensors(bucket)
-            dist.all_reduce(flat)
-            flat /= self.dist.world
-            for g, s in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
-                g.copy_(s)
+        average_gradients(self.model.parameters(), self.dist.world)
 
     def _sync_buffers(self) -> None:
-        if self.dist.world == 1:
-            return
-
-        for b in self.model.buffers():
-            dist.broadcast(b, 0)
+        broadcast_buffers(self.model, self.dist.world)
 
     def train_step(self, groups: list[dict]) -> dict[str, float]:
 
@@ -342,6 +319,10 @@ class Trainer:
 
 
         if len(self.val_data) < self.cfg.batch_size:
+            if len(self.val_data) and not getattr(self, "_val_warned", False):
+                log.warning("validation: %d pairs, fewer than a batch of %d: no validation loss (val_loss n/a)",
+                            len(self.val_data), self.cfg.batch_size)
+                self._val_warned = True
             return None
         self.model.eval()
         batches = epoch_batches(len(self.val_data), self.cfg.batch_size, 0, self.cfg.seed, shuffle=False)
