@@ -81,7 +81,9 @@ class Adapter:
         entry says the same; the registry checks that they agree).
 
     Set from the manifest entry by ``build_adapter``: ``name``, ``demo_weights`` (id of the weights
-    used when no checkpoint is given) and ``train_target`` (the training entry that builds them).
+    used when no checkpoint is given), ``train_target`` (the training entry that builds them) and
+    ``demo_config`` (its recipe); ``demo_weights_by_modality`` picks other weights for the datasets of
+    one modality (AFLoc's pathology demo model).
 
     Optional behaviour, declared here with its default (a subclass overrides what applies):
       grounding_probability: the runner also stores ``score(image, query, query)`` beside each map
@@ -105,6 +107,7 @@ class Adapter:
     code_version: str | None = None  # set to version the code by hand instead of hashing its source files
     demo_weights: str | None = None
     train_target: str | None = None
+    demo_config: str = "demo"
     grounding_probability: bool = False
     per_sample_maps: bool = False
     # ``describe()`` keys that count over the samples run (ints, dicts of ints, lists of entries):
@@ -128,7 +131,7 @@ class Adapter:
                              f"(--ckpt {self.name or 'MODEL'}=PATH)")
         from benchmark.training.demo_weights import ensure_demo_weights
 
-        return str(ensure_demo_weights(self.demo_weights, self.train_target))
+        return str(ensure_demo_weights(self.demo_weights, self.train_target, config=self.demo_config))
 
     def weights_fingerprint(self) -> str | None:
         """Identity of weights that no checkpoint file names (built in ``load``, e.g. seeded random
@@ -327,13 +330,23 @@ def code_version(cls: type) -> str:
     return f"{__version__}:{h.hexdigest()[:16]}"
 
 
-def build_adapter(name: str) -> Adapter:
-    """Instantiate the registered adapter ``name`` with its manifest options, demo weights and training target."""
+def demo_weights_of(entry: Any, modality: str | None = None) -> tuple[str | None, str | None, str]:
+    """``(weights id, training target, recipe)`` a model entry runs without a checkpoint on datasets of
+    ``modality``: its ``demo_weights_by_modality`` for that modality (``{demo_weights, demo_config}``,
+    optionally ``train``), else ``demo_weights`` by the ``demo`` recipe."""
+    variant = (entry.get("demo_weights_by_modality") or {}).get(modality) if modality else None
+    if variant:
+        return variant["demo_weights"], variant.get("train", entry.get("train")), variant.get("demo_config", "demo")
+    return entry.get("demo_weights"), entry.get("train"), "demo"
+
+
+def build_adapter(name: str, modality: str | None = None) -> Adapter:
+    """Instantiate the registered adapter ``name`` with its manifest options, demo weights (those for
+    ``modality``'s datasets where the entry has its own) and training target."""
     from benchmark.registry import models
 
     entry = models.entry(name)
     adapter = entry.load()(**entry.options)
     adapter.name = name
-    adapter.demo_weights = entry.get("demo_weights")
-    adapter.train_target = entry.get("train")
+    adapter.demo_weights, adapter.train_target, adapter.demo_config = demo_weights_of(entry, modality)
     return adapter

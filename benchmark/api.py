@@ -99,9 +99,11 @@ def load_dataset(name: str, data_root: str | None = None, split: str | None = No
     return build_dataset(name, data_root, split=split, **options)
 
 
-def load_model(name: str, checkpoint: str | None = None, device: str = "auto", **options: Any):
+def load_model(name: str, checkpoint: str | None = None, device: str = "auto", modality: str | None = None,
+               **options: Any):
     """A registered model's adapter with its weights loaded (the demo weights when it has them and
-    no ``checkpoint`` is given); ``options`` are its ``--model-option`` keys."""
+    no ``checkpoint`` is given: those for ``modality``'s datasets, e.g. ``pathology``, where the model
+    has its own); ``options`` are its ``--model-option`` keys."""
     from benchmark.adapter import build_adapter
     from benchmark.registry import models as model_registry
     from benchmark.run.config import choose_device
@@ -109,7 +111,7 @@ def load_model(name: str, checkpoint: str | None = None, device: str = "auto", *
     entry = model_registry.entry(name)
     if checkpoint is None and entry.get("needs_checkpoint", False):
         raise ValueError(f"model {name!r} needs a checkpoint: load_model({name!r}, checkpoint=PATH)")
-    adapter = build_adapter(name)
+    adapter = build_adapter(name, modality)
     adapter.options.update(options)
     adapter.load(checkpoint, choose_device(device))
     return adapter

@@ -18,6 +18,8 @@ A manifest is a mapping of kind → name → entry::
         needs_checkpoint: true            # skipped in groups without --ckpt
         train: mymodel                    # a `training` entry (afloc-bench train NAME)
         demo_weights: mymodel-demo-1      # id of the weights used when no --ckpt is given
+        demo_weights_by_modality:         # other demo weights for one modality's datasets (card modality)
+          pathology: {demo_weights: mymodel-path-demo-1, demo_config: pathology_demo}
     training:
       mymodel: mypkg.task:MyTask          # a TrainTask subclass, or an object with cli_main(argv)
 

@@ -23,7 +23,8 @@ def small_demo(tmp_path_factory):
     from benchmark.demo import generate
 
     root = tmp_path_factory.mktemp("demo")
-    generate(root, seed=0, n_train=12, n_test=4, datasets=["mimic_cxr"], progress=False, workers=1)
+    generate(root, seed=0, n_train=12, n_test=4, datasets=["mimic_cxr", "quilt1m"], progress=False,
+             workers=1)
     return root
 
 
@@ -32,11 +33,12 @@ def _model_of(target: str) -> str:
 
 
 def test_every_demo_weights_target_is_covered_here():
-    assert set(demo_targets()) == {*TRAINER_TARGETS, "classifier"}
+    recipes = set(demo_targets().values())
+    assert recipes == {*((t, "demo") for t in (*TRAINER_TARGETS, "classifier")), ("afloc", "pathology_demo")}
 
 
-@pytest.mark.parametrize("target", TRAINER_TARGETS)
-def test_demo_recipe_trains_a_few_steps_and_the_model_runs(target, small_demo, tmp_path, monkeypatch):
+@pytest.mark.parametrize("target,config", [(t, "demo") for t in TRAINER_TARGETS] + [("afloc", "pathology_demo")])
+def test_demo_recipe_trains_a_few_steps_and_the_model_runs(target, config, small_demo, tmp_path, monkeypatch):
     import torch
 
     from benchmark.training.config import load_train_config
@@ -44,7 +46,7 @@ def test_demo_recipe_trains_a_few_steps_and_the_model_runs(target, small_demo, t
 
     monkeypatch.setenv("AFLOC_BENCH_DEMO", str(small_demo))
     torch.set_num_threads(1)
-    cfg = load_train_config("demo", target)
+    cfg = load_train_config(config, target)
     short = {"epochs": 1, "max_steps": 2, "batch_size": 4, "device": "cpu"}
     if cfg.select_labels:  # trained on the normal images only: fewer of the 12
         short["batch_size"] = 2
@@ -60,7 +62,10 @@ def test_demo_recipe_trains_a_few_steps_and_the_model_runs(target, small_demo, t
 
     adapter = build_adapter(_model_of(target))
     adapter.load(str(folder), "cpu")
-    image = np.random.default_rng(0).integers(0, 256, (300, 260), dtype=np.uint8)
+    colour = cfg.image_flag == 1  # the pathology recipe trains on colour frames and its model reads them
+    assert adapter.decode == ("cv2-bgr" if colour else adapter.decode)
+    shape = (300, 260, 3) if colour else (300, 260)
+    image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     batch = adapter.collate([adapter.preprocess(image)])
     query = Query("There is a right lower lobe opacity.", "Opacity")
     maps = np.asarray(adapter.similarity_map(adapter.encode_images(batch), adapter.encode_texts([query])))
@@ -90,7 +95,7 @@ def test_a_whole_demo_build_matches_the_shipped_one_on_the_same_kind_of_cpu(tmp_
     from benchmark.training import demo_weights as dw
     from benchmark.training.ship import ship
 
-    wid = demo_targets()["medklip"]
+    wid = next(w for w, (t, _c) in demo_targets().items() if t == "medklip")
     built = ship("medklip", wid, tmp_path)
     record = json.loads((built / dw.BUILD_FILE).read_text())
     shipped = json.loads((dw.shipped_dir(wid) / dw.BUILD_FILE).read_text())

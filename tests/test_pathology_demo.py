@@ -233,3 +233,49 @@ def test_the_preview_sheet_reads_every_pathology_set(small, tmp_path):
     cells = preview.READERS["sicapv2"](small[0], 2)
     assert cells[0][1].ndim == 3 and all(c[3] for c in cells)  # colour tiles with their class prompt
     assert preview.READERS["quilt1m"](small[0], 1)[0][3] != "None"  # the caption
+
+
+def test_afloc_runs_its_pathology_demo_weights_on_pathology_sets(demo_env, tmp_path):
+    """Without --ckpt, AFLoc on a pathology set is the shipped demo AFLoc-Path (colour, trained on
+    demo_quilt1m by ``afloc/configs/pathology_demo.yaml``), on a chest set the chest demo model."""
+    from benchmark.adapter import build_adapter
+    from benchmark.training.demo_weights import shipped_dir
+
+    assert build_adapter("afloc", "pathology").demo_weights == "afloc-path-demo-1"
+    assert build_adapter("afloc", "chest").demo_weights == build_adapter("afloc").demo_weights == "afloc-demo-8"
+    out = tmp_path / "run"
+    rc = main(["-q", "run", "--models", "afloc", "--datasets", "demo_sicapv2", "--n-boot", "20",
+               "-o", str(out), "--no-cache", "--num-workers", "0"])
+    assert rc == 0
+    pair = json.loads((out / "pairs" / "demo_sicapv2__afloc.json").read_text())
+    assert pair["model"]["checkpoint"] == str(shipped_dir("afloc-path-demo-1"))
+    assert pair["preprocessing"]["grounding"]["decode"] == "cv2-bgr"  # the colour read of image_flag 1
+    built = json.loads((shipped_dir("afloc-path-demo-1") / "train_config.json").read_text())
+    assert (built["train"]["dataset"], built["train"]["image_flag"]) == ("demo_quilt1m", 1)
+    # stored as float16 (``demo_dtype``), loaded into the float32 model
+    import torch
+    from safetensors.numpy import load_file
+
+    stored = load_file(str(shipped_dir("afloc-path-demo-1") / "model.safetensors"))
+    assert {str(v.dtype) for v in stored.values() if v.dtype.kind == "f"} == {"float16"}
+    adapter = build_adapter("afloc", "pathology")
+    adapter.load(None, "cpu")
+    assert {p.dtype for p in adapter.engine.model.parameters()} == {torch.float32}
+
+
+@pytest.mark.slow
+def test_the_shipped_afloc_path_demo_localises_beyond_the_centre_prior(tmp_path):
+    """docs/demo.md's statement: on the full demo_sicapv2 the shipped demo AFLoc-Path's CNR is above
+    the centre prior's beyond both CIs, and above its untrained network's."""
+    out = tmp_path / "run"
+    rc = main(["-q", "run", "--models", "afloc,afloc_untrained,center_prior", "--datasets", "demo_sicapv2",
+               "-o", str(out), "--no-cache"])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())["results"]["demo_sicapv2"]
+
+    def cell(model, metric):
+        return next(r for r in res[model] if r["task"] == "grounding" and r["metric"] == metric
+                    and r["category"] == "all")
+
+    afloc, prior, untrained = cell("afloc", "cnr"), cell("center_prior", "cnr"), cell("afloc_untrained", "cnr")
+    assert afloc["lo"] > prior["hi"] and afloc["lo"] > untrained["hi"], (afloc, prior, untrained)

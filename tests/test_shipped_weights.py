@@ -16,9 +16,9 @@ MAX_TOTAL_BYTES = 30 * 1024 * 1024
 
 def test_every_demo_weights_id_is_shipped_with_its_build_record():
     total = 0
-    for target, wid in sorted(demo_targets().items()):
+    for wid, (target, _config) in sorted(demo_targets().items()):
         folder = dw.shipped_demo_weights(wid)
-        assert folder is not None, f"{wid} ({target}) is not shipped: python -m benchmark.training.ship {target}"
+        assert folder is not None, f"{wid} ({target}) is not shipped: python -m benchmark.training.ship {wid}"
         build = json.loads((folder / dw.BUILD_FILE).read_text())
         assert build["weights_id"] == wid and build["target"] == target
         assert build["commit"] and build["environment"]["cpu_simd"] and build["command"]
@@ -35,8 +35,8 @@ def test_running_a_demo_model_trains_nothing(monkeypatch, tmp_path):
         raise AssertionError("a demo model was trained on first use")
 
     monkeypatch.setattr(dw, "build_once", no_training)
-    for target, wid in demo_targets().items():
-        assert dw.ensure_demo_weights(wid, target) == dw.shipped_dir(wid)
+    for wid, (target, config) in demo_targets().items():
+        assert dw.ensure_demo_weights(wid, target, config=config) == dw.shipped_dir(wid)
     assert not (tmp_path / "empty-cache" / "models").exists()
 
 
@@ -53,7 +53,7 @@ def test_the_untrained_control_builds_nothing_either(monkeypatch, tmp_path):
 
 
 def test_a_damaged_shipped_file_is_named(monkeypatch, tmp_path):
-    target, wid = sorted(demo_targets().items())[0]
+    wid, (target, _config) = sorted(demo_targets().items())[0]
     copy = tmp_path / "weights"
     shutil.copytree(dw.shipped_dir(wid), copy / "demo" / wid.replace("-", "_"))
     monkeypatch.setattr(dw, "weights_dir", lambda: copy)
@@ -77,7 +77,7 @@ def test_without_a_shipped_set_the_recipe_builds_one_once(monkeypatch, tmp_path)
 
     class Job:
         @staticmethod
-        def build_demo(work, quiet=True):
+        def build_demo(work, quiet=True, config="demo"):
             calls.append(work)
             (work / "out").mkdir()
             (work / "out" / "model.safetensors").write_bytes(b"x")
@@ -96,7 +96,7 @@ def test_without_a_shipped_set_the_recipe_builds_one_once(monkeypatch, tmp_path)
 def test_shipped_files_name_no_machine_path():
     import re
 
-    for _target, wid in sorted(demo_targets().items()):
+    for wid in sorted(demo_targets()):
         folder = dw.shipped_dir(wid)
         for path in sorted(folder.rglob("*")):
             if path.is_file() and path.suffix in (".json", ".csv", ".txt", ".yaml"):

@@ -392,10 +392,12 @@ class ClassifierTraining:
         return cli_main(argv)
 
     @staticmethod
-    def build_demo(work: Path, quiet: bool = True) -> Path:
+    def build_demo(work: Path, quiet: bool = True, config: str = "demo") -> Path:
 
         from benchmark.training.demo_weights import fixed_threads
 
+        if config != "demo":
+            raise ValueError(f"the classifier has one demo recipe (demo), not {config!r}")
         ensure_demo_data(["demo_mimic"])
         run = work / "run"
         with fixed_threads():

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from benchmark import __version__
-from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Adapter, Query, build_adapter, code_version
+from benchmark.adapter import GROUNDING, ZEROSHOT_CLS, Adapter, Query, build_adapter, code_version, demo_weights_of
 from benchmark.cache import ArrayCache, cache_key, checkpoint_sha256, file_sha256
 from benchmark.dataset import DataError, Dataset, build_dataset, cache_home, is_demo
 from benchmark.prompts import classification_prompts
@@ -281,15 +281,19 @@ class Runner:
             "n_run_skipped": {},  # per model: samples that failed at run time (unreadable image, no output)
         }
 
-    def _adapter(self, name: str) -> Adapter:
-        if name not in self._adapters:
-            adapter = build_adapter(name)
+    def _adapter(self, name: str, modality: str | None = None) -> Adapter:
+        """The loaded adapter of ``name``; without a --ckpt, one per set of demo weights (a model may
+        have its own for a modality's datasets: AFLoc's pathology demo model)."""
+        ckpt = self.cfg.ckpt.get(name)
+        weights = None if ckpt else demo_weights_of(model_registry.entry(name), modality)[0]
+        key = f"{name}@{weights}" if weights else name
+        if key not in self._adapters:
+            adapter = build_adapter(name, None if ckpt else modality)
             adapter.options.update(self.cfg.model_options.get(name, {}))
-            ckpt = self.cfg.ckpt.get(name)
             adapter.load(ckpt, self.device)
             self.numerics.prepare_adapter(adapter)
-            self._adapters[name] = adapter
-        return self._adapters[name]
+            self._adapters[key] = adapter
+        return self._adapters[key]
 
     def _model_record(self, name: str, adapter: Adapter) -> dict[str, Any]:
         ckpt = self.cfg.ckpt.get(name) or getattr(adapter, "checkpoint", None)
@@ -317,7 +321,8 @@ class Runner:
                    "sample_hash": ds_rec["sample_hash"], "prompt_hash": ds_rec["prompt_hash"],
                    "images": images.hexdigest(), "code": code_version(entry.load()),
                    "harness": __version__, "tasks": plan.tasks,
-                   "default_weights": None if ckpt else entry.get("demo_weights")}
+                   "default_weights": None if ckpt else
+                   demo_weights_of(entry, self.dataset(plan.dataset).card.modality)[0]}
         if not self.numerics.default:  # left out at the default, so earlier runs' fingerprints still hold
             payload["numerics"] = self.numerics.record()
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
@@ -343,7 +348,7 @@ class Runner:
                 state["models"][plan.model] = old["model"]
                 ds_rec["n_run_skipped"][plan.model] = int(old.get("n_run_skipped", 0))
                 return old
-        adapter = self._adapter(plan.model)
+        adapter = self._adapter(plan.model, ds.card.modality)
         state["models"][plan.model] = self._model_record(plan.model, adapter)
         self.inputs.start(plan.dataset)
         t0 = time.time()

@@ -74,8 +74,9 @@ def shipped_demo_weights(weights_id: str) -> Path | None:
     return folder
 
 
-def ensure_demo_weights(weights_id: str, target: str, quiet: bool = True) -> Path:
-    """The folder of demo weights ``weights_id``: the shipped one, else built once by training target ``target``."""
+def ensure_demo_weights(weights_id: str, target: str, quiet: bool = True, config: str = "demo") -> Path:
+    """The folder of demo weights ``weights_id``: the shipped one, else built once by training target
+    ``target``'s recipe ``config``."""
 
     shipped = shipped_demo_weights(weights_id)
     if shipped is not None:
@@ -84,9 +85,9 @@ def ensure_demo_weights(weights_id: str, target: str, quiet: bool = True) -> Pat
     final = demo_weights_dir(weights_id)
 
     def build(work: Path) -> Path:
-        log.warning("the package ships no demo weights %s: building them with `afloc-bench train %s` (once; "
-                    "a few minutes on CPU)", weights_id, target)
-        return Path(job.build_demo(work, quiet))
+        log.warning("the package ships no demo weights %s: building them with `afloc-bench train %s` (recipe %s; "
+                    "once; a few minutes on CPU)", weights_id, target, config)
+        return Path(job.build_demo(work, quiet, config=config))
 
     return build_once(final, job.demo_complete, build)
 

@@ -1,10 +1,11 @@
-"""Build the demo weights the package ships: ``python -m benchmark.training.ship [TARGET ...]``.
+"""Build the demo weights the package ships: ``python -m benchmark.training.ship [TARGET|WEIGHTS ...]``.
 
-Each training target with demo weights in a manifest (afloc, gloria, biovil, convirt, medklip,
-classifier) is trained by its own demo recipe from scratch on the demo data (the same
+Each set of demo weights a manifest names (``demo_weights``, and ``demo_weights_by_modality``: AFLoc's
+pathology model) is trained by its target's demo recipe from scratch on the demo data (the same
 ``build_demo`` that ``afloc-bench train`` runs), and the files inference needs are copied to
 ``weights/demo/<id>/`` with a ``BUILD.json``: the command, the commit, the environment (CPU code
-paths included), the training time and the sha256 of every file. Optimizer state is left out.
+paths included), the training time and the sha256 of every file. Optimizer state is left out; a set
+whose entry says ``demo_dtype: float16`` stores its floating tensors in half precision.
 Another build on another kind of CPU is another draw (float summation order), not the same bytes.
 """
 
@@ -27,16 +28,43 @@ REPO = Path(__file__).resolve().parents[2]
 LEFT_OUT = {"optimizer.safetensors", "last.pt"}  # training state, not needed for inference
 
 
-def demo_targets() -> dict[str, str]:
-    """``{training target: demo weights id}`` over every model entry that names both."""
+def demo_targets() -> dict[str, tuple[str, str]]:
+    """``{demo weights id: (training target, recipe)}`` over every model entry that names both."""
+    from benchmark.adapter import demo_weights_of
+
+    out: dict[str, tuple[str, str]] = {}
+    for entry in models.entries():
+        for modality in (None, *sorted(entry.get("demo_weights_by_modality") or {})):
+            wid, target, config = demo_weights_of(entry, modality)
+            if wid and target:
+                if out.get(wid, (target, config)) != (target, config):
+                    raise ValueError(f"demo weights {wid!r} named with two recipes: {out[wid]}, {(target, config)}")
+                out[wid] = (target, config)
+    return out
+
+
+def storage_dtypes() -> dict[str, str]:
+    """``{demo weights id: dtype}`` for the sets a manifest stores in another float type
+    (``demo_dtype: float16``: half the bytes; the models load them into float32)."""
     out: dict[str, str] = {}
     for entry in models.entries():
-        wid, target = entry.get("demo_weights"), entry.get("train")
-        if wid and target:
-            if out.get(target, wid) != wid:
-                raise ValueError(f"training target {target!r} has two demo weights ids: {out[target]}, {wid}")
-            out[target] = wid
+        variants = [dict(entry.fields)] + list((entry.get("demo_weights_by_modality") or {}).values())
+        for v in variants:
+            if v.get("demo_weights") and v.get("demo_dtype"):
+                out[v["demo_weights"]] = str(v["demo_dtype"])
     return out
+
+
+def store_as(folder: Path, dtype: str) -> None:
+    """Rewrite every ``*.safetensors`` in ``folder`` with its floating tensors as ``dtype``."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    if dtype != "float16":
+        raise ValueError(f"demo_dtype {dtype!r}: only float16 is supported")
+    for path in sorted(folder.rglob("*.safetensors")):
+        tensors = load_file(str(path))
+        save_file({k: v.to(torch.float16) if v.is_floating_point() else v for k, v in tensors.items()}, str(path))
 
 
 def _commit() -> str:
@@ -72,28 +100,32 @@ def shipped_files(folder: Path) -> dict[str, str]:
             if p.is_file() and p.name != BUILD_FILE}
 
 
-def ship(target: str, weights_id: str, out_root: Path, quiet: bool = True) -> Path:
-    """Train ``target``'s demo recipe and install the result as ``out_root/<id>`` (``-`` → ``_``)."""
+def ship(target: str, weights_id: str, out_root: Path, quiet: bool = True, config: str = "demo") -> Path:
+    """Train ``target``'s recipe ``config`` and install the result as ``out_root/<id>`` (``-`` → ``_``)."""
     from benchmark.records import environment
 
     job = training.get(target)()
     dest = out_root / weights_id.replace("-", "_")
     with tempfile.TemporaryDirectory(prefix=f"ship-{target}-") as tmp:
         t0 = time.time()
-        built = Path(job.build_demo(Path(tmp), quiet))
+        built = Path(job.build_demo(Path(tmp), quiet, config=config))
         seconds = round(time.time() - t0, 1)
         staged = Path(tmp) / "ship"
         shutil.copytree(built, staged, ignore=shutil.ignore_patterns(*LEFT_OUT))
+        dtype = storage_dtypes().get(weights_id)
+        if dtype:
+            store_as(staged, dtype)
         name_no_machine_path(staged, {str(demo_root()): "<demo data>", str(Path(tmp)): "<build folder>"})
         files = shipped_files(staged)
         record = {
             "weights_id": weights_id,
             "target": target,
-            "command": f"python -m benchmark.training.ship {target}  (the demo recipe of `afloc-bench train {target}`"
-                       " on demo_mimic)",
+            "command": f"python -m benchmark.training.ship {weights_id}  (the {config} recipe of `afloc-bench train "
+                       f"{target}` on {_recipe_dataset(target, config)})",
             "commit": _commit(),
             "built": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "train_seconds": seconds,
+            "stored_dtype": dtype or "as trained (float32)",
             "environment": environment("cpu"),
             "files": files,
         }
@@ -105,21 +137,36 @@ def ship(target: str, weights_id: str, out_root: Path, quiet: bool = True) -> Pa
     return dest
 
 
+def _recipe_dataset(target: str, config: str) -> str:
+    try:
+        from benchmark.training.config import load_train_config
+
+        return load_train_config(config, target).dataset
+    except (ValueError, FileNotFoundError):  # a trainer of its own (the classifier): demo_mimic
+        return "demo_mimic"
+
+
 def main(argv: list[str] | None = None) -> int:
-    targets = demo_targets()
+    weights = demo_targets()
     p = argparse.ArgumentParser(prog="python -m benchmark.training.ship", description=__doc__.split("\n\n")[0])
-    p.add_argument("targets", nargs="*", help=f"training targets (default: all of {', '.join(sorted(targets))})")
+    p.add_argument("names", nargs="*", metavar="TARGET|WEIGHTS",
+                   help="demo weights ids, or training targets (all their weights); default: all of "
+                        f"{', '.join(sorted(weights))}")
     p.add_argument("--out", default=str(REPO / "weights" / "demo"), help="folder of the shipped demo weights")
     p.add_argument("--show", action="store_true", help="training progress")
     args = p.parse_args(argv)
-    unknown = [t for t in args.targets if t not in targets]
-    if unknown:
-        p.error(f"no demo weights for {', '.join(unknown)}; expected some of {', '.join(sorted(targets))}")
-    for target in args.targets or sorted(targets):
-        print(f"{target}: training {targets[target]} by its demo recipe ...", flush=True)
-        dest = ship(target, targets[target], Path(args.out), quiet=not args.show)
+    chosen: list[str] = []
+    for name in args.names or sorted(weights):
+        found = [name] if name in weights else [w for w, (t, _) in sorted(weights.items()) if t == name]
+        if not found:
+            p.error(f"no demo weights or training target {name!r}; expected some of {', '.join(sorted(weights))}")
+        chosen.extend(w for w in found if w not in chosen)
+    for wid in chosen:
+        target, config = weights[wid]
+        print(f"{wid}: training {target} by its {config} recipe ...", flush=True)
+        dest = ship(target, wid, Path(args.out), quiet=not args.show, config=config)
         size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
-        print(f"{target}: {dest} ({size / 1e6:.1f} MB)")
+        print(f"{wid}: {dest} ({size / 1e6:.1f} MB)")
     return 0
 
 

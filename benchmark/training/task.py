@@ -94,8 +94,9 @@ class TrainTask:
 
         return cli_main(argv, task=self.name)
 
-    def build_demo(self, work: Path, quiet: bool = True) -> Path:
-        """Train the ``demo`` config into ``work``; the folder to install as the demo weights."""
+    def build_demo(self, work: Path, quiet: bool = True, config: str = "demo") -> Path:
+        """Train the recipe ``config`` (``demo``, or e.g. AFLoc's ``pathology_demo``) into ``work``; the
+        folder to install as the demo weights."""
         import shutil
 
         from benchmark.training.config import load_train_config
@@ -104,7 +105,7 @@ class TrainTask:
 
         run = work / "run"
         with fixed_threads():
-            train(load_train_config("demo", self.name), run, quiet=quiet)
+            train(load_train_config(config, self.name), run, quiet=quiet)
         staged = run / "best"
         for f in ("metrics.csv", "train_config.json"):
             if (run / f).is_file():
