@@ -238,9 +238,10 @@ def fit(out: Path, net, opt, state: dict[str, Any], *, epochs: int, metric: str,
         save: Callable[..., None] = save_checkpoint, describe: Callable[[dict[str, Any]], str] | None = None,
         procs: Processes | None = None) -> None:
     """Train until ``patience`` epochs without a better ``metric`` (``val_loss``: lower is better,
-    any other: higher) or ``epochs`` (``train_epoch`` returns its means and ``images``, their count); the best epoch's weights go to ``best.safetensors`` and every
-    epoch ends with a checkpoint (``save``), so an interrupted run resumes where it stopped. Under
-    torchrun (``procs``) the processes agree on every score and process 0 writes the files."""
+    any other: higher) or ``epochs`` (``train_epoch`` returns its means and ``images``, their count);
+    the best epoch's weights go to ``best.safetensors`` and every epoch ends with a checkpoint
+    (``save``), so an interrupted run resumes where it stopped. Under torchrun (``procs``) the
+    processes agree on every score and process 0 writes the files."""
     main = procs is None or procs.main
     while state["stopped"] is None and state["epoch"] < epochs:
         ep = state["epoch"] + 1
