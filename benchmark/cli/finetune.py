@@ -24,6 +24,8 @@ examples:
   afloc-bench finetune cls --model afloc --dataset demo_rsna --fraction 0.1 --seeds 0,1,2 --mode linear -o runs/c1
   afloc-bench finetune cls --model random --dataset demo_rsna --fraction 1.0 --seed 0 --mode full -o runs/c2
   torchrun --nproc_per_node 4 $(which afloc-bench) finetune seg --model afloc --ckpt ... --config paper -o runs/p4
+  afloc-bench finetune prepare --dataset siim_pneumothorax --data-root /data/siim --size 224 -o /data/siim-224
+  afloc-bench finetune seg --model afloc ... --config paper --prepared /data/siim-224 -o runs/p5
 """
 DEFAULT_DATASET = {"seg": "siim_pneumothorax", "cls": "rsna_pneumonia"}
 
@@ -43,9 +45,10 @@ def _seeds(text: str) -> list[int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("task", choices=["seg", "cls"],
-                        help="what to fine-tune for (seg: segmentation, cls: binary classification)")
-    parser.add_argument("--model", required=True,
+    parser.add_argument("task", choices=["seg", "cls", "prepare"],
+                        help="what to fine-tune for (seg: segmentation, cls: binary classification), or prepare: "
+                             "decode and resize a dataset once for many runs (--size, -o)")
+    parser.add_argument("--model",
                         help="a registered model with a ResNet image encoder (afloc, gloria, ...), "
                              "random (no pretraining) or imagenet (with --imagenet-weights)")
     parser.add_argument("--dataset", help="seg: siim_pneumothorax (default) or demo_siim; "
@@ -65,12 +68,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-epochs", type=int, help="override the config's max_epochs")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    parser.add_argument("--prepared", metavar="DIR",
+                        help="read the images (and masks) from a folder of `finetune prepare` at the config's size "
+                             "(seg: image_size, cls: resize)")
+    parser.add_argument("--size", type=int, help="prepare only: side in px (seg: the config's image_size, 224 for "
+                                                 "paper; cls: its resize)")
     parser.add_argument("-o", "--out", required=True, help="run folder")
 
 
 def run(args: argparse.Namespace) -> int:
     from benchmark.finetune.config import load_config
 
+    if args.task == "prepare":
+        return _prepare(args)
+    if not args.model:
+        raise ValueError(f"finetune {args.task} needs --model")
     if args.task == "seg" and args.mode:
         raise ValueError("--mode applies to finetune cls only (seg: freeze_encoder in the config)")
     if args.max_epochs is not None and args.max_epochs < 1:
@@ -86,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, task=args.task)
     kw = dict(model=args.model, dataset=args.dataset or DEFAULT_DATASET[args.task], fraction=args.fraction, cfg=cfg,
               data_root=args.data_root, ckpt=args.ckpt, imagenet_weights=args.imagenet_weights, resume=args.resume,
-              device=args.device, max_epochs=args.max_epochs, model_options=options)
+              device=args.device, max_epochs=args.max_epochs, model_options=options, prepared=args.prepared)
     if args.task == "cls":
         from benchmark.finetune.cls import run_cls as run_one
         from benchmark.finetune.cls import run_seeds
@@ -111,4 +123,16 @@ def run(args: argparse.Namespace) -> int:
         close_processes()
     if is_main_process():
         print(json.dumps({"out": str(args.out), "test": test}, indent=1))
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from benchmark.finetune.prepared import prepare
+
+    if not args.dataset or not args.size:
+        raise ValueError("finetune prepare needs --dataset and --size (the config's image_size or resize)")
+    if args.size < 8:
+        raise ValueError(f"--size {args.size}: expected a side in px (224, 256 ...)")
+    record = prepare(args.dataset, args.data_root, args.out, args.size)
+    print(json.dumps({"out": str(args.out), "images": record["images"], "size": record["size"]}, indent=1))
     return 0

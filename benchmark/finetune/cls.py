@@ -25,6 +25,7 @@ from benchmark.backbones import ResNetBackbone
 from benchmark.dataset import DataError
 from benchmark.finetune.data import load_images, make_splits
 from benchmark.finetune.encoders import encoder_for
+from benchmark.finetune.prepared import PreparedArrays
 from benchmark.finetune.runs import (
     finished_run,
     fit,
@@ -151,9 +152,11 @@ def _both_classes(items, part: str, dataset: str) -> None:
 def run_cls(model: str, dataset: str, fraction: float, seed: int, out: str | os.PathLike, cfg, *,
             mode: str = "linear", data_root: str | None = None, ckpt: str | None = None,
             imagenet_weights: str | None = None, resume: bool = False, device: str | None = None,
-            max_epochs: int | None = None, model_options: dict[str, Any] | None = None) -> dict[str, Any]:
+            max_epochs: int | None = None, model_options: dict[str, Any] | None = None,
+            prepared: str | None = None) -> dict[str, Any]:
     """Train a linear head (``mode`` linear) or the whole network (full) on ``fraction`` of ``dataset``'s
-    training patients; returns results.json."""
+    training patients; returns results.json. ``prepared``: a folder of ``afloc-bench finetune prepare``
+    at the config's ``resize`` to read the images from."""
     out = Path(out)
     if mode not in MODES:
         raise ValueError(f"--mode {mode}: expected one of {', '.join(MODES)}")
@@ -165,6 +168,11 @@ def run_cls(model: str, dataset: str, fraction: float, seed: int, out: str | os.
         return done
     procs = processes(device)
     device, main = procs.device, procs.main
+    source = PreparedArrays(prepared, dataset, cfg.resize) if prepared else None
+
+    def images(items, desc):
+        return source.images_of(items) if source else load_images(items, cfg.resize, desc)
+
     t0 = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     splits = make_splits(dataset, data_root, cfg, seed, fraction, labels=True)
@@ -195,8 +203,8 @@ def run_cls(model: str, dataset: str, fraction: float, seed: int, out: str | os.
                 "max_epochs": epochs}
     state = start_state(out, net, opt, identity, resume, load_checkpoint)
 
-    tr_x = load_images(splits["train"], cfg.resize, "finetune: train images")
-    va_x = load_images(splits["validation"], cfg.resize, "finetune: validation images")
+    tr_x = images(splits["train"], "finetune: train images")
+    va_x = images(splits["validation"], "finetune: validation images")
     tr_y = np.array([i.positive for i in splits["train"]], np.float32)
     va_y = np.array([i.positive for i in splits["validation"]], np.float64)
     # a frozen encoder sees the same centre crops every epoch: encode them once
@@ -260,7 +268,7 @@ def run_cls(model: str, dataset: str, fraction: float, seed: int, out: str | os.
 
     load_best(out, net)
     best_sha = encoder_sha256(net)
-    te_x = load_images(splits["test"], cfg.resize, "finetune: test images")
+    te_x = images(splits["test"], "finetune: test images")
     te_y = np.array([i.positive for i in splits["test"]], np.float64)
     logits = predict(net, cfg, device, imgs=te_x)
     prob = 1.0 / (1.0 + np.exp(-logits))
@@ -281,7 +289,7 @@ def run_cls(model: str, dataset: str, fraction: float, seed: int, out: str | os.
         "epochs": state["history"], "best_epoch": state["best_epoch"], "selection": cfg.early_stopping,
         "max_epochs": epochs, "stopped": state["stopped"], "test": metrics,
         "wall_s": round(time.monotonic() - t0, 1), "git_commit": git_commit(), "environment": environment(device),
-        "processes": procs.world,
+        "processes": procs.world, "prepared": source.record() if source else None,
     }
     if main:
         atomic_write_json(out / "results.json", results)

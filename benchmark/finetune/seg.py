@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from benchmark.finetune.data import load_arrays, make_splits
 from benchmark.finetune.encoders import encoder_for
+from benchmark.finetune.prepared import PreparedArrays
 from benchmark.finetune.runs import (  # noqa: F401 - STATE_FILE .. ResumeError: this module's names too
     MODEL_FILE,
     OPTIM_FILE,
@@ -140,9 +141,10 @@ _hash_config = hash_config
 def run_seg(model: str, dataset: str, fraction: float, seed: int, out: str | os.PathLike, cfg, *,
             data_root: str | None = None, ckpt: str | None = None, imagenet_weights: str | None = None,
             resume: bool = False, device: str | None = None, max_epochs: int | None = None,
-            model_options: dict[str, Any] | None = None) -> dict[str, Any]:
+            model_options: dict[str, Any] | None = None, prepared: str | None = None) -> dict[str, Any]:
     """Fine-tune ``model``'s encoder on ``fraction`` of ``dataset``'s training patients; returns results.json.
-    Under torchrun the processes share each batch (``runs.Processes``) and process 0 writes the folder."""
+    Under torchrun the processes share each batch (``runs.Processes``) and process 0 writes the folder;
+    ``prepared``: a folder of ``afloc-bench finetune prepare`` to read the arrays from."""
     out = Path(out)
     if model == "imagenet" and not imagenet_weights:
         raise ValueError("--model imagenet needs --imagenet-weights PATH (torchvision's resnet50-*.pth or a "
@@ -152,13 +154,19 @@ def run_seg(model: str, dataset: str, fraction: float, seed: int, out: str | os.
         return done
     return _run_seg(model, dataset, fraction, seed, out, cfg, processes(device), data_root=data_root, ckpt=ckpt,
                     imagenet_weights=imagenet_weights, resume=resume, max_epochs=max_epochs,
-                    model_options=model_options)
+                    model_options=model_options, prepared=prepared)
 
 
 def _run_seg(model: str, dataset: str, fraction: float, seed: int, out: Path, cfg, procs: Processes, *,
              data_root: str | None, ckpt: str | None, imagenet_weights: str | None, resume: bool,
-             max_epochs: int | None, model_options: dict[str, Any] | None) -> dict[str, Any]:
+             max_epochs: int | None, model_options: dict[str, Any] | None,
+             prepared: str | None) -> dict[str, Any]:
     device, main = procs.device, procs.main
+    source = PreparedArrays(prepared, dataset, cfg.image_size) if prepared else None
+
+    def arrays(items, desc):
+        return source.arrays(items) if source else load_arrays(items, cfg.image_size, desc)
+
     t0 = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     splits = make_splits(dataset, data_root, cfg, seed, fraction)
@@ -180,9 +188,8 @@ def _run_seg(model: str, dataset: str, fraction: float, seed: int, out: Path, cf
                 "max_epochs": epochs}
     state = start_state(out, net, opt, identity, resume, load_checkpoint)
 
-    size = cfg.image_size
-    tr_x, tr_y = load_arrays(splits["train"], size, "finetune: train images")
-    va_x, va_y = load_arrays(splits["validation"], size, "finetune: validation images")
+    tr_x, tr_y = arrays(splits["train"], "finetune: train images")
+    va_x, va_y = arrays(splits["validation"], "finetune: validation images")
     lw = cfg.loss
     steps = (len(tr_x) + cfg.batch_size - 1) // cfg.batch_size
 
@@ -229,7 +236,7 @@ def _run_seg(model: str, dataset: str, fraction: float, seed: int, out: Path, cf
         save=save_checkpoint, describe=describe, procs=procs)
 
     load_best(out, net)
-    te_x, te_y = load_arrays(splits["test"], size, "finetune: test images")
+    te_x, te_y = arrays(splits["test"], "finetune: test images")
     pred, _ = predict(net, te_x, te_y, cfg, device)
     dice, iou = image_scores(pred, te_y)
     positive = te_y.reshape(len(te_y), -1).any(1)
@@ -248,7 +255,7 @@ def _run_seg(model: str, dataset: str, fraction: float, seed: int, out: Path, cf
         "encoder": key_report, "epochs": state["history"], "best_epoch": state["best_epoch"],
         "selection": cfg.early_stopping, "max_epochs": epochs, "stopped": state["stopped"], "test": metrics,
         "wall_s": round(time.monotonic() - t0, 1), "git_commit": git_commit(), "environment": environment(device),
-        "processes": procs.world,
+        "processes": procs.world, "prepared": source.record() if source else None,
     }
     if main:
         atomic_write_json(out / "results.json", results)
