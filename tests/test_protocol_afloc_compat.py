@@ -238,9 +238,9 @@ def test_grounding_record_follows_the_official_heatmap_and_mask_pipeline():
 
 @pytest.mark.parametrize("geometry", ["letterbox:224", "resize_crop:512:448", "resize:224"])
 def test_grounding_records_of_many_maps_equal_one_map_at_a_time(geometry):
-    """The batched path (maps of one size moved into AFLoc's frame together, metrics over chunks)
-    gives every sample the values ``grounding_record`` gives it alone, pathology and CheXlocalize
-    rows included."""
+    """The batched path (maps of one size moved into AFLoc's frame together, metrics over chunks on
+    one thread or several) gives every sample the values ``grounding_record`` gives it alone,
+    pathology and CheXlocalize rows included."""
     rng = np.random.default_rng(3)
     samples, grids, sizes = [], [], []
     for k in range(23):
@@ -255,7 +255,8 @@ def test_grounding_records_of_many_maps_equal_one_map_at_a_time(geometry):
         grids.append(rng.standard_normal((14, 14)).astype(np.float32) * (k % 5 + 1))
         sizes.append(size)
     proto = AflocCompat()
-    together = proto.grounding_records(grids, samples, sizes, geometry, chunk=4)
+    together = proto.grounding_records(grids, samples, sizes, geometry, chunk=4, threads=3)
+    assert repr(together) == repr(proto.grounding_records(grids, samples, sizes, geometry, chunk=4, threads=1))
     for rec, grid, s, size in zip(together, grids, samples, sizes):
         alone = AflocCompat().grounding_record(grid, s, size, geometry)
         assert rec.keys() == alone.keys(), s.sample_id

@@ -51,6 +51,7 @@ from benchmark.metrics import (
     threshold_counts,
     threshold_label,
 )
+from benchmark.parallel import ordered_map
 from benchmark.protocols import common as C
 from benchmark.protocols.base import OVERALL, Protocol
 
@@ -278,9 +279,12 @@ seed-0 bootstrap."""
     # of a run up to this many bytes (a 224 mask is 49 KB; the demo's largest set needs 100 MB)
     MASK_MEMO_BYTES = 256 * 2**20
 
-    def __init__(self, margin: bool | None = None, official_rounding: bool = False):
+    def __init__(self, margin: bool | None = None, official_rounding: bool = False, threads: int | None = None):
+        from benchmark.parallel import usable_cores
+
         self.margin = margin
         self.official_rounding = official_rounding
+        self.threads = usable_cores() if threads is None else threads
         self._masks: dict[tuple, np.ndarray] = {}
         self._mask_bytes = 0
 
@@ -351,9 +355,10 @@ seed-0 bootstrap."""
         return rec
 
     def grounding_records(self, grids: Any, samples: Any, image_sizes: Any, input_geometry: str,
-                          chunk: int = 64) -> list[Any]:
+                          chunk: int = 64, threads: int | None = None) -> list[Any]:
         """``grounding_record`` of many maps, the metrics computed over chunks of maps at once
-        (every metric is per map, so the values are those of one map at a time)."""
+        (every metric is per map, so the values are those of one map at a time), the chunks on
+        ``threads`` threads (default ``self.threads``: every usable core)."""
         from benchmark.dataset import DataError
 
         out: list[Any] = [None] * len(samples)
@@ -372,17 +377,25 @@ seed-0 bootstrap."""
                 out[i] = exc
                 continue
             ready.setdefault((pathology, emap.shape, gt.shape), []).append((i, emap, gt, C.official_dataset(sample)))
-        for (_, size), items in chest.items():  # AFLoc-frame maps and masks, scored as they are made
-            for a in range(0, len(items), chunk):
-                part = items[a:a + chunk]
-                emaps = self._chest_maps([it[1] for it in part], size, geom)
-                self._score_chunk(out, [it[0] for it in part], emaps, np.stack([it[3] for it in part]),
-                                  [C.official_dataset(it[2]) for it in part], pathology=False)
-        for (pathology, _, _), items in ready.items():
-            for a in range(0, len(items), chunk):
-                part = items[a:a + chunk]
-                self._score_chunk(out, [it[0] for it in part], np.stack([it[1] for it in part]),
-                                  np.stack([it[2] for it in part]), [it[3] for it in part], pathology=pathology)
+        def chest_chunk(job) -> None:  # AFLoc-frame maps and masks, scored as they are made
+            size, part = job
+            emaps = self._chest_maps([it[1] for it in part], size, geom)
+            self._score_chunk(out, [it[0] for it in part], emaps, np.stack([it[3] for it in part]),
+                              [C.official_dataset(it[2]) for it in part], pathology=False)
+
+        def ready_chunk(job) -> None:
+            pathology, part = job
+            self._score_chunk(out, [it[0] for it in part], np.stack([it[1] for it in part]),
+                              np.stack([it[2] for it in part]), [it[3] for it in part], pathology=pathology)
+
+        # each chunk writes its own samples' records: on several threads the values are one thread's
+        n = self.threads if threads is None else threads
+        for _ in ordered_map(chest_chunk, [(size, items[a:a + chunk]) for (_, size), items in chest.items()
+                                           for a in range(0, len(items), chunk)], n):
+            pass
+        for _ in ordered_map(ready_chunk, [(pathology, items[a:a + chunk]) for (pathology, _, _), items
+                                           in ready.items() for a in range(0, len(items), chunk)], n):
+            pass
         return out
 
     @staticmethod
