@@ -216,7 +216,7 @@ def test_adapter_without_checkpoint_uses_the_demo_model(trained, monkeypatch):
 
     calls = []
 
-    def fake(weights_id, task, quiet=True):
+    def fake(weights_id, task, quiet=True, config="demo"):
         calls.append(task)
         return trained["out"] / "best"
 

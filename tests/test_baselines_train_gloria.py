@@ -207,7 +207,7 @@ def test_no_checkpoint_means_the_demo_model(trained, monkeypatch):
 
     calls = []
 
-    def fake(weights_id, task, quiet=True):
+    def fake(weights_id, task, quiet=True, config="demo"):
         calls.append(task)
         return trained["dir"] / "best"
 

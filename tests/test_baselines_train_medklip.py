@@ -262,7 +262,7 @@ def test_no_checkpoint_means_the_demo_model(trained, monkeypatch):
 
     asked = []
 
-    def fake(weights_id, task, quiet=True):
+    def fake(weights_id, task, quiet=True, config="demo"):
         asked.append(task)
         return trained["run"] / "best"
 

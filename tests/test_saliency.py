@@ -217,7 +217,7 @@ def test_without_checkpoint_the_demo_classifier_is_used(tiny_ckpt, monkeypatch, 
     calls = []
     C.save_classifier(C.load_classifier(tiny_ckpt)[0], tmp_path / "classifier.safetensors")
 
-    def fake_ensure(weights_id, target, quiet=True):
+    def fake_ensure(weights_id, target, quiet=True, config="demo"):
         calls.append((weights_id, target))
         return tmp_path
 

@@ -78,7 +78,7 @@ def test_afloc_probabilities_are_the_official_softmax_over_class_embeddings(sica
     base, out, _ = sicap_run
     rec = _cls(out, "afloc")
     card = load_card("sicapv2")
-    adapter = build_adapter("afloc")
+    adapter = build_adapter("afloc", "pathology")  # what the run took on SICAPv2: the pathology demo weights
     adapter.load(None, "cpu")
     adapter.for_task("classification")
     cats = list(rec.category.unique())
