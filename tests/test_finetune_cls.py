@@ -194,3 +194,34 @@ def test_bad_values_are_one_line_errors(argv, needle, capsys, tmp_path):
     assert main([*argv, "-o", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and needle in err and err.startswith("afloc-bench finetune: error:")
+
+
+def test_a_clip_family_model_is_probed_through_its_own_vision_tower(tiny_rsna, tmp_path, tiny_config):
+    """No ResNet trunk: PLIP (its architecture at random weights here) is probed through its open_clip
+    vision transformer, the batch renormalised to its statistics and resized to its 224 input; the
+    linear probe leaves the tower's weights as loaded, and those are the adapter's."""
+    from benchmark.adapter import build_adapter
+    from benchmark.cache import state_dict_sha256
+    from benchmark.cli.main import main
+    from benchmark.finetune.cls import tower_classifier
+
+    out = tmp_path / "plip"
+    args = ["finetune", "cls", "--model", "plip", "--model-option", "random_init=true", "--dataset", "demo_rsna",
+            "--mode", "linear", "--max-epochs", "2", "--config", tiny_config, "-o", str(out)]
+    assert main(args) == 0
+    res = json.loads((out / "results.json").read_text())
+    enc = res["encoder"]
+    assert (enc["encoder_impl"], enc["arch"], enc["input_size"]) == ("vision tower", "VisionTransformer", 224)
+    assert enc["normalisation"]["mean"][0] == pytest.approx(0.48145466)
+    assert res["encoder_weights"]["changed"] is False and 0 <= res["test"]["auroc"]["value"] <= 1
+    adapter = build_adapter("plip")
+    adapter.options["random_init"] = "true"
+    adapter.load(None, "cpu")
+    assert enc["weights_sha256"] == state_dict_sha256(
+        {f"encoder.{k}": v for k, v in adapter.vision_tower()["module"].state_dict().items()})
+    net, _ = tower_classifier("plip", load_config(tiny_config, task="cls"), model_options={"random_init": "true"})
+    x = torch.zeros(2, 3, 32, 32)
+    before = net.features(x)
+    with torch.no_grad():
+        net.encoder.conv1.weight.add_(0.1)
+    assert not torch.allclose(before, net.features(x))  # the features are the tower's

@@ -102,6 +102,17 @@ class _ClipAdapter(Adapter):
     def _visual(self):
         return self.loaded.model.visual
 
+    def vision_tower(self) -> dict[str, Any]:
+        """The image tower for fine-tuning (``afloc-bench finetune cls``): the module, its input side
+        and the normalisation its pretraining used (``preprocess_cfg``)."""
+        self._require()
+        p = self.loaded.preprocess_cfg
+        size = p.get("size", 224)
+        return {"module": self._visual(), "size": int(size[0] if isinstance(size, (list, tuple)) else size),
+                "mean": [float(v) for v in p.get("mean", (0.48145466, 0.4578275, 0.40821073))],
+                "std": [float(v) for v in p.get("std", (0.26862954, 0.26130258, 0.27577711))],
+                "source": self.loaded.report.summary()}
+
     def _require(self) -> None:
         if self.loaded is None:
             raise RuntimeError(f"{self.name or self.family}: call load() first")

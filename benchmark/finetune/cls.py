@@ -72,8 +72,75 @@ class LinearClassifier(nn.Module):
         return self.classify(self.features(x))
 
 
-def classifier_for(model: str, cfg, **kwargs: Any) -> tuple[LinearClassifier, dict[str, Any]]:
-    """``(classifier with ``model``'s trunk, key report)``: ``encoder_for`` with a linear head."""
+class TowerClassifier(nn.Module):
+    """A model's own image tower (``encoder``: the CLIP family's vision transformer, keys as the
+    model's) → its pooled embedding → dropout → one logit. The batch, normalised by the config's
+    ``mean``/``std``, is renormalised to the tower's pretraining statistics and resized (bilinear) to
+    its input side when the crop differs."""
+
+    encoder_impl = "vision tower"
+
+    def __init__(self, tower: dict[str, Any], cfg):
+        super().__init__()
+        self.encoder, self.size = tower["module"], int(tower["size"])
+        self.register_buffer("_scale", torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1)
+                             / torch.tensor(tower["std"], dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_shift", (torch.tensor(cfg.mean, dtype=torch.float32)
+                                        - torch.tensor(tower["mean"], dtype=torch.float32)).view(1, 3, 1, 1)
+                             / torch.tensor(tower["std"], dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        with torch.no_grad():
+            dim = self._embed(torch.zeros(1, 3, self.size, self.size)).shape[-1]
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(dim, 1)
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.encoder(x)
+        return (out[0] if isinstance(out, (tuple, list)) else out).float()
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = x * self._scale + self._shift
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return self._embed(x)
+
+    def classify(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(feats)).squeeze(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.features(x))
+
+
+def _has_tower(model: str) -> bool:
+    from benchmark.finetune.encoders import CONTROLS
+    from benchmark.registry import models
+
+    return model not in CONTROLS and model in models and hasattr(models.get(model), "vision_tower")
+
+
+def tower_classifier(model: str, cfg, *, ckpt: str | None = None, model_options: dict[str, Any] | None = None,
+                     **_: Any) -> tuple[TowerClassifier, dict[str, Any]]:
+    """``(classifier on ``model``'s own image tower, report)`` for models without a ResNet trunk."""
+    from benchmark.adapter import build_adapter
+    from benchmark.cache import state_dict_sha256
+
+    adapter = build_adapter(model)
+    adapter.options.update(model_options or {})
+    adapter.load(ckpt, "cpu")
+    tower = adapter.vision_tower()
+    net = TowerClassifier(tower, cfg)
+    keys = [k for k in net.state_dict() if k.startswith("encoder.")]
+    return net, {"source": str(adapter.checkpoint or tower["source"]), "encoder_impl": TowerClassifier.encoder_impl,
+                 "arch": type(tower["module"]).__name__, "encoder_keys": len(keys), "matched": len(keys),
+                 "missing": [], "unexpected": [], "shape_mismatch": [], "input_size": tower["size"],
+                 "normalisation": {"mean": tower["mean"], "std": tower["std"]},
+                 "weights_sha256": state_dict_sha256({k: v for k, v in net.state_dict().items() if k in keys})}
+
+
+def classifier_for(model: str, cfg, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """``(classifier with ``model``'s trunk, key report)``: ``encoder_for`` with a linear head, or, for
+    a model whose image encoder is no ResNet (the CLIP family), its own tower under the head."""
+    if _has_tower(model):
+        return tower_classifier(model, cfg, **kwargs)
     return encoder_for(model, cfg, build=lambda arch, width: LinearClassifier(arch, width, cfg.dropout), **kwargs)
 
 
