@@ -201,8 +201,8 @@ def trunk_source(model: str, *, ckpt: str | None = None, imagenet_weights: str |
         elif (cut := find_cut_trunk(adapter)) is not None:  # no layer4: it stays at its initialisation
             sd, (arch, width), absent = cut[0], cut[1], "encoder.layer4."
         else:
-            raise ValueError(f"model {model!r}: no ResNet image encoder found (conv1, bn1, layer1..4); the "
-                             "U-Net needs one (finetune cls also takes the CLIP family's vision towers)")
+            raise ValueError(f"model {model!r}: no ResNet image encoder found (conv1, bn1, layer1..4); fine-tuning "
+                             "transfers ResNet trunks (and, for cls, the CLIP family's vision towers)")
     return {"sd": sd, "arch": arch, "width": width, "source": src, "absent": absent}
 
 
