@@ -279,3 +279,27 @@ def test_the_shipped_afloc_path_demo_localises_beyond_the_centre_prior(tmp_path)
 
     afloc, prior, untrained = cell("afloc", "cnr"), cell("center_prior", "cnr"), cell("afloc_untrained", "cnr")
     assert afloc["lo"] > prior["hi"] and afloc["lo"] > untrained["hi"], (afloc, prior, untrained)
+
+
+def test_a_run_record_names_each_modalitys_demo_weights(tmp_path):
+    """One model on chest and pathology sets without --ckpt runs two weight sets: the pair records
+    carry their own, and the run's model record names both by modality."""
+    from types import SimpleNamespace
+
+    from benchmark.run.engine import Runner
+
+    runner = Runner.__new__(Runner)
+    runner.cfg = SimpleNamespace(ckpt={})
+    runner._weights_by_modality = {}
+    chest, path = tmp_path / "chest.safetensors", tmp_path / "path.safetensors"
+    chest.write_bytes(b"c")
+    path.write_bytes(b"p")
+
+    def record(ckpt, modality):
+        return runner._model_record("afloc", SimpleNamespace(checkpoint=str(ckpt), describe=dict), modality)
+
+    assert "checkpoint_by_modality" not in record(chest, "chest")
+    assert "checkpoint_by_modality" not in record(chest, "chest")
+    both = record(path, "pathology")
+    assert both["checkpoint"] == str(path)
+    assert both["checkpoint_by_modality"] == {"chest": str(chest), "pathology": str(path)}

@@ -90,6 +90,7 @@ class Runner:
         self._datasets: dict[str, Dataset] = {}
         self._ds_records: dict[str, dict[str, Any]] = {}
         self._adapters: dict[str, Adapter] = {}
+        self._weights_by_modality: dict[str, dict[str | None, str | None]] = {}
         self._image_shas: dict[str, str] = {}
         self._previous: dict[str, Any] | None = None
 
@@ -295,12 +296,16 @@ class Runner:
             self._adapters[key] = adapter
         return self._adapters[key]
 
-    def _model_record(self, name: str, adapter: Adapter) -> dict[str, Any]:
+    def _model_record(self, name: str, adapter: Adapter, modality: str | None = None) -> dict[str, Any]:
         ckpt = self.cfg.ckpt.get(name) or getattr(adapter, "checkpoint", None)
         rec = adapter.describe()
         rec["plugin"] = model_registry.entry(name).plugin  # distribution and version of an out-of-tree model
         rec["checkpoint"] = str(ckpt) if ckpt else None
         rec["checkpoint_sha256"] = checkpoint_sha256(ckpt) if ckpt else None
+        seen = self._weights_by_modality.setdefault(name, {})
+        seen[modality] = rec["checkpoint"]
+        if len(set(seen.values())) > 1:  # one model on two modalities' own demo weights: name each
+            rec["checkpoint_by_modality"] = dict(sorted(seen.items()))
         return rec
 
     def _pair_fingerprint(self, plan: PairPlan, ds_rec: dict[str, Any], samples: list[Sample]) -> str:
@@ -349,7 +354,7 @@ class Runner:
                 ds_rec["n_run_skipped"][plan.model] = int(old.get("n_run_skipped", 0))
                 return old
         adapter = self._adapter(plan.model, ds.card.modality)
-        state["models"][plan.model] = self._model_record(plan.model, adapter)
+        state["models"][plan.model] = self._model_record(plan.model, adapter, ds.card.modality)
         self.inputs.start(plan.dataset)
         t0 = time.time()
         frames, rows, run_skips, used_params = [], [], [], {}
@@ -381,7 +386,7 @@ class Runner:
             frames.append(records)
         # the adapter's own counters (e.g. unmatched human-benchmark entries) are final only now;
         # an adapter reused across datasets reports its running totals
-        state["models"][plan.model] = self._model_record(plan.model, adapter)
+        state["models"][plan.model] = self._model_record(plan.model, adapter, ds.card.modality)
         if frames:
             write_parquet_atomic(pd.concat(frames, ignore_index=True), self.out / "samples" / f"{stem}.parquet")
         tuning = [f for f in tuning_frames if not f.empty]
