@@ -11,7 +11,6 @@ dataset and the size against the run's.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmark.cache import file_sha256
 from benchmark.dataset import DataError
 from benchmark.finetune.data import Item, load_arrays, load_items
 from benchmark.finetune.fractions import ids_text
@@ -27,14 +27,6 @@ from benchmark.records import atomic_write_json, atomic_write_text, now_iso
 FORMAT = "afloc-bench/finetune-prepared"
 META = "prepared.json"
 FILES = ("images.npy", "masks.npy", "ids.txt")
-
-
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def prepare(dataset: str, data_root: str | None, out: str | os.PathLike, size: int) -> dict[str, Any]:
@@ -63,7 +55,7 @@ def prepare(dataset: str, data_root: str | None, out: str | os.PathLike, size: i
               "positive_images": int(sum(it.positive for it in items)),
               "how": "canonical read, grey (cv2 RGB2GRAY), cv2.resize INTER_AREA to size x size; masks: the "
                      "samples' findings rasterised at the image size, resized INTER_AREA, >= 0.5",
-              "files": {f: _sha(out / f) for f in FILES}}
+              "files": {f: file_sha256(out / f) for f in FILES}}
     atomic_write_json(out / META, record)
     return record
 
@@ -87,7 +79,7 @@ class PreparedArrays:
         for f in FILES:
             if not (self.folder / f).is_file():
                 raise DataError(self.folder / f, "a file of the prepared data (prepare again)")
-            if verify and _sha(self.folder / f) != self.meta["files"][f]:
+            if verify and file_sha256(self.folder / f) != self.meta["files"][f]:
                 raise DataError(self.folder / f, "does not match the sha256 in prepared.json (prepare again)")
         self.images = np.load(self.folder / "images.npy", mmap_mode="r")
         self.masks = np.load(self.folder / "masks.npy", mmap_mode="r")
