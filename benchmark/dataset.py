@@ -31,6 +31,9 @@ class DataError(Exception):
         self.expected = expected
         super().__init__(f"{self.path}: {expected}" if self.path else expected)
 
+    def __reduce__(self):  # travels between processes (run --jobs) as itself
+        return type(self), (self.path, self.expected)
+
 
 @dataclass
 class DatasetCard:

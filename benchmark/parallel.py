@@ -23,6 +23,20 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+_share: int | None = None
+
+
+def set_core_share(n: int | None) -> None:
+    """This process's share of the cores (one job of several running side by side), or None."""
+    global _share
+    _share = None if n is None else max(1, int(n))
+
+
+def core_share() -> int:
+    """Threads this process should score on: its share of the cores, else every usable core."""
+    return _share if _share is not None else usable_cores()
+
+
 def ordered_map(fn: Callable[[Any], T], items: Iterable[Any], threads: int, window: int | None = None) -> Iterator[T]:
     """``map(fn, items)`` on ``threads`` threads, results in input order; at most ``window``
     (default twice the threads) items are in flight, so memory does not grow with the input.

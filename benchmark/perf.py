@@ -508,10 +508,13 @@ def run_demo(models: str, keep: str | None) -> dict:
         for f in sorted((out / "pairs").glob("*.json")):
             rec = json.loads(f.read_text())
             pairs.append((float(rec.get("seconds") or 0.0), rec["dataset"], rec["model"]))
-        figures[phase] = {"wall_s": wall, "pairs_s": sum(p[0] for p in pairs), "n_pairs": len(pairs)}
+        execution = json.loads((out / "results.json").read_text()).get("execution") or {}
+        figures[phase] = {"wall_s": wall, "pairs_s": sum(p[0] for p in pairs), "n_pairs": len(pairs),
+                          "execution": execution}
         target = DEMO_TARGETS_S[phase]
         print(f"[{phase}] main job: {wall:6.1f} s wall  (target {target:.0f} s: {wall / target:.2f}x of it); "
-              f"{len(pairs)} pairs, {sum(p[0] for p in pairs):.1f} s in pairs")
+              f"{len(pairs)} pairs, {sum(p[0] for p in pairs):.1f} s in pairs, side by side in "
+              f"{execution.get('jobs', 1)} job(s) of {execution.get('threads', '?')} torch thread(s)")
         made = re.search(r"demo datasets generated in ([0-9.]+) s", proc.stdout)
         if made:
             figures["demo_data_s"] = float(made.group(1))

@@ -54,7 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--channels-last", action="store_true", default=None,
                    help="channels_last memory format for the models' convolutions (faster on GPUs)")
     e.add_argument("--batch-size", type=int, default=None, help="images per batch (default 16)")
-    e.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: cores-1, max 4)")
+    e.add_argument("--num-workers", type=int, default=None, help="DataLoader workers per job (default: cores-1, max 4; "
+                   "with a job per core, none: each job decodes its own images)")
+    e.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="CPU: pairs run side by side in N processes (default: the usable cores)")
+    e.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU: torch threads of one job (default 1, so a CPU run's numbers are the same bits on "
+                        "any machine; more are faster for one big model and change the outputs' last bits)")
     e.add_argument("--limit", type=int, default=None,
                    help="only the first N samples of each dataset (smoke tests; recorded and marked in tables)")
     e.add_argument("-o", "--output", default=None, help="run folder (default results/runs/<timestamp>)")
@@ -100,7 +106,7 @@ def config_from_args(args: argparse.Namespace):
     return cfg.override(models=args.models, datasets=args.datasets, protocol=args.protocol, n_boot=args.n_boot,
                         seed=args.seed, ckpt=ckpt, model_options=opts, data_root=args.data_root,
                         device=args.device, precision=args.precision, channels_last=args.channels_last,
-                        batch_size=args.batch_size, num_workers=args.num_workers,
+                        batch_size=args.batch_size, num_workers=args.num_workers, jobs=args.jobs, threads=args.threads,
                         limit=args.limit, output=args.output, skip_existing=args.skip_existing, cache=args.cache,
                         cache_dir=args.cache_dir, prompt_set=args.prompt_set, split=args.split,
                         quiet=True if args.quiet else None, shard=args.shard, save_heatmaps=args.save_heatmaps)

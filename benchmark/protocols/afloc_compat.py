@@ -280,13 +280,22 @@ seed-0 bootstrap."""
     MASK_MEMO_BYTES = 256 * 2**20
 
     def __init__(self, margin: bool | None = None, official_rounding: bool = False, threads: int | None = None):
-        from benchmark.parallel import usable_cores
-
         self.margin = margin
         self.official_rounding = official_rounding
-        self.threads = usable_cores() if threads is None else threads
+        self._threads = threads
         self._masks: dict[tuple, np.ndarray] = {}
         self._mask_bytes = 0
+
+    @property
+    def threads(self) -> int:
+        """Scoring threads: as constructed, else this process's share of the cores."""
+        from benchmark.parallel import core_share
+
+        return core_share() if self._threads is None else self._threads
+
+    @threads.setter
+    def threads(self, n: int | None) -> None:
+        self._threads = n
 
     def _frame_mask(self, sample: Any, image_size: tuple[int, int]) -> np.ndarray:
         """``afloc_sample_mask`` of a sample, memoised on what it is made of (read-only array)."""

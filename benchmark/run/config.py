@@ -27,6 +27,8 @@ class RunConfig:
     channels_last: bool = False
     batch_size: int = 16
     num_workers: int | None = None
+    jobs: int | None = None  # CPU: pairs run side by side in this many processes (default: the usable cores)
+    threads: int | None = None  # CPU: torch intra-op threads of one job (default 1: same bits on any machine)
     limit: int | None = None
     output: str | None = None
     skip_existing: bool = False
@@ -80,6 +82,15 @@ class RunConfig:
             raise ValueError("--save-heatmaps must be >= 0 (samples per pair whose maps are kept)")
         if self.num_workers is not None and int(self.num_workers) < 0:
             raise ValueError("--num-workers must be >= 0")
+        for flag in ("jobs", "threads"):
+            value = getattr(self, flag)
+            if value is not None:
+                if isinstance(value, bool) or not str(value).strip().isdigit() or int(value) < 1:
+                    raise ValueError(f"--{flag} must be a positive whole number, got {value!r}")
+                setattr(self, flag, int(value))
+        if self.jobs not in (None, 1) and self.threads not in (None, 1):
+            raise ValueError(f"--threads {self.threads} needs --jobs 1: pairs that run side by side run on one "
+                             "thread each")
         from benchmark.run.numerics import check_precision
 
         self.precision = check_precision(self.precision)

@@ -6,7 +6,8 @@ float32 before the similarity maps and scores are computed, so the heads and eve
 metrics read stay float32. ``channels_last`` converts the adapter's torch modules and each image
 batch to that memory format (faster convolutions on GPUs, especially with bf16/fp16). Both
 change the last bits of the outputs, so they are part of every cache key and pair fingerprint
-when they differ from the default.
+when they differ from the default. So is a CPU's intra-op thread count other than one
+(``--threads``; ``benchmark.run.jobs``).
 """
 
 from __future__ import annotations
@@ -30,20 +31,31 @@ class Numerics:
     precision: str = "fp32"
     channels_last: bool = False
     device: str = "cpu"
+    threads: int | None = None  # torch's intra-op threads on a CPU (None: as torch set them)
+
+    @property
+    def cpu_threads(self) -> int | None:
+        """The intra-op thread count when it is part of the outputs' identity: on a CPU, other than 1."""
+        return self.threads if self.device == "cpu" and self.threads not in (None, 1) else None
 
     @property
     def default(self) -> bool:
-        return self.precision == "fp32" and not self.channels_last
+        return self.precision == "fp32" and not self.channels_last and self.cpu_threads is None
 
     @property
     def identity(self) -> str:
         """Suffix of a model's output identity in cache keys ('' for the default numerics)."""
         parts = ([] if self.precision == "fp32" else [self.precision]) + (["channels_last"] if self.channels_last
                                                                          else [])
+        if self.cpu_threads is not None:
+            parts.append(f"threads={self.cpu_threads}")
         return "" if not parts else "|" + ",".join(parts)
 
     def record(self) -> dict[str, Any]:
-        return {"precision": self.precision, "channels_last": self.channels_last}
+        rec: dict[str, Any] = {"precision": self.precision, "channels_last": self.channels_last}
+        if self.cpu_threads is not None:
+            rec["threads"] = self.cpu_threads
+        return rec
 
     def autocast(self):
         """Context of the encoders' forward passes."""

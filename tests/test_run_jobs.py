@@ -1,0 +1,115 @@
+"""Pairs side by side (``run --jobs N``): the records of one process on one thread, in the plan's order."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmark import demo
+from benchmark.cli.main import main
+from benchmark.dataset import DataError
+from benchmark.run import jobs as jobs_module
+from benchmark.run.config import RunConfig
+from benchmark.run.jobs import JobFailed, job_layout, joined_units, run_jobs
+from benchmark.run.numerics import Numerics
+
+SETS = ["chexlocalize", "ms_cxr"]  # CheXlocalize tunes on its val split under afloc-compat@1
+DATASETS = "demo_chexlocalize,demo_ms_cxr"
+
+
+@pytest.fixture(scope="module")
+def small_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "seed0"
+    demo.generate(out, seed=0, n_train=2, n_test=9, datasets=SETS, progress=False, workers=1)
+    return out
+
+
+def _run(out: Path, models: str, *extra: str) -> int:
+    return main(["-q", "run", "--models", models, "--datasets", DATASETS, "--n-boot", "40", "--num-workers", "0",
+                 "--batch-size", "2", "--no-cache", "-o", str(out), *extra])
+
+
+def test_layout_one_thread_per_job_on_any_machine(monkeypatch):
+    for cores in (1, 2, 64):
+        monkeypatch.setattr(jobs_module, "usable_cores", lambda c=cores: c)
+        assert job_layout(None, None, "cpu", 105) == (min(cores, 105), 1)  # the demo: one thread whatever the cores
+        assert job_layout(None, None, "cpu", 1) == (1, 1)
+    assert job_layout(3, None, "cpu", 2) == (2, 1)  # never more jobs than pairs
+    assert job_layout(None, 4, "cpu", 105) == (1, 4)  # an explicit thread count: one job on it
+    assert job_layout(None, None, "cpu", 10, sharded=True) == (1, 1)
+    assert job_layout(None, None, "cuda", 10) == (1, None)  # a GPU run leaves torch's setting
+    assert job_layout(None, 8, "cuda:0", 10) == (1, 8)
+
+
+def test_flags_are_checked():
+    with pytest.raises(ValueError, match="--jobs must be a positive whole number"):
+        RunConfig.from_mapping({"jobs": 0})
+    with pytest.raises(ValueError, match="--threads must be a positive whole number"):
+        RunConfig.from_mapping({"threads": "two"})
+    with pytest.raises(ValueError, match="--threads 2 needs --jobs 1"):
+        RunConfig.from_mapping({"jobs": 2, "threads": 2})
+    assert RunConfig.from_mapping({"jobs": "3", "threads": 1}).jobs == 3
+
+
+def test_thread_count_is_part_of_the_outputs_identity():
+    assert Numerics(threads=1).identity == "" and Numerics(threads=1).default
+    assert Numerics(threads=2).identity == "|threads=2" and not Numerics(threads=2).default
+    assert Numerics("bf16", threads=4).record() == {"precision": "bf16", "channels_last": False, "threads": 4}
+    assert Numerics(device="cuda", threads=4).identity == ""  # a GPU's outputs do not depend on it
+
+
+def test_units_keep_pairs_that_share_work_together():
+    keys = [[("reads", "a", "x")], [("reads", "a", "y")], [("reads", "a", "x"), ("counts", "m")],
+            [("reads", "b", "x")], [("reads", "b", "z"), ("counts", "m")], [("reads", "b", "y")]]
+    assert joined_units(6, keys) == [[0, 2, 4], [1], [3], [5]]
+
+
+def test_a_failing_job_stops_the_run_with_its_error():
+    def fails(k: int) -> dict:
+        if k == 2:
+            raise DataError("/data/x.png", "not an image (expected PNG)")
+        return {"k": k}
+
+    got: list[int] = []
+    with pytest.raises(DataError, match=r"^/data/x.png: not an image \(expected PNG\)$"):
+        run_jobs(fails, [[0], [1], [2], [3]], 2, lambda k, job, r: got.append(r["k"]))
+    assert 2 not in got
+
+    def dies(k: int) -> dict:
+        if k == 1:
+            os._exit(3)
+        return {"k": k}
+
+    with pytest.raises(JobFailed, match="exit code 3"):
+        run_jobs(dies, [[0], [1], [2]], 2, lambda k, job, r: None)
+
+
+def test_jobs_give_the_numbers_of_one_process(small_demo, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("AFLOC_BENCH_DEMO", str(small_demo))
+    monkeypatch.setenv("AFLOC_BENCH_CACHE", str(tmp_path / "cache"))
+    # GLoRIA's two heatmaps and the two CAMs share inputs and scores (one unit); Grad-CAM counts its maps
+    models = "sanity,afloc,gloria,gloria_dot,gradcam:densenet121,eigencam:densenet121"
+    threads = torch.get_num_threads()
+    assert _run(tmp_path / "one", models, "--jobs", "1") == 0
+    assert torch.get_num_threads() == threads  # the run's one thread is not left behind
+    assert _run(tmp_path / "two", models, "--jobs", "2") == 0
+    ra, rb = (json.loads((tmp_path / p / "results.json").read_text()) for p in ("one", "two"))
+    assert ra["execution"] == {"jobs": 1, "threads": 1} and rb["execution"] == {"jobs": 2, "threads": 1}
+    for key in ("results", "models", "datasets", "skipped_pairs"):
+        assert ra[key] == rb[key], key
+        assert json.dumps(ra[key]) == json.dumps(rb[key]), f"{key}: order"  # the plan's order
+    assert rb["models"]["gradcam:densenet121"]["maps"]["total"] > 0
+    names = sorted(p.name for p in (tmp_path / "one" / "samples").glob("*.parquet"))
+    assert len(names) == 2 * 8 and names == sorted(p.name for p in (tmp_path / "two" / "samples").glob("*.parquet"))
+    for name in names:
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "one" / "samples" / name),
+                                      pd.read_parquet(tmp_path / "two" / "samples" / name))
+    log = (tmp_path / "two" / "run.log").read_text()
+    assert "in 2 jobs side by side" in log and "[16/16]" in log
+    assert "tuned afloc-compat@1 on demo_chexlocalize" in log  # the jobs' own lines reach run.log
