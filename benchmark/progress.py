@@ -16,6 +16,13 @@ from typing import Any
 
 log = logging.getLogger("afloc_bench.progress")
 INTERVAL_S = float(os.environ.get("AFLOC_BENCH_PROGRESS_EVERY", "30"))
+_bars = True  # off in processes that share a terminal with others (run --jobs): log lines only
+
+
+def use_bars(on: bool) -> None:
+    """Whether this process may draw tqdm bars on a terminal (else it logs a line now and then)."""
+    global _bars
+    _bars = bool(on)
 
 
 class Progress:
@@ -28,7 +35,7 @@ class Progress:
         self.interval = INTERVAL_S if interval is None else interval
         self._bar = None
         self._t0 = self._last = time.monotonic()
-        if self.enabled and sys.stderr.isatty():
+        if self.enabled and _bars and sys.stderr.isatty():
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=total, desc=desc, unit=unit, initial=initial, leave=False)

@@ -113,3 +113,18 @@ def test_jobs_give_the_numbers_of_one_process(small_demo, tmp_path, monkeypatch)
     log = (tmp_path / "two" / "run.log").read_text()
     assert "in 2 jobs side by side" in log and "[16/16]" in log
     assert "tuned afloc-compat@1 on demo_chexlocalize" in log  # the jobs' own lines reach run.log
+
+
+def test_jobs_log_their_progress_instead_of_drawing_bars(monkeypatch, caplog):
+    import sys
+
+    from benchmark.progress import Progress
+
+    caplog.set_level("INFO", logger="afloc_bench.progress")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # as on a terminal
+    with Progress(3, "here") as bar:
+        assert bar._bar is not None  # this process draws its bar
+    got: list[bool] = []
+    run_jobs(lambda k: {"bar": Progress(3, "in a job")._bar is not None}, [[0], [1]], 2,
+             lambda k, job, r: got.append(r["bar"]))
+    assert got == [False, False]  # two jobs on one terminal: log lines only

@@ -169,9 +169,11 @@ def _job_main(job: int, jobs: int, work: Callable[[int], dict[str, Any]], units:
     import torch
 
     from benchmark.parallel import set_core_share
+    from benchmark.progress import use_bars
 
     torch.set_num_threads(1)
     set_core_share(max(1, usable_cores() // jobs))
+    use_bars(False)  # jobs share the terminal: their progress goes through the run's log
     k = None
     try:
         while True:
