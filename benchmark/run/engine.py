@@ -264,6 +264,7 @@ class Runner:
         self._job_workers = max(0, min(4, usable_cores() // jobs - 1))
         units = joined_units(len(todo), [self._unit_keys(plan) for plan in todo])
         self._hash_images(todo)
+
         def work(k: int) -> dict[str, Any]:  # in a job
             plan = todo[k]
             pair = self._run_pair(plan, {"datasets": {}, "models": {}})
