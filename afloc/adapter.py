@@ -52,6 +52,7 @@ class AFLocAdapter(Adapter):
     """AFLoc (official checkpoint, a trained folder, or the demo model)."""
 
     capabilities = (GROUNDING, ZEROSHOT_CLS)
+    input_family = "afloc"  # with ``afloc_untrained``: the same reading of each image
     input_geometry = "letterbox:224"
     preprocessing_id = PREPROCESSING_IDS["letterbox"]
     decode = DECODE_OF["letterbox"]

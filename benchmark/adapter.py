@@ -143,6 +143,9 @@ class Adapter:
     # Models of one ``score_family`` (same class of model; the weights' hash is in the key beside
     # it) that differ only in ``grounding_only_options`` give the same classification scores.
     score_family: str | None = None
+    # Models of one ``input_family`` read a dataset's images the same way (a model and its untrained
+    # control): under ``run --jobs`` they run one after another in one job, sharing decoded inputs.
+    input_family: str | None = None
     grounding_only_options: tuple[str, ...] = ()
 
     def output_identity(self, kind: str) -> str:

@@ -128,3 +128,18 @@ def test_jobs_log_their_progress_instead_of_drawing_bars(monkeypatch, caplog):
     run_jobs(lambda k: {"bar": Progress(3, "in a job")._bar is not None}, [[0], [1]], 2,
              lambda k, job, r: got.append(r["bar"]))
     assert got == [False, False]  # two jobs on one terminal: log lines only
+
+
+def test_a_run_keeps_families_together_and_heavy_models_apart():
+    from benchmark.run.engine import PairPlan, Runner
+
+    pairs = [(d, m) for d in ("demo_rsna", "demo_siim") for m in
+             ("afloc", "afloc_untrained", "gloria", "gloria_dot", "gradcam:densenet121", "center_prior", "random",
+              "conch", "biomedclip")]
+    units = joined_units(len(pairs), [Runner._unit_keys(PairPlan(d, m, ["grounding"])) for d, m in pairs])
+    named = sorted(sorted(f"{m}@{d[5:]}" for d, m in (pairs[k] for k in unit)) for unit in units)
+    assert named == [["afloc@rsna", "afloc_untrained@rsna"], ["afloc@siim", "afloc_untrained@siim"],
+                     ["biomedclip@rsna"], ["biomedclip@siim"], ["center_prior@rsna", "random@rsna"],
+                     ["center_prior@siim", "random@siim"], ["conch@rsna"], ["conch@siim"],
+                     ["gloria@rsna", "gloria_dot@rsna"], ["gloria@siim", "gloria_dot@siim"],
+                     ["gradcam:densenet121@rsna", "gradcam:densenet121@siim"]]  # its map counts add up in one job

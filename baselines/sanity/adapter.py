@@ -22,6 +22,7 @@ GRID = 14  # native grid of the sanity maps over the letterboxed 224 frame
 
 class _Sanity(Adapter):
     capabilities = (GROUNDING, ZEROSHOT_CLS)
+    input_family = "sanity"  # the three floors read each image once between them
     takes_checkpoint = False
     input_geometry = "letterbox:224"
     preprocessing_id = "sanity-digest-v1"

@@ -263,6 +263,9 @@ class Runner:
         # their own images unless cores are left over (measured on the demo: 205 s against 231 s)
         self._job_workers = max(0, min(4, usable_cores() // jobs - 1))
         units = joined_units(len(todo), [self._unit_keys(plan) for plan in todo])
+        # the largest units first (samples to score, a proxy for time), so that no long unit starts last
+        size = {name: len(self._samples(name)) for name in dict.fromkeys(plan.dataset for plan in todo)}
+        units.sort(key=lambda unit: -sum(size[todo[k].dataset] for k in unit))
         self._hash_images(todo)
 
         def work(k: int) -> dict[str, Any]:  # in a job
@@ -295,8 +298,7 @@ class Runner:
 
         paths: dict[str, None] = {}
         for name in dict.fromkeys(plan.dataset for plan in plans):
-            samples = self.dataset(name).samples()
-            for s in samples[: self.cfg.limit] if self.cfg.limit is not None else samples:
+            for s in self._samples(name):
                 paths.setdefault(s.image_path)
         todo = [p for p in paths if p not in self._image_shas]
 
@@ -311,14 +313,22 @@ class Runner:
                 if digest is not None:
                     self._image_shas[path] = digest
 
+    def _samples(self, name: str) -> list[Sample]:
+        """The samples of a dataset this run scores (its first ``--limit``)."""
+        samples = self.dataset(name).samples()
+        return samples[: self.cfg.limit] if self.cfg.limit is not None else samples
+
     @staticmethod
     def _unit_keys(plan: PairPlan) -> list[tuple]:
-        """Pairs that share a key run one after another in one job: the models of a dataset that read
-        its images the same way (their decoded inputs, and the CAMs' classifier outputs, are reused),
-        and every pair of a model whose record counts across its pairs (``run_counters``)."""
+        """Pairs that share a key run one after another in one job: on a dataset, the models of one
+        ``score_family`` (scores computed once, then read from the cache) or ``input_family``
+        (decoded inputs reused), and every pair of a model whose record counts across its pairs
+        (``run_counters``). Other pairs are units of their own, so that no unit grows long."""
         cls = model_registry.entry(plan.model).load()
-        keys: list[tuple] = [("reads", plan.dataset, getattr(cls.preprocess, "__module__", "?"),
-                              getattr(cls.preprocess, "__qualname__", "?"), getattr(cls, "preprocessing_id", None))]
+        keys: list[tuple] = []
+        for kind in ("score_family", "input_family"):
+            if getattr(cls, kind, None):
+                keys.append((kind, plan.dataset, getattr(cls, kind)))
         if getattr(cls, "run_counters", ()):
             keys.append(("counts", plan.model))
         return keys
