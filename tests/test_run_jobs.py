@@ -4,33 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from small_run import run_small
 
-from benchmark import demo
-from benchmark.cli.main import main
 from benchmark.dataset import DataError
 from benchmark.run import jobs as jobs_module
 from benchmark.run.config import RunConfig
 from benchmark.run.jobs import JobFailed, job_layout, joined_units, run_jobs
 from benchmark.run.numerics import Numerics
-
-SETS = ["chexlocalize", "ms_cxr"]  # CheXlocalize tunes on its val split under afloc-compat@1
-DATASETS = "demo_chexlocalize,demo_ms_cxr"
-
-
-@pytest.fixture(scope="module")
-def small_demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "seed0"
-    demo.generate(out, seed=0, n_train=2, n_test=9, datasets=SETS, progress=False, workers=1)
-    return out
-
-
-def _run(out: Path, models: str, *extra: str) -> int:
-    return main(["-q", "run", "--models", models, "--datasets", DATASETS, "--n-boot", "40", "--num-workers", "0",
-                 "--batch-size", "2", "--no-cache", "-o", str(out), *extra])
 
 
 def test_layout_one_thread_per_job_on_any_machine(monkeypatch):
@@ -88,17 +71,17 @@ def test_a_failing_job_stops_the_run_with_its_error():
         run_jobs(dies, [[0], [1], [2]], 2, lambda k, job, r: None)
 
 
-def test_jobs_give_the_numbers_of_one_process(small_demo, tmp_path, monkeypatch):
+def test_jobs_give_the_numbers_of_one_process(small_run_demo, tmp_path, monkeypatch):
     import torch
 
-    monkeypatch.setenv("AFLOC_BENCH_DEMO", str(small_demo))
+    monkeypatch.setenv("AFLOC_BENCH_DEMO", str(small_run_demo))
     monkeypatch.setenv("AFLOC_BENCH_CACHE", str(tmp_path / "cache"))
     # GLoRIA's two heatmaps and the two CAMs share inputs and scores (one unit); Grad-CAM counts its maps
     models = "sanity,afloc,gloria,gloria_dot,gradcam:densenet121,eigencam:densenet121"
     threads = torch.get_num_threads()
-    assert _run(tmp_path / "one", models, "--jobs", "1") == 0
+    assert run_small(tmp_path / "one", models, "--jobs", "1") == 0
     assert torch.get_num_threads() == threads  # the run's one thread is not left behind
-    assert _run(tmp_path / "two", models, "--jobs", "2") == 0
+    assert run_small(tmp_path / "two", models, "--jobs", "2") == 0
     ra, rb = (json.loads((tmp_path / p / "results.json").read_text()) for p in ("one", "two"))
     assert ra["execution"] == {"jobs": 1, "threads": 1} and rb["execution"] == {"jobs": 2, "threads": 1}
     for key in ("results", "models", "datasets", "skipped_pairs"):

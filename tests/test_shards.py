@@ -10,27 +10,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from small_run import DATASETS, run_small
 
-from benchmark import demo
 from benchmark.cli.main import main
 from benchmark.run.config import RunConfig
 from benchmark.run.shards import shard_samples
 from benchmark.sample import Sample
-
-SETS = ["chexlocalize", "ms_cxr"]  # CheXlocalize tunes on its val split under afloc-compat@1
-DATASETS = "demo_chexlocalize,demo_ms_cxr"  # MS-CXR: a prompt per phrase
-
-
-@pytest.fixture(scope="module")
-def small_demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "seed0"
-    demo.generate(out, seed=0, n_train=2, n_test=9, datasets=SETS, progress=False, workers=1)
-    return out
-
-
-def _run(out: Path, models: str, *extra: str) -> int:
-    return main(["-q", "run", "--models", models, "--datasets", DATASETS, "--n-boot", "40", "--num-workers", "0",
-                 "--batch-size", "2", "--no-cache", "-o", str(out), *extra])
 
 
 def _same_numbers(a: Path, b: Path) -> None:
@@ -76,14 +61,14 @@ def test_counters_add_up_across_shards():
     assert out == {"model_id": "m", "seed": 3, "maps": {"total": 9, "all_zero": 1}, "unmatched": ["a", "b", "c"]}
 
 
-def test_shards_merge_to_the_numbers_of_one_process(small_demo, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("AFLOC_BENCH_DEMO", str(small_demo))
+def test_shards_merge_to_the_numbers_of_one_process(small_run_demo, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("AFLOC_BENCH_DEMO", str(small_run_demo))
     monkeypatch.setenv("AFLOC_BENCH_CACHE", str(tmp_path / "cache"))
     # BioViL's text encoder rounds differently with its batch; Grad-CAM counts its maps (summed)
     models = "sanity,afloc,biovil,gradcam:densenet121"
-    assert _run(tmp_path / "one", models) == 0
+    assert run_small(tmp_path / "one", models) == 0
     for i in range(2):
-        assert _run(tmp_path / f"shard-{i}", models, "--shard", f"{i}/2") == 0
+        assert run_small(tmp_path / f"shard-{i}", models, "--shard", f"{i}/2") == 0
         shard = json.loads((tmp_path / f"shard-{i}" / "results.json").read_text())
         assert shard["shard"] == {"index": i, "count": 2}
         assert all(rows == [] for m in shard["results"].values() for rows in m.values())  # nothing summarised
@@ -99,8 +84,8 @@ def test_shards_merge_to_the_numbers_of_one_process(small_demo, tmp_path, monkey
     assert "not a shard of a run" in capsys.readouterr().err
 
 
-def test_torchrun_ranks_write_one_run_with_the_numbers_of_one_process(small_demo, tmp_path):
-    env = {**os.environ, "AFLOC_BENCH_DEMO": str(small_demo), "AFLOC_BENCH_CACHE": str(tmp_path / "cache"),
+def test_torchrun_ranks_write_one_run_with_the_numbers_of_one_process(small_run_demo, tmp_path):
+    env = {**os.environ, "AFLOC_BENCH_DEMO": str(small_run_demo), "AFLOC_BENCH_CACHE": str(tmp_path / "cache"),
            "OMP_NUM_THREADS": "1"}
     args = ["run", "--models", "sanity", "--datasets", DATASETS, "--n-boot", "40", "--num-workers", "0",
             "--batch-size", "2", "--no-cache"]

@@ -293,10 +293,6 @@ seed-0 bootstrap."""
 
         return core_share() if self._threads is None else self._threads
 
-    @threads.setter
-    def threads(self, n: int | None) -> None:
-        self._threads = n
-
     def _frame_mask(self, sample: Any, image_size: tuple[int, int]) -> np.ndarray:
         """``afloc_sample_mask`` of a sample, memoised on what it is made of (read-only array)."""
         import hashlib

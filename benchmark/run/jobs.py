@@ -141,7 +141,7 @@ def run_jobs(work: Callable[[int], dict[str, Any]], units: Sequence[Sequence[int
                     raise JobFailed(f"job {j} of {jobs} stopped without finishing its pairs ({how}){hint}") from None
                 continue
             if kind == "error":
-                raise _unpickled(payload)
+                raise pickle.loads(payload)
             if kind == "exit":
                 finished.add(job)
                 continue
@@ -212,7 +212,3 @@ def _pickled(exc: BaseException) -> bytes:
     except Exception:  # noqa: BLE001 - an exception that does not travel is sent as its text
         text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         return pickle.dumps(RuntimeError(text))
-
-
-def _unpickled(data: bytes) -> BaseException:
-    return pickle.loads(data)
